@@ -1,0 +1,2 @@
+//! The `director` command line.
+fn main() {}
