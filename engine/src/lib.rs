@@ -8,6 +8,9 @@
 //! certificate needs one, and file IO only at the edges (`vars_store`, reading inputs).
 
 pub mod diagnostics;
+pub mod diff;
 pub mod interpolate;
+pub mod manifest;
+pub mod template;
 pub mod variables;
 pub mod yaml;

@@ -366,7 +366,7 @@ fn concrete_index(
         }
     }
     let len_i = i64::try_from(len).unwrap_or(i64::MAX);
-    if result >= len_i || -result - 1 >= len_i {
+    if result >= len_i || -result > len_i {
         return Err(missing_index(result, len, path, at));
     }
     if result < 0 {

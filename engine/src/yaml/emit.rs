@@ -130,7 +130,6 @@ impl Writer<'_> {
                     Context {
                         mapping: true,
                         simple_key: true,
-                        ..Context::default()
                     },
                 );
                 self.write_indicator(':', false, false, false);

@@ -1,0 +1,173 @@
+//! Flags and verbs, declared once as data; help and completions come from here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Deploy and operate distributed systems described in BOSH manifests.
+#[derive(Debug, Parser)]
+#[command(name = "director", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// Options every verb takes (before or after the verb).
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    /// The verb.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Options every verb takes.
+#[derive(Debug, Args, Clone)]
+pub struct GlobalArgs {
+    /// Deployment name
+    #[arg(
+        short = 'd',
+        long = "deployment",
+        global = true,
+        env = "DIRECTOR_DEPLOYMENT"
+    )]
+    pub deployment: Option<String>,
+    /// Don't ask for confirmation
+    #[arg(short = 'n', long = "non-interactive", global = true)]
+    pub non_interactive: bool,
+    /// Print data as JSON on stdout (and nothing else there)
+    #[arg(long = "json", global = true)]
+    pub json: bool,
+    /// Don't color output
+    #[arg(long = "no-color", global = true)]
+    pub no_color: bool,
+}
+
+/// The verbs.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply ops files and variables to a YAML file and print the result (as bosh interpolate)
+    #[command(visible_alias = "int")]
+    Interpolate(InterpolateArgs),
+    /// Check a deployment manifest (and cloud/runtime configs) offline; report every problem
+    Validate(ValidateArgs),
+    /// Show what changes between two manifests, secrets redacted
+    Diff(DiffArgs),
+    /// Print a shell completion script
+    Completion(CompletionArgs),
+}
+
+/// `-o` flags.
+#[derive(Debug, Args, Clone, Default)]
+pub struct OpsArgs {
+    /// Ops file to apply, in order (go-patch)
+    #[arg(short = 'o', long = "ops-file", value_name = "PATH")]
+    pub ops_files: Vec<PathBuf>,
+}
+
+/// Variable flags shared by every verb that reads manifests.
+#[derive(Debug, Args, Clone, Default)]
+pub struct VarArgs {
+    /// Set a variable: NAME=VALUE (value is a string)
+    #[arg(short = 'v', long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// Set a variable to a file's contents: NAME=PATH
+    #[arg(long = "var-file", value_name = "NAME=PATH")]
+    pub var_files: Vec<String>,
+    /// Load variables from a YAML file
+    #[arg(short = 'l', long = "vars-file", value_name = "PATH")]
+    pub vars_files: Vec<PathBuf>,
+    /// Load variables from environment variables PREFIX_name (values read as YAML)
+    #[arg(long = "vars-env", value_name = "PREFIX")]
+    pub vars_env: Vec<String>,
+}
+
+/// `director interpolate`.
+#[derive(Debug, Args)]
+pub struct InterpolateArgs {
+    /// The YAML file
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// Load and save variables (generated ones are added; existing ones never change)
+    #[arg(long = "vars-store", value_name = "PATH")]
+    pub vars_store: Option<PathBuf>,
+    /// Fail if a variable is not found
+    #[arg(long = "var-errs")]
+    pub var_errs: bool,
+    /// Fail if a given variable is not used
+    #[arg(long = "var-errs-unused")]
+    pub var_errs_unused: bool,
+    /// Print only the value at this path (go-patch syntax, e.g. /instance_groups/name=web/instances)
+    #[arg(long = "path", value_name = "PATH")]
+    pub path: Option<String>,
+}
+
+/// `director validate`.
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The deployment manifest
+    pub manifest: PathBuf,
+    /// Check references against this cloud config
+    #[arg(long = "cloud-config", value_name = "PATH")]
+    pub cloud_config: Option<PathBuf>,
+    /// Check this runtime config too
+    #[arg(long = "runtime-config", value_name = "PATH")]
+    pub runtime_config: Option<PathBuf>,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// Read variables from (and generate missing ones into) this vars store
+    #[arg(long = "vars-store", value_name = "PATH")]
+    pub vars_store: Option<PathBuf>,
+}
+
+/// Output formats of `diff`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DiffFormat {
+    /// BOSH-style +/- YAML lines
+    Text,
+    /// Lines and structured changes as one JSON document
+    Json,
+    /// A fenced diff block for a pull-request comment
+    Markdown,
+}
+
+/// `director diff`.
+#[derive(Debug, Args)]
+pub struct DiffArgs {
+    /// The manifest as it is
+    pub old: PathBuf,
+    /// The manifest as it will be
+    pub new: PathBuf,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// Show secret values instead of <redacted>
+    #[arg(long = "no-redact")]
+    pub no_redact: bool,
+    /// Output format
+    #[arg(long = "format", value_enum, default_value_t = DiffFormat::Text)]
+    pub format: DiffFormat,
+    /// Exit 2 when the manifests differ, 0 when they are equal (1 on error)
+    #[arg(long = "exit-code")]
+    pub exit_code: bool,
+}
+
+/// Shells with completion scripts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Shell {
+    /// bash
+    Bash,
+    /// zsh
+    Zsh,
+    /// fish
+    Fish,
+}
+
+/// `director completion`.
+#[derive(Debug, Args)]
+pub struct CompletionArgs {
+    /// The shell
+    #[arg(value_enum)]
+    pub shell: Shell,
+}

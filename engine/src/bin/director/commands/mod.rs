@@ -1,0 +1,42 @@
+//! One module per verb; each parses nothing itself and calls one engine function.
+
+mod completion;
+mod diff;
+mod interpolate;
+mod validate;
+
+use engine::interpolate::{Expectations, VarFlags};
+use engine::template::TemplateInputs;
+
+use crate::cli::{Cli, Command, OpsArgs, VarArgs};
+use crate::ui::Ui;
+
+/// Runs the verb and returns the exit code.
+pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
+    match cli.command {
+        Command::Interpolate(args) => interpolate::run(args, ui),
+        Command::Validate(args) => validate::run(args, ui),
+        Command::Diff(args) => diff::run(args, ui),
+        Command::Completion(args) => completion::run(args, ui),
+    }
+}
+
+/// The engine's view of the shared template flags.
+pub fn template_inputs(
+    ops: &OpsArgs,
+    vars: &VarArgs,
+    vars_store: Option<std::path::PathBuf>,
+    expectations: Expectations,
+) -> TemplateInputs {
+    TemplateInputs {
+        ops_files: ops.ops_files.clone(),
+        var_flags: VarFlags {
+            vars: vars.vars.clone(),
+            var_files: vars.var_files.clone(),
+            vars_files: vars.vars_files.clone(),
+            vars_env: vars.vars_env.clone(),
+        },
+        vars_store,
+        expectations,
+    }
+}
