@@ -14,6 +14,33 @@ use serde_json::{Value as Json, json};
 use super::{Change, ChangeKind, Line, Mark, lcs, render};
 use crate::yaml::{Map, Node, Span, Value};
 
+/// A stretch of an array diff: changed lines, or an unchanged item's line that is shown
+/// only next to a change.
+enum Piece {
+    Changed(Vec<Line>),
+    Unchanged(Vec<String>),
+}
+
+/// Lays out an array diff with one unchanged neighbour on each side of every change, so a
+/// reviewer sees where an item was added, removed or moved to (`- - z1` alone does not say).
+fn with_neighbours(pieces: Vec<Piece>) -> Vec<Line> {
+    let changed =
+        |piece: Option<&Piece>| matches!(piece, Some(Piece::Changed(lines)) if !lines.is_empty());
+    let mut out = Vec::new();
+    for (i, piece) in pieces.iter().enumerate() {
+        match piece {
+            Piece::Changed(lines) => out.extend(lines.iter().cloned()),
+            Piece::Unchanged(lines) => {
+                let before = i.checked_sub(1).and_then(|j| pieces.get(j));
+                if changed(before) || changed(pieces.get(i + 1)) {
+                    out.extend(marked(lines.clone(), Mark::Context));
+                }
+            }
+        }
+    }
+    out
+}
+
 /// BOSH's order of top-level sections (`changeset.rb`, without the v1 keys).
 const SECTIONS: [&str; 13] = [
     "azs",
@@ -421,10 +448,11 @@ impl Differ {
             .collect();
         let anchors = lcs::increasing(&old_of_new);
 
-        let mut out = Vec::new();
+        let mut pieces = Vec::new();
         let (mut old_next, mut new_next) = (0, 0);
         for anchor in anchors.iter().copied().map(Some).chain([None]) {
             let (old_end, new_end) = anchor.unwrap_or((old.len(), new.len()));
+            let mut out = Vec::new();
             for o in old_next..old_end {
                 if new_of_old[o].is_some() {
                     // Moved: the change is filed at its new position.
@@ -465,21 +493,23 @@ impl Differ {
                     out.extend(marked(render::item(new[n].shown, ctx.indent), Mark::Added));
                 }
             }
+            pieces.push(Piece::Changed(out));
             if let Some((o, n)) = anchor {
                 let item_ctx = self.item_ctx(ctx, key, new[n], n);
                 let nested = self.map(old[o], new[n], &item_ctx.indented(), false);
-                if !nested.is_empty() {
-                    out.extend(marked(
-                        Self::identity_line(key, new[n], ctx.indent),
-                        Mark::Context,
-                    ));
+                let identity = Self::identity_line(key, new[n], ctx.indent);
+                if nested.is_empty() {
+                    pieces.push(Piece::Unchanged(identity));
+                } else {
+                    let mut out: Vec<Line> = marked(identity, Mark::Context).collect();
                     out.extend(nested);
+                    pieces.push(Piece::Changed(out));
                 }
                 old_next = o + 1;
                 new_next = n + 1;
             }
         }
-        out
+        with_neighbours(pieces)
     }
 
     /// Other arrays: whole items compared, those off the longest common subsequence
@@ -488,10 +518,11 @@ impl Differ {
         let anchors = lcs::common(old.len(), new.len(), |i, j| {
             old[i].real.same_value(new[j].real)
         });
-        let mut out = Vec::new();
+        let mut pieces = Vec::new();
         let (mut old_next, mut new_next) = (0, 0);
         for anchor in anchors.iter().copied().map(Some).chain([None]) {
             let (old_end, new_end) = anchor.unwrap_or((old.len(), new.len()));
+            let mut out = Vec::new();
             for (o, item) in old.iter().enumerate().take(old_end).skip(old_next) {
                 self.record(
                     ChangeKind::Removed,
@@ -510,11 +541,18 @@ impl Differ {
                 );
                 out.extend(marked(render::item(item.shown, ctx.indent), Mark::Added));
             }
+            pieces.push(Piece::Changed(out));
             if let Some((o, n)) = anchor {
+                // Only one-line items serve as neighbours; a whole unchanged map would
+                // bury the change.
+                let lines = render::item(new[n].shown, ctx.indent);
+                if lines.len() == 1 {
+                    pieces.push(Piece::Unchanged(lines));
+                }
                 old_next = o + 1;
                 new_next = n + 1;
             }
         }
-        out
+        with_neighbours(pieces)
     }
 }

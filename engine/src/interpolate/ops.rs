@@ -243,6 +243,8 @@ pub(crate) struct PatchError {
     found_at: Option<Span>,
     /// For a missing key or index: the pointer that was not there.
     missing: Option<String>,
+    /// What the user can write instead.
+    hint: Option<String>,
 }
 
 impl PatchError {
@@ -251,6 +253,7 @@ impl PatchError {
             message,
             found_at: found_at.cloned(),
             missing: None,
+            hint: None,
         }
     }
 
@@ -259,6 +262,7 @@ impl PatchError {
             message,
             found_at: Some(found_at.clone()),
             missing: Some(path.to_string()),
+            hint: None,
         }
     }
 }
@@ -268,6 +272,9 @@ impl fmt::Display for PatchError {
         write!(f, "{}", self.message)?;
         if let Some(span) = self.found_at.as_ref().filter(|s| s.has_position()) {
             write!(f, " (the value there is from {span})")?;
+        }
+        if let Some(hint) = &self.hint {
+            write!(f, "; {hint}")?;
         }
         Ok(())
     }
@@ -281,13 +288,20 @@ fn mismatch(expected: &str, here: &Pointer, found: &Node) -> PatchError {
     } else {
         parent.to_string()
     };
-    PatchError::new(
-        format!(
-            "expected to find {expected} at path '{parent}' (to follow '{here}') but found {}",
-            found.kind()
-        ),
-        Some(&found.span),
-    )
+    let message = format!(
+        "expected to find {expected} at path '{parent}' (to follow '{here}') but found {}",
+        found.kind()
+    );
+    let mut error = PatchError::new(message, Some(&found.span));
+    if expected == "a map" && matches!(found.value, Value::Seq(_)) {
+        error.hint = Some(match here.tokens().last() {
+            Some(Token::Key { key, .. }) if key == "-" => {
+                "'-' (after the last item) can only be the last token of a path".to_string()
+            }
+            _ => "pick an item of an array with an index (/0) or a match (/name=VALUE)".to_string(),
+        });
+    }
+    error
 }
 
 fn seq_mut<'a>(node: &'a mut Node, here: &Pointer) -> Result<&'a mut Vec<Node>, PatchError> {
@@ -458,9 +472,14 @@ fn apply_op(op: &Op, doc: Node) -> Result<Node, Diagnostic> {
             Some(custom) => format!("{custom}: {error}"),
             None => error.to_string(),
         };
+        let shown = if op.path.is_root() {
+            "''".to_string()
+        } else {
+            op.path.to_string()
+        };
         Diagnostic::error(
             &op.span,
-            format!("operation [{}] ({} {})", op.index, op.type_name(), op.path),
+            format!("operation [{}] ({} {shown})", op.index, op.type_name()),
             detail,
         )
     })
@@ -530,13 +549,20 @@ fn replace(mut doc: Node, path: &Pointer, value: &Node) -> Result<Node, PatchErr
                     continue;
                 }
                 if found.len() != 1 {
-                    return Err(PatchError::new(
+                    let mut error = PatchError::new(
                         format!(
                             "expected to find exactly one matching array item for path '{here}' but found {}",
                             found.len()
                         ),
                         Some(&span),
-                    ));
+                    );
+                    if found.is_empty() {
+                        error.hint = Some(format!(
+                            "to append the item when it is missing, mark it optional: '{}'",
+                            path.with_optional_at(i)
+                        ));
+                    }
+                    return Err(error);
                 }
                 if is_last {
                     let at = concrete_insertion(
@@ -567,7 +593,12 @@ fn replace(mut doc: Node, path: &Pointer, value: &Node) -> Result<Node, PatchErr
                 let map = map_mut(current, &here)?;
                 let found = map.get(key).is_some();
                 if !found && !optional {
-                    return Err(missing_key(key, &here, map, &span));
+                    let mut error = missing_key(key, &here, map, &span);
+                    error.hint = Some(format!(
+                        "to create it, mark it optional: '{}'",
+                        path.with_optional_at(i)
+                    ));
+                    return Err(error);
                 }
                 if is_last {
                     map.insert(Node::string(key.clone(), value.span.clone()), value.clone());
@@ -840,7 +871,7 @@ mod tests {
         check(
             "a: {b: 1, c: 2}\n",
             "- {type: replace, path: /a/d/e, value: 1}\n",
-            "error: ops.yml:1:3: operation [0] (replace /a/d/e): expected to find a map key 'd' for path '/a/d' (found map keys: 'b', 'c') (the value there is from doc.yml:1:4)",
+            "error: ops.yml:1:3: operation [0] (replace /a/d/e): expected to find a map key 'd' for path '/a/d' (found map keys: 'b', 'c') (the value there is from doc.yml:1:4); to create it, mark it optional: '/a/d?/e'",
         );
         check(
             "a: [{name: x}, {name: x}]\n",

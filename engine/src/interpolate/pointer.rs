@@ -139,6 +139,19 @@ impl Pointer {
         self.tokens.is_empty()
     }
 
+    /// This pointer with token `index` (and so every token after it) made optional, for
+    /// hints such as "write /a/b?/c to create it".
+    pub fn with_optional_at(&self, index: usize) -> Pointer {
+        let mut tokens = self.tokens.clone();
+        for token in tokens.iter_mut().skip(index) {
+            match token {
+                Token::Key { optional, .. } | Token::Matching { optional, .. } => *optional = true,
+                Token::Index { .. } | Token::AfterLast => {}
+            }
+        }
+        Pointer { tokens }
+    }
+
     /// The pointer made of the first `n` tokens, for error messages.
     pub fn prefix(&self, n: usize) -> Pointer {
         Pointer {

@@ -106,6 +106,8 @@ pub struct UpdatePolicy {
     pub vm_strategy: Option<String>,
     /// `initial_deploy_az_update_strategy`: `serial` or `parallel`.
     pub initial_deploy_az_update_strategy: Option<String>,
+    /// The keys that were written (also when their value was invalid and reported).
+    pub written: Vec<String>,
 }
 
 impl UpdatePolicy {
@@ -125,6 +127,12 @@ impl UpdatePolicy {
                 .initial_deploy_az_update_strategy
                 .clone()
                 .or_else(|| defaults.initial_deploy_az_update_strategy.clone()),
+            written: self
+                .written
+                .iter()
+                .chain(&defaults.written)
+                .cloned()
+                .collect(),
         }
     }
 }
@@ -583,6 +591,7 @@ pub(crate) fn decode_update(cx: &mut Cx, node: &Node, path: &YamlPath) -> Option
         serial,
         vm_strategy,
         initial_deploy_az_update_strategy,
+        written: m.map.string_keys().map(str::to_string).collect(),
     })
 }
 

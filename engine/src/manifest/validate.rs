@@ -79,12 +79,8 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
         "canary_watch_time",
         "update_watch_time",
     ] {
-        let lacking = |policy: &UpdatePolicy| match field {
-            "canaries" => policy.canaries.is_none(),
-            "max_in_flight" => policy.max_in_flight.is_none(),
-            "canary_watch_time" => policy.canary_watch_time.is_none(),
-            _ => policy.update_watch_time.is_none(),
-        };
+        // A key that was written but invalid has been reported already.
+        let lacking = |policy: &UpdatePolicy| !policy.written.iter().any(|k| k == field);
         if !lacking(&top_update) {
             continue;
         }
@@ -187,6 +183,7 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
             group.networks.iter().filter_map(|n| n.name.as_ref()),
         );
         if group.networks.len() > 1 {
+            let mut unassigned = Vec::new();
             for role in ["dns", "gateway"] {
                 let providers: Vec<&Spanned<String>> = group
                     .networks
@@ -196,17 +193,23 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
                     .collect();
                 match providers.len() {
                     1 => {}
-                    0 => cx.error(
-                        &group.span,
-                        &group.path.key("networks"),
-                        format!("instance group {label} has more than one network: mark one of them default: [{role}]"),
-                    ),
+                    0 => unassigned.push(role),
                     _ => cx.error(
                         &providers[1].span,
                         &providers[1].path,
                         format!("only one network can be the default for {role}"),
                     ),
                 }
+            }
+            if !unassigned.is_empty() {
+                cx.error(
+                    &group.span,
+                    &group.path.key("networks"),
+                    format!(
+                        "instance group {label} has more than one network: mark the one that provides them with default: [{}]",
+                        unassigned.join(", ")
+                    ),
+                );
             }
         }
         for network in &group.networks {
@@ -217,6 +220,7 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
                 continue;
             };
             let mut count: u128 = 0;
+            let mut unreadable = false;
             for entry in &network.static_ips {
                 match parse_ip_entry(&entry.value) {
                     Ok((first, last)) => {
@@ -234,17 +238,22 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
                             }
                         }
                     }
-                    Err(message) => cx.error(&entry.span, &entry.path, message),
+                    Err(message) => {
+                        unreadable = true;
+                        cx.error(&entry.span, &entry.path, message);
+                    }
                 }
             }
-            if let Some(instances) = &group.instances {
+            if let (Some(instances), false) = (&group.instances, unreadable) {
                 if count != u128::from(instances.value) {
                     cx.error(
                         &instances.span,
                         &instances.path,
                         format!(
-                            "instance group {label} has {} instances but {count} static IPs on network '{}': give one static IP per instance",
-                            instances.value, network_name.value
+                            "instance group {label} has {} but {} on network '{}': give one static IP per instance",
+                            counted(u128::from(instances.value), "instance"),
+                            counted(count, "static IP"),
+                            network_name.value
                         ),
                     );
                 }
@@ -287,6 +296,14 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
                 "a certificate needs options.ca (the name of a CA variable) or options.is_ca: true",
             );
         }
+    }
+}
+
+fn counted(n: u128, word: &str) -> String {
+    if n == 1 {
+        format!("1 {word}")
+    } else {
+        format!("{n} {word}s")
     }
 }
 
@@ -416,6 +433,11 @@ pub(crate) fn check_against_cloud(cx: &mut Cx, manifest: &DeploymentManifest, cl
                         .iter()
                         .any(|a| group.azs.iter().any(|g| g.value == a.value))
             };
+            if network.subnets.iter().any(|s| s.range.is_none()) {
+                // A subnet whose range could not be read was reported; checking IPs
+                // against it would only repeat that.
+                continue;
+            }
             for entry in &network_ref.static_ips {
                 let Ok((first, last)) = parse_ip_entry(&entry.value) else {
                     continue;
@@ -471,6 +493,9 @@ pub(crate) fn check_against_cloud(cx: &mut Cx, manifest: &DeploymentManifest, cl
         let Some(network) = cloud.network(&network_name) else {
             continue;
         };
+        if network.subnets.iter().any(|s| s.range.is_none()) {
+            continue;
+        }
         let capacity: u128 = network
             .subnets
             .iter()

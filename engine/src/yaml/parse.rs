@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use saphyr_parser::{Event, Parser, ScalarStyle, Span as ParserSpan};
 
-use super::{Map, Node, Span, Value};
+use super::{Map, Node, Span, Value, YamlPath};
 use crate::diagnostics::Diagnostic;
 
 /// How deep collections may nest before the input is refused (a guard against stack
@@ -34,7 +34,14 @@ pub fn parse_document(text: &str, file: Arc<str>) -> Result<Node, Diagnostic> {
         let (event, span) = event.map_err(|e| {
             let marker = e.marker();
             let at = builder.span_at(marker.line(), marker.col());
-            Diagnostic::error(&at, "", format!("invalid YAML: {}", e.info()))
+            let hint = builder
+                .unclosed_flow(text, marker.line())
+                .unwrap_or_default();
+            Diagnostic::error(
+                &at,
+                builder.current_path(),
+                format!("invalid YAML: {}{hint}", e.info()),
+            )
         })?;
         if builder.handle(event, span)? {
             break;
@@ -69,6 +76,39 @@ struct Builder {
 }
 
 impl Builder {
+    /// The YAML path of the value being read, from the open collections.
+    fn current_path(&self) -> YamlPath {
+        let mut path = YamlPath::root();
+        for frame in &self.stack {
+            path = match frame {
+                Frame::Seq { node, .. } => path.index(node.as_seq().map_or(0, <[Node]>::len)),
+                Frame::Map { key: Some(key), .. } => {
+                    path.key(&key.scalar_text().unwrap_or_default())
+                }
+                Frame::Map { key: None, .. } => path,
+            };
+        }
+        path
+    }
+
+    /// " (the '[' at line 3 column 8 is not closed)" when a flow collection opened on an
+    /// earlier line is still open: the usual cause of a confusing error further down.
+    fn unclosed_flow(&self, text: &str, error_line: usize) -> Option<String> {
+        self.stack.iter().rev().find_map(|frame| {
+            let node = match frame {
+                Frame::Seq { node, .. } | Frame::Map { node, .. } => node,
+            };
+            let (line, col) = (node.span.line as usize, node.span.col as usize);
+            let opener = text
+                .lines()
+                .nth(line.checked_sub(1)?)?
+                .chars()
+                .nth(col.checked_sub(1)?)?;
+            (matches!(opener, '[' | '{') && line < error_line)
+                .then(|| format!(" (the '{opener}' at line {line} column {col} is not closed)"))
+        })
+    }
+
     fn span_at(&self, line: usize, col: usize) -> Span {
         Span {
             file: self.file.clone(),
@@ -169,16 +209,18 @@ impl Builder {
 
     /// Hands a finished node to its parent (or makes it the root).
     fn complete(&mut self, node: Node, merge_key: bool) -> Result<(), Diagnostic> {
-        match self.stack.last_mut() {
+        let duplicate = match self.stack.last_mut() {
             None => {
                 if self.root.is_none() {
                     self.root = Some(node);
                 }
+                None
             }
             Some(Frame::Seq { node: seq, .. }) => {
                 if let Value::Seq(items) = &mut seq.value {
                     items.push(node);
                 }
+                None
             }
             Some(Frame::Map {
                 node: map,
@@ -190,6 +232,7 @@ impl Builder {
                 None => {
                     *key = Some(node);
                     *key_is_merge = merge_key;
+                    None
                 }
                 Some(k) => {
                     let Value::Map(entries) = &mut map.value else {
@@ -197,25 +240,34 @@ impl Builder {
                     };
                     if *key_is_merge {
                         merges.push(node);
+                        None
                     } else if let Some((first, _)) =
                         entries.iter().find(|(existing, _)| existing.same_value(&k))
                     {
-                        return Err(Diagnostic::error(
-                            &k.span,
-                            "",
-                            format!(
-                                "duplicate key {} (first defined at line {})",
-                                k.describe(),
-                                first.span.line
-                            ),
-                        ));
+                        Some((k, first.span.line))
                     } else {
                         entries.push(k, node);
+                        None
                     }
                 }
             },
+        };
+        match duplicate {
+            None => Ok(()),
+            Some((key, first_line)) => {
+                let path = self
+                    .current_path()
+                    .key(&key.scalar_text().unwrap_or_default());
+                Err(Diagnostic::error(
+                    &key.span,
+                    path,
+                    format!(
+                        "duplicate key {} (first defined at line {first_line})",
+                        key.describe()
+                    ),
+                ))
+            }
         }
-        Ok(())
     }
 }
 
@@ -471,7 +523,7 @@ mod tests {
         let err = parse("a: 1\nb: 2\na: 3\n", "m.yml").unwrap_err();
         assert_eq!(
             err.to_string(),
-            "m.yml:3:1: duplicate key \"a\" (first defined at line 1)"
+            "m.yml:3:1: a: duplicate key \"a\" (first defined at line 1)"
         );
     }
 
