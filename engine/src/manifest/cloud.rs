@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use super::decode::{Cx, MapView, Spanned, undefined};
+use super::decode::{Cx, MapView, Spanned, has_placeholder, undefined};
 use super::deployment::{Addon, ReleaseRef, decode_addon, decode_release};
 use super::ip::{Cidr, IpSet, parse_ip_entry};
 use crate::yaml::{Node, Span, YamlPath};
@@ -387,6 +387,9 @@ fn decode_network(cx: &mut Cx, node: &Node, path: &YamlPath, az_names: &[&str]) 
 fn ip_list(cx: &mut Cx, m: &MapView<'_>, key: &str, v4: bool, range: Option<&Cidr>) -> IpSet {
     let mut set = IpSet::new(v4);
     for entry in m.strings(cx, key, "IP addresses or ranges") {
+        if has_placeholder(&entry.value) {
+            continue;
+        }
         match parse_ip_entry(&entry.value) {
             Ok((first, last)) => {
                 if let Some(range) = range {
@@ -441,9 +444,11 @@ fn decode_subnet(
     let mut range = None;
     if kind == NetworkKind::Manual {
         if let Some(text) = m.req_string(cx, "range", "the subnet's CIDR range, e.g. 10.0.0.0/24") {
-            match Cidr::parse(&text.value) {
-                Ok(cidr) => range = Some(cidr),
-                Err(message) => cx.error(&text.span, &text.path, message),
+            if !has_placeholder(&text.value) {
+                match Cidr::parse(&text.value) {
+                    Ok(cidr) => range = Some(cidr),
+                    Err(message) => cx.error(&text.span, &text.path, message),
+                }
             }
         }
     }
@@ -453,7 +458,7 @@ fn decode_subnet(
     } else {
         m.opt_string(cx, "gateway")
     };
-    if let Some(text) = gateway_text {
+    if let Some(text) = gateway_text.filter(|t| !has_placeholder(&t.value)) {
         match text.value.parse::<IpAddr>() {
             Ok(ip) => {
                 if let Some(range) = &range {
@@ -476,6 +481,9 @@ fn decode_subnet(
     }
     let mut dns = Vec::new();
     for entry in m.strings(cx, "dns", "DNS server IPs") {
+        if has_placeholder(&entry.value) {
+            continue;
+        }
         match entry.value.parse::<IpAddr>() {
             Ok(ip) => dns.push(ip),
             Err(_) => cx.error(

@@ -47,6 +47,12 @@ pub(crate) fn is_placeholder(node: &Node) -> bool {
     }
 }
 
+/// Whether a string still holds a `((placeholder))` anywhere: such a value cannot be parsed
+/// further (as an IP, a range) until its variables are given, so checks skip it.
+pub(crate) fn has_placeholder(text: &str) -> bool {
+    !placeholders(text).is_empty()
+}
+
 /// The decoding context: where diagnostics go.
 #[derive(Default)]
 pub(crate) struct Cx {

@@ -223,6 +223,8 @@ pub struct NetworkRef {
     pub name: Option<Spanned<String>>,
     /// `static_ips`, each entry as written (single IPs or ranges).
     pub static_ips: Vec<Spanned<String>>,
+    /// Some static IPs are still `((variables))`: they cannot be counted or checked yet.
+    pub static_ips_deferred: bool,
     /// `default`: which of `dns`, `gateway`, `addressable` this network provides.
     pub default: Vec<Spanned<String>>,
 }
@@ -794,7 +796,12 @@ fn decode_network_ref(cx: &mut Cx, node: &Node, path: &YamlPath) -> Option<Netwo
     let m = cx.map(node, path, "a network (name, static_ips, default)")?;
     m.unknown_keys(cx, &["name", "static_ips", "default", "nic_group"]);
     let name = m.req_string(cx, "name", "the network name from the cloud config");
-    let static_ips = m.strings(cx, "static_ips", "IP addresses");
+    let mut static_ips = m.strings(cx, "static_ips", "IP addresses");
+    let before = static_ips.len();
+    static_ips.retain(|ip| !super::decode::has_placeholder(&ip.value));
+    let static_ips_deferred = static_ips.len() != before
+        || m.get("static_ips")
+            .is_some_and(super::decode::is_placeholder);
     let default = m.strings(cx, "default", "dns, gateway or addressable");
     for entry in &default {
         if !["dns", "gateway", "addressable"].contains(&entry.value.as_str()) {
@@ -811,6 +818,7 @@ fn decode_network_ref(cx: &mut Cx, node: &Node, path: &YamlPath) -> Option<Netwo
     Some(NetworkRef {
         name,
         static_ips,
+        static_ips_deferred,
         default,
     })
 }

@@ -213,7 +213,7 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
             }
         }
         for network in &group.networks {
-            if network.static_ips.is_empty() {
+            if network.static_ips.is_empty() && !network.static_ips_deferred {
                 continue;
             }
             let Some(network_name) = &network.name else {
@@ -244,7 +244,9 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
                     }
                 }
             }
-            if let (Some(instances), false) = (&group.instances, unreadable) {
+            if let (Some(instances), false) =
+                (&group.instances, unreadable || network.static_ips_deferred)
+            {
                 if count != u128::from(instances.value) {
                     cx.error(
                         &instances.span,
@@ -481,7 +483,7 @@ pub(crate) fn check_against_cloud(cx: &mut Cx, manifest: &DeploymentManifest, cl
                     }
                 }
             }
-            if network_ref.static_ips.is_empty() {
+            if network_ref.static_ips.is_empty() && !network_ref.static_ips_deferred {
                 if let Some(instances) = &group.instances {
                     *dynamic_demand.entry(name.value.clone()).or_default() +=
                         u128::from(instances.value);

@@ -6,7 +6,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 /// Deploy and operate distributed systems described in BOSH manifests.
 #[derive(Debug, Parser)]
-#[command(name = "director", version, about, max_term_width = 100)]
+#[command(
+    name = "director",
+    version,
+    about = "Deploy and operate distributed systems described in BOSH manifests",
+    max_term_width = 100
+)]
 pub struct Cli {
     /// Options every verb takes (before or after the verb).
     #[command(flatten)]
