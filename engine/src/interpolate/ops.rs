@@ -304,6 +304,15 @@ fn mismatch(expected: &str, here: &Pointer, found: &Node) -> PatchError {
     error
 }
 
+fn not_exactly_one(here: &Pointer, count: usize, at: &Span) -> PatchError {
+    PatchError::new(
+        format!(
+            "expected to find exactly one matching array item for path '{here}' but found {count}"
+        ),
+        Some(at),
+    )
+}
+
 fn seq_mut<'a>(node: &'a mut Node, here: &Pointer) -> Result<&'a mut Vec<Node>, PatchError> {
     if !matches!(node.value, Value::Seq(_)) {
         return Err(mismatch("an array", here, node));
@@ -549,13 +558,7 @@ fn replace(mut doc: Node, path: &Pointer, value: &Node) -> Result<Node, PatchErr
                     continue;
                 }
                 if found.len() != 1 {
-                    let mut error = PatchError::new(
-                        format!(
-                            "expected to find exactly one matching array item for path '{here}' but found {}",
-                            found.len()
-                        ),
-                        Some(&span),
-                    );
+                    let mut error = not_exactly_one(&here, found.len(), &span);
                     if found.is_empty() {
                         error.hint = Some(format!(
                             "to append the item when it is missing, mark it optional: '{}'",
@@ -669,13 +672,7 @@ fn remove(mut doc: Node, path: &Pointer) -> Result<Node, PatchError> {
                     return Ok(doc);
                 }
                 if found.len() != 1 {
-                    return Err(PatchError::new(
-                        format!(
-                            "expected to find exactly one matching array item for path '{here}' but found {}",
-                            found.len()
-                        ),
-                        Some(&span),
-                    ));
+                    return Err(not_exactly_one(&here, found.len(), &span));
                 }
                 let position = concrete_index(
                     i64::try_from(found[0]).unwrap_or(0),
@@ -746,13 +743,7 @@ pub(crate) fn find<'a>(doc: &'a Node, path: &Pointer) -> Result<Option<&'a Node>
                     return Ok(None);
                 }
                 if found.len() != 1 {
-                    return Err(PatchError::new(
-                        format!(
-                            "expected to find exactly one matching array item for path '{here}' but found {}",
-                            found.len()
-                        ),
-                        Some(&current.span),
-                    ));
+                    return Err(not_exactly_one(&here, found.len(), &current.span));
                 }
                 let position = concrete_index(
                     i64::try_from(found[0]).unwrap_or(0),

@@ -106,9 +106,22 @@ impl VarSources {
 
         let mut kv = Map::new();
         for flag in &flags.vars {
-            let (name, value) = split_flag(flag, "-v")?;
-            let span = Span::synthetic(&format!("-v {name}"));
-            kv.insert(Node::string(name, span.clone()), Node::string(value, span));
+            let (name, text) = split_flag(flag, "-v")?;
+            let origin = format!("-v {name}");
+            let span = Span::synthetic(&origin);
+            // As bosh-cli: the value is read as YAML (`-v instances=3` is a number), and a
+            // value that reads as a string is kept exactly as typed.
+            let mut value = yaml::parse(text, &origin).map_err(|e| {
+                Diagnostic::general(format!(
+                    "-v {name}=…: the value is not valid YAML: {}",
+                    e.message
+                ))
+            })?;
+            if matches!(value.value, Value::Str(_)) {
+                value = Node::string(text, span.clone());
+            }
+            value.respan(&span);
+            kv.insert(Node::string(name, span.clone()), value);
         }
         if !kv.is_empty() {
             sources.push(VarSource {
@@ -171,13 +184,13 @@ impl VarSources {
             for (key, raw) in pairs {
                 let name = key[wanted.len()..].to_string();
                 let origin = format!("--vars-env {prefix} ({key})");
-                let value = yaml::parse(&raw, &origin)
-                    .ok()
-                    .map(|mut n| {
-                        n.respan(&Span::synthetic(&origin));
-                        n
-                    })
-                    .unwrap_or_else(|| Node::string(raw.clone(), Span::synthetic(&origin)));
+                let mut value = yaml::parse(&raw, &origin).map_err(|e| {
+                    Diagnostic::general(format!(
+                        "--vars-env {prefix}: environment variable {key} is not valid YAML: {}",
+                        e.message
+                    ))
+                })?;
+                value.respan(&Span::synthetic(&origin));
                 values.insert(Node::string(name, Span::synthetic(&origin)), value);
             }
             sources.push(VarSource {
@@ -213,7 +226,10 @@ impl VarSources {
 
 fn split_flag<'a>(flag: &'a str, name: &str) -> Result<(&'a str, &'a str), Diagnostic> {
     match flag.split_once('=') {
-        Some((key, value)) if !key.is_empty() => Ok((key, value)),
+        Some((key, value)) if !key.is_empty() && !value.is_empty() => Ok((key, value)),
+        Some((key, _)) if !key.is_empty() => Err(Diagnostic::general(format!(
+            "{name} {flag:?}: expected a non-empty value after '='"
+        ))),
         _ => Err(Diagnostic::general(format!(
             "{name} {flag:?}: expected name=value"
         ))),
@@ -246,7 +262,12 @@ mod tests {
     #[test]
     fn precedence_follows_bosh_cli() {
         let flags = VarFlags {
-            vars: vec!["a=from-v".into(), "a=later-v".into()],
+            vars: vec![
+                "a=from-v".into(),
+                "a=later-v".into(),
+                "n=3".into(),
+                "ip=10.0.0.1".into(),
+            ],
             var_files: vec!["b=b.txt".into()],
             vars_files: vec!["one.yml".into(), "two.yml".into()],
             vars_env: vec!["PFX".into()],
@@ -269,5 +290,7 @@ mod tests {
         assert_eq!(get("c").as_deref(), Some("two"));
         assert_eq!(get("d").as_deref(), Some("one"));
         assert!(sources.get("e").unwrap().get("k").is_some());
+        assert!(matches!(sources.get("n").unwrap().value, Value::Int(3)));
+        assert_eq!(get("ip").as_deref(), Some("10.0.0.1"));
     }
 }

@@ -68,7 +68,7 @@ pub struct OpsArgs {
 /// Variable flags shared by every verb that reads manifests.
 #[derive(Debug, Args, Clone, Default)]
 pub struct VarArgs {
-    /// Set a variable: NAME=VALUE (value is a string)
+    /// Set a variable: NAME=VALUE (the value is read as YAML: 3 is a number, {a: 1} a map)
     #[arg(short = 'v', long = "var", value_name = "NAME=VALUE")]
     pub vars: Vec<String>,
     /// Set a variable to a file's contents: NAME=PATH
@@ -120,7 +120,7 @@ pub struct ValidateArgs {
     pub ops: OpsArgs,
     #[command(flatten)]
     pub vars: VarArgs,
-    /// Read variables from (and generate missing ones into) this vars store
+    /// Read variables from this vars store (missing declared ones are generated, not saved)
     #[arg(long = "vars-store", value_name = "PATH")]
     pub vars_store: Option<PathBuf>,
 }
