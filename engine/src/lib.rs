@@ -14,3 +14,6 @@ pub mod manifest;
 pub mod template;
 pub mod variables;
 pub mod yaml;
+pub mod blobstore;
+pub mod config;
+pub mod tasks;

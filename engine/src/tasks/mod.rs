@@ -1,0 +1,6 @@
+//! Tasks: every mutating call runs as a task with an id, a state, locks, an event log and a
+//! debug log, and can be cancelled between steps.
+
+mod log;
+
+pub use log::{Event, EventError, EventState, OutputKind, Stage, TaskFiles, TaskLog};
