@@ -14,6 +14,9 @@ pub mod manifest;
 pub mod template;
 pub mod variables;
 pub mod yaml;
+#[cfg(feature = "server")]
 pub mod blobstore;
+#[cfg(feature = "server")]
 pub mod config;
+#[cfg(feature = "server")]
 pub mod tasks;
