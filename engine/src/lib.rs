@@ -6,17 +6,25 @@
 //! configs and runtime configs, and [`diff`] shows what changes between two manifests, with
 //! secrets redacted. Everything here is pure: no network, no clock except where a
 //! certificate needs one, and file IO only at the edges (`vars_store`, reading inputs).
+//!
+//! Beside the pipeline, [`release`] reads BOSH release directories, fingerprints and builds
+//! their jobs and packages, and checks uploaded release tarballs; [`archive`] reads untrusted
+//! `.tgz` files safely and writes reproducible ones. Both work on files by nature.
 
-pub mod diagnostics;
-pub mod diff;
-pub mod interpolate;
-pub mod manifest;
-pub mod template;
-pub mod variables;
-pub mod yaml;
+pub mod archive;
 #[cfg(feature = "server")]
 pub mod blobstore;
 #[cfg(feature = "server")]
 pub mod config;
+pub mod diagnostics;
+pub mod diff;
+pub mod interpolate;
+pub mod manifest;
+pub mod release;
+#[cfg(feature = "server")]
+pub mod state;
 #[cfg(feature = "server")]
 pub mod tasks;
+pub mod template;
+pub mod variables;
+pub mod yaml;

@@ -10,7 +10,7 @@
 //! Invariant: pure; no IO.
 
 mod cloud;
-mod decode;
+pub(crate) mod decode;
 mod deployment;
 pub mod ip;
 mod validate;

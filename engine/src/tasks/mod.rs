@@ -2,5 +2,7 @@
 //! debug log, and can be cancelled between steps.
 
 mod log;
+mod runner;
 
 pub use log::{Event, EventError, EventState, OutputKind, Stage, TaskFiles, TaskLog};
+pub use runner::{CancelOutcome, RunnerError, TaskContext, TaskError, TaskRunner};

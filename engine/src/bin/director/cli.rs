@@ -55,6 +55,14 @@ pub enum Command {
     Diff(DiffArgs),
     /// Print a shell completion script
     Completion(CompletionArgs),
+    /// Build a release tarball from a release directory (as bosh create-release)
+    CreateRelease(CreateReleaseArgs),
+    /// Show the jobs and packages of a release tarball or release directory
+    InspectRelease(InspectReleaseArgs),
+    /// Copy a file into the release's blobs/ and track it in config/blobs.yml
+    AddBlob(AddBlobArgs),
+    /// List the blobs of a release directory
+    Blobs(BlobsArgs),
 }
 
 /// `-o` flags.
@@ -175,4 +183,54 @@ pub struct CompletionArgs {
     /// The shell
     #[arg(value_enum)]
     pub shell: Shell,
+}
+
+/// `director create-release`.
+#[derive(Debug, Args)]
+pub struct CreateReleaseArgs {
+    /// The release directory
+    #[arg(default_value = ".")]
+    pub dir: PathBuf,
+    /// Write the tarball here (default: dev_releases/NAME/NAME-VERSION.tgz, or releases/… when final)
+    #[arg(long = "tarball", value_name = "PATH")]
+    pub tarball: Option<PathBuf>,
+    /// Create a final release (the next final version unless --version says)
+    #[arg(long = "final")]
+    pub final_release: bool,
+    /// Use this version instead of counting up
+    #[arg(long = "version", value_name = "VERSION")]
+    pub version: Option<String>,
+    /// Create a final release even with uncommitted changes
+    #[arg(long = "force")]
+    pub force: bool,
+    /// Release name (default: name in config/final.yml)
+    #[arg(long = "name", value_name = "NAME")]
+    pub name: Option<String>,
+}
+
+/// `director inspect-release`.
+#[derive(Debug, Args)]
+pub struct InspectReleaseArgs {
+    /// A release tarball (.tgz) or a release directory
+    pub release: PathBuf,
+}
+
+/// `director add-blob`.
+#[derive(Debug, Args)]
+pub struct AddBlobArgs {
+    /// The file to add
+    pub path: PathBuf,
+    /// Its path under blobs/ (e.g. hello/hello-1.0.tar.gz)
+    pub name: String,
+    /// The release directory
+    #[arg(long = "dir", value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
+}
+
+/// `director blobs`.
+#[derive(Debug, Args)]
+pub struct BlobsArgs {
+    /// The release directory
+    #[arg(long = "dir", value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 }

@@ -1,7 +1,11 @@
 //! One module per verb; each parses nothing itself and calls one engine function.
 
+mod add_blob;
+mod blobs;
 mod completion;
+mod create_release;
 mod diff;
+mod inspect_release;
 mod interpolate;
 mod validate;
 
@@ -18,6 +22,10 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::Validate(args) => validate::run(args, ui),
         Command::Diff(args) => diff::run(args, ui),
         Command::Completion(args) => completion::run(args, ui),
+        Command::CreateRelease(args) => create_release::run(args, ui),
+        Command::InspectRelease(args) => inspect_release::run(args, ui),
+        Command::AddBlob(args) => add_blob::run(args, ui),
+        Command::Blobs(args) => blobs::run(args, ui),
     }
 }
 
