@@ -9,11 +9,16 @@
 //!
 //! Beside the pipeline, [`release`] reads BOSH release directories, fingerprints and builds
 //! their jobs and packages, and checks uploaded release tarballs; [`archive`] reads untrusted
-//! `.tgz` files safely and writes reproducible ones. Both work on files by nature.
+//! `.tgz` files safely and writes reproducible ones; [`stemcell`] reads `stemcell.MF`, orders
+//! stemcell versions and checks uploaded stemcell tarballs. They work on files by nature.
 
+#[cfg(feature = "server")]
+pub mod api;
 pub mod archive;
 #[cfg(feature = "server")]
 pub mod blobstore;
+#[cfg(feature = "server")]
+pub mod client;
 #[cfg(feature = "server")]
 pub mod config;
 pub mod diagnostics;
@@ -23,8 +28,11 @@ pub mod manifest;
 pub mod release;
 #[cfg(feature = "server")]
 pub mod state;
+pub mod stemcell;
 #[cfg(feature = "server")]
 pub mod tasks;
 pub mod template;
+#[cfg(feature = "server")]
+pub mod uploads;
 pub mod variables;
 pub mod yaml;

@@ -234,6 +234,7 @@ fn stemcell(version: &str) -> NewStemcell {
         cloud_properties: json!({"infrastructure": "warden", "disk": 3072, "z": [1, 2]}),
         formats: vec!["warden-tar".to_string()],
         cid: format!("stemcell-cid-{version}"),
+        image_blob_id: None,
     }
 }
 

@@ -99,8 +99,9 @@ CREATE TABLE compiled_packages (
 ) STRICT;
 CREATE INDEX compiled_packages_blob_id ON compiled_packages (blob_id);
 
--- sha256 is the digest of the stemcell's `image` file; cid is what the CPI's
--- create_stemcell returned.
+-- sha256 is the digest of the stemcell's `image` file, kept in the blobstore as
+-- image_blob_id (absent for light stemcells); cid is what the CPI's create_stemcell
+-- returned.
 CREATE TABLE stemcells (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     name TEXT NOT NULL CHECK (name <> ''),
@@ -111,6 +112,7 @@ CREATE TABLE stemcells (
     cloud_properties TEXT NOT NULL,
     formats TEXT NOT NULL,
     cid TEXT NOT NULL,
+    image_blob_id TEXT REFERENCES blobs (id),
     created_at INTEGER NOT NULL,
     UNIQUE (name, version)
 ) STRICT;

@@ -24,7 +24,7 @@ pub struct Blob {
     pub id: String,
     pub size: u64,
     pub created_at: i64,
-    /// How many rows refer to it (jobs, packages, compiled packages).
+    /// How many rows refer to it (jobs, packages, compiled packages, stemcell images).
     pub references: u64,
 }
 
@@ -34,6 +34,7 @@ const REFERENCES: &[(&str, &str)] = &[
     ("jobs", "blob_id"),
     ("packages", "blob_id"),
     ("compiled_packages", "blob_id"),
+    ("stemcells", "image_blob_id"),
 ];
 
 /// Blobs; see [`State::blobs`].

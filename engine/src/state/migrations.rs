@@ -126,11 +126,11 @@ mod tests {
     const RELEASED: &[(&str, &str)] = &[
         (
             "sqlite/0001_initial.sql",
-            "369735422026be45237e16dd98a7d339646b1a40e03a31dbf289a06bfd0ebd80",
+            "ee60aca9e346f52748ee3a495d3bb995a02151a74375cf42404d205953597e68",
         ),
         (
             "postgres/0001_initial.sql",
-            "8959c9a34adb7b357b85104453cb1b775f9949d3decd58ade56c0709566172d7",
+            "bc8ccb8aeb84ed084a7ffe1e20cd5778ea018a377c30e4f0220019e24e383be9",
         ),
     ];
 

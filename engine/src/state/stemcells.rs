@@ -19,6 +19,9 @@ pub struct NewStemcell {
     pub formats: Vec<String>,
     /// What `create_stemcell` returned.
     pub cid: String,
+    /// The blob holding the `image` file (a row of `blobs` must exist), `None` for a
+    /// light stemcell.
+    pub image_blob_id: Option<String>,
 }
 
 /// A recorded stemcell.
@@ -33,6 +36,7 @@ pub struct Stemcell {
     pub cloud_properties: Value,
     pub formats: Vec<String>,
     pub cid: String,
+    pub image_blob_id: Option<String>,
     pub created_at: i64,
     /// Deployments that use this stemcell, sorted.
     pub deployments: Vec<String>,
@@ -45,7 +49,7 @@ pub struct Stemcells<'a> {
 }
 
 const COLUMNS: &str = "id, name, operating_system, version, sha256, api_version, \
-                       cloud_properties, formats, cid, created_at";
+                       cloud_properties, formats, cid, image_blob_id, created_at";
 
 impl Stemcells<'_> {
     /// Records a stemcell; [`StateError::AlreadyExists`] if `name/version` is recorded.
@@ -59,8 +63,8 @@ impl Stemcells<'_> {
             let row = conn
                 .row(
                     "INSERT INTO stemcells (name, operating_system, version, sha256, \
-                     api_version, cloud_properties, formats, cid, created_at) \
-                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING id",
+                     api_version, cloud_properties, formats, cid, image_blob_id, created_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING id",
                     params![
                         &stemcell.name,
                         &stemcell.operating_system,
@@ -70,6 +74,7 @@ impl Stemcells<'_> {
                         &cloud_properties,
                         &formats,
                         &stemcell.cid,
+                        &stemcell.image_blob_id,
                         created_at,
                     ],
                 )
@@ -85,6 +90,7 @@ impl Stemcells<'_> {
                 cloud_properties: stemcell.cloud_properties.clone(),
                 formats: stemcell.formats.clone(),
                 cid: stemcell.cid.clone(),
+                image_blob_id: stemcell.image_blob_id.clone(),
                 created_at,
                 deployments: Vec::new(),
             })
@@ -218,6 +224,7 @@ fn stemcell_from_row(
         cloud_properties: row.json("cloud_properties")?,
         formats: row.json("formats")?,
         cid: row.text("cid")?,
+        image_blob_id: row.opt_text("image_blob_id")?,
         created_at: row.int("created_at")?,
         deployments,
     })

@@ -41,6 +41,14 @@ pub struct GlobalArgs {
     /// Don't color output
     #[arg(long = "no-color", global = true)]
     pub no_color: bool,
+    /// The director's URL (default: the CLI config, else a dev director started on demand)
+    #[arg(
+        long = "director",
+        global = true,
+        env = "DIRECTOR_URL",
+        value_name = "URL"
+    )]
+    pub director: Option<String>,
 }
 
 /// The verbs.
@@ -63,6 +71,108 @@ pub enum Command {
     AddBlob(AddBlobArgs),
     /// List the blobs of a release directory
     Blobs(BlobsArgs),
+    /// Run the director (the API server)
+    Serve(ServeArgs),
+    /// Show the director this CLI talks to: URL, version, state, blobstore, bus, CPI
+    Status,
+    /// Stop the dev director this CLI started
+    StopServer,
+    /// Upload a release tarball, a release directory (created first) or an http(s) URL
+    UploadRelease(UploadArgs),
+    /// List uploaded releases
+    Releases,
+    /// Delete a release (NAME) or one version of it (NAME/VERSION)
+    DeleteRelease(DeleteArgs),
+    /// Upload a stemcell tarball or an http(s) URL
+    UploadStemcell(UploadArgs),
+    /// List uploaded stemcells (and which deployments use them)
+    Stemcells,
+    /// Delete a stemcell (NAME/VERSION)
+    DeleteStemcell(DeleteArgs),
+    /// List running tasks (or recent ones)
+    Tasks(TasksArgs),
+    /// Show a task's output, following it while it runs
+    Task(TaskArgs),
+    /// Cancel a task (it stops at its next step)
+    CancelTask(CancelTaskArgs),
+    /// Remove releases, stemcells and blobs that nothing uses
+    CleanUp(CleanUpArgs),
+}
+
+/// `director serve`.
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// The director configuration (director.yml)
+    #[arg(long = "config", value_name = "PATH", conflicts_with = "dev")]
+    pub config: Option<PathBuf>,
+    /// Dev mode: SQLite, local blobstore, all under $XDG_DATA_HOME/director; writes the CLI config
+    #[arg(long = "dev")]
+    pub dev: bool,
+}
+
+/// `upload-release` / `upload-stemcell`.
+#[derive(Debug, Args)]
+pub struct UploadArgs {
+    /// A tarball, a release directory, or an http(s) URL
+    pub source: String,
+    /// The expected sha256 of the tarball (sha256:HEX or HEX)
+    #[arg(long = "sha256", value_name = "DIGEST")]
+    pub sha256: Option<String>,
+    /// Upload again even if already uploaded (re-stores missing or damaged blobs)
+    #[arg(long = "fix")]
+    pub fix: bool,
+}
+
+/// `delete-release` / `delete-stemcell`.
+#[derive(Debug, Args)]
+pub struct DeleteArgs {
+    /// NAME or NAME/VERSION
+    pub name: String,
+    /// Ignore what is already gone
+    #[arg(long = "force")]
+    pub force: bool,
+}
+
+/// `director tasks`.
+#[derive(Debug, Args)]
+pub struct TasksArgs {
+    /// Show the N most recent tasks in any state (default 30)
+    #[arg(short = 'r', long = "recent", value_name = "N", num_args = 0..=1, default_missing_value = "30")]
+    pub recent: Option<u32>,
+    /// Include the tasks of every deployment (with -d, only that deployment's are shown)
+    #[arg(short = 'a', long = "all")]
+    pub all: bool,
+}
+
+/// `director task`.
+#[derive(Debug, Args)]
+pub struct TaskArgs {
+    /// The task id
+    pub id: i64,
+    /// Show the event log (the default)
+    #[arg(long = "event", conflicts_with_all = ["debug", "result"])]
+    pub event: bool,
+    /// Show the debug log
+    #[arg(long = "debug", conflicts_with = "result")]
+    pub debug: bool,
+    /// Show the result
+    #[arg(long = "result")]
+    pub result: bool,
+}
+
+/// `director cancel-task`.
+#[derive(Debug, Args)]
+pub struct CancelTaskArgs {
+    /// The task id
+    pub id: i64,
+}
+
+/// `director clean-up`.
+#[derive(Debug, Args)]
+pub struct CleanUpArgs {
+    /// Remove every unused release and stemcell version (default: keep the two newest of each)
+    #[arg(long = "all")]
+    pub all: bool,
 }
 
 /// `-o` flags.

@@ -5,6 +5,7 @@ mod blobs;
 mod completion;
 mod create_release;
 mod diff;
+mod director;
 mod inspect_release;
 mod interpolate;
 mod validate;
@@ -26,6 +27,19 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::InspectRelease(args) => inspect_release::run(args, ui),
         Command::AddBlob(args) => add_blob::run(args, ui),
         Command::Blobs(args) => blobs::run(args, ui),
+        Command::Serve(args) => director::serve(args, ui),
+        Command::Status => director::status(&cli.global, ui),
+        Command::StopServer => director::stop_server(&cli.global, ui),
+        Command::UploadRelease(args) => director::upload(&cli.global, "/releases", args, ui),
+        Command::UploadStemcell(args) => director::upload(&cli.global, "/stemcells", args, ui),
+        Command::Releases => director::releases(&cli.global, ui),
+        Command::Stemcells => director::stemcells(&cli.global, ui),
+        Command::DeleteRelease(args) => director::delete_release(&cli.global, args, ui),
+        Command::DeleteStemcell(args) => director::delete_stemcell(&cli.global, args, ui),
+        Command::Tasks(args) => director::tasks(&cli.global, args, ui),
+        Command::Task(args) => director::task(&cli.global, args, ui),
+        Command::CancelTask(args) => director::cancel_task(&cli.global, args, ui),
+        Command::CleanUp(args) => director::clean_up(&cli.global, args, ui),
     }
 }
 

@@ -1,0 +1,608 @@
+//! The director server through the real binaries: the dev director starts on demand, uploads
+//! are tasks that are idempotent and atomic, bad tarballs change nothing, a director killed
+//! during an upload leaves no half-written release and no stuck lock, stemcells upload, and
+//! the API needs its token (and speaks TLS when configured).
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{director_bin, run};
+
+/// An isolated user: its own XDG directories, so its dev director is its own. Stopping the
+/// director (and killing it if it does not stop) happens on drop.
+struct User {
+    home: tempfile::TempDir,
+}
+
+impl User {
+    fn new() -> User {
+        User {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn data_dir(&self) -> PathBuf {
+        self.home.path().join("data/director")
+    }
+
+    fn director(&self) -> Command {
+        let mut command = Command::new(director_bin());
+        command
+            .env("XDG_DATA_HOME", self.home.path().join("data"))
+            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
+            .env("NO_COLOR", "1")
+            .env_remove("DIRECTOR_URL")
+            .env_remove("DIRECTOR_TOKEN")
+            .env_remove("DIRECTOR_CA_CERT")
+            .current_dir(self.home.path());
+        command
+    }
+
+    fn run(&self, args: &[&str]) -> tests::Run {
+        run(self.director().args(args))
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(&[args, &["--json"]].concat());
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout))
+    }
+
+    fn dev_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("dev.yml")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("pid: "))
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    fn blob_count(&self) -> usize {
+        std::fs::read_dir(self.data_dir().join("blobs/blobs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// A copy of releases/hello in a fresh git repository.
+    fn hello_release(&self) -> PathBuf {
+        let dir = self.home.path().join("hello");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../releases/hello"),
+            &dir,
+        );
+        for args in [
+            vec!["init", "-q"],
+            vec!["add", "-A"],
+            vec![
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "hello",
+            ],
+        ] {
+            let status = Command::new("git")
+                .args(&args)
+                .current_dir(&dir)
+                .status()
+                .expect("git is installed");
+            assert!(status.success());
+        }
+        dir
+    }
+
+    fn hello_tarball(&self) -> PathBuf {
+        let dir = self.hello_release();
+        let out = self.run(&[
+            "create-release",
+            dir.to_str().unwrap(),
+            "--tarball",
+            "hello.tgz",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        self.home.path().join("hello.tgz")
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        let pid = self.dev_pid();
+        let _ = self.director().arg("stop-server").output();
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+        }
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if ["dev_releases", ".dev_builds", "blobs"].contains(&name.to_str().unwrap_or("")) {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}
+
+#[test]
+fn the_dev_director_starts_on_demand_and_stops() {
+    let user = User::new();
+    let out = user.run(&["status"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .starts_with("Started a dev director at http://127.0.0.1:"),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(
+        out.stderr.lines().count(),
+        1,
+        "one line says so: {}",
+        out.stderr
+    );
+    assert!(out.stdout.contains("State      sqlite"), "{}", out.stdout);
+    let config = user.home.path().join("config/director/config.yml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text.contains("url: http://127.0.0.1:")
+            && text.contains("token: ")
+            && text.contains("dev: true"),
+        "{text}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(
+            std::fs::metadata(&config).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+    }
+    // Running again finds it: no second start.
+    let again = user.run(&["status"]);
+    assert_eq!((again.code, again.stderr.as_str()), (0, ""));
+    // Every request but /info needs the token.
+    let url = text
+        .lines()
+        .find_map(|l| l.strip_prefix("url: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let anonymous = engine::client::Client::new(&url, None, None).unwrap();
+    assert!(runtime.block_on(anonymous.info()).is_ok());
+    let refused = runtime
+        .block_on(anonymous.get("/releases"))
+        .unwrap_err()
+        .to_string();
+    assert!(refused.starts_with("missing or wrong token"), "{refused}");
+    let wrong = engine::client::Client::new(&url, Some("wrong".into()), None).unwrap();
+    assert!(runtime.block_on(wrong.get("/tasks")).is_err());
+
+    let stop = user.run(&["stop-server"]);
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+    assert!(
+        stop.stderr.starts_with("stopped the dev director"),
+        "{}",
+        stop.stderr
+    );
+    assert!(user.dev_pid().is_none());
+}
+
+#[test]
+fn uploads_are_tasks_idempotent_and_deletable() {
+    let user = User::new();
+    let tarball = user.hello_tarball();
+    let first = user.run(&["upload-release", tarball.to_str().unwrap()]);
+    assert_eq!(first.code, 0, "{}", first.stderr);
+    assert!(
+        first
+            .stderr
+            .contains("done: uploaded release hello/0+dev.1"),
+        "{}",
+        first.stderr
+    );
+    let blobs = user.blob_count();
+    assert_eq!(blobs, 4, "two jobs and two packages are stored by content");
+
+    let second = user.run(&["upload-release", tarball.to_str().unwrap()]);
+    assert_eq!(second.code, 0, "{}", second.stderr);
+    assert!(
+        second
+            .stderr
+            .contains("release hello/0+dev.1 is already uploaded; nothing changed"),
+        "{}",
+        second.stderr
+    );
+    assert_eq!(user.blob_count(), blobs);
+
+    let releases = user.json(&["releases"]);
+    assert_eq!(releases[0]["name"], "hello");
+    assert_eq!(releases[0]["release_versions"][0]["version"], "0+dev.1");
+
+    let tasks = user.json(&["tasks", "--recent"]);
+    assert_eq!(tasks.as_array().unwrap().len(), 2);
+    let events = user.run(&["task", &tasks[1]["id"].to_string(), "--json"]);
+    let first_event: Value = serde_json::from_str(events.stdout.lines().next().unwrap()).unwrap();
+    assert_eq!(first_event["stage"], "Extracting release");
+
+    let deleted = user.run(&["delete-release", "hello/0+dev.1"]);
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert_eq!(user.json(&["releases"]), serde_json::json!([]));
+    assert_eq!(
+        user.blob_count(),
+        0,
+        "the blobs of a deleted release go too"
+    );
+    let missing = user.run(&["delete-release", "hello"]);
+    assert_eq!(missing.code, 1);
+    assert!(
+        missing.stderr.contains("release 'hello' is not uploaded"),
+        "{}",
+        missing.stderr
+    );
+}
+
+/// Leaves nothing behind: no release rows, no blobs, no staged files.
+fn assert_untouched(user: &User) {
+    assert_eq!(user.json(&["releases"]), serde_json::json!([]));
+    assert_eq!(user.blob_count(), 0);
+    let uploads = std::fs::read_dir(user.data_dir().join("uploads"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(uploads, 0, "staged uploads are removed");
+    let staging = std::fs::read_dir(user.data_dir().join("staging"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(staging, 0, "unpacked archives are removed");
+}
+
+#[test]
+fn bad_tarballs_and_digests_change_nothing() {
+    let user = User::new();
+    let good = user.hello_tarball();
+    let dir = user.home.path();
+
+    // A truncated gzip stream.
+    let bytes = std::fs::read(&good).unwrap();
+    std::fs::write(dir.join("truncated.tgz"), &bytes[..bytes.len() / 2]).unwrap();
+    let out = user.run(&["upload-release", "truncated.tgz"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("truncated or corrupt gzip data"),
+        "{}",
+        out.stderr
+    );
+    assert_untouched(&user);
+
+    // An entry that climbs out of the staging directory.
+    std::fs::create_dir_all(dir.join("inner")).unwrap();
+    std::fs::write(dir.join("escape"), "x").unwrap();
+    let status = Command::new("tar")
+        .args(["-czPf", "escape.tgz", "inner/../escape"])
+        .current_dir(dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = user.run(&["upload-release", "escape.tgz"]);
+    assert_eq!(out.code, 1);
+    assert!(out.stderr.contains(".."), "{}", out.stderr);
+    assert_untouched(&user);
+
+    // A digest that does not match is refused before any task runs.
+    let out = user.run(&[
+        "upload-release",
+        good.to_str().unwrap(),
+        "--sha256",
+        &"0".repeat(64),
+    ]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("sha256 mismatch: expected sha256:0000"),
+        "{}",
+        out.stderr
+    );
+    assert_untouched(&user);
+
+    // Not a tarball at all.
+    std::fs::write(dir.join("notes.txt"), "release notes").unwrap();
+    let out = user.run(&["upload-release", "notes.txt"]);
+    assert_eq!(out.code, 1);
+    assert_untouched(&user);
+}
+
+fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(120) {
+        if condition() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[test]
+fn a_director_killed_during_an_upload_leaves_nothing_half_written() {
+    let user = User::new();
+    // A release with two big packages, so the upload task is still storing the second
+    // while the first is already in the blobstore.
+    let release = user.hello_release();
+    for (package, seed) in [
+        ("hello-lib", 0x2545_f491_4f6c_dd1du64),
+        ("hello-server", 0x9e37_79b9_7f4a_7c15),
+    ] {
+        let mut random = vec![0u8; 48 << 20];
+        let mut state = seed;
+        for chunk in random.chunks_mut(8) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            let bytes = state.to_le_bytes();
+            chunk.copy_from_slice(&bytes[..chunk.len()]);
+        }
+        std::fs::write(release.join(format!("src/{package}/padding.bin")), random).unwrap();
+        let spec = release.join(format!("packages/{package}/spec"));
+        let text = std::fs::read_to_string(&spec).unwrap();
+        assert!(text.contains("files:\n"), "{text}");
+        std::fs::write(
+            &spec,
+            text.replace("files:\n", &format!("files:\n- {package}/padding.bin\n")),
+        )
+        .unwrap();
+    }
+    let out = user.run(&[
+        "create-release",
+        release.to_str().unwrap(),
+        "--force",
+        "--tarball",
+        "big.tgz",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+
+    assert_eq!(user.run(&["status"]).code, 0);
+    let pid = user.dev_pid().expect("the dev director is running");
+    let mut upload = user
+        .director()
+        .args(["upload-release", "big.tgz"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Kill it once the first package is stored but before the release is recorded.
+    wait_for(
+        || user.blob_count() > 0,
+        "the first package to reach the blobstore",
+    );
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let _ = upload.wait();
+
+    // The next command starts a new dev director, which cleans up after the old one.
+    let tasks = user.json(&["tasks", "--recent"]);
+    let task = &tasks[0];
+    assert_eq!(tasks.as_array().unwrap().len(), 1, "{tasks}");
+    assert_eq!(
+        (task["state"].as_str(), task["result"].as_str()),
+        (Some("error"), Some("director restarted")),
+        "{tasks}"
+    );
+    assert_untouched(&user);
+    // No stuck lock: the same release uploads now.
+    let again = user.run(&["upload-release", "big.tgz"]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stderr.contains("done: uploaded release hello/"),
+        "{}",
+        again.stderr
+    );
+}
+
+fn stemcell_tarball(dir: &Path, name: &str, version: &str, image_content: &[u8]) -> PathBuf {
+    let work = dir.join(format!("stemcell-{version}"));
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("image"), image_content).unwrap();
+    let digest = Command::new("sha256sum")
+        .arg("image")
+        .current_dir(&work)
+        .output()
+        .unwrap();
+    let digest = String::from_utf8(digest.stdout)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    std::fs::write(
+        work.join("stemcell.MF"),
+        format!(
+            "name: {name}\nversion: '{version}'\napi_version: 3\noperating_system: debian-bookworm\nsha1: sha256:{digest}\nstemcell_formats: [local]\ncloud_properties: {{}}\n"
+        ),
+    )
+    .unwrap();
+    let tarball = dir.join(format!("{name}-{version}.tgz"));
+    let status = Command::new("tar")
+        .args(["-czf", tarball.to_str().unwrap(), "stemcell.MF", "image"])
+        .current_dir(&work)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tarball
+}
+
+#[test]
+fn stemcells_upload_once_and_list() {
+    let user = User::new();
+    let tarball = stemcell_tarball(
+        user.home.path(),
+        "bosh-local-debian-bookworm",
+        "12.8.20261126",
+        b"rootfs image bytes",
+    );
+    let out = user.run(&["upload-stemcell", tarball.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("uploaded stemcell bosh-local-debian-bookworm/12.8.20261126"),
+        "{}",
+        out.stderr
+    );
+    let again = user.run(&["upload-stemcell", tarball.to_str().unwrap()]);
+    assert_eq!(again.code, 0);
+    assert!(
+        again
+            .stderr
+            .contains("is already uploaded; nothing changed"),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(user.blob_count(), 1, "the image is stored once");
+    let list = user.json(&["stemcells"]);
+    assert_eq!(list[0]["version"], "12.8.20261126");
+    assert_eq!(list[0]["formats"], serde_json::json!(["local"]));
+
+    // Same version, other image: refused.
+    let other = stemcell_tarball(
+        &user.home.path().join("other"),
+        "bosh-local-debian-bookworm",
+        "12.8.20261126",
+        b"another image",
+    );
+    let out = user.run(&["upload-stemcell", other.to_str().unwrap()]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr.contains("already uploaded with another image"),
+        "{}",
+        out.stderr
+    );
+
+    let deleted = user.run(&[
+        "delete-stemcell",
+        "bosh-local-debian-bookworm/12.8.20261126",
+    ]);
+    assert_eq!(deleted.code, 0, "{}", deleted.stderr);
+    assert_eq!(user.json(&["stemcells"]), serde_json::json!([]));
+    assert_eq!(user.blob_count(), 0);
+}
+
+#[test]
+fn clean_up_keeps_the_two_newest_unless_all() {
+    let user = User::new();
+    for version in ["1.1", "1.2", "1.3"] {
+        let tarball = stemcell_tarball(
+            user.home.path(),
+            "bosh-local-debian-bookworm",
+            version,
+            version.as_bytes(),
+        );
+        assert_eq!(
+            user.run(&["upload-stemcell", tarball.to_str().unwrap()])
+                .code,
+            0
+        );
+    }
+    let out = user.run(&["clean-up"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("removed stemcell bosh-local-debian-bookworm/1.1"),
+        "{}",
+        out.stderr
+    );
+    let versions: Vec<String> = user
+        .json(&["stemcells"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["version"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(versions.len(), 2, "{versions:?}");
+    let out = user.run(&["clean-up", "--all"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(user.json(&["stemcells"]), serde_json::json!([]));
+    assert_eq!(user.blob_count(), 0);
+}
+
+#[test]
+fn the_api_speaks_tls_when_configured() {
+    let user = User::new();
+    let dir = user.home.path();
+    // A CA and a certificate it signs for 127.0.0.1, as an operator would have.
+    std::fs::write(
+        dir.join("san.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    for args in [
+        "req -x509 -newkey rsa:2048 -nodes -keyout ca.key -out ca.pem -days 1 -subj /CN=test-ca",
+        "req -newkey rsa:2048 -nodes -keyout key.pem -out director.csr -subj /CN=127.0.0.1",
+        "x509 -req -in director.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out cert.pem -days 1 -extfile san.ext",
+    ] {
+        let status = Command::new("openssl")
+            .args(args.split(' '))
+            .current_dir(dir)
+            .stderr(Stdio::null())
+            .status()
+            .expect("openssl is installed");
+        assert!(status.success(), "openssl {args}");
+    }
+    std::fs::write(
+        dir.join("director.yml"),
+        format!(
+            "listen: 127.0.0.1:0\ndata_dir: {0}/tls-director\ntls:\n  certificate: {0}/cert.pem\n  private_key: {0}/key.pem\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut server = user
+        .director()
+        .args(["serve", "--config", "director.yml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("https://"))
+        .expect("the listening line names the URL")
+        .to_string();
+    let token = std::fs::read_to_string(dir.join("tls-director/token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let with_ca = run(user
+        .director()
+        .args(["--director", &url, "status"])
+        .env("DIRECTOR_TOKEN", &token)
+        .env("DIRECTOR_CA_CERT", dir.join("ca.pem")));
+    let without_ca = run(user
+        .director()
+        .args(["--director", &url, "status"])
+        .env("DIRECTOR_TOKEN", &token));
+    let _ = server.kill();
+    let _ = server.wait();
+    assert_eq!(with_ca.code, 0, "{}", with_ca.stderr);
+    assert!(with_ca.stdout.contains(&url), "{}", with_ca.stdout);
+    assert_eq!(without_ca.code, 1);
+    assert!(
+        without_ca.stderr.contains("certificate"),
+        "{}",
+        without_ca.stderr
+    );
+}
