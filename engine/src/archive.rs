@@ -197,6 +197,7 @@ pub type Entries = BTreeMap<String, EntryKind>;
 pub struct Extracted {
     dir: TempDir,
     entries: Entries,
+    digests: BTreeMap<String, String>,
 }
 
 impl Extracted {
@@ -208,6 +209,12 @@ impl Extracted {
     /// What was unpacked.
     pub fn entries(&self) -> &Entries {
         &self.entries
+    }
+
+    /// The lowercase hex SHA-256 of a file entry, computed while it was unpacked (so callers
+    /// need not read a large file again to hash it).
+    pub fn sha256(&self, name: &str) -> Option<&str> {
+        self.digests.get(name).map(String::as_str)
     }
 
     /// The staging directory, to keep or drop.
@@ -233,10 +240,18 @@ pub fn extract(
         })?;
     let root = dir.path().to_path_buf();
     let name = shown(path);
+    let mut digests = BTreeMap::new();
     let entries = walk(path, &name, limits, |entry, kind, data| {
-        unpack(&root, entry, kind, data)
+        if let Some(digest) = unpack(&root, entry, kind, data)? {
+            digests.insert(entry.to_string(), digest);
+        }
+        Ok(())
     })?;
-    Ok(Extracted { dir, entries })
+    Ok(Extracted {
+        dir,
+        entries,
+        digests,
+    })
 }
 
 /// Reads the whole archive without writing anything and returns its entries.
@@ -634,12 +649,31 @@ fn resolve_into(
     Some(())
 }
 
+/// A writer that hashes what it writes.
+struct HashingWriter<W> {
+    inner: W,
+    sha256: sha2::Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        sha2::Digest::update(&mut self.sha256, &buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Writes one entry under `root`; returns the SHA-256 (hex) of a file's content.
 fn unpack(
     root: &Path,
     name: &str,
     kind: &EntryKind,
     data: &mut dyn Read,
-) -> Result<(), VisitFailure> {
+) -> Result<Option<String>, VisitFailure> {
     let destination = root.join(name);
     if let Some(parent) = destination.parent() {
         // Every ancestor was checked to be a directory of the archive, never a link.
@@ -647,24 +681,31 @@ fn unpack(
     }
     match kind {
         EntryKind::Dir { .. } => match fs::create_dir(&destination) {
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && destination.is_dir() => Ok(()),
-            other => other.map_err(VisitFailure::Write),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists && destination.is_dir() => Ok(None),
+            other => other.map(|()| None).map_err(VisitFailure::Write),
         },
         EntryKind::File { executable, .. } => {
-            let mut file = OpenOptions::new()
+            let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
                 .mode(if *executable { 0o755 } else { 0o644 })
                 .open(&destination)
                 .map_err(VisitFailure::Write)?;
-            copy(data, &mut file)
+            let mut writer = HashingWriter {
+                inner: io::BufWriter::with_capacity(1 << 20, file),
+                sha256: sha2::Digest::new(),
+            };
+            copy(data, &mut writer)?;
+            writer.flush().map_err(VisitFailure::Write)?;
+            let digest = sha2::Digest::finalize(writer.sha256);
+            Ok(Some(digest.iter().map(|b| format!("{b:02x}")).collect()))
         }
-        EntryKind::Symlink { target } => {
-            std::os::unix::fs::symlink(target, &destination).map_err(VisitFailure::Write)
-        }
-        EntryKind::HardLink { target } => {
-            fs::hard_link(root.join(target), &destination).map_err(VisitFailure::Write)
-        }
+        EntryKind::Symlink { target } => std::os::unix::fs::symlink(target, &destination)
+            .map(|()| None)
+            .map_err(VisitFailure::Write),
+        EntryKind::HardLink { target } => fs::hard_link(root.join(target), &destination)
+            .map(|()| None)
+            .map_err(VisitFailure::Write),
     }
 }
 

@@ -61,6 +61,8 @@ pub struct Client {
     url: String,
     token: Option<String>,
     http: reqwest::Client,
+    /// The dev director of this user on this host: it can read the user's files itself.
+    local: bool,
 }
 
 fn http_client(ca_cert: Option<&str>) -> Result<reqwest::Client, ClientError> {
@@ -95,6 +97,7 @@ impl Client {
             url: url.trim_end_matches('/').to_string(),
             token,
             http: http_client(ca_cert)?,
+            local: false,
         })
     }
 
@@ -120,7 +123,8 @@ impl Client {
     pub async fn dev(say: &mut dyn FnMut(&str)) -> Result<Client, ClientError> {
         let data_dir = config::data_dir();
         if let Some(record) = DevRecord::load(&data_dir) {
-            let client = Client::new(&record.url, Some(record.token.clone()), None)?;
+            let mut client = Client::new(&record.url, Some(record.token.clone()), None)?;
+            client.local = true;
             if client
                 .info_with_timeout(Duration::from_secs(2))
                 .await
@@ -129,7 +133,9 @@ impl Client {
                 return Ok(client);
             }
         }
-        start_dev_director(&data_dir, say).await
+        let mut client = start_dev_director(&data_dir, say).await?;
+        client.local = true;
+        Ok(client)
     }
 
     /// The director's URL.
@@ -202,8 +208,9 @@ impl Client {
             .await
     }
 
-    /// Streams a file to `endpoint` (`/releases`, `/stemcells`) with a progress bar on a
-    /// terminal; returns the queued task.
+    /// Sends a file to `endpoint` (`/releases`, `/stemcells`): a dev director on this host
+    /// reads it where it is; any other director gets it streamed, with a progress bar on a
+    /// terminal. Returns the queued task.
     pub async fn upload(
         &self,
         endpoint: &str,
@@ -212,6 +219,14 @@ impl Client {
         fix: bool,
         progress: bool,
     ) -> Result<Json, ClientError> {
+        if self.local {
+            let absolute = std::fs::canonicalize(file).map_err(|source| ClientError::Io {
+                context: format!("reading {}", file.display()),
+                source,
+            })?;
+            let location = format!("file://{}", absolute.display());
+            return self.upload_remote(endpoint, &location, sha256, fix).await;
+        }
         let size = std::fs::metadata(file)
             .map_err(|source| ClientError::Io {
                 context: format!("reading {}", file.display()),

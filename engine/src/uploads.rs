@@ -303,15 +303,25 @@ pub async fn import_stemcell(
     let stored = if archive.image_size() == 0 {
         None
     } else {
-        Some(
-            store(
-                upload,
-                &archive.image(),
-                &image_digest.digest_string(),
-                &format!("stemcell {label}"),
-            )
-            .await?,
-        )
+        // The image's digest was computed (and checked against stemcell.MF) while it was
+        // unpacked, so it is moved into the blobstore rather than read again.
+        let stored = upload
+            .blobstore
+            .adopt_file(&archive.image(), &image_digest)
+            .await
+            .map_err(|e| failed(format!("stemcell {label}: {e}")))?;
+        upload
+            .state
+            .blobs()
+            .insert(&NewBlob {
+                id: stored.id.as_str().to_string(),
+                size: stored.size,
+            })
+            .await?;
+        Some(Archive {
+            blob_id: stored.id.as_str().to_string(),
+            digest: stored.id.digest_string(),
+        })
     };
     stage.finished(&label, 1);
     if fix

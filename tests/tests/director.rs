@@ -595,11 +595,33 @@ fn the_api_speaks_tls_when_configured() {
         .director()
         .args(["--director", &url, "status"])
         .env("DIRECTOR_TOKEN", &token));
+    // A director that is not this user's dev director gets uploads streamed over HTTPS, and
+    // refuses to read the user's files itself.
+    let stemcell = stemcell_tarball(dir, "bosh-local-debian-bookworm", "1.0", b"streamed image");
+    let streamed = run(user
+        .director()
+        .args([
+            "--director",
+            &url,
+            "upload-stemcell",
+            stemcell.to_str().unwrap(),
+        ])
+        .env("DIRECTOR_TOKEN", &token)
+        .env("DIRECTOR_CA_CERT", dir.join("ca.pem")));
     let _ = server.kill();
     let _ = server.wait();
     assert_eq!(with_ca.code, 0, "{}", with_ca.stderr);
     assert!(with_ca.stdout.contains(&url), "{}", with_ca.stdout);
     assert_eq!(without_ca.code, 1);
+    assert_eq!(streamed.code, 0, "{}", streamed.stderr);
+    assert!(
+        streamed
+            .stderr
+            .contains("uploaded stemcell bosh-local-debian-bookworm/1.0"),
+        "{}",
+        streamed.stderr
+    );
+    assert!(stemcell.exists(), "the user's file stays");
     assert!(
         without_ca.stderr.contains("certificate"),
         "{}",

@@ -207,16 +207,19 @@ async fn receive(
                     ),
                 ));
             }
-            hasher.update(&chunk);
+            // Hash only when there is something to check: uploads are large.
+            if expected.is_some() {
+                hasher.update(&chunk);
+            }
             file.write_all(&chunk).await.map_err(internal)?;
         }
-        file.sync_all().await.map_err(internal)?;
-        let actual = hasher
-            .finalize()
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>();
+        file.flush().await.map_err(internal)?;
         if let Some(expected) = &expected {
+            let actual = hasher
+                .finalize()
+                .iter()
+                .map(|b| format!("{b:02x}"))
+                .collect::<String>();
             if expected.as_str() != actual {
                 return Err(error(
                     StatusCode::BAD_REQUEST,
@@ -255,7 +258,7 @@ async fn upload_release(
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Reply {
-    let (path, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
+    let (staged, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
     let upload = director.upload.clone();
     let fix = query.fix;
     let task = director
@@ -263,8 +266,8 @@ async fn upload_release(
         .submit(
             new_task("upload release", None, context),
             move |context: TaskContext| async move {
-                let result = import_release(&context, &upload, &path, fix).await;
-                let _ = tokio::fs::remove_file(&path).await;
+                let result = import_release(&context, &upload, &staged.path, fix).await;
+                staged.done().await;
                 result
             },
         )
@@ -279,7 +282,7 @@ async fn upload_stemcell(
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Reply {
-    let (path, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
+    let (staged, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
     let upload = director.upload.clone();
     let fix = query.fix;
     let task = director
@@ -287,8 +290,8 @@ async fn upload_stemcell(
         .submit(
             new_task("upload stemcell", None, context),
             move |context: TaskContext| async move {
-                let result = import_stemcell(&context, &upload, &path, fix).await;
-                let _ = tokio::fs::remove_file(&path).await;
+                let result = import_stemcell(&context, &upload, &staged.path, fix).await;
+                staged.done().await;
                 result
             },
         )
@@ -303,11 +306,26 @@ struct Remote {
     sha256: Option<String>,
 }
 
+/// An upload on the director's disk: staged by it (`owned`, removed after the task) or the
+/// user's own file (a dev director reading it in place).
+struct Staged {
+    path: PathBuf,
+    owned: bool,
+}
+
+impl Staged {
+    async fn done(self) {
+        if self.owned {
+            let _ = tokio::fs::remove_file(&self.path).await;
+        }
+    }
+}
+
 async fn receive_or_fetch(
     director: &Director,
     request: Request,
     sha256: Option<&str>,
-) -> Result<(PathBuf, Json_), (StatusCode, Json<Json_>)> {
+) -> Result<(Staged, Json_), (StatusCode, Json<Json_>)> {
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -315,7 +333,7 @@ async fn receive_or_fetch(
         .is_some_and(|v| v.starts_with("application/json"));
     if !is_json {
         let path = receive(director, request.into_body(), sha256).await?;
-        return Ok((path, json!({ "source": "upload" })));
+        return Ok((Staged { path, owned: true }, json!({ "source": "upload" })));
     }
     let bytes = axum::body::to_bytes(request.into_body(), 64 * 1024)
         .await
@@ -326,6 +344,48 @@ async fn receive_or_fetch(
             format!("expected {{\"location\": URL}}: {e}"),
         )
     })?;
+    if let Some(local) = remote.location.strip_prefix("file://") {
+        // Only a dev director, which runs as the user on the user's machine, reads the
+        // user's files in place (saving a copy of a gigabyte stemcell); the upload task then
+        // leaves the file where it is.
+        if !director.info.dev {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "{}: only a dev director reads local files; upload the file instead",
+                    remote.location
+                ),
+            ));
+        }
+        let path = PathBuf::from(local);
+        if !path.is_file() {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("{}: no such file", path.display()),
+            ));
+        }
+        if let Some(expected) = remote.sha256.as_deref().or(sha256) {
+            let expected = BlobId::parse(expected)
+                .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let actual = crate::blobstore::sha256_file(&path)
+                .await
+                .map_err(internal)?;
+            if actual != expected {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!(
+                        "sha256 mismatch: expected {}, got {}",
+                        expected.digest_string(),
+                        actual.digest_string()
+                    ),
+                ));
+            }
+        }
+        return Ok((
+            Staged { path, owned: false },
+            json!({ "source": remote.location }),
+        ));
+    }
     if !(remote.location.starts_with("http://") || remote.location.starts_with("https://")) {
         return Err(error(
             StatusCode::BAD_REQUEST,
@@ -347,7 +407,10 @@ async fn receive_or_fetch(
     let body = Body::from_stream(response.bytes_stream());
     let digest = remote.sha256.as_deref().or(sha256);
     let path = receive(director, body, digest).await?;
-    Ok((path, json!({ "source": remote.location })))
+    Ok((
+        Staged { path, owned: true },
+        json!({ "source": remote.location }),
+    ))
 }
 
 async fn releases(AxumState(director): AxumState<Director>) -> Reply {

@@ -171,6 +171,8 @@ pub struct Blobstore {
     store: Arc<dyn ObjectStore>,
     location: String,
     signing_key: Arc<Vec<u8>>,
+    /// The directory of a local blobstore, for [`Blobstore::adopt_file`]'s rename.
+    local_root: Option<PathBuf>,
     #[cfg(feature = "s3")]
     signer: Option<Arc<object_store::aws::AmazonS3>>,
 }
@@ -200,6 +202,7 @@ impl Blobstore {
                     store: Arc::new(store),
                     location: path.display().to_string(),
                     signing_key: Arc::new(signing_key),
+                    local_root: Some(path.clone()),
                     #[cfg(feature = "s3")]
                     signer: None,
                 })
@@ -233,6 +236,7 @@ impl Blobstore {
                     store: s3.clone(),
                     location,
                     signing_key: Arc::new(signing_key),
+                    local_root: None,
                     signer: Some(s3),
                 })
             }
@@ -365,6 +369,52 @@ impl Blobstore {
                 source,
             })?;
         self.put_reader(file, expected, None).await
+    }
+
+    /// Takes over a file whose SHA-256 the caller computed itself while writing it (an
+    /// unpacked stemcell image): a local blobstore on the same filesystem renames it into
+    /// place, which costs nothing for a gigabyte; otherwise it is copied (and hashed again).
+    /// The file is gone afterwards either way.
+    pub async fn adopt_file(&self, path: &Path, id: &BlobId) -> Result<StoredBlob, BlobstoreError> {
+        if let Some(root) = &self.local_root {
+            let size = tokio::fs::metadata(path)
+                .await
+                .map_err(|source| BlobstoreError::Io {
+                    context: format!("reading {}", path.display()),
+                    source,
+                })?
+                .len();
+            let target = root.join("blobs").join(id.as_str());
+            if tokio::fs::try_exists(&target).await.unwrap_or(false) {
+                let _ = tokio::fs::remove_file(path).await;
+                return Ok(StoredBlob {
+                    id: id.clone(),
+                    size,
+                    created: false,
+                });
+            }
+            let _ = tokio::fs::create_dir_all(root.join("blobs")).await;
+            match tokio::fs::rename(path, &target).await {
+                Ok(()) => {
+                    return Ok(StoredBlob {
+                        id: id.clone(),
+                        size,
+                        created: true,
+                    });
+                }
+                // Another filesystem: copy below.
+                Err(e) if e.raw_os_error() == Some(18) => {}
+                Err(source) => {
+                    return Err(BlobstoreError::Io {
+                        context: format!("moving {} into the blobstore", path.display()),
+                        source,
+                    });
+                }
+            }
+        }
+        let stored = self.put_file(path, Some(id)).await;
+        let _ = tokio::fs::remove_file(path).await;
+        stored
     }
 
     /// Stores bytes held in memory.

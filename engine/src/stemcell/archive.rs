@@ -110,8 +110,17 @@ pub fn read_stemcell_in(
 
     let expected = ExpectedDigest::parse(&manifest.sha1).expect("checked when parsed");
     let image_path = extracted.dir().join("image");
-    let (actual, image_sha256, image_size) =
-        digests(&image_path, &expected).map_err(|e| StemcellError::io(&image_path, e))?;
+    // The SHA-256 was computed while the image was unpacked; only a legacy SHA-1 manifest
+    // needs the image read again.
+    let known = extracted.sha256("image").map(str::to_string);
+    let (actual, image_sha256, image_size) = match (known, &extracted.entries().get("image")) {
+        (Some(sha256), Some(EntryKind::File { size, .. }))
+            if expected.as_string().starts_with("sha256:") =>
+        {
+            (format!("sha256:{sha256}"), sha256, *size)
+        }
+        _ => digests(&image_path, &expected).map_err(|e| StemcellError::io(&image_path, e))?,
+    };
     if actual != expected.as_string() {
         return Err(StemcellError::DigestMismatch {
             archive: name,

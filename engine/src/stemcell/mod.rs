@@ -2,10 +2,11 @@
 //! `packages.txt`, `dev_tools_file_list.txt` in a `.tgz`).
 //!
 //! [`manifest`] reads and writes `stemcell.MF` (name, version, operating system, formats,
-//! the digest of `image`, cloud properties), [`version`] orders stemcell versions so that
-//! `version: latest` can be resolved (`1.10` > `1.9`, `12.8.20261126` > `12.8`), and
-//! [`archive`] reads an uploaded tarball through the safe archive reader and accepts it only
-//! when its manifest is valid and its image has the digest the manifest gives.
+//! the digest of `image`, cloud properties); [`version`] orders stemcell versions so that
+//! `version: latest` and BOSH's `621.latest` can be resolved (`1.10` > `1.9`,
+//! `12.8.20261126` > `12.8`); [`archive`] reads an uploaded tarball through the safe
+//! archive reader and accepts it only when its manifest is valid and its image has the
+//! digest the manifest gives.
 //!
 //! The `stemcells` crate builds the tarballs this module reads; both use
 //! [`StemcellManifest`], so what is written is what is read.
@@ -22,7 +23,7 @@ use std::path::Path;
 
 pub use archive::{StemcellArchive, read_stemcell, read_stemcell_in};
 pub use manifest::StemcellManifest;
-pub use version::{StemcellVersion, latest};
+pub use version::{StemcellVersion, latest, resolve};
 
 use crate::archive::ArchiveError;
 use crate::diagnostics::{Diagnostic, Diagnostics};

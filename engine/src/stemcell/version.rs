@@ -118,6 +118,28 @@ pub fn latest<'a>(versions: impl IntoIterator<Item = &'a str>) -> Option<&'a str
         .map(|(_, text)| text)
 }
 
+/// The version a manifest's `version` asks for among the uploaded `versions`: `latest` is
+/// the highest, `621.latest` the highest whose leading components are `621` (BOSH's
+/// syntax), anything else itself when it is uploaded. `None` when nothing matches.
+pub fn resolve<'a>(
+    requested: &str,
+    versions: impl IntoIterator<Item = &'a str>,
+) -> Option<&'a str> {
+    if requested == "latest" {
+        return latest(versions);
+    }
+    match requested.strip_suffix(".latest") {
+        Some(prefix) => {
+            let prefix: Vec<Component<'_>> = prefix.split('.').map(component).collect();
+            latest(versions.into_iter().filter(|text| {
+                let components: Vec<Component<'_>> = text.split('.').map(component).collect();
+                components.len() > prefix.len() && components.starts_with(&prefix)
+            }))
+        }
+        None => versions.into_iter().find(|text| *text == requested),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -154,6 +176,24 @@ mod tests {
         }
         assert_eq!(v("12.8.20261126").as_str(), "12.8.20261126");
         assert_eq!(v("1.0-rc_1+x").to_string(), "1.0-rc_1+x");
+    }
+
+    #[test]
+    fn requested_versions_resolve_like_bosh() {
+        let uploaded = [
+            "12.8.20261126",
+            "12.9.20260101",
+            "12.10.20260301",
+            "13.1.20270101",
+        ];
+        assert_eq!(resolve("latest", uploaded), Some("13.1.20270101"));
+        assert_eq!(resolve("12.latest", uploaded), Some("12.10.20260301"));
+        assert_eq!(resolve("12.8.latest", uploaded), Some("12.8.20261126"));
+        assert_eq!(resolve("14.latest", uploaded), None);
+        assert_eq!(resolve("12.9.20260101", uploaded), Some("12.9.20260101"));
+        assert_eq!(resolve("12.9", uploaded), None);
+        // `12.latest` does not take a version that is only `12`.
+        assert_eq!(resolve("12.latest", ["12"]), None);
     }
 
     #[test]
