@@ -628,3 +628,100 @@ fn the_api_speaks_tls_when_configured() {
         without_ca.stderr
     );
 }
+
+#[test]
+fn a_director_keeps_its_blobs_in_s3_when_configured() {
+    let user = User::new();
+    let dir = user.home.path();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut moto = Command::new("moto_server")
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("moto_server is not installed: pip install 'moto[server]' (.ci/run does)");
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let bucket = format!("{endpoint}/blobs");
+    wait_for(
+        || {
+            Command::new("curl")
+                .args(["-sf", "-X", "PUT", &bucket])
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        },
+        "moto to accept the bucket",
+    );
+    std::fs::write(
+        dir.join("director.yml"),
+        format!(
+            "listen: 127.0.0.1:0\ndata_dir: {}/s3-director\nblobstore:\n  provider: s3\n  bucket: blobs\n  endpoint: {endpoint}\n  access_key_id: test\n  secret_access_key: test\n  path_style: true\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let mut server = user
+        .director()
+        .args(["serve", "--config", "director.yml"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut line).unwrap();
+    let url = line
+        .split_whitespace()
+        .find(|w| w.starts_with("http://"))
+        .expect("the listening line names the URL")
+        .to_string();
+    let token = std::fs::read_to_string(dir.join("s3-director/token"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let at = |args: &[&str]| {
+        run(user
+            .director()
+            .args(["--director", &url])
+            .args(args)
+            .env("DIRECTOR_TOKEN", &token))
+    };
+
+    let status = at(&["status"]);
+    let tarball = user.hello_tarball();
+    let upload = at(&["upload-release", tarball.to_str().unwrap()]);
+    let listing = Command::new("curl")
+        .args(["-sf", &format!("{bucket}?list-type=2")])
+        .output()
+        .unwrap();
+    let objects = String::from_utf8_lossy(&listing.stdout)
+        .matches("<Key>blobs/")
+        .count();
+    let delete = at(&["delete-release", "hello"]);
+    let after = Command::new("curl")
+        .args(["-sf", &format!("{bucket}?list-type=2")])
+        .output()
+        .unwrap();
+    let remaining = String::from_utf8_lossy(&after.stdout)
+        .matches("<Key>")
+        .count();
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = moto.kill();
+    let _ = moto.wait();
+
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(
+        status.stdout.contains("Blobstore  s3://blobs"),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(upload.code, 0, "{}", upload.stderr);
+    assert_eq!(objects, 4, "two jobs and two packages in the bucket");
+    assert_eq!(delete.code, 0, "{}", delete.stderr);
+    assert_eq!(remaining, 0, "deleting the release empties the bucket");
+}

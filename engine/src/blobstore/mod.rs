@@ -334,26 +334,7 @@ impl Blobstore {
                 });
             }
         }
-        let target = Self::blob_path(&id);
-        match self.store.rename_if_not_exists(&staging, &target).await {
-            Ok(()) => Ok(StoredBlob {
-                id,
-                size,
-                created: true,
-            }),
-            Err(object_store::Error::AlreadyExists { .. }) => {
-                let _ = self.store.delete(&staging).await;
-                Ok(StoredBlob {
-                    id,
-                    size,
-                    created: false,
-                })
-            }
-            Err(source) => {
-                let _ = self.store.delete(&staging).await;
-                Err(self.backend(source))
-            }
-        }
+        self.publish(&staging, id, size).await
     }
 
     /// Stores a file.
@@ -433,18 +414,40 @@ impl Blobstore {
             .put(&staging, PutPayload::from_bytes(content))
             .await
             .map_err(|e| self.backend(e))?;
-        match self
-            .store
-            .rename_if_not_exists(&staging, &Self::blob_path(&id))
-            .await
-        {
+        self.publish(&staging, id, size).await
+    }
+
+    /// Moves a complete, verified staging object to its content address. Stores without an
+    /// atomic rename-if-absent (S3) copy unless the blob is there already: both writers hold
+    /// the same bytes, so a race between them is harmless.
+    async fn publish(
+        &self,
+        staging: &StorePath,
+        id: BlobId,
+        size: u64,
+    ) -> Result<StoredBlob, BlobstoreError> {
+        let target = Self::blob_path(&id);
+        let renamed = match self.store.rename_if_not_exists(staging, &target).await {
+            Err(object_store::Error::NotSupported { .. } | object_store::Error::NotImplemented) => {
+                if self.exists(&id).await? {
+                    Err(object_store::Error::AlreadyExists {
+                        path: target.to_string(),
+                        source: "already stored".into(),
+                    })
+                } else {
+                    self.store.rename(staging, &target).await
+                }
+            }
+            other => other,
+        };
+        match renamed {
             Ok(()) => Ok(StoredBlob {
                 id,
                 size,
                 created: true,
             }),
             Err(object_store::Error::AlreadyExists { .. }) => {
-                let _ = self.store.delete(&staging).await;
+                let _ = self.store.delete(staging).await;
                 Ok(StoredBlob {
                     id,
                     size,
@@ -452,7 +455,7 @@ impl Blobstore {
                 })
             }
             Err(source) => {
-                let _ = self.store.delete(&staging).await;
+                let _ = self.store.delete(staging).await;
                 Err(self.backend(source))
             }
         }
