@@ -3,10 +3,20 @@
 //!
 //! Shapes follow BOSH's agent protocol (`protocol: 3`): a request carries `method`,
 //! positional `arguments` and a `reply_to` subject; the answer is `{"value": …}` or
-//! `{"exception": {"message": …}}`. Long calls (`apply`, `drain`, `stop`,
-//! `compile_package`, `fetch_logs`) answer at once with `{"value": {"agent_task_id": …,
-//! "state": "running"}}` and the director polls `get_task` until a plain value (or an
-//! exception) comes back. The agent owns these types; the engine depends on them.
+//! `{"exception": {"message": …}}`. Long calls (`apply`, `prepare`, `drain`, `stop`,
+//! `run_script`, `compile_package`, `fetch_logs`, `mount_disk`, `unmount_disk`) answer at
+//! once with `{"value": {"agent_task_id": …, "state": "running"}}` and the director polls
+//! `get_task` until a plain value (or an exception) comes back; a director should treat any
+//! value of that shape as a task to poll, as BOSH's does. The agent owns these types; the
+//! engine depends on them.
+//!
+//! Answers: `ping` → `"pong"`; `get_state` → [`AgentState`]; `apply` → `"applied"`;
+//! `prepare` → `"prepared"`; `drain` → an integer (`0` once static waits are over, which
+//! the agent waits itself; negative: call `drain ["status"]` after that many seconds);
+//! `stop` → `"stopped"`; `start` → `"started"`; `run_script` → `{}`; `compile_package` →
+//! [`CompileResult`]; `fetch_logs [upload_url]` → [`UploadedBlob`]; `mount_disk` →
+//! `"mounted"`; `unmount_disk` → `"unmounted"`; `list_disk` → CIDs; `update_settings` →
+//! `"updated"`; `cancel_task` → `"canceled"`.
 
 use std::collections::BTreeMap;
 
@@ -303,6 +313,16 @@ pub struct CompileResult {
     /// The last lines of the packaging script's output (for the task's debug log).
     #[serde(default)]
     pub log_tail: Vec<String>,
+}
+
+/// What the director answers to a blob `PUT` (a compiled package, logs), and what
+/// `fetch_logs` answers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UploadedBlob {
+    /// The stored blob's id (sha256 hex of its content).
+    pub blob_id: String,
+    /// Its size in bytes.
+    pub size: u64,
 }
 
 /// The settings file the CPI writes (`/var/vcap/bosh/settings.json` on the VM).

@@ -2,9 +2,18 @@
 //!
 //! Every IaaS operation of the director goes through it: stemcells, VMs, disks, metadata.
 //! Calls are blocking (a CPI is a process per call in BOSH, and IaaS calls are slow anyway);
-//! the engine runs them on a blocking thread. Implementations: `local` (a VM is a directory
-//! plus an agent process on this host), later `docker` and `external` (any BOSH CPI binary,
-//! JSON over stdin/stdout). Only this crate knows the CPI JSON envelope.
+//! the engine runs them on a blocking thread. Implementations: [`local`] (a VM is a directory
+//! plus an agent process on this host), [`external`] (any BOSH CPI binary, JSON over
+//! stdin/stdout), later `docker`. Only this crate knows the CPI JSON envelope
+//! ([`protocol`]); the `cpi` binary serves the local CPI over it, which is how protocol
+//! conformance is tested.
+
+pub mod external;
+pub mod local;
+pub mod protocol;
+
+pub use external::ExternalCpi;
+pub use local::LocalCpi;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;

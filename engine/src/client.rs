@@ -208,6 +208,55 @@ impl Client {
             .await
     }
 
+    /// `POST` a text body (a manifest), answered with JSON.
+    pub async fn post_text(&self, path: &str, body: &str) -> Result<Json, ClientError> {
+        self.json(
+            self.request(reqwest::Method::POST, path)
+                .header(reqwest::header::CONTENT_TYPE, "text/yaml")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// `PUT` a text body (a config), answered with JSON.
+    pub async fn put_text(&self, path: &str, body: &str) -> Result<Json, ClientError> {
+        self.json(
+            self.request(reqwest::Method::PUT, path)
+                .header(reqwest::header::CONTENT_TYPE, "text/yaml")
+                .body(body.to_string()),
+        )
+        .await
+    }
+
+    /// `GET` a JSON document, `None` when the director answers 404.
+    pub async fn get_optional(&self, path: &str) -> Result<Option<Json>, ClientError> {
+        let response = self
+            .request(reqwest::Method::GET, path)
+            .send()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.url.clone(),
+                detail: error_chain(&e),
+            })?;
+        if response.status() == reqwest::StatusCode::NOT_FOUND {
+            return Ok(None);
+        }
+        if !response.status().is_success() {
+            let status = response.status();
+            let body = response.text().await.unwrap_or_default();
+            let message = serde_json::from_str::<Json>(&body)
+                .ok()
+                .and_then(|j| j.get("error").and_then(Json::as_str).map(str::to_string))
+                .unwrap_or_else(|| format!("HTTP {status}: {body}"));
+            return Err(ClientError::Director(message));
+        }
+        response
+            .json::<Json>()
+            .await
+            .map(Some)
+            .map_err(|e| ClientError::Director(format!("unexpected answer from the director: {e}")))
+    }
+
     /// Sends a file to `endpoint` (`/releases`, `/stemcells`): a dev director on this host
     /// reads it where it is; any other director gets it streamed, with a progress bar on a
     /// terminal. Returns the queued task.

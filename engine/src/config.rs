@@ -63,6 +63,104 @@ pub struct DirectorConfig {
     /// Limits on uploads.
     #[serde(default)]
     pub limits: Limits,
+    /// The bus: a nats-server. Without it the director embeds a broker on 127.0.0.1.
+    #[serde(default)]
+    pub mbus: Option<MbusConfig>,
+    /// The CPI (default: the local CPI under `<data_dir>/cpi`).
+    #[serde(default)]
+    pub cpi: Option<CpiSettings>,
+    /// Agents: how long to wait for one and how often they report.
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+/// `cpi`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CpiSettings {
+    /// VMs are directories plus agent processes on this host.
+    Local {
+        /// Where VMs, disks and stemcells live (default `<data_dir>/cpi`).
+        #[serde(default)]
+        root: Option<PathBuf>,
+    },
+    /// Any BOSH CPI executable, JSON on stdin and stdout.
+    External {
+        /// The executable.
+        command: PathBuf,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// The `context` passed with every call.
+        #[serde(default)]
+        context: serde_json::Value,
+    },
+}
+
+/// `agent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Seconds from `create_vm` until the agent must answer (BOSH's `agent_wait_timeout`).
+    #[serde(default = "default_agent_wait")]
+    pub wait_timeout: u64,
+    /// Seconds between heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> AgentSettings {
+        AgentSettings {
+            wait_timeout: default_agent_wait(),
+            heartbeat_interval: default_heartbeat(),
+        }
+    }
+}
+
+fn default_agent_wait() -> u64 {
+    600
+}
+fn default_heartbeat() -> u64 {
+    30
+}
+
+/// `mbus`: the nats-server the director and its agents share. The director writes agent
+/// users into `authorization_file` (which `nats-server.conf` includes) and signals the
+/// process in `pid_file` to reload it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MbusConfig {
+    /// Where the director connects: `nats://host:4222`.
+    pub url: String,
+    /// What agents are told, when they reach the bus at another address (default `url`).
+    #[serde(default)]
+    pub agent_url: Option<String>,
+    /// The director's user.
+    pub user: String,
+    /// The director's password.
+    pub password: String,
+    /// The users file the director owns; nats-server must be able to read it (a new file is
+    /// 0600, a replaced one keeps its mode and group, never readable by others).
+    pub authorization_file: PathBuf,
+    /// nats-server's `pid_file`.
+    pub pid_file: PathBuf,
+}
+
+impl std::fmt::Debug for MbusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbusConfig")
+            .field("url", &crate::bus::redact(&self.url))
+            .field(
+                "agent_url",
+                &self.agent_url.as_deref().map(crate::bus::redact),
+            )
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("authorization_file", &self.authorization_file)
+            .field("pid_file", &self.pid_file)
+            .finish()
+    }
 }
 
 /// `tls`.
@@ -161,6 +259,9 @@ impl DirectorConfig {
             blobstore: None,
             token_file: None,
             limits: Limits::default(),
+            mbus: None,
+            cpi: None,
+            agent: AgentSettings::default(),
         }
     }
 
@@ -323,6 +424,24 @@ mod tests {
         let error = DirectorConfig::load(&path).unwrap_err();
         assert!(error.contains("director.yml:3:1"), "{error}");
         assert!(error.contains("unknown field `port`"), "{error}");
+    }
+
+    #[test]
+    fn reads_the_bus_settings_and_never_shows_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        std::fs::write(
+            &path,
+            "data_dir: /d\nmbus:\n  url: nats://10.0.0.2:4222\n  user: director\n  password: s3cret\n  authorization_file: /etc/nats/director-users.conf\n  pid_file: /run/nats/nats.pid\n",
+        )
+        .unwrap();
+        let config = DirectorConfig::load(&path).unwrap();
+        let mbus = config.mbus.as_ref().unwrap();
+        assert_eq!(mbus.url, "nats://10.0.0.2:4222");
+        assert_eq!(mbus.agent_url, None);
+        assert_eq!(mbus.pid_file, PathBuf::from("/run/nats/nats.pid"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(DirectorConfig::dev(Path::new("/d")).mbus, None);
     }
 
     #[test]

@@ -68,3 +68,246 @@ pub fn run(command: &mut Command) -> Run {
         stderr: String::from_utf8_lossy(&stderr).into_owned(),
     }
 }
+
+/// An isolated user: its own XDG directories, so its dev director (and that director's
+/// VMs, bus and disks) are its own. On drop, every VM of its director is deleted through
+/// the `cpi` binary and the director is stopped (killed if it does not stop).
+pub struct User {
+    /// The user's home (XDG directories, files the test writes).
+    pub home: tempfile::TempDir,
+    /// A director started with `serve --config` instead of the dev director: URL, token.
+    configured: Option<(String, String, std::process::Child)>,
+}
+
+impl Default for User {
+    fn default() -> User {
+        User::new()
+    }
+}
+
+impl User {
+    /// A user with a dev director started on demand.
+    pub fn new() -> User {
+        User {
+            home: tempfile::tempdir().unwrap(),
+            configured: None,
+        }
+    }
+
+    /// A user whose director runs `serve --config director.yml`; `extra` is appended to the
+    /// configuration (`agent: {...}`, `mbus: {...}`), whose `data_dir` is the dev one.
+    // The child is kept in the user and reaped on drop, which the lint cannot follow.
+    #[allow(clippy::zombie_processes)]
+    pub fn with_director_config(extra: &str) -> User {
+        let mut user = User::new();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = user.home.path().join("director.yml");
+        std::fs::create_dir_all(user.data_dir()).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "listen: 127.0.0.1:{port}\ndata_dir: {}\n{extra}\n",
+                user.data_dir().display()
+            ),
+        )
+        .unwrap();
+        let log = std::fs::File::create(user.home.path().join("director.log")).unwrap();
+        let mut child = Command::new(director_bin())
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}");
+        let token_path = user.data_dir().join("token");
+        let started = std::time::Instant::now();
+        loop {
+            let token = std::fs::read_to_string(&token_path).unwrap_or_default();
+            let log =
+                std::fs::read_to_string(user.home.path().join("director.log")).unwrap_or_default();
+            if !token.trim().is_empty() && log.contains("listening on") {
+                user.configured = Some((url, token.trim().to_string(), child));
+                return user;
+            }
+            if started.elapsed() > std::time::Duration::from_secs(30) {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("the director did not start: {log}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+
+    /// The director's data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.home.path().join("data/director")
+    }
+
+    /// A `director` command for this user.
+    pub fn director(&self) -> Command {
+        let mut command = Command::new(director_bin());
+        command
+            .env("XDG_DATA_HOME", self.home.path().join("data"))
+            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
+            .env("NO_COLOR", "1")
+            .env_remove("DIRECTOR_URL")
+            .env_remove("DIRECTOR_TOKEN")
+            .env_remove("DIRECTOR_CA_CERT")
+            .env_remove("DIRECTOR_DEPLOYMENT")
+            .current_dir(self.home.path());
+        if let Some((url, token, _)) = &self.configured {
+            command
+                .env("DIRECTOR_URL", url)
+                .env("DIRECTOR_TOKEN", token);
+        }
+        command
+    }
+
+    /// Runs `director ARGS…`.
+    pub fn run(&self, args: &[&str]) -> Run {
+        run(self.director().args(args))
+    }
+
+    /// Runs `director ARGS… --json` and parses stdout; the command must succeed.
+    pub fn json(&self, args: &[&str]) -> serde_json::Value {
+        let out = self.run(&[args, &["--json"]].concat());
+        assert_eq!(out.code, 0, "{args:?}: {}", out.stderr);
+        serde_json::from_str(&out.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout))
+    }
+
+    /// The pid of the dev director, when one runs.
+    pub fn dev_pid(&self) -> Option<u32> {
+        let text = std::fs::read_to_string(self.data_dir().join("dev.yml")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("pid: "))
+            .and_then(|p| p.trim().parse().ok())
+    }
+
+    /// How many blobs the director stores.
+    pub fn blob_count(&self) -> usize {
+        std::fs::read_dir(self.data_dir().join("blobs/blobs"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// A copy of releases/hello in a fresh git repository.
+    pub fn hello_release(&self) -> PathBuf {
+        let dir = self.home.path().join("hello");
+        copy_dir(
+            &Path::new(env!("CARGO_MANIFEST_DIR")).join("../releases/hello"),
+            &dir,
+        );
+        for args in [
+            vec!["init", "-q"],
+            vec!["add", "-A"],
+            vec![
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@t",
+                "commit",
+                "-qm",
+                "hello",
+            ],
+        ] {
+            let status = Command::new("git")
+                .args(&args)
+                .current_dir(&dir)
+                .status()
+                .expect("git is installed");
+            assert!(status.success());
+        }
+        dir
+    }
+
+    /// The hello release as a tarball.
+    pub fn hello_tarball(&self) -> PathBuf {
+        let dir = self.hello_release();
+        let out = self.run(&[
+            "create-release",
+            dir.to_str().unwrap(),
+            "--tarball",
+            "hello.tgz",
+        ]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        self.home.path().join("hello.tgz")
+    }
+
+    /// Deletes every VM of this user's director (what a test leaves running).
+    fn delete_vms(&self) {
+        let root = self.data_dir().join("cpi");
+        let Ok(entries) = std::fs::read_dir(root.join("vms")) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let cid = entry.file_name().to_string_lossy().into_owned();
+            let request = format!(
+                r#"{{"method":"delete_vm","arguments":["{cid}"],"context":{{"director_uuid":"tests","root":"{}"}},"api_version":2}}"#,
+                root.display()
+            );
+            if let Ok(mut child) = Command::new(target_dir().join("cpi"))
+                .arg("--root")
+                .arg(&root)
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+            {
+                use std::io::Write;
+                if let Some(mut stdin) = child.stdin.take() {
+                    let _ = stdin.write_all(request.as_bytes());
+                }
+                let _ = child.wait();
+            }
+        }
+    }
+}
+
+impl Drop for User {
+    fn drop(&mut self) {
+        self.delete_vms();
+        if let Some((_, _, mut child)) = self.configured.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .output();
+            for _ in 0..50 {
+                if matches!(child.try_wait(), Ok(Some(_))) {
+                    return;
+                }
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+            return;
+        }
+        let pid = self.dev_pid();
+        let _ = self.director().arg("stop-server").output();
+        if let Some(pid) = pid {
+            let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
+        }
+    }
+}
+
+/// Copies a release directory, leaving out what `create-release` writes.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let name = entry.file_name();
+        if ["dev_releases", ".dev_builds", "blobs"].contains(&name.to_str().unwrap_or("")) {
+            continue;
+        }
+        let target = to.join(&name);
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
+}

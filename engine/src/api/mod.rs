@@ -5,6 +5,7 @@
 //! answer at once with a queued task (`202 {"task": {...}}`) and the work runs in the
 //! background; clients follow it with `GET /tasks/<id>/output?type=event&offset=N`.
 
+mod deployments;
 mod routes;
 
 use std::net::SocketAddr;
@@ -28,6 +29,9 @@ use crate::uploads::{UploadContext, remove_unreferenced_blobs};
 
 /// The director's version, as `/info` and `status` show it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The cloud config a new dev director starts with.
+const DEV_CLOUD_CONFIG: &str = include_str!("../../../manifests/cloud-config-local.yml");
 
 /// How many tasks run at once (BOSH's `director.workers` default is 3).
 const WORKERS: usize = 3;
@@ -123,6 +127,8 @@ pub(crate) struct Director {
     pub upload: UploadContext,
     pub max_upload_bytes: u64,
     pub shutdown: CancellationToken,
+    pub services: Arc<crate::director::Services>,
+    pub staging_dir: PathBuf,
 }
 
 fn random_hex(bytes: usize) -> Result<String, ServeError> {
@@ -201,6 +207,75 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     };
     let url = format!("{scheme}://{address}");
 
+    let director_id = secret(&data_dir.join("director-id"), 16)?;
+    let bus = crate::bus::DirectorBus::start(config.mbus.as_ref(), &director_id)
+        .await
+        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let (cpi, cpi_description): (Arc<dyn cpi::Cpi>, String) = match &config.cpi {
+        None | Some(crate::config::CpiSettings::Local { root: None }) => {
+            let root = data_dir.join("cpi");
+            (
+                Arc::new(cpi::LocalCpi::new(root.clone())),
+                format!("local ({})", root.display()),
+            )
+        }
+        Some(crate::config::CpiSettings::Local { root: Some(root) }) => (
+            Arc::new(cpi::LocalCpi::new(root.clone())),
+            format!("local ({})", root.display()),
+        ),
+        Some(crate::config::CpiSettings::External {
+            command,
+            args,
+            context,
+        }) => {
+            let context = context.as_object().cloned().unwrap_or_default();
+            (
+                Arc::new(
+                    cpi::ExternalCpi::new(command.clone(), director_id.clone())
+                        .with_arguments(args.clone())
+                        .with_context(context),
+                ),
+                format!("external ({})", command.display()),
+            )
+        }
+    };
+    let services = Arc::new(crate::director::Services {
+        state: state.clone(),
+        blobstore: blobstore.clone(),
+        cpi,
+        bus: bus.bus.clone(),
+        accounts: bus.accounts.clone(),
+        director_url: url.clone(),
+        ca_cert: config
+            .tls
+            .as_ref()
+            .and_then(|tls| std::fs::read_to_string(&tls.certificate).ok()),
+        templates: crate::director::TemplateCache::default(),
+        timeouts: crate::director::Timeouts {
+            agent_wait: std::time::Duration::from_secs(config.agent.wait_timeout),
+            heartbeat_interval: config.agent.heartbeat_interval,
+            ..crate::director::Timeouts::default()
+        },
+    });
+    if dev
+        && state
+            .instances()
+            .config("cloud", crate::director::prepare::DEFAULT_CONFIG)
+            .await?
+            .is_none()
+    {
+        // The embedded default needs no setup: a dev director starts with the local CPI's
+        // cloud config (manifests/cloud-config-local.yml), replaceable as any other.
+        state
+            .instances()
+            .set_config(
+                "cloud",
+                crate::director::prepare::DEFAULT_CONFIG,
+                DEV_CLOUD_CONFIG,
+            )
+            .await?;
+        eprintln!("set the cloud config to the local CPI's default (see `director cloud-config`)");
+    }
     let runner = TaskRunner::new(state.clone(), data_dir.join("tasks"), WORKERS);
     let limits = ArchiveLimits {
         max_ratio: config.limits.max_expansion_ratio,
@@ -212,8 +287,11 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         user_authentication: "token".to_string(),
         state: state.backend().as_str().to_string(),
         blobstore: blobstore.location().to_string(),
-        bus: "not configured yet (arrives with deploy)".to_string(),
-        cpi: "not configured yet (arrives with deploy)".to_string(),
+        bus: match &config.mbus {
+            Some(mbus) => format!("nats-server at {}", crate::bus::redact(&mbus.url)),
+            None => format!("embedded at {}", bus.bus.url()),
+        },
+        cpi: cpi_description,
         dev,
     };
     let shutdown = CancellationToken::new();
@@ -227,11 +305,13 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         upload: UploadContext {
             state: state.clone(),
             blobstore,
-            staging_dir,
+            staging_dir: staging_dir.clone(),
             limits,
         },
         max_upload_bytes: config.limits.max_upload_bytes,
         shutdown: shutdown.clone(),
+        services,
+        staging_dir,
     };
     let app = router(director);
 
@@ -285,6 +365,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             .map_err(io("serving HTTP"))
     };
     runner.shutdown().await;
+    bus.shutdown().await;
     if dev {
         let _ = std::fs::remove_file(DevRecord::path(&data_dir));
     }

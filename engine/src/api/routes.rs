@@ -38,6 +38,7 @@ pub(super) fn public() -> Router {
     Router::new()
         .route("/info", get(info))
         .route("/blobs/{id}", get(blob))
+        .route("/blobs/uploads/{nonce}", axum::routing::put(put_blob))
 }
 
 pub(super) fn protected() -> Router {
@@ -51,6 +52,7 @@ pub(super) fn protected() -> Router {
         .route("/stemcells/{name}/{version}", delete(delete_stemcell))
         .route("/cleanup", post(cleanup))
         .route("/shutdown", post(shutdown))
+        .merge(super::deployments::routes())
 }
 
 async fn info(AxumState(director): AxumState<Director>) -> Json<super::Info> {
@@ -733,4 +735,57 @@ async fn blob(
         content,
     )
         .into_response())
+}
+
+/// `PUT /blobs/uploads/<nonce>?exp=…&sig=…`: an agent stores a blob (a compiled package,
+/// logs) with a URL the director signed for it; the answer names the stored blob.
+async fn put_blob(
+    AxumState(director): AxumState<Director>,
+    Path(nonce): Path<String>,
+    Query(query): Query<BlobQuery>,
+    body: Body,
+) -> Reply {
+    let (Some(expires), Some(signature)) = (query.exp, query.sig.as_deref()) else {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "upload URLs must be signed (exp and sig)",
+        ));
+    };
+    if !director
+        .blobstore
+        .verify_upload_signature(&nonce, expires, signature)
+    {
+        return Err(error(
+            StatusCode::FORBIDDEN,
+            "the upload URL's signature is wrong or has expired",
+        ));
+    }
+    let stream = body
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(std::io::Error::other));
+    let reader = tokio_util::io::StreamReader::new(stream);
+    let stored = director
+        .blobstore
+        .put_reader(reader, None, Some(director.max_upload_bytes))
+        .await
+        .map_err(|e| match e {
+            crate::blobstore::BlobstoreError::TooLarge { .. } => {
+                error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
+            }
+            other => internal(other),
+        })?;
+    director
+        .state
+        .blobs()
+        .insert(&crate::state::NewBlob {
+            id: stored.id.as_str().to_string(),
+            size: stored.size,
+        })
+        .await
+        .map_err(internal)?;
+    Ok(Json(agent::protocol::UploadedBlob {
+        blob_id: stored.id.as_str().to_string(),
+        size: stored.size,
+    })
+    .into_response())
 }

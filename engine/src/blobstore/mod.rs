@@ -614,6 +614,34 @@ impl Blobstore {
         )
     }
 
+    /// The path and query an agent `PUT`s a new blob to (a compiled package, logs) until
+    /// `valid_for` has passed: `/blobs/uploads/<nonce>?exp=<unix seconds>&sig=<hex>`. Each
+    /// URL names a fresh random nonce, so one signed URL authorizes one kind of write only.
+    pub fn signed_upload_path(&self, valid_for: Duration) -> String {
+        let nonce = uuid::Uuid::new_v4().simple().to_string();
+        let expires = unix_now().saturating_add(valid_for.as_secs());
+        format!(
+            "/blobs/uploads/{nonce}?exp={expires}&sig={}",
+            self.upload_signature(&nonce, expires)
+        )
+    }
+
+    fn upload_signature(&self, nonce: &str, expires: u64) -> String {
+        let mut mac = Hmac::<Sha256>::new_from_slice(&self.signing_key)
+            .expect("HMAC takes keys of any length");
+        mac.update(format!("PUT\n/blobs/uploads/{nonce}\n{expires}").as_bytes());
+        hex(&mac.finalize().into_bytes())
+    }
+
+    /// Whether `sig` signs an upload to `nonce` until `expires`, not yet passed.
+    pub fn verify_upload_signature(&self, nonce: &str, expires: u64, sig: &str) -> bool {
+        if expires < unix_now() {
+            return false;
+        }
+        let expected = self.upload_signature(nonce, expires);
+        expected.len() == sig.len() && openssl::memcmp::eq(expected.as_bytes(), sig.as_bytes())
+    }
+
     /// Whether `sig` signs `id` until `expires` and that time has not passed (constant-time
     /// comparison of the signature).
     pub fn verify_signature(&self, id: &BlobId, expires: u64, sig: &str) -> bool {

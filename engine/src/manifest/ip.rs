@@ -7,8 +7,8 @@
 use std::fmt;
 use std::net::IpAddr;
 
-/// An IP as a number, with its family.
-fn to_number(ip: IpAddr) -> u128 {
+/// An IP as a number (IPv4 in the low 32 bits).
+pub fn to_number(ip: IpAddr) -> u128 {
     match ip {
         IpAddr::V4(v4) => u128::from(u32::from(v4)),
         IpAddr::V6(v6) => u128::from(v6),
@@ -95,6 +95,18 @@ impl Cidr {
     pub fn size(&self) -> u128 {
         self.host_mask().saturating_add(1)
     }
+
+    /// The netmask: `255.255.255.0` for IPv4, the prefix length for IPv6.
+    pub fn netmask(&self) -> String {
+        if self.network.is_ipv4() {
+            let mask = u32::MAX
+                .checked_shl(32 - u32::from(self.prefix))
+                .unwrap_or(0);
+            std::net::Ipv4Addr::from(mask).to_string()
+        } else {
+            self.prefix.to_string()
+        }
+    }
 }
 
 impl fmt::Display for Cidr {
@@ -103,7 +115,8 @@ impl fmt::Display for Cidr {
     }
 }
 
-fn from_number(n: u128, v4: bool) -> IpAddr {
+/// The address for a number of the given family.
+pub fn from_number(n: u128, v4: bool) -> IpAddr {
     if v4 {
         IpAddr::V4(std::net::Ipv4Addr::from(
             u32::try_from(n).unwrap_or(u32::MAX),

@@ -35,6 +35,7 @@ const REFERENCES: &[(&str, &str)] = &[
     ("packages", "blob_id"),
     ("compiled_packages", "blob_id"),
     ("stemcells", "image_blob_id"),
+    ("rendered_templates", "blob_id"),
 ];
 
 /// Blobs; see [`State::blobs`].

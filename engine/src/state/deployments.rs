@@ -169,7 +169,78 @@ impl Deployments<'_> {
             format!("recording what deployment {deployment} uses"),
             |pool| {
                 let mut transaction = pool.begin_write().await?;
-                set_uses(&mut *transaction, deployment, &release_versions, &stemcells).await?;
+                set_uses(
+                    &mut *transaction,
+                    deployment,
+                    &release_versions,
+                    &stemcells,
+                    true,
+                )
+                .await?;
+                transaction.commit().await?;
+                Ok(())
+            }
+        )
+    }
+
+    /// Adds release versions and stemcells to what the deployment uses, keeping what was
+    /// recorded (a deploy in progress uses both the old and the new ones).
+    pub async fn add_uses(
+        &self,
+        deployment: DeploymentId,
+        release_versions: &[ReleaseVersionId],
+        stemcells: &[StemcellId],
+    ) -> Result<(), StateError> {
+        let release_versions: BTreeSet<ReleaseVersionId> =
+            release_versions.iter().copied().collect();
+        let stemcells: BTreeSet<StemcellId> = stemcells.iter().copied().collect();
+        on_pool!(
+            self.state,
+            format!("recording what deployment {deployment} uses"),
+            |pool| {
+                let mut transaction = pool.begin_write().await?;
+                set_uses(
+                    &mut *transaction,
+                    deployment,
+                    &release_versions,
+                    &stemcells,
+                    false,
+                )
+                .await?;
+                transaction.commit().await?;
+                Ok(())
+            }
+        )
+    }
+
+    /// Deletes a deployment's record (its instances must be gone); what it used becomes
+    /// deletable.
+    pub async fn delete(&self, deployment: DeploymentId) -> Result<(), StateError> {
+        on_pool!(
+            self.state,
+            format!("deleting deployment {deployment}"),
+            |pool| {
+                let mut transaction = pool.begin_write().await?;
+                set_uses(
+                    &mut *transaction,
+                    deployment,
+                    &BTreeSet::new(),
+                    &BTreeSet::new(),
+                    true,
+                )
+                .await?;
+                transaction
+                    .run(
+                        "DELETE FROM ip_reservations WHERE deployment_id = $1",
+                        params![deployment.0],
+                    )
+                    .await?;
+                transaction
+                    .run(
+                        "DELETE FROM deployments WHERE id = $1",
+                        params![deployment.0],
+                    )
+                    .await?;
                 transaction.commit().await?;
                 Ok(())
             }
@@ -182,6 +253,7 @@ async fn set_uses<C: Conn>(
     deployment: DeploymentId,
     release_versions: &BTreeSet<ReleaseVersionId>,
     stemcells: &BTreeSet<StemcellId>,
+    replace: bool,
 ) -> Result<(), Failure> {
     let found = conn
         .maybe_row(
@@ -198,20 +270,22 @@ async fn set_uses<C: Conn>(
         }
         .into());
     }
-    conn.run(
-        "DELETE FROM deployment_release_versions WHERE deployment_id = $1",
-        params![deployment.0],
-    )
-    .await?;
-    conn.run(
-        "DELETE FROM deployment_stemcells WHERE deployment_id = $1",
-        params![deployment.0],
-    )
-    .await?;
+    if replace {
+        conn.run(
+            "DELETE FROM deployment_release_versions WHERE deployment_id = $1",
+            params![deployment.0],
+        )
+        .await?;
+        conn.run(
+            "DELETE FROM deployment_stemcells WHERE deployment_id = $1",
+            params![deployment.0],
+        )
+        .await?;
+    }
     for release_version in release_versions {
         conn.run(
             "INSERT INTO deployment_release_versions (deployment_id, release_version_id) \
-             VALUES ($1, $2)",
+             VALUES ($1, $2) ON CONFLICT DO NOTHING",
             params![deployment.0, release_version.0],
         )
         .await
@@ -222,7 +296,8 @@ async fn set_uses<C: Conn>(
     }
     for stemcell in stemcells {
         conn.run(
-            "INSERT INTO deployment_stemcells (deployment_id, stemcell_id) VALUES ($1, $2)",
+            "INSERT INTO deployment_stemcells (deployment_id, stemcell_id) VALUES ($1, $2) \
+             ON CONFLICT DO NOTHING",
             params![deployment.0, stemcell.0],
         )
         .await

@@ -147,6 +147,8 @@ pub enum Object {
     Stemcell { name: String, version: String },
     /// `deployment 'cf'`
     Deployment { name: String },
+    /// `address 10.0.0.5 on network 'default'`
+    Address { network: String, address: String },
     /// `task 417`
     Task { id: TaskId },
     /// `blob 9f86…`
@@ -192,6 +194,9 @@ impl fmt::Display for Object {
             Object::Task { id } => write!(f, "task {id}"),
             Object::Blob { id } => write!(f, "blob {id}"),
             Object::Lock { name } => write!(f, "lock '{name}'"),
+            Object::Address { network, address } => {
+                write!(f, "address {address} on network '{network}'")
+            }
         }
     }
 }

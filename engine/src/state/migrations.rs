@@ -49,15 +49,17 @@ macro_rules! embedded {
 /// The migrations of SQLite, in order.
 const SQLITE: &[Embedded] = embedded!("sqlite":
     1 "0001_initial.sql" "initial",
+    2 "0002_deploy.sql" "deploy",
 );
 
 /// The migrations of PostgreSQL, in order; the same versions as [`SQLITE`].
 const POSTGRES: &[Embedded] = embedded!("postgres":
     1 "0001_initial.sql" "initial",
+    2 "0002_deploy.sql" "deploy",
 );
 
 /// The schema version a freshly opened database has.
-pub const LATEST_SCHEMA_VERSION: i64 = 1;
+pub const LATEST_SCHEMA_VERSION: i64 = 2;
 
 #[derive(Debug)]
 struct Source(&'static [Embedded]);
@@ -131,6 +133,14 @@ mod tests {
         (
             "postgres/0001_initial.sql",
             "bc8ccb8aeb84ed084a7ffe1e20cd5778ea018a377c30e4f0220019e24e383be9",
+        ),
+        (
+            "sqlite/0002_deploy.sql",
+            "54691b945cdc67d372d0d46ae27cec9643b3d99fc7f2ae5afed966194262329c",
+        ),
+        (
+            "postgres/0002_deploy.sql",
+            "a3e3b000c26700c8f04970c7c8f8a2eb2b8be9f47f99fb9d53913bcb0552988f",
         ),
     ];
 

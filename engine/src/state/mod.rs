@@ -46,6 +46,7 @@ mod blobs;
 mod deployments;
 mod error;
 mod events;
+mod instances;
 mod locks;
 mod migrations;
 mod releases;
@@ -68,6 +69,7 @@ pub use blobs::{Blob, Blobs, NewBlob};
 pub use deployments::{Deployment, DeploymentManifest, Deployments};
 pub use error::{Object, StateError};
 pub use events::{Event, Events, NewEvent};
+pub use instances::{Disk, Instance, InstanceId, Instances, NewInstance, Vm};
 pub use locks::{Lock, Locks};
 pub use migrations::LATEST_SCHEMA_VERSION;
 pub use releases::{
@@ -216,6 +218,11 @@ impl State {
     /// The blobstore's index, for clean-up.
     pub fn blobs(&self) -> Blobs<'_> {
         Blobs { state: self }
+    }
+
+    /// Instances with their VMs, disks and IPs; configs; deployment variables.
+    pub fn instances(&self) -> Instances<'_> {
+        Instances { state: self }
     }
 }
 
@@ -419,7 +426,7 @@ id_type! {
 }
 
 /// Seconds since the Unix epoch.
-fn now() -> i64 {
+pub fn now() -> i64 {
     let seconds = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|elapsed| elapsed.as_secs())

@@ -95,7 +95,7 @@ impl StemcellManifest {
         );
         map.insert(
             string("cloud_properties"),
-            json_to_node(&Json::Object(self.cloud_properties.clone()), &span),
+            Node::from_json(&Json::Object(self.cloud_properties.clone()), &span),
         );
         let mut out = String::new();
         yaml::emit_to(&Node::new(Value::Map(map), span), &mut out, false);
@@ -192,7 +192,7 @@ fn decode(cx: &mut Cx, top: &MapView<'_>, text: &str) -> Option<StemcellManifest
         }
     };
     let cloud_properties = match top.tree(cx, "cloud_properties") {
-        Some(node) => match node_to_json(&node) {
+        Some(node) => match node.to_json() {
             Json::Object(map) => map,
             _ => JsonMap::new(),
         },
@@ -277,48 +277,6 @@ fn valid_name(name: &str) -> bool {
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-}
-
-/// A YAML tree as JSON (what the CPI receives): maps keep their order, keys become text,
-/// floats JSON cannot hold (`.nan`, `.inf`) become their YAML text.
-fn node_to_json(node: &Node) -> Json {
-    match &node.value {
-        Value::Null => Json::Null,
-        Value::Bool(b) => Json::Bool(*b),
-        Value::Int(i) => Json::from(*i),
-        Value::Float(f) => serde_json::Number::from_f64(*f).map_or_else(
-            || Json::String(node.scalar_text().unwrap_or_default()),
-            Json::Number,
-        ),
-        Value::Str(s) => Json::String(s.clone()),
-        Value::Seq(items) => Json::Array(items.iter().map(node_to_json).collect()),
-        Value::Map(map) => Json::Object(
-            map.iter()
-                .map(|(k, v)| (k.scalar_text().unwrap_or_default(), node_to_json(v)))
-                .collect(),
-        ),
-    }
-}
-
-fn json_to_node(json: &Json, span: &Span) -> Node {
-    let value = match json {
-        Json::Null => Value::Null,
-        Json::Bool(b) => Value::Bool(*b),
-        Json::Number(n) => match n.as_i64() {
-            Some(i) => Value::Int(i),
-            None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
-        },
-        Json::String(s) => Value::Str(s.clone()),
-        Json::Array(items) => Value::Seq(items.iter().map(|i| json_to_node(i, span)).collect()),
-        Json::Object(object) => {
-            let mut map = Map::new();
-            for (key, value) in object {
-                map.insert(Node::string(key, span.clone()), json_to_node(value, span));
-            }
-            Value::Map(map)
-        }
-    };
-    Node::new(value, span.clone())
 }
 
 #[cfg(test)]

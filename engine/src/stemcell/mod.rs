@@ -15,6 +15,7 @@
 //! when reading fails or the [`StemcellArchive`] is dropped.
 
 pub mod archive;
+pub mod local;
 pub mod manifest;
 pub mod version;
 

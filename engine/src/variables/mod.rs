@@ -56,6 +56,7 @@ pub struct VarsStore {
     path: PathBuf,
     values: Map,
     changed: bool,
+    added: Vec<String>,
 }
 
 impl VarsStore {
@@ -91,7 +92,24 @@ impl VarsStore {
             path: path.to_path_buf(),
             values,
             changed: false,
+            added: Vec::new(),
         })
+    }
+
+    /// A store that lives in memory (the director's, backed by its database); `save` is a
+    /// no-op, the caller persists [`VarsStore::added`].
+    pub fn in_memory(values: Map) -> VarsStore {
+        VarsStore {
+            path: PathBuf::new(),
+            values,
+            changed: false,
+            added: Vec::new(),
+        }
+    }
+
+    /// Names of the values added since loading, in the order they were generated.
+    pub fn added(&self) -> &[String] {
+        &self.added
     }
 
     /// The stored value of a variable.
@@ -105,6 +123,7 @@ impl VarsStore {
             self.values
                 .insert(Node::string(name, value.span.clone()), value);
             self.changed = true;
+            self.added.push(name.to_string());
         }
     }
 
@@ -116,7 +135,7 @@ impl VarsStore {
     /// Writes the store if values were added: to a temporary file in the same directory,
     /// mode 0600, synced, then renamed over the old file.
     pub fn save(&self) -> std::io::Result<()> {
-        if !self.changed {
+        if !self.changed || self.path.as_os_str().is_empty() {
             return Ok(());
         }
         let text = yaml::emit(&Node::new(

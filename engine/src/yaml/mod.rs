@@ -192,6 +192,56 @@ impl Map {
 }
 
 impl Node {
+    /// This tree as JSON (what a CPI, an agent or a template receives): maps keep their
+    /// order, keys become their text, floats JSON cannot hold (`.nan`, `.inf`) their YAML text.
+    pub fn to_json(&self) -> serde_json::Value {
+        use serde_json::Value as Json;
+        match &self.value {
+            Value::Null => Json::Null,
+            Value::Bool(b) => Json::Bool(*b),
+            Value::Int(i) => Json::from(*i),
+            Value::Float(f) => serde_json::Number::from_f64(*f).map_or_else(
+                || Json::String(self.scalar_text().unwrap_or_default()),
+                Json::Number,
+            ),
+            Value::Str(s) => Json::String(s.clone()),
+            Value::Seq(items) => Json::Array(items.iter().map(Node::to_json).collect()),
+            Value::Map(map) => Json::Object(
+                map.iter()
+                    .map(|(k, v)| (k.scalar_text().unwrap_or_default(), v.to_json()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// A JSON value as a tree whose nodes all carry `span`.
+    pub fn from_json(json: &serde_json::Value, span: &Span) -> Node {
+        use serde_json::Value as Json;
+        let value = match json {
+            Json::Null => Value::Null,
+            Json::Bool(b) => Value::Bool(*b),
+            Json::Number(n) => match n.as_i64() {
+                Some(i) => Value::Int(i),
+                None => Value::Float(n.as_f64().unwrap_or(f64::NAN)),
+            },
+            Json::String(s) => Value::Str(s.clone()),
+            Json::Array(items) => {
+                Value::Seq(items.iter().map(|i| Node::from_json(i, span)).collect())
+            }
+            Json::Object(object) => {
+                let mut map = Map::new();
+                for (key, value) in object {
+                    map.insert(
+                        Node::string(key, span.clone()),
+                        Node::from_json(value, span),
+                    );
+                }
+                Value::Map(map)
+            }
+        };
+        Node::new(value, span.clone())
+    }
+
     /// A node with a value and a span.
     pub fn new(value: Value, span: Span) -> Node {
         Node {

@@ -97,6 +97,138 @@ pub enum Command {
     CancelTask(CancelTaskArgs),
     /// Remove releases, stemcells and blobs that nothing uses
     CleanUp(CleanUpArgs),
+    /// Set the cloud config (AZs, VM types, disk types, networks, compilation)
+    UpdateCloudConfig(ConfigArgs),
+    /// Print the cloud config
+    CloudConfig,
+    /// Set the runtime config (releases and addons for every deployment)
+    UpdateRuntimeConfig(ConfigArgs),
+    /// Print the runtime config
+    RuntimeConfig,
+    /// Deploy a manifest: show the diff and the instance plan, ask, then roll it out
+    Deploy(DeployArgs),
+    /// List deployments
+    Deployments,
+    /// List the instances of a deployment (-d)
+    Instances(InstancesArgs),
+    /// List the VMs of a deployment (-d)
+    Vms(VmsArgs),
+    /// Print the manifest a deployment was last deployed with (-d)
+    Manifest,
+    /// Show the director's events (what changed, when, by which task)
+    Events(EventsArgs),
+    /// Start the jobs of instances (-d; all, a GROUP, or GROUP/ID)
+    Start(TargetArgs),
+    /// Drain and stop the jobs of instances (-d; all, a GROUP, or GROUP/ID)
+    Stop(TargetArgs),
+    /// Drain, stop and start the jobs of instances (-d; all, a GROUP, or GROUP/ID)
+    Restart(TargetArgs),
+    /// Replace the VMs of instances, keeping their disks (-d; all, a GROUP, or GROUP/ID)
+    Recreate(TargetArgs),
+    /// Run an errand (an instance group with lifecycle: errand) of a deployment (-d)
+    RunErrand(ErrandArgs),
+    /// Delete a deployment (-d): its VMs and addresses; its disks are orphaned
+    DeleteDeployment(DeleteDeploymentArgs),
+    /// List persistent disks no instance uses any more
+    OrphanedDisks,
+}
+
+/// `update-cloud-config` / `update-runtime-config`.
+#[derive(Debug, Args)]
+pub struct ConfigArgs {
+    /// The config file
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// `director deploy`.
+#[derive(Debug, Args)]
+pub struct DeployArgs {
+    /// The deployment manifest
+    pub manifest: PathBuf,
+    #[command(flatten)]
+    pub ops: OpsArgs,
+    #[command(flatten)]
+    pub vars: VarArgs,
+    /// Load and save variables (generated ones are added; existing ones never change)
+    #[arg(long = "vars-store", value_name = "PATH")]
+    pub vars_store: Option<PathBuf>,
+    /// Recreate every VM, even unchanged ones
+    #[arg(long = "recreate")]
+    pub recreate: bool,
+    /// Skip drain scripts
+    #[arg(long = "skip-drain")]
+    pub skip_drain: bool,
+    /// Recreate instances whose agents do not answer instead of failing
+    #[arg(long = "fix")]
+    pub fix: bool,
+    /// Show the diff and the plan, change nothing; exit 2 when there are changes, 0 when none
+    #[arg(long = "dry-run")]
+    pub dry_run: bool,
+    /// Canaries for every group (a number or a percentage), overriding the manifest
+    #[arg(long = "canaries", value_name = "N")]
+    pub canaries: Option<String>,
+    /// Instances updated at once per group (a number or a percentage), overriding the manifest
+    #[arg(long = "max-in-flight", value_name = "N|P%")]
+    pub max_in_flight: Option<String>,
+    /// Show secret values in the diff instead of <redacted>
+    #[arg(long = "no-redact")]
+    pub no_redact: bool,
+}
+
+/// `director instances`.
+#[derive(Debug, Args)]
+pub struct InstancesArgs {
+    /// Show each instance's processes and their state (asks the agents)
+    #[arg(short = 'p', long = "ps")]
+    pub ps: bool,
+    /// Show VM ids, agent ids, disks and bootstrap
+    #[arg(short = 'i', long = "details")]
+    pub details: bool,
+}
+
+/// `director vms`.
+#[derive(Debug, Args)]
+pub struct VmsArgs {
+    /// Show load, CPU, memory and disk use (asks the agents)
+    #[arg(long = "vitals")]
+    pub vitals: bool,
+}
+
+/// `director events`.
+#[derive(Debug, Args)]
+pub struct EventsArgs {
+    /// Show at most N events
+    #[arg(long = "limit", value_name = "N", default_value_t = 50)]
+    pub limit: u32,
+}
+
+/// `start` / `stop` / `restart` / `recreate`.
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    /// GROUP or GROUP/ID (or GROUP/INDEX); every instance when left out
+    pub target: Option<String>,
+    /// Skip drain scripts
+    #[arg(long = "skip-drain")]
+    pub skip_drain: bool,
+}
+
+/// `director run-errand`.
+#[derive(Debug, Args)]
+pub struct ErrandArgs {
+    /// The errand (its instance group's name)
+    pub name: String,
+}
+
+/// `director delete-deployment`.
+#[derive(Debug, Args)]
+pub struct DeleteDeploymentArgs {
+    /// Go on past instances that cannot be deleted cleanly
+    #[arg(long = "force")]
+    pub force: bool,
 }
 
 /// `director serve`.

@@ -16,14 +16,14 @@ use crate::cli::{
 };
 use crate::ui::{Ui, columns};
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime can be built")
 }
 
-fn fail(ui: &mut Ui, message: impl std::fmt::Display) -> u8 {
+pub(crate) fn fail(ui: &mut Ui, message: impl std::fmt::Display) -> u8 {
     ui.diagnostic(&Diagnostic::general(message.to_string()));
     1
 }
@@ -40,7 +40,7 @@ fn flags(global: &GlobalArgs) -> TargetFlags {
     }
 }
 
-async fn connect(global: &GlobalArgs, ui: &mut Ui) -> Result<Client, ClientError> {
+pub(crate) async fn connect(global: &GlobalArgs, ui: &mut Ui) -> Result<Client, ClientError> {
     let mut say = |line: &str| ui.say(line);
     Client::connect(&flags(global), &mut say).await
 }
@@ -147,7 +147,7 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
 
 /// Follows a queued task to its end; prints its events (or raw JSON lines with `--json`) and
 /// its result; exit 0 when done, 1 otherwise.
-async fn follow(client: &Client, task: &Json, ui: &mut Ui) -> u8 {
+pub(crate) async fn follow(client: &Client, task: &Json, ui: &mut Ui) -> u8 {
     let id = task["id"].as_i64().unwrap_or_default();
     ui.say(&format!(
         "Task {id} ({})",
@@ -361,7 +361,7 @@ pub fn stemcells(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     })
 }
 
-fn percent_encode(text: &str) -> String {
+pub(crate) fn percent_encode(text: &str) -> String {
     text.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {

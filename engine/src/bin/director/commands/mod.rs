@@ -4,6 +4,8 @@ mod add_blob;
 mod blobs;
 mod completion;
 mod create_release;
+mod deploy;
+mod deployments;
 mod diff;
 mod director;
 mod inspect_release;
@@ -40,6 +42,27 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::Task(args) => director::task(&cli.global, args, ui),
         Command::CancelTask(args) => director::cancel_task(&cli.global, args, ui),
         Command::CleanUp(args) => director::clean_up(&cli.global, args, ui),
+        Command::UpdateCloudConfig(args) => {
+            deployments::update_config(&cli.global, "cloud", args, ui)
+        }
+        Command::CloudConfig => deployments::config(&cli.global, "cloud", ui),
+        Command::UpdateRuntimeConfig(args) => {
+            deployments::update_config(&cli.global, "runtime", args, ui)
+        }
+        Command::RuntimeConfig => deployments::config(&cli.global, "runtime", ui),
+        Command::Deploy(args) => deploy::run(&cli.global, args, ui),
+        Command::Deployments => deployments::deployments(&cli.global, ui),
+        Command::Instances(args) => deployments::instances(&cli.global, args, ui),
+        Command::Vms(args) => deployments::vms(&cli.global, args, ui),
+        Command::Manifest => deployments::manifest(&cli.global, ui),
+        Command::Events(args) => deployments::events(&cli.global, args, ui),
+        Command::Start(args) => deployments::change_state(&cli.global, "started", args, ui),
+        Command::Stop(args) => deployments::change_state(&cli.global, "stopped", args, ui),
+        Command::Restart(args) => deployments::change_state(&cli.global, "restart", args, ui),
+        Command::Recreate(args) => deployments::change_state(&cli.global, "recreate", args, ui),
+        Command::RunErrand(args) => deployments::run_errand(&cli.global, args, ui),
+        Command::DeleteDeployment(args) => deployments::delete_deployment(&cli.global, args, ui),
+        Command::OrphanedDisks => deployments::orphaned_disks(&cli.global, ui),
     }
 }
 

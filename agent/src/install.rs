@@ -1,0 +1,350 @@
+//! Installing packages and rendered jobs in BOSH's layout (see `layout`), switching to them
+//! and cleaning up what the spec no longer names.
+//!
+//! A package or job is downloaded (digest checked), unpacked into a hidden staging
+//! directory and renamed into `data/packages/<name>/<version>` or
+//! `data/jobs/<name>/<digest>` only when complete, so an existing directory there is always
+//! whole and is reused (`prepare` then `apply` downloads once). Switching is a symlink swap
+//! (a new link renamed over the old one), so `<root>/jobs/<name>` and
+//! `<root>/packages/<name>` always point at a complete directory.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use crate::blobs::{self, Http};
+use crate::bpm::{self, BpmConfig};
+use crate::error::{Error, Result};
+use crate::layout::{Layout, check_name};
+use crate::protocol::{ApplySpec, JobSpec, PackageSpec};
+use crate::settings::write_atomically;
+
+/// Downloads and installs into a layout.
+#[derive(Clone, Debug)]
+pub struct Installer {
+    layout: Layout,
+    http: Http,
+}
+
+impl Installer {
+    /// An installer for `layout`, fetching with `http`.
+    pub fn new(layout: Layout, http: Http) -> Installer {
+        Installer { layout, http }
+    }
+
+    /// Makes sure `data/packages/<name>/<version>` holds the package; returns it.
+    pub async fn install_package(&self, package: &PackageSpec) -> Result<PathBuf> {
+        check_name("package", &package.name)?;
+        check_name("version", &package.version)?;
+        let dir = self.layout.package_dir(&package.name, &package.version);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let what = format!("package '{}'", package.name);
+        let archive = self
+            .http
+            .download(&what, &package.blob, &self.layout.tmp())
+            .await?;
+        let parent = self.layout.package_store().join(&package.name);
+        let result = unpack_into_place(what, archive.clone(), parent, dir.clone(), None).await;
+        let _ = tokio::fs::remove_file(&archive).await;
+        result.map(|_| dir)
+    }
+
+    /// Makes sure `data/jobs/<name>/<digest>` holds the job's rendered templates, with
+    /// `bin/*` executable and a valid `config/bpm.yml`; returns it.
+    pub async fn install_job(&self, job: &JobSpec) -> Result<PathBuf> {
+        check_name("job", &job.name)?;
+        check_name("rendered digest", &job.rendered.id)?;
+        let dir = self.layout.job_dir(&job.name, &job.rendered.id);
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        let what = format!("job '{}'", job.name);
+        let archive = self
+            .http
+            .download(&what, &job.rendered, &self.layout.tmp())
+            .await?;
+        let parent = self.layout.job_store().join(&job.name);
+        let result = unpack_into_place(
+            what,
+            archive.clone(),
+            parent,
+            dir.clone(),
+            Some(job.name.clone()),
+        )
+        .await;
+        let _ = tokio::fs::remove_file(&archive).await;
+        result.map(|_| dir)
+    }
+
+    /// Points `<root>/packages/<name>` at the installed version.
+    pub fn link_package(&self, package: &PackageSpec) -> Result<()> {
+        swap_symlink(
+            &self.layout.package_dir(&package.name, &package.version),
+            &self.layout.package_link(&package.name),
+        )
+    }
+
+    /// Links the job's packages, creates its data, log and run directories and points
+    /// `<root>/jobs/<name>` at the installed job.
+    pub fn switch_job(
+        &self,
+        job: &JobSpec,
+        packages: &BTreeMap<String, PackageSpec>,
+    ) -> Result<()> {
+        let dir = self.layout.job_dir(&job.name, &job.rendered.id);
+        let links = dir.join("packages");
+        std::fs::create_dir_all(&links).map_err(Error::io("create", &links))?;
+        for name in &job.packages {
+            let package = packages.get(name).ok_or_else(|| {
+                Error::Spec(format!(
+                    "job '{}' uses package '{name}', which the spec does not list",
+                    job.name
+                ))
+            })?;
+            swap_symlink(
+                &self.layout.package_dir(&package.name, &package.version),
+                &links.join(name),
+            )?;
+        }
+        let wanted: BTreeSet<&str> = job.packages.iter().map(String::as_str).collect();
+        for entry in read_dir_names(&links)? {
+            if !wanted.contains(entry.as_str()) {
+                remove_path(&links.join(&entry))?;
+            }
+        }
+        for dir in [
+            self.layout.job_tmp(&job.name),
+            self.layout.job_logs(&job.name),
+            self.layout.job_run(&job.name),
+        ] {
+            std::fs::create_dir_all(&dir).map_err(Error::io("create", &dir))?;
+        }
+        swap_symlink(&dir, &self.layout.job_link(&job.name))
+    }
+
+    /// Removes jobs and packages the spec does not name, and other versions of those it
+    /// does. Job data (`data/<job>`) and logs stay.
+    pub fn remove_unused(&self, spec: &ApplySpec) -> Result<()> {
+        let jobs: BTreeMap<&str, &str> = spec
+            .jobs
+            .iter()
+            .map(|j| (j.name.as_str(), j.rendered.id.as_str()))
+            .collect();
+        let packages: BTreeMap<&str, &str> = spec
+            .packages
+            .values()
+            .map(|p| (p.name.as_str(), p.version.as_str()))
+            .collect();
+        prune(&self.layout.jobs(), &self.layout.job_store(), &jobs)?;
+        prune(
+            &self.layout.packages(),
+            &self.layout.package_store(),
+            &packages,
+        )
+    }
+}
+
+fn prune(links: &Path, store: &Path, keep: &BTreeMap<&str, &str>) -> Result<()> {
+    for name in read_dir_names(links)? {
+        if !keep.contains_key(name.as_str()) {
+            remove_path(&links.join(&name))?;
+        }
+    }
+    for name in read_dir_names(store)? {
+        let dir = store.join(&name);
+        match keep.get(name.as_str()) {
+            None => remove_path(&dir)?,
+            Some(current) => {
+                for version in read_dir_names(&dir)? {
+                    if version != *current {
+                        remove_path(&dir.join(&version))?;
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Unpacks `archive` into a staging directory in `parent`, checks it, and renames it to
+/// `dest`. For a job (`job` is its name): an archive holding only `<job>/…` is unwrapped,
+/// `bin/*` made executable and `config/bpm.yml` validated.
+async fn unpack_into_place(
+    what: String,
+    archive: PathBuf,
+    parent: PathBuf,
+    dest: PathBuf,
+    job: Option<String>,
+) -> Result<()> {
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&parent).map_err(Error::io("create", &parent))?;
+        let staging = parent.join(format!(".staging-{}", uuid::Uuid::new_v4()));
+        let result = (|| {
+            blobs::unpack_tgz(&what, &archive, &staging)?;
+            let mut content = staging.clone();
+            if let Some(job) = &job {
+                let names = read_dir_names(&staging)?;
+                if names.len() == 1 && names[0] == *job && staging.join(job).is_dir() {
+                    content = staging.join(job);
+                }
+                make_bin_executable(&content)?;
+                check_bpm(job, &content)?;
+            }
+            match std::fs::rename(&content, &dest) {
+                Ok(()) => Ok(()),
+                // Installed meanwhile by someone else: theirs is as good as ours.
+                Err(_) if dest.is_dir() => Ok(()),
+                Err(e) => Err(Error::io("rename into place", &dest)(e)),
+            }
+        })();
+        if staging.exists() {
+            let _ = std::fs::remove_dir_all(&staging);
+        }
+        result
+    })
+    .await
+    .map_err(|e| Error::Archive {
+        what: "unpacking".to_string(),
+        reason: e.to_string(),
+    })?
+}
+
+fn make_bin_executable(job_dir: &Path) -> Result<()> {
+    let bin = job_dir.join("bin");
+    for name in read_dir_names(&bin)? {
+        let path = bin.join(name);
+        let metadata = std::fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
+        if metadata.is_file() {
+            let mut permissions = metadata.permissions();
+            permissions.set_mode(permissions.mode() | 0o755);
+            std::fs::set_permissions(&path, permissions).map_err(Error::io("chmod", &path))?;
+        }
+    }
+    Ok(())
+}
+
+fn check_bpm(job: &str, job_dir: &Path) -> Result<()> {
+    read_bpm_in(job, job_dir).map(|_| ())
+}
+
+/// The installed job's `config/bpm.yml`, or `None` when it has none (no processes).
+pub fn read_bpm(layout: &Layout, job: &str) -> Result<Option<BpmConfig>> {
+    read_bpm_in(job, &layout.job_link(job))
+}
+
+fn read_bpm_in(job: &str, job_dir: &Path) -> Result<Option<BpmConfig>> {
+    let path = job_dir.join("config").join("bpm.yml");
+    match std::fs::read_to_string(&path) {
+        Ok(text) => bpm::parse(job, &text)
+            .map(Some)
+            .map_err(|reason| Error::Bpm {
+                job: job.to_string(),
+                reason,
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &path)(e)),
+    }
+}
+
+/// Points `link` at `target` atomically (a new link renamed over the old one).
+pub fn swap_symlink(target: &Path, link: &Path) -> Result<()> {
+    if std::fs::read_link(link).is_ok_and(|current| current == target) {
+        return Ok(());
+    }
+    let parent = link.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
+    let tmp = parent.join(format!(".link-{}", uuid::Uuid::new_v4()));
+    std::os::unix::fs::symlink(target, &tmp).map_err(Error::io("create link", &tmp))?;
+    std::fs::rename(&tmp, link).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io("replace", link)(e)
+    })
+}
+
+/// Names in a directory (none when it does not exist), hidden ones (our temporaries)
+/// left out, sorted.
+pub fn read_dir_names(dir: &Path) -> Result<Vec<String>> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io("read", dir)(e)),
+    };
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry.map_err(Error::io("read", dir))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with('.') {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
+/// Removes a file, symlink or directory tree.
+pub fn remove_path(path: &Path) -> Result<()> {
+    let result = match std::fs::symlink_metadata(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => Err(e),
+        Ok(m) if m.is_dir() => std::fs::remove_dir_all(path),
+        Ok(_) => std::fs::remove_file(path),
+    };
+    result.map_err(Error::io("remove", path))
+}
+
+/// The applied spec, when there is one.
+pub fn load_spec(layout: &Layout) -> Result<Option<ApplySpec>> {
+    let path = layout.spec_file();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| Error::Settings {
+                path,
+                reason: e.to_string(),
+            }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io("read", &path)(e)),
+    }
+}
+
+/// Records the applied spec.
+pub fn save_spec(layout: &Layout, spec: &ApplySpec) -> Result<()> {
+    let text = serde_json::to_vec_pretty(spec).expect("specs serialize");
+    write_atomically(&layout.spec_file(), &text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swapping_links_replaces_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let link = dir.path().join("jobs/web");
+        swap_symlink(Path::new("/a"), &link).unwrap();
+        swap_symlink(Path::new("/b"), &link).unwrap();
+        assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/b"));
+        assert_eq!(read_dir_names(&dir.path().join("jobs")).unwrap(), ["web"]);
+    }
+
+    #[test]
+    fn pruning_keeps_current_versions_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let layout = Layout::new(dir.path());
+        for (name, version) in [("a", "1"), ("a", "2"), ("b", "1")] {
+            std::fs::create_dir_all(layout.package_dir(name, version)).unwrap();
+        }
+        swap_symlink(&layout.package_dir("a", "2"), &layout.package_link("a")).unwrap();
+        swap_symlink(&layout.package_dir("b", "1"), &layout.package_link("b")).unwrap();
+        let keep = BTreeMap::from([("a", "2")]);
+        prune(&layout.packages(), &layout.package_store(), &keep).unwrap();
+        assert_eq!(read_dir_names(&layout.packages()).unwrap(), ["a"]);
+        assert_eq!(read_dir_names(&layout.package_store()).unwrap(), ["a"]);
+        assert_eq!(
+            read_dir_names(&layout.package_store().join("a")).unwrap(),
+            ["2"]
+        );
+    }
+}

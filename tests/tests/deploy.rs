@@ -1,0 +1,722 @@
+//! `director deploy` end to end, through the real binaries: a dev (or configured) director,
+//! its embedded bus (or Debian's nats-server), the local CPI, real agents running the
+//! `hello` release compiled from source.
+//!
+//! Each test has its own director, bus, CPI root and loopback /24, so tests run at once.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::{User, target_dir};
+
+/// A local stemcell with the agent this build made.
+fn stemcell(user: &User, version: &str, agent: Option<&Path>) -> PathBuf {
+    let out = user.home.path().join(format!("stemcell-{version}.tgz"));
+    let build = engine::stemcell::local::AgentStemcell {
+        agent: agent.map_or_else(|| target_dir().join("bosh-agent"), Path::to_path_buf),
+        agent_json: None,
+        os: "debian-bookworm".to_string(),
+        version: version.to_string(),
+    };
+    build.write(&out).unwrap();
+    out
+}
+
+fn upload_stemcell(user: &User, version: &str, agent: Option<&Path>) {
+    let tarball = stemcell(user, version, agent);
+    let out = user.run(&["upload-stemcell", tarball.to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// The test's own cloud config: a loopback /24 no other test uses.
+fn set_cloud_config(user: &User, net: u8) {
+    let path = user.home.path().join("cloud.yml");
+    std::fs::write(
+        &path,
+        format!(
+            "azs: [{{name: z1}}, {{name: z2}}]
+vm_types: [{{name: default}}]
+networks:
+- name: default
+  type: manual
+  subnets:
+  - range: 127.0.{net}.0/24
+    gateway: 127.0.{net}.1
+    reserved: [127.0.{net}.2-127.0.{net}.9]
+    azs: [z1, z2]
+compilation: {{workers: 2, reuse_compilation_vms: true, az: z1, vm_type: default, network: default}}
+"
+        ),
+    )
+    .unwrap();
+    let out = user.run(&["update-cloud-config", path.to_str().unwrap(), "-n"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+/// How the test deployment looks.
+#[derive(Clone)]
+struct Hello {
+    servers: u32,
+    greeting: &'static str,
+    port: u32,
+    max_in_flight: u32,
+    stemcell: &'static str,
+    server_azs: &'static str,
+}
+
+impl Default for Hello {
+    fn default() -> Hello {
+        Hello {
+            servers: 2,
+            greeting: "hello",
+            port: 8080,
+            max_in_flight: 1,
+            stemcell: "latest",
+            server_azs: "[z1, z2]",
+        }
+    }
+}
+
+/// Writes the manifest to a file of its own (`hello-N.yml`).
+fn write_manifest(user: &User, release: &Path, hello: &Hello) -> PathBuf {
+    let n = std::fs::read_dir(user.home.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().starts_with("hello-"))
+        })
+        .count();
+    let path = user.home.path().join(format!("hello-{n}.yml"));
+    std::fs::write(
+        &path,
+        format!(
+            "name: hello
+releases:
+- {{name: hello, version: create, url: 'file://{release}'}}
+stemcells:
+- {{alias: default, os: debian-bookworm, version: '{stemcell}'}}
+update: {{canaries: 1, max_in_flight: {mif}, canary_watch_time: 1000-20000, update_watch_time: 1000-20000}}
+instance_groups:
+- name: hello-server
+  azs: {server_azs}
+  instances: {servers}
+  vm_type: default
+  stemcell: default
+  persistent_disk: 1024
+  networks: [{{name: default}}]
+  jobs:
+  - name: hello-server
+    release: hello
+    properties:
+      greeting: {greeting}
+      port: {port}
+      drain_seconds: 0
+      admin_password: ((admin_password))
+- name: hello-client
+  azs: [z1]
+  instances: 1
+  vm_type: default
+  stemcell: default
+  networks: [{{name: default}}]
+  jobs:
+  - name: hello-client
+    release: hello
+    properties: {{interval: 1}}
+variables:
+- {{name: admin_password, type: password}}
+",
+            release = release.display(),
+            stemcell = hello.stemcell,
+            mif = hello.max_in_flight,
+            servers = hello.servers,
+            greeting = hello.greeting,
+            port = hello.port,
+            server_azs = hello.server_azs,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// Deploys; returns the exit code, the task's events and stderr.
+fn deploy(user: &User, manifest: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
+    let mut args = vec!["deploy", manifest.to_str().unwrap(), "-n", "--json"];
+    args.extend_from_slice(extra);
+    let out = user.run(&args);
+    let events = out
+        .stdout
+        .lines()
+        .filter_map(|line| serde_json::from_str(line).ok())
+        .collect();
+    (out.code, events, out.stderr)
+}
+
+/// `(stage, task, state)` of every step event.
+fn steps(events: &[Value]) -> Vec<(String, String, String)> {
+    events
+        .iter()
+        .filter(|e| e["state"] == "started" || e["state"] == "finished" || e["state"] == "failed")
+        .map(|e| {
+            (
+                e["stage"].as_str().unwrap_or("").to_string(),
+                e["task"].as_str().unwrap_or("").to_string(),
+                e["state"].as_str().unwrap_or("").to_string(),
+            )
+        })
+        .collect()
+}
+
+fn stage_tasks(events: &[Value], stage: &str, state: &str) -> Vec<String> {
+    steps(events)
+        .into_iter()
+        .filter(|(s, _, st)| s == stage && st == state)
+        .map(|(_, task, _)| task)
+        .collect()
+}
+
+fn instances(user: &User) -> Vec<Value> {
+    user.json(&["-d", "hello", "instances", "--ps"])
+        .as_array()
+        .unwrap()
+        .clone()
+}
+
+fn by_group<'a>(list: &'a [Value], group: &str) -> Vec<&'a Value> {
+    list.iter()
+        .filter(|i| i["instance_group"] == group)
+        .collect()
+}
+
+fn all_running(list: &[Value]) -> bool {
+    list.iter().all(|i| {
+        i["agent"]["job_state"] == "running"
+            && i["agent"]["processes"]
+                .as_array()
+                .is_some_and(|p| !p.is_empty() && p.iter().all(|p| p["state"] == "running"))
+    })
+}
+
+/// What the client logged (its stdout), waiting until it says `expected`.
+fn client_says(user: &User, expected: &str) -> String {
+    let list = instances(user);
+    let client = by_group(&list, "hello-client")[0];
+    let log = user
+        .data_dir()
+        .join("cpi/vms")
+        .join(client["vm_cid"].as_str().unwrap())
+        .join("vcap/sys/log/hello-client/hello-client.stdout.log");
+    let started = Instant::now();
+    loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains(expected) || started.elapsed() > Duration::from_secs(30) {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn ids(list: &[&Value], field: &str) -> Vec<String> {
+    list.iter().map(|i| i[field].to_string()).collect()
+}
+
+#[test]
+fn the_quickstart_deploys_and_a_second_deploy_changes_nothing() {
+    // The README's first command, as a user on a fresh machine runs it.
+    let user = User::new();
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/quickstart.yml");
+    let (code, events, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        !stage_tasks(&events, "Compiling packages", "finished").is_empty(),
+        "packages were compiled"
+    );
+    let list = user.json(&["-d", "quickstart", "instances", "--ps"]);
+    let list = list.as_array().unwrap();
+    assert_eq!(list.len(), 3);
+    assert!(all_running(list), "{list:#?}");
+    // The link consumer reaches the provider on its address.
+    let client = list
+        .iter()
+        .find(|i| i["instance_group"] == "hello-client")
+        .unwrap();
+    let log = user
+        .data_dir()
+        .join("cpi/vms")
+        .join(client["vm_cid"].as_str().unwrap())
+        .join("vcap/sys/log/hello-client/hello-client.stdout.log");
+    let started = Instant::now();
+    let mut text = String::new();
+    while !text.contains("hello, world!") && started.elapsed() < Duration::from_secs(30) {
+        std::thread::sleep(Duration::from_millis(200));
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+    }
+    assert!(text.contains("hello, world!"), "client log: {text:?}");
+
+    let started = Instant::now();
+    let (code, events, stderr) = deploy(&user, &manifest, &[]);
+    let took = started.elapsed();
+    assert_eq!(code, 0, "{stderr}");
+    let stages: Vec<String> = steps(&events).into_iter().map(|(s, _, _)| s).collect();
+    for busy in [
+        "Compiling packages",
+        "Creating missing vms",
+        "Updating instance",
+        "Deleting unneeded instances",
+    ] {
+        assert!(
+            !stages.iter().any(|s| s == busy),
+            "a no-op deploy ran '{busy}': {stages:?}"
+        );
+    }
+    assert!(
+        stderr.contains("is up to date: no instance changed"),
+        "{stderr}"
+    );
+    eprintln!(
+        "second (no-op) deploy of the quickstart took {} ms",
+        took.as_millis()
+    );
+    let out = user.run(&["-d", "quickstart", "delete-deployment", "-n"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+}
+
+#[test]
+fn scaling_out_and_back_touches_only_the_extra_instance() {
+    let user = User::new();
+    set_cloud_config(&user, 21);
+    upload_stemcell(&user, "1", None);
+    let release = user.hello_release();
+    let two = write_manifest(&user, &release, &Hello::default());
+    let (code, _, stderr) = deploy(&user, &two, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = instances(&user);
+    let servers_before = by_group(&before, "hello-server");
+
+    let three = write_manifest(
+        &user,
+        &release,
+        &Hello {
+            servers: 3,
+            ..Hello::default()
+        },
+    );
+    let (code, events, stderr) = deploy(&user, &three, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let created = stage_tasks(&events, "Creating missing vms", "finished");
+    let updated = stage_tasks(&events, "Updating instance", "started");
+    assert_eq!(created.len(), 1, "{events:#?}");
+    assert_eq!(
+        updated.len(),
+        1,
+        "only the new instance is updated: {updated:?}"
+    );
+    assert!(
+        updated[0].starts_with(created[0].trim_end_matches(" (canary)")),
+        "{updated:?} {created:?}"
+    );
+    let after = instances(&user);
+    let servers_after = by_group(&after, "hello-server");
+    assert_eq!(servers_after.len(), 3);
+    for old in &servers_before {
+        let same = servers_after
+            .iter()
+            .find(|i| i["id"] == old["id"])
+            .expect("kept");
+        assert_eq!(
+            (&same["ips"], &same["vm_cid"]),
+            (&old["ips"], &old["vm_cid"]),
+            "untouched"
+        );
+    }
+    assert!(all_running(&after));
+
+    let (code, events, stderr) = deploy(&user, &two, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let deleted = stage_tasks(&events, "Deleting unneeded instances", "finished");
+    assert_eq!(deleted.len(), 1, "{events:#?}");
+    assert!(
+        stage_tasks(&events, "Updating instance", "started").is_empty(),
+        "{events:#?}"
+    );
+    let back = instances(&user);
+    assert_eq!(
+        ids(&by_group(&back, "hello-server"), "ips"),
+        ids(&servers_before, "ips")
+    );
+    assert_eq!(
+        ids(&by_group(&back, "hello-server"), "vm_cid"),
+        ids(&servers_before, "vm_cid")
+    );
+}
+
+#[test]
+fn a_property_change_restarts_only_changed_instances_canary_first_in_batches() {
+    let user = User::new();
+    set_cloud_config(&user, 22);
+    upload_stemcell(&user, "1", None);
+    let release = user.hello_release();
+    // One AZ: after the canary, the other two form one batch of max_in_flight = 2.
+    let base = Hello {
+        servers: 3,
+        max_in_flight: 2,
+        server_azs: "[z1]",
+        ..Hello::default()
+    };
+    let manifest = write_manifest(&user, &release, &base);
+    let (code, _, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = instances(&user);
+    assert!(client_says(&user, "hello, world!").contains("hello, world!"));
+
+    // The same manifest again: a dry run says nothing changes (exit 0).
+    let same = user.run(&["deploy", manifest.to_str().unwrap(), "--dry-run", "--json"]);
+    assert_eq!(same.code, 0, "{}", same.stderr);
+
+    let changed = write_manifest(
+        &user,
+        &release,
+        &Hello {
+            greeting: "bonjour",
+            ..base.clone()
+        },
+    );
+    let dry = user.run(&["deploy", changed.to_str().unwrap(), "--dry-run", "--json"]);
+    assert_eq!(dry.code, 2, "changes present: {}", dry.stderr);
+    let plan: Value = serde_json::from_str(&dry.stdout).unwrap();
+    let mut planned: Vec<(String, String)> = plan["plan"]["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|g| g["instances"].as_array().unwrap().clone())
+        .map(|i| {
+            (
+                i["group"].as_str().unwrap().to_string(),
+                i["action"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    planned.sort();
+    assert_eq!(
+        planned,
+        vec![
+            ("hello-client".to_string(), "no_op".to_string()),
+            ("hello-server".to_string(), "restart".to_string()),
+            ("hello-server".to_string(), "restart".to_string()),
+            ("hello-server".to_string(), "restart".to_string()),
+        ]
+    );
+    assert_eq!(
+        instances(&user).len(),
+        before.len(),
+        "a dry run changes nothing"
+    );
+
+    let (code, events, stderr) = deploy(&user, &changed, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let order: Vec<(String, String)> = steps(&events)
+        .into_iter()
+        .filter(|(stage, _, _)| stage == "Updating instance")
+        .map(|(_, task, state)| (task, state))
+        .collect();
+    assert_eq!(
+        order.len(),
+        6,
+        "three instances, started and finished: {order:?}"
+    );
+    assert!(
+        order[0].0.ends_with("(canary)") && order[0].1 == "started",
+        "{order:?}"
+    );
+    assert_eq!(
+        order[1],
+        (order[0].0.clone(), "finished".to_string()),
+        "the canary finishes first: {order:?}"
+    );
+    // Then one batch of max_in_flight = 2: both start before either finishes.
+    assert_eq!(
+        (order[2].1.as_str(), order[3].1.as_str()),
+        ("started", "started"),
+        "{order:?}"
+    );
+    assert!(
+        order
+            .iter()
+            .all(|(task, _)| task.starts_with("hello-server/")),
+        "the client is untouched"
+    );
+    let after = instances(&user);
+    assert_eq!(
+        ids(&by_group(&after, "hello-server"), "vm_cid"),
+        ids(&by_group(&before, "hello-server"), "vm_cid"),
+        "restarted, not recreated"
+    );
+    assert!(all_running(&after));
+}
+
+#[test]
+fn a_new_stemcell_recreates_every_vm_and_persistent_data_survives() {
+    let user = User::new();
+    set_cloud_config(&user, 23);
+    upload_stemcell(&user, "1", None);
+    let release = user.hello_release();
+    let manifest = write_manifest(&user, &release, &Hello::default());
+    let (code, _, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = instances(&user);
+    for server in by_group(&before, "hello-server") {
+        let disk = user
+            .data_dir()
+            .join("cpi/disks")
+            .join(server["disk_cid"].as_str().unwrap());
+        std::fs::write(disk.join("marker"), server["id"].as_str().unwrap()).unwrap();
+    }
+    upload_stemcell(&user, "2", None);
+    let (code, events, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(
+        stage_tasks(&events, "Updating instance", "finished").len(),
+        3,
+        "{events:#?}"
+    );
+    let after = instances(&user);
+    assert!(all_running(&after));
+    for old in &before {
+        let new = after.iter().find(|i| i["id"] == old["id"]).unwrap();
+        assert_ne!(new["vm_cid"], old["vm_cid"], "recreated");
+        assert_eq!(new["disk_cid"], old["disk_cid"], "same disk");
+        assert_eq!(new["ips"], old["ips"], "same address");
+        assert_eq!(new["stemcell"]["version"], "2");
+        if old["instance_group"] == "hello-server" {
+            let disk = user
+                .data_dir()
+                .join("cpi/disks")
+                .join(new["disk_cid"].as_str().unwrap());
+            assert_eq!(
+                std::fs::read_to_string(disk.join("marker")).unwrap(),
+                old["id"].as_str().unwrap()
+            );
+        }
+    }
+}
+
+#[test]
+fn a_failing_canary_stops_the_deploy_and_says_why() {
+    let user = User::new();
+    set_cloud_config(&user, 24);
+    upload_stemcell(&user, "1", None);
+    let release = user.hello_release();
+    let good = write_manifest(
+        &user,
+        &release,
+        &Hello {
+            servers: 3,
+            ..Hello::default()
+        },
+    );
+    let (code, _, stderr) = deploy(&user, &good, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let before = instances(&user);
+
+    let bad = write_manifest(
+        &user,
+        &release,
+        &Hello {
+            servers: 3,
+            port: 0,
+            ..Hello::default()
+        },
+    );
+    let (code, events, stderr) = deploy(&user, &bad, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let started = stage_tasks(&events, "Updating instance", "started");
+    assert_eq!(started.len(), 1, "only the canary was touched: {started:?}");
+    let canary = &started[0];
+    assert!(
+        canary.starts_with("hello-server/") && canary.ends_with("(canary)"),
+        "{canary}"
+    );
+    let message = events
+        .iter()
+        .find_map(|e| e["error"]["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    for expected in [
+        canary.as_str(),
+        "is not running after update",
+        "job 'hello-server' process 'hello-server'",
+        "hello-server: port 0 is not a TCP port",
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected:?} missing from:\n{message}"
+        );
+    }
+    let after = instances(&user);
+    for old in &before {
+        if canary.contains(old["id"].as_str().unwrap()) {
+            continue;
+        }
+        let new = after.iter().find(|i| i["id"] == old["id"]).unwrap();
+        assert_eq!(new["vm_cid"], old["vm_cid"]);
+        assert_eq!(new["agent"]["job_state"], "running", "untouched: {new:#}");
+    }
+
+    let (code, _, stderr) = deploy(&user, &good, &[]);
+    assert_eq!(code, 0, "a fixed manifest converges: {stderr}");
+    assert!(all_running(&instances(&user)));
+}
+
+#[test]
+fn an_agent_that_never_answers_fails_with_what_is_known() {
+    let user = User::with_director_config("agent: {wait_timeout: 5}");
+    set_cloud_config(&user, 25);
+    let agent = user.home.path().join("silent-agent");
+    std::fs::write(
+        &agent,
+        "#!/bin/sh\necho 'silent agent: cannot reach the bus, giving up on it' >&2\nsleep 600\n",
+    )
+    .unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&agent, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    upload_stemcell(&user, "1", Some(&agent));
+    let release = user.hello_release();
+    let manifest = write_manifest(
+        &user,
+        &release,
+        &Hello {
+            servers: 1,
+            ..Hello::default()
+        },
+    );
+    let started = Instant::now();
+    let (code, events, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    assert!(
+        started.elapsed() < Duration::from_secs(120),
+        "agent_wait_timeout bounds the wait"
+    );
+    let message = events
+        .iter()
+        .find_map(|e| e["error"]["message"].as_str())
+        .unwrap_or_default()
+        .to_string();
+    for expected in [
+        "did not answer within 5 s",
+        "the CPI says VM vm-",
+        "exists",
+        "the director never heard from agent",
+        "silent agent: cannot reach the bus, giving up on it",
+    ] {
+        assert!(
+            message.contains(expected),
+            "{expected:?} missing from:\n{message}"
+        );
+    }
+    let vms = std::fs::read_dir(user.data_dir().join("cpi/vms"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    assert_eq!(vms, 0, "the silent VM was deleted");
+}
+
+/// A nats-server for the director, with the director's authorization file included.
+struct NatsServer {
+    child: std::process::Child,
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn nats_server_binary() -> PathBuf {
+    for dir in ["/usr/sbin", "/usr/bin", "/usr/local/bin", "/usr/local/sbin"] {
+        let binary = Path::new(dir).join("nats-server");
+        if binary.is_file() {
+            return binary;
+        }
+    }
+    panic!(
+        "nats-server is not installed: this test never skips; install it (`apt-get install nats-server`, as .ci/run does)"
+    );
+}
+
+#[test]
+fn a_deploy_works_the_same_over_debians_nats_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let auth = dir.path().join("director-users.conf");
+    let pid = dir.path().join("nats-server.pid");
+    let password = "director-password-for-tests";
+    let mbus = engine::config::MbusConfig {
+        url: format!("nats://127.0.0.1:{port}"),
+        agent_url: None,
+        user: "director".to_string(),
+        password: password.to_string(),
+        authorization_file: auth.clone(),
+        pid_file: pid.clone(),
+    };
+    // The director owns the users file; it exists (with the director's user) before
+    // nats-server reads it.
+    tokio::runtime::Runtime::new()
+        .unwrap()
+        .block_on(engine::bus::NatsServerAccounts::open(&mbus))
+        .unwrap();
+    let conf = dir.path().join("nats-server.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "listen: \"127.0.0.1:{port}\"\npid_file: \"{}\"\ninclude \"director-users.conf\"\n",
+            pid.display()
+        ),
+    )
+    .unwrap();
+    let log = std::fs::File::create(dir.path().join("nats-server.log")).unwrap();
+    let _nats = NatsServer {
+        child: std::process::Command::new(nats_server_binary())
+            .arg("-c")
+            .arg(&conf)
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    };
+    let started = Instant::now();
+    while !pid.exists() {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "nats-server did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let user = User::with_director_config(&format!(
+        "mbus: {{url: 'nats://127.0.0.1:{port}', user: director, password: {password}, authorization_file: '{}', pid_file: '{}'}}",
+        auth.display(),
+        pid.display()
+    ));
+    let status = user.run(&["status"]);
+    assert!(
+        status.stdout.contains("nats-server at nats://127.0.0.1"),
+        "{}",
+        status.stdout
+    );
+    set_cloud_config(&user, 26);
+    upload_stemcell(&user, "1", None);
+    let release = user.hello_release();
+    let manifest = write_manifest(&user, &release, &Hello::default());
+    let (code, _, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(all_running(&instances(&user)));
+    assert!(client_says(&user, "hello, world!").contains("hello, world!"));
+    // Agents got their own users; the file lists them.
+    let users = std::fs::read_to_string(&auth).unwrap();
+    assert!(users.matches("agent-").count() >= 3, "{users}");
+}
