@@ -1,4 +1,4 @@
-//! Lifecycle scripts (`pre-start`, `post-start`, `post-deploy`, `pre-stop`, `post-stop`) and
+//! Lifecycle scripts (`pre-start`, `post-start`, `post-deploy`, `pre-stop`, `post-stop`), errands' `run`, and
 //! drain scripts of the installed jobs.
 //!
 //! Scripts of all jobs run in parallel, with the agent's environment plus what the director
@@ -23,13 +23,14 @@ use crate::state::describe_exit;
 /// Lines of stderr a failure reports.
 pub const FAILURE_LINES: usize = 20;
 
-/// The lifecycle scripts `run_script` may run.
+/// The scripts `run_script` may run: the lifecycle scripts, and `run` (an errand's).
 pub const LIFECYCLE_SCRIPTS: &[&str] = &[
     "pre-start",
     "post-start",
     "post-deploy",
     "pre-stop",
     "post-stop",
+    "run",
 ];
 
 struct Script {

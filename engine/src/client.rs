@@ -587,6 +587,120 @@ impl EventRenderer {
     }
 }
 
+/// Renders a task's events on a terminal: the finished steps as `bosh task` lines above, and
+/// one live progress bar per running stage (steps done of total, the steps in flight and
+/// what each is doing: `executing drain`, `starting jobs`…).
+pub struct ProgressRenderer {
+    lines: EventRenderer,
+    multi: indicatif::MultiProgress,
+    bars: std::collections::HashMap<String, indicatif::ProgressBar>,
+    /// Steps in flight per stage, with their last status.
+    running: std::collections::HashMap<String, std::collections::BTreeMap<String, String>>,
+}
+
+impl ProgressRenderer {
+    /// A renderer for task `task` drawing on stderr.
+    pub fn new(task: i64) -> ProgressRenderer {
+        ProgressRenderer {
+            lines: EventRenderer::new(task),
+            multi: indicatif::MultiProgress::with_draw_target(
+                indicatif::ProgressDrawTarget::stderr(),
+            ),
+            bars: std::collections::HashMap::new(),
+            running: std::collections::HashMap::new(),
+        }
+    }
+
+    fn bar(&mut self, stage: &str, total: u64) -> indicatif::ProgressBar {
+        if let Some(bar) = self.bars.get(stage) {
+            return bar.clone();
+        }
+        let bar = self.multi.add(indicatif::ProgressBar::new(total));
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{spinner} {prefix} [{bar:20}] {pos}/{len} {wide_msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(stage.to_string());
+        bar.enable_steady_tick(Duration::from_millis(120));
+        self.bars.insert(stage.to_string(), bar.clone());
+        bar
+    }
+
+    fn show_running(&self, stage: &str) {
+        if let (Some(bar), Some(steps)) = (self.bars.get(stage), self.running.get(stage)) {
+            let text: Vec<String> = steps
+                .iter()
+                .map(|(step, status)| {
+                    if status.is_empty() {
+                        step.clone()
+                    } else {
+                        format!("{step}: {status}")
+                    }
+                })
+                .collect();
+            bar.set_message(text.join(" | "));
+        }
+    }
+
+    /// Takes a chunk of the event log.
+    pub fn render(&mut self, chunk: &str) {
+        for line in self.lines.render(chunk) {
+            self.multi.suspend(|| eprintln!("{line}"));
+        }
+        for line in chunk.lines() {
+            let Ok(event) = serde_json::from_str::<crate::tasks::Event>(line) else {
+                continue;
+            };
+            let (Some(stage), Some(step), Some(state)) =
+                (event.stage.clone(), event.task.clone(), event.state)
+            else {
+                continue;
+            };
+            let key = if event.tags.is_empty() {
+                stage
+            } else {
+                format!("{stage} {}", event.tags.join(", "))
+            };
+            let bar = self.bar(&key, u64::from(event.total.unwrap_or(1)));
+            let steps = self.running.entry(key.clone()).or_default();
+            match state {
+                crate::tasks::EventState::Started => {
+                    steps.insert(step, String::new());
+                }
+                crate::tasks::EventState::InProgress => {
+                    let status = event
+                        .data
+                        .as_ref()
+                        .and_then(|d| d.get("status"))
+                        .and_then(Json::as_str)
+                        .unwrap_or("")
+                        .to_string();
+                    steps.insert(step, status);
+                }
+                crate::tasks::EventState::Finished | crate::tasks::EventState::Failed => {
+                    steps.remove(&step);
+                    bar.inc(1);
+                    if bar.position() >= bar.length().unwrap_or(0) {
+                        bar.finish_and_clear();
+                    }
+                }
+            }
+            self.show_running(&key);
+        }
+    }
+
+    /// Removes the bars (the task ended).
+    pub fn finish(&self) {
+        for bar in self.bars.values() {
+            bar.finish_and_clear();
+        }
+        let _ = self.multi.clear();
+    }
+}
+
 fn clock(unix: u64) -> String {
     let seconds = unix % 86_400;
     format!(

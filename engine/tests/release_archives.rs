@@ -354,3 +354,271 @@ mod bad_release_archives {
         assert!(Path::new(&path).exists());
     }
 }
+
+/// A small compiled package archive (the install target: an executable).
+fn compiled_tgz() -> Vec<u8> {
+    write_tgz(
+        Vec::new(),
+        vec![TgzEntry {
+            path: "bin/app".into(),
+            source: TgzSource::Bytes {
+                data: b"#!/bin/sh\necho app\n".to_vec(),
+                executable: true,
+            },
+        }],
+    )
+    .unwrap()
+}
+
+/// A compiled release's `release.MF`: job `web` needing `app`, and compiled packages
+/// (name, dependencies) for `debian-bookworm/1`, with the digest `compiled_tgz` makes.
+fn compiled_manifest(packages: &[(&str, &[&str])]) -> String {
+    let list = |items: &[&str]| format!("[{}]", items.join(", "));
+    let mut text = format!(
+        "name: demo\nversion: 0+dev.1\ncommit_hash: abc1234\nuncommitted_changes: false\n\
+         jobs:\n- name: web\n  version: f1\n  fingerprint: f1\n  sha1: {}\n  packages: [app]\n\
+         compiled_packages:\n",
+        sha256_string(&job_tgz("web")),
+    );
+    for (name, dependencies) in packages {
+        text.push_str(&format!(
+            "- name: {name}\n  version: p{name}.2\n  fingerprint: p{name}\n  sha1: {}\n  \
+             stemcell: debian-bookworm/1\n  dependencies: {}\n",
+            sha256_string(&compiled_tgz()),
+            list(dependencies)
+        ));
+    }
+    text
+}
+
+/// A compiled release tarball: `release.MF`, the job archive, one compiled archive per
+/// package of `packages`, and the `extra` entries.
+fn compiled_release(manifest: &str, packages: &[&str], extra: Vec<Raw<'_>>) -> Vec<u8> {
+    let mut entries = vec![
+        file("release.MF", manifest),
+        file("jobs/web.tgz", job_tgz("web")),
+    ];
+    let names: Vec<String> = packages
+        .iter()
+        .map(|p| format!("compiled_packages/{p}.tgz"))
+        .collect();
+    for name in &names {
+        entries.push(file(name, compiled_tgz()));
+    }
+    entries.extend(extra);
+    gzip(&tar_bytes(&entries))
+}
+
+fn good_compiled_manifest() -> String {
+    compiled_manifest(&[("app", &["lib"]), ("lib", &[])])
+}
+
+mod compiled_release_archives {
+    use super::*;
+    use engine::release::archive::write_release_tarball;
+
+    #[test]
+    fn a_compiled_release_is_accepted_and_staged() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("compiled.tgz");
+        fs::write(
+            &path,
+            compiled_release(&good_compiled_manifest(), &["app", "lib"], vec![]),
+        )
+        .unwrap();
+        let archive = read_archive_in(&path, &Limits::default(), dir.path()).unwrap();
+        assert!(archive.manifest.packages.is_empty());
+        let names: Vec<String> = archive
+            .compiled_packages
+            .iter()
+            .map(|p| {
+                let (os, version) = p.stemcell_os_version();
+                format!(
+                    "{} {} {:?} {os} {version}",
+                    p.name,
+                    p.fingerprint,
+                    p.build()
+                )
+            })
+            .collect();
+        assert_eq!(
+            names,
+            [
+                "app papp Some(2) debian-bookworm 1",
+                "lib plib Some(2) debian-bookworm 1",
+            ]
+        );
+        assert_eq!(archive.compiled_packages[0].dependencies, vec!["lib"]);
+        assert_eq!(
+            fs::read(archive.compiled_package_archive("app")).unwrap(),
+            compiled_tgz()
+        );
+        let staging = archive.dir().to_path_buf();
+        drop(archive);
+        assert!(!staging.exists());
+    }
+
+    #[test]
+    fn compiled_digest_mismatch() {
+        let text = refusal(&gzip(&tar_bytes(&[
+            file("release.MF", good_compiled_manifest()),
+            file("jobs/web.tgz", job_tgz("web")),
+            file("compiled_packages/app.tgz", compiled_tgz()),
+            file("compiled_packages/lib.tgz", package_tgz()),
+        ])));
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn compiled_package_missing_from_the_archive() {
+        let text = refusal(&compiled_release(
+            &good_compiled_manifest(),
+            &["app"],
+            vec![],
+        ));
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn compiled_package_also_listed_as_source() {
+        let manifest = format!(
+            "{}packages:\n- name: app\n  version: p1\n  fingerprint: p1\n  sha1: {}\n  dependencies: []\n",
+            compiled_manifest(&[("app", &[])]),
+            sha256_string(&package_tgz())
+        );
+        let text = refusal(&compiled_release(
+            &manifest,
+            &["app"],
+            vec![file("packages/app.tgz", package_tgz())],
+        ));
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn compiled_package_with_an_unknown_dependency() {
+        let text = refusal(&compiled_release(
+            &compiled_manifest(&[("app", &["nowhere"])]),
+            &["app"],
+            vec![],
+        ));
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn compiled_package_with_a_bad_stemcell() {
+        let manifest = good_compiled_manifest().replace("debian-bookworm/1", "debian-bookworm");
+        let text = refusal(&compiled_release(&manifest, &["app", "lib"], vec![]));
+        insta::assert_snapshot!(text);
+    }
+
+    #[test]
+    fn the_writer_makes_the_same_bytes_and_the_reader_takes_them_back() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("compiled.tgz");
+        fs::write(
+            &path,
+            compiled_release(&good_compiled_manifest(), &["app", "lib"], vec![]),
+        )
+        .unwrap();
+        let read = read_archive_in(&path, &Limits::default(), dir.path()).unwrap();
+        let first = write_release_tarball(
+            &read.manifest,
+            &read.compiled_packages,
+            read.dir(),
+            Vec::new(),
+        )
+        .unwrap();
+        let second = write_release_tarball(
+            &read.manifest,
+            &read.compiled_packages,
+            read.dir(),
+            Vec::new(),
+        )
+        .unwrap();
+        assert_eq!(first, second, "the same archives give the same bytes");
+
+        // Its entries: release.MF, the archives byte for byte, their folders; modes and
+        // times fixed.
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(first.as_slice()));
+        let mut entries = Vec::new();
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let header = entry.header().clone();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+            let name = entry.path().unwrap().display().to_string();
+            entries.push((
+                name,
+                header.mode().unwrap(),
+                header.mtime().unwrap(),
+                content,
+            ));
+        }
+        let names: Vec<(&str, u32, u64)> = entries
+            .iter()
+            .map(|(n, mode, mtime, _)| (n.as_str(), *mode, *mtime))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                ("compiled_packages/", 0o755, 0),
+                ("compiled_packages/app.tgz", 0o644, 0),
+                ("compiled_packages/lib.tgz", 0o644, 0),
+                ("jobs/", 0o755, 0),
+                ("jobs/web.tgz", 0o644, 0),
+                ("release.MF", 0o644, 0),
+            ]
+        );
+        assert_eq!(entries[1].3, compiled_tgz());
+        assert_eq!(entries[4].3, job_tgz("web"));
+        let written_manifest = String::from_utf8(entries[5].3.clone()).unwrap();
+        assert_eq!(
+            written_manifest,
+            read.manifest.to_compiled_yaml(&read.compiled_packages)
+        );
+
+        // Read back, it is the same release.
+        let again = dir.path().join("again.tgz");
+        fs::write(&again, &first).unwrap();
+        let back = read_archive_in(&again, &Limits::default(), dir.path()).unwrap();
+        assert_eq!(back.manifest, read.manifest);
+        assert_eq!(back.compiled_packages, read.compiled_packages);
+
+        // A source release too.
+        let source = dir.path().join("source.tgz");
+        fs::write(&source, release(&good_manifest(), &["app"], vec![])).unwrap();
+        let source = read_archive_in(&source, &Limits::default(), dir.path()).unwrap();
+        let written =
+            write_release_tarball(&source.manifest, &[], source.dir(), Vec::new()).unwrap();
+        let again = dir.path().join("source-again.tgz");
+        fs::write(&again, &written).unwrap();
+        let back = read_archive_in(&again, &Limits::default(), dir.path()).unwrap();
+        assert_eq!(back.manifest, source.manifest);
+        assert!(back.compiled_packages.is_empty());
+    }
+
+    #[test]
+    fn the_writer_refuses_a_missing_archive() {
+        let dir = TempDir::new().unwrap();
+        let path = dir.path().join("compiled.tgz");
+        fs::write(
+            &path,
+            compiled_release(&good_compiled_manifest(), &["app", "lib"], vec![]),
+        )
+        .unwrap();
+        let read = read_archive_in(&path, &Limits::default(), dir.path()).unwrap();
+        fs::remove_file(read.compiled_package_archive("lib")).unwrap();
+        let error = write_release_tarball(
+            &read.manifest,
+            &read.compiled_packages,
+            read.dir(),
+            Vec::new(),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            error.ends_with("compiled_packages/lib.tgz: the archive to write as 'compiled_packages/lib.tgz' is missing"),
+            "{error}"
+        );
+    }
+}

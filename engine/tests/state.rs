@@ -12,9 +12,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use engine::state::{
-    Archive, Backend, NewInstance, Vm, LATEST_SCHEMA_VERSION, NewBlob, NewCompiledPackage, NewEvent, NewJob,
-    NewPackage, NewReleaseVersion, NewStemcell, NewTask, Object, ReleaseVersion, State, StateError,
-    TaskFilter, TaskId, TaskState,
+    Archive, Backend, LATEST_SCHEMA_VERSION, NewBlob, NewCompiledPackage, NewEvent, NewInstance,
+    NewJob, NewPackage, NewReleaseVersion, NewStemcell, NewTask, Object, ReleaseVersion, State,
+    StateError, TaskFilter, TaskId, TaskState, Vm,
 };
 use futures::FutureExt;
 use serde_json::json;
@@ -1300,16 +1300,32 @@ async fn check_instances_vms_disks_and_addresses(state: &State) {
     };
     let first = rows.create(&new(0)).await.unwrap();
     let second = rows.create(&new(1)).await.unwrap();
-    assert!(matches!(rows.create(&new(1)).await, Err(StateError::AlreadyExists { .. })));
+    assert!(matches!(
+        rows.create(&new(1)).await,
+        Err(StateError::AlreadyExists { .. })
+    ));
 
-    rows.set_ips(deployment.id, first, &[("default".to_string(), "10.0.0.10".to_string(), false)])
+    rows.set_ips(
+        deployment.id,
+        first,
+        &[("default".to_string(), "10.0.0.10".to_string(), false)],
+    )
+    .await
+    .unwrap();
+    let taken = rows
+        .set_ips(
+            deployment.id,
+            second,
+            &[("default".to_string(), "10.0.0.10".to_string(), false)],
+        )
+        .await;
+    assert!(
+        matches!(taken, Err(StateError::AlreadyExists { .. })),
+        "{taken:?}"
+    );
+    rows.reserve_address(other.id, "default", "10.0.0.20")
         .await
         .unwrap();
-    let taken = rows
-        .set_ips(deployment.id, second, &[("default".to_string(), "10.0.0.10".to_string(), false)])
-        .await;
-    assert!(matches!(taken, Err(StateError::AlreadyExists { .. })), "{taken:?}");
-    rows.reserve_address(other.id, "default", "10.0.0.20").await.unwrap();
     assert!(matches!(
         rows.reserve_address(other.id, "default", "10.0.0.10").await,
         Err(StateError::AlreadyExists { .. })
@@ -1321,25 +1337,48 @@ async fn check_instances_vms_disks_and_addresses(state: &State) {
     assert_eq!(rows.all_addresses().await.unwrap().len(), 2);
     rows.release_address("default", "10.0.0.20").await.unwrap();
 
-    let vm = Vm { cid: "vm-1".to_string(), agent_id: "agent-1".to_string(), created_at: 7, env: json!({"a": 1}) };
+    let vm = Vm {
+        cid: "vm-1".to_string(),
+        agent_id: "agent-1".to_string(),
+        created_at: 7,
+        env: json!({"a": 1}),
+    };
     rows.set_vm(first, &vm).await.unwrap();
-    rows.add_disk(first, "disk-1", 1024, &json!({})).await.unwrap();
-    rows.set_observed(first, &json!({"stemcell": {"version": "1"}}), true).await.unwrap();
+    rows.add_disk(first, "disk-1", 1024, &json!({}))
+        .await
+        .unwrap();
+    rows.set_observed(first, &json!({"stemcell": {"version": "1"}}), true)
+        .await
+        .unwrap();
     store_blob(state, &sha256("rendered")).await;
-    rows.set_rendered(first, &[("web".to_string(), sha256("rendered"))]).await.unwrap();
+    rows.set_rendered(first, &[("web".to_string(), sha256("rendered"))])
+        .await
+        .unwrap();
     let listed = rows.list(deployment.id).await.unwrap();
     assert_eq!(listed.len(), 2);
     assert_eq!(listed[0].vm.as_ref(), Some(&vm));
     assert_eq!(listed[0].disk.as_ref().map(|d| d.size), Some(1024));
-    assert_eq!(listed[0].ips, vec![("default".to_string(), "10.0.0.10".to_string(), false)]);
+    assert_eq!(
+        listed[0].ips,
+        vec![("default".to_string(), "10.0.0.10".to_string(), false)]
+    );
     assert!(listed[0].update_completed);
-    assert_eq!(listed[0].observed, Some(json!({"stemcell": {"version": "1"}})));
-    assert!(!listed[1].update_completed, "new instances start unfinished");
+    assert_eq!(
+        listed[0].observed,
+        Some(json!({"stemcell": {"version": "1"}}))
+    );
+    assert!(
+        !listed[1].update_completed,
+        "new instances start unfinished"
+    );
 
     rows.set_update_completed(first, false).await.unwrap();
     rows.set_state(first, "stopped", true).await.unwrap();
     let listed = rows.list(deployment.id).await.unwrap();
-    assert_eq!((listed[0].state.as_str(), listed[0].update_completed), ("stopped", false));
+    assert_eq!(
+        (listed[0].state.as_str(), listed[0].update_completed),
+        ("stopped", false)
+    );
 
     rows.clear_vm(first).await.unwrap();
     rows.orphan_disk("disk-1").await.unwrap();
@@ -1347,30 +1386,73 @@ async fn check_instances_vms_disks_and_addresses(state: &State) {
     rows.delete(first).await.unwrap();
     rows.delete(second).await.unwrap();
     assert!(rows.list(deployment.id).await.unwrap().is_empty());
-    assert!(rows.all_addresses().await.unwrap().is_empty(), "addresses go with their instances");
-    state.deployments().add_uses(deployment.id, &[], &[]).await.unwrap();
+    assert!(
+        rows.all_addresses().await.unwrap().is_empty(),
+        "addresses go with their instances"
+    );
+    state
+        .deployments()
+        .add_uses(deployment.id, &[], &[])
+        .await
+        .unwrap();
     state.deployments().delete(deployment.id).await.unwrap();
     assert!(state.deployments().find("web").await.unwrap().is_none());
-    assert_eq!(rows.orphaned_disks().await.unwrap().len(), 1, "orphaned disks outlive their deployment");
+    assert_eq!(
+        rows.orphaned_disks().await.unwrap().len(),
+        1,
+        "orphaned disks outlive their deployment"
+    );
 }
 
 async fn check_configs_credentials_and_links(state: &State) {
     let rows = state.instances();
     assert_eq!(rows.config("cloud", "default").await.unwrap(), None);
-    let first = rows.set_config("cloud", "default", "azs: []").await.unwrap();
-    let second = rows.set_config("cloud", "default", "azs: [{name: z1}]").await.unwrap();
+    let first = rows
+        .set_config("cloud", "default", "azs: []")
+        .await
+        .unwrap();
+    let second = rows
+        .set_config("cloud", "default", "azs: [{name: z1}]")
+        .await
+        .unwrap();
     assert!(second > first);
-    assert_eq!(rows.config("cloud", "default").await.unwrap(), Some((second, "azs: [{name: z1}]".to_string())));
+    assert_eq!(
+        rows.config("cloud", "default").await.unwrap(),
+        Some((second, "azs: [{name: z1}]".to_string()))
+    );
     assert_eq!(rows.config("runtime", "default").await.unwrap(), None);
 
     let deployment = state.deployments().create("web").await.unwrap();
-    assert!(rows.put_credential(deployment.id, "password", &json!("s3cret")).await.unwrap());
-    assert!(!rows.put_credential(deployment.id, "password", &json!("other")).await.unwrap(), "kept");
-    assert_eq!(rows.credential(deployment.id, "password").await.unwrap(), Some(json!("s3cret")));
-    assert_eq!(rows.credentials(deployment.id).await.unwrap(), vec![("password".to_string(), json!("s3cret"))]);
+    assert!(
+        rows.put_credential(deployment.id, "password", &json!("s3cret"))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !rows
+            .put_credential(deployment.id, "password", &json!("other"))
+            .await
+            .unwrap(),
+        "kept"
+    );
+    assert_eq!(
+        rows.credential(deployment.id, "password").await.unwrap(),
+        Some(json!("s3cret"))
+    );
+    assert_eq!(
+        rows.credentials(deployment.id).await.unwrap(),
+        vec![("password".to_string(), json!("s3cret"))]
+    );
 
     assert_eq!(rows.links(deployment.id).await.unwrap(), None);
-    rows.set_links(deployment.id, &json!([{"alias": "db"}])).await.unwrap();
-    rows.set_links(deployment.id, &json!([{"alias": "http"}])).await.unwrap();
-    assert_eq!(rows.links(deployment.id).await.unwrap(), Some(json!([{"alias": "http"}])));
+    rows.set_links(deployment.id, &json!([{"alias": "db"}]))
+        .await
+        .unwrap();
+    rows.set_links(deployment.id, &json!([{"alias": "http"}]))
+        .await
+        .unwrap();
+    assert_eq!(
+        rows.links(deployment.id).await.unwrap(),
+        Some(json!([{"alias": "http"}]))
+    );
 }

@@ -89,7 +89,10 @@ fn uploads_are_tasks_idempotent_and_deletable() {
         first.stderr
     );
     let blobs = user.blob_count();
-    assert_eq!(blobs, 4, "two jobs and two packages are stored by content");
+    assert_eq!(
+        blobs, 5,
+        "three jobs and two packages are stored by content"
+    );
 
     let second = user.run(&["upload-release", tarball.to_str().unwrap()]);
     assert_eq!(second.code, 0, "{}", second.stderr);
@@ -597,7 +600,7 @@ fn a_director_keeps_its_blobs_in_s3_when_configured() {
         status.stdout
     );
     assert_eq!(upload.code, 0, "{}", upload.stderr);
-    assert_eq!(objects, 4, "two jobs and two packages in the bucket");
+    assert_eq!(objects, 5, "three jobs and two packages in the bucket");
     assert_eq!(delete.code, 0, "{}", delete.stderr);
     assert_eq!(remaining, 0, "deleting the release empties the bucket");
 }

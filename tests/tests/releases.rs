@@ -228,7 +228,7 @@ fn inspect_release_of_the_tarball_and_of_the_directory() {
     let jobs = fingerprints(&created, "jobs");
     assert_eq!(
         jobs.keys().collect::<Vec<_>>(),
-        ["hello-client", "hello-server"]
+        ["hello-client", "hello-server", "hello-smoke-test"]
     );
     let packages = &created["packages"];
     assert_eq!(packages[0]["name"], "hello-lib");

@@ -6,6 +6,7 @@
 //! background; clients follow it with `GET /tasks/<id>/output?type=event&offset=N`.
 
 mod deployments;
+mod exports;
 mod routes;
 
 use std::net::SocketAddr;
@@ -208,9 +209,11 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let url = format!("{scheme}://{address}");
 
     let director_id = secret(&data_dir.join("director-id"), 16)?;
-    let bus = crate::bus::DirectorBus::start(config.mbus.as_ref(), &director_id)
-        .await
-        .map_err(|e| ServeError::Config(e.to_string()))?;
+    let bus = match &config.mbus {
+        Some(mbus) => crate::bus::DirectorBus::start(Some(mbus), &director_id).await,
+        None => crate::bus::DirectorBus::start_embedded(&data_dir, &director_id).await,
+    }
+    .map_err(|e| ServeError::Config(e.to_string()))?;
     let (cpi, cpi_description): (Arc<dyn cpi::Cpi>, String) = match &config.cpi {
         None | Some(crate::config::CpiSettings::Local { root: None }) => {
             let root = data_dir.join("cpi");

@@ -53,6 +53,7 @@ pub(super) fn protected() -> Router {
         .route("/cleanup", post(cleanup))
         .route("/shutdown", post(shutdown))
         .merge(super::deployments::routes())
+        .merge(super::exports::routes())
 }
 
 async fn info(AxumState(director): AxumState<Director>) -> Json<super::Info> {

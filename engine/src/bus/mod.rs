@@ -173,6 +173,66 @@ impl AgentAccounts for BrokerHandle {
     }
 }
 
+/// Agent accounts on the embedded broker, kept in a file (mode 0600) beside the broker's
+/// port, so that a restarted dev director's broker listens where its agents reconnect and
+/// lets them back in: running VMs survive `stop-server`.
+pub struct PersistentBroker {
+    broker: BrokerHandle,
+    file: PathBuf,
+    accounts: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+}
+
+impl PersistentBroker {
+    fn save(&self) -> Result<(), BusError> {
+        let text = {
+            let accounts = self
+                .accounts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            serde_json::to_string(&*accounts).unwrap_or_default()
+        };
+        crate::config::write_private(&self.file, text.as_bytes()).map_err(|e| {
+            BusError::Settings(format!(
+                "cannot record the agents' bus accounts in {}: {e}",
+                self.file.display()
+            ))
+        })
+    }
+}
+
+impl AgentAccounts for PersistentBroker {
+    fn add_agent<'a>(
+        &'a self,
+        agent_id: &'a str,
+    ) -> BoxFuture<'a, Result<AgentCredentials, BusError>> {
+        Box::pin(async move {
+            let credentials = self.broker.add_agent(agent_id).await?;
+            self.accounts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .insert(agent_id.to_string(), credentials.password.clone());
+            self.save()?;
+            Ok(credentials)
+        })
+    }
+
+    fn remove_agent<'a>(&'a self, agent_id: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
+        Box::pin(async move {
+            self.broker.remove_agent(agent_id).await?;
+            let removed = self
+                .accounts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .remove(agent_id)
+                .is_some();
+            if removed {
+                self.save()?;
+            }
+            Ok(())
+        })
+    }
+}
+
 /// The director's bus: the client, the accounts of its agents, and the embedded broker
 /// when there is no `mbus` in `director.yml`.
 pub struct DirectorBus {
@@ -213,6 +273,49 @@ impl DirectorBus {
                 })
             }
         }
+    }
+
+    /// The embedded broker for a director whose state lives in `dir`: on the port it had
+    /// before (a free one when that is taken), with the agent accounts it had (see
+    /// [`PersistentBroker`]).
+    pub async fn start_embedded(
+        dir: &std::path::Path,
+        director_id: &str,
+    ) -> Result<DirectorBus, BusError> {
+        let port_file = dir.join("bus.port");
+        let previous = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|p| p.trim().parse::<u16>().ok());
+        let broker = match previous {
+            Some(port) => match Broker::start(&format!("127.0.0.1:{port}")).await {
+                Ok(broker) => broker,
+                Err(_) => Broker::start("127.0.0.1:0").await?,
+            },
+            None => Broker::start("127.0.0.1:0").await?,
+        };
+        let _ = std::fs::write(&port_file, broker.local_addr().port().to_string());
+        let file = dir.join("bus-agents.json");
+        let accounts: std::collections::BTreeMap<String, String> = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|text| serde_json::from_str(&text).ok())
+            .unwrap_or_default();
+        for (agent_id, password) in &accounts {
+            if check_agent_id(agent_id).is_ok() {
+                broker.add_user(&agent_user(agent_id), password, agent_permissions(agent_id));
+            }
+        }
+        let password = generate_password();
+        broker.add_user("director", &password, Permissions::all());
+        let bus = Bus::connect(&broker.url(), "director", &password, director_id).await?;
+        Ok(DirectorBus {
+            bus,
+            accounts: Arc::new(PersistentBroker {
+                broker: broker.clone(),
+                file,
+                accounts: std::sync::Mutex::new(accounts),
+            }),
+            broker: Some(broker),
+        })
     }
 
     /// The embedded broker, when there is one (for its events).

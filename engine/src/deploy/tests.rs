@@ -538,3 +538,143 @@ fn a_missing_job_in_the_release_names_the_manifest_path() {
         ]
     );
 }
+
+#[test]
+fn runtime_config_addons_join_matching_groups_and_render_like_any_job() {
+    let runtime = "
+releases: [{name: hello, version: '1.0'}]
+addons:
+- name: probes
+  include: {jobs: [{name: server, release: hello}]}
+  jobs: [{name: probe, release: hello}]
+";
+    let manifest_text = manifest(1, "hello", "1");
+    let doc = crate::yaml::parse(&manifest_text, "manifest.yml").unwrap();
+    let cloud = crate::yaml::parse(CLOUD, "cloud.yml").unwrap();
+    let runtime = crate::yaml::parse(runtime, "runtime.yml").unwrap();
+    let validated = crate::manifest::validate(Documents {
+        manifest: Some(&doc),
+        cloud_config: Some(&cloud),
+        runtime_config: Some(&runtime),
+    })
+    .unwrap_or_else(|d| panic!("{d:?}"));
+    let surroundings = Surroundings {
+        sources: sources(),
+        ..Surroundings::default()
+    };
+    let prepared = prepare(
+        &validated,
+        &catalog("1", "server-fp"),
+        &surroundings,
+        &PlanOptions::default(),
+        &mut uuids(),
+    )
+    .unwrap_or_else(|e| panic!("{}", e.join("\n")));
+    let web = prepared
+        .desired
+        .groups
+        .iter()
+        .find(|g| g.name == "web")
+        .unwrap();
+    let jobs: Vec<&str> = web.jobs.iter().map(|j| j.job.name.as_str()).collect();
+    assert_eq!(
+        jobs,
+        vec!["server", "probe"],
+        "the addon joins the group that runs hello/server"
+    );
+    let client = prepared
+        .desired
+        .groups
+        .iter()
+        .find(|g| g.name == "client")
+        .unwrap();
+    assert_eq!(
+        client.jobs.len(),
+        1,
+        "the client runs no hello/server: no addon"
+    );
+    let web0 = prepared
+        .planned
+        .work
+        .values()
+        .find(|w| w.group == "web")
+        .unwrap();
+    assert_eq!(web0.rendered.len(), 2);
+    assert_eq!(
+        String::from_utf8(web0.rendered[1].files["config/app.conf"].clone()).unwrap(),
+        "target=127.0.20.10:8080 n=1"
+    );
+}
+
+#[test]
+fn links_from_another_deployment_need_shared_providers() {
+    let provider_text = manifest(2, "hello", "1").replace(
+        "    properties: {greeting: hello, port: 8080}",
+        "    properties: {greeting: hello, port: 8080}\n    provides: {http: {shared: true}}",
+    );
+    let provider = prepare_with(
+        &provider_text,
+        &catalog("1", "server-fp"),
+        &Surroundings {
+            sources: sources(),
+            ..Default::default()
+        },
+        &PlanOptions::default(),
+    );
+    let shared = provider.links.provided.clone();
+    assert!(shared.iter().any(|l| l.alias == "http" && l.shared));
+
+    // A consumer deployment without its own provider takes `http` from deployment `demo`.
+    let consumer_text = manifest(1, "hello", "1")
+        .replace("name: demo", "name: other")
+        .replace("  - name: probe\n    release: hello\n", "  - name: probe\n    release: hello\n    consumes: {target: {from: http, deployment: demo}}\n");
+    let mut consumer_catalog = catalog("1", "server-fp");
+    consumer_catalog
+        .releases
+        .get_mut("hello")
+        .unwrap()
+        .jobs
+        .get_mut("server")
+        .unwrap()
+        .provides
+        .clear();
+    let surroundings = Surroundings {
+        sources: sources(),
+        external_links: [("demo".to_string(), shared.clone())].into(),
+        ..Surroundings::default()
+    };
+    let consumer = prepare_with(
+        &consumer_text,
+        &consumer_catalog,
+        &surroundings,
+        &PlanOptions::default(),
+    );
+    let link = &consumer.links.consumed[&("client".to_string(), "probe".to_string())]["target"];
+    assert_eq!(
+        (link.deployment_name.as_str(), link.instances.len()),
+        ("demo", 2)
+    );
+
+    // Not shared: refused with BOSH's message.
+    let unshared: Vec<ProvidedLink> = shared
+        .into_iter()
+        .map(|l| ProvidedLink { shared: false, ..l })
+        .collect();
+    let surroundings = Surroundings {
+        sources: sources(),
+        external_links: [("demo".to_string(), unshared)].into(),
+        ..Surroundings::default()
+    };
+    let errors = prepare(
+        &validated(&consumer_text),
+        &consumer_catalog,
+        &surroundings,
+        &PlanOptions::default(),
+        &mut uuids(),
+    )
+    .unwrap_err();
+    assert!(
+        errors[0].contains("deployment 'demo' provides 'http' but does not share it"),
+        "{errors:?}"
+    );
+}

@@ -597,6 +597,12 @@ async fn execute(
         },
     };
     prepared.deployment = Some(deployment.clone());
+    // Compilation VMs of an interrupted deploy held addresses; nothing else can hold them now.
+    services
+        .state
+        .instances()
+        .release_unowned_addresses(deployment.id)
+        .await?;
     for (name, value) in &prepared.generated {
         services
             .state

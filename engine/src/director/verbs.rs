@@ -185,7 +185,12 @@ pub async fn change_state(
         .events()
         .insert(&NewEvent {
             user: "admin".to_string(),
-            action: state.trim_end_matches("ed").to_string(),
+            action: match state {
+                "started" => "start",
+                "stopped" => "stop",
+                other => other,
+            }
+            .to_string(),
             object_type: "instance".to_string(),
             object_name: target.map(str::to_string),
             deployment: Some(name.to_string()),

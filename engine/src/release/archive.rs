@@ -1,9 +1,14 @@
-//! Reading an uploaded release tarball: unpacked safely into a staging directory
+//! Release tarballs. Reading an uploaded one: unpacked safely into a staging directory
 //! ([`crate::archive::extract`] and its limits), then accepted only when it is what its
-//! `release.MF` says: every listed job, package and license archive present, nothing else
-//! there, every archive with the digest `release.MF` gives it, no package dependency cycle,
-//! no job or dependency naming a package the release does not have, and each job or package
-//! archive itself a safe archive (each job with a `job.MF` naming it).
+//! `release.MF` says: every listed job, package, compiled package and license archive
+//! present, nothing else there, every archive with the digest `release.MF` gives it, no
+//! package dependency cycle, no job or dependency naming a package the release does not
+//! have, and each job, package or compiled package archive itself a safe archive (each job
+//! with a `job.MF` naming it). A compiled release (`compiled_packages`, archives under
+//! `compiled_packages/`) is read like a source release.
+//!
+//! Writing ([`write_release_tarball`]) is the mirror image: `release.MF` and the archives of
+//! a directory laid out as a staged tarball, reproducibly (same archives, same bytes).
 //!
 //! Invariant: nothing is written outside the staging directory, and on any error the
 //! staging directory is gone.
@@ -16,9 +21,9 @@ use tempfile::TempDir;
 
 use super::digest::ExpectedDigest;
 use super::graph::{self, GraphProblem, Reference};
-use super::manifest::{EntryPlaces, Place, ReleaseManifest};
+use super::manifest::{CompiledPackageRecord, EntryPlaces, Place, ReleaseManifest};
 use super::{ReleaseError, display_path, valid_name};
-use crate::archive::{self, EntryKind, Extracted, Limits};
+use crate::archive::{self, EntryKind, Extracted, Limits, TgzEntry, TgzSource, write_tgz};
 use crate::diagnostics::{Diagnostic, Diagnostics};
 use crate::yaml::{self, Span, YamlPath};
 
@@ -28,6 +33,8 @@ use crate::yaml::{self, Span, YamlPath};
 pub struct ReleaseArchive {
     /// Its `release.MF`.
     pub manifest: ReleaseManifest,
+    /// The compiled packages its `release.MF` lists (a compiled release), sorted as listed.
+    pub compiled_packages: Vec<CompiledPackageRecord>,
     extracted: Extracted,
 }
 
@@ -45,6 +52,13 @@ impl ReleaseArchive {
     /// Where the archive of package `name` is staged.
     pub fn package_archive(&self, name: &str) -> PathBuf {
         self.dir().join("packages").join(format!("{name}.tgz"))
+    }
+
+    /// Where the archive of compiled package `name` is staged.
+    pub fn compiled_package_archive(&self, name: &str) -> PathBuf {
+        self.dir()
+            .join("compiled_packages")
+            .join(format!("{name}.tgz"))
     }
 
     /// Where `license.tgz` is staged, when the release has a license.
@@ -75,11 +89,62 @@ pub fn read_archive_in(
 ) -> Result<ReleaseArchive, ReleaseError> {
     let extracted = archive::extract(path, limits, staging_parent)?;
     let name = display_path(path);
-    let manifest = check(&extracted, &name, limits)?;
+    let (manifest, compiled_packages) = check(&extracted, &name, limits)?;
     Ok(ReleaseArchive {
         manifest,
+        compiled_packages,
         extracted,
     })
+}
+
+/// Writes a release tarball to `out`: `release.MF` (from `manifest` and `compiled`, see
+/// [`ReleaseManifest::to_compiled_yaml`]) and, read from `dir`, `jobs/<job>.tgz`,
+/// `packages/<package>.tgz`, `compiled_packages/<package>.tgz` and `license.tgz` for what
+/// the manifest lists. The archives are copied byte for byte and the tarball is
+/// reproducible ([`crate::archive::write_tgz`]): the same inputs give the same bytes.
+pub fn write_release_tarball<W: std::io::Write>(
+    manifest: &ReleaseManifest,
+    compiled: &[CompiledPackageRecord],
+    dir: &Path,
+    out: W,
+) -> Result<W, ReleaseError> {
+    let mut entries = vec![TgzEntry {
+        path: "release.MF".to_string(),
+        source: TgzSource::Bytes {
+            data: manifest.to_compiled_yaml(compiled).into_bytes(),
+            executable: false,
+        },
+    }];
+    let mut archive = |entry: String| {
+        let path = dir.join(&entry);
+        if !path.is_file() {
+            return Err(ReleaseError::Other(format!(
+                "{}: the archive to write as '{entry}' is missing",
+                display_path(&path)
+            )));
+        }
+        entries.push(TgzEntry {
+            path: entry,
+            source: TgzSource::File {
+                path,
+                executable: false,
+            },
+        });
+        Ok(())
+    };
+    for job in &manifest.jobs {
+        archive(format!("jobs/{}.tgz", job.name))?;
+    }
+    for package in &manifest.packages {
+        archive(format!("packages/{}.tgz", package.name))?;
+    }
+    for package in compiled {
+        archive(format!("compiled_packages/{}.tgz", package.name))?;
+    }
+    if manifest.license.is_some() {
+        archive("license.tgz".to_string())?;
+    }
+    write_tgz(out, entries).map_err(|e| ReleaseError::io(dir, e))
 }
 
 /// An archive of the tarball, by its entry name, with its `release.MF` digest.
@@ -94,7 +159,7 @@ fn check(
     extracted: &Extracted,
     name: &str,
     limits: &Limits,
-) -> Result<ReleaseManifest, ReleaseError> {
+) -> Result<(ReleaseManifest, Vec<CompiledPackageRecord>), ReleaseError> {
     let entries = extracted.entries();
     if !matches!(entries.get("release.MF"), Some(EntryKind::File { .. })) {
         return Err(ReleaseError::MissingManifest {
@@ -107,7 +172,7 @@ fn check(
     let text = String::from_utf8(bytes).map_err(|_| {
         ReleaseError::Invalid(Diagnostic::general(format!("{label}: not UTF-8 text")).into())
     })?;
-    let (manifest, spans) = ReleaseManifest::parse(&text, &label)?;
+    let (manifest, compiled, spans) = ReleaseManifest::parse_tarball(&text, &label)?;
     let document = spans
         .document
         .clone()
@@ -157,6 +222,30 @@ fn check(
             path: path.clone(),
         });
     }
+    // A package is listed once, as source or compiled.
+    for (
+        package,
+        EntryPlaces {
+            entry: (span, path),
+            ..
+        },
+    ) in compiled.iter().zip(&spans.compiled_packages)
+    {
+        check_name(
+            &mut diagnostics,
+            &mut seen,
+            "package",
+            &package.name,
+            span,
+            path,
+        );
+        listed.push(Listed {
+            entry: format!("compiled_packages/{}.tgz", package.name),
+            sha1: package.sha1.clone(),
+            span: span.clone(),
+            path: path.clone(),
+        });
+    }
     if let Some(license) = &manifest.license {
         listed.push(Listed {
             entry: "license.tgz".to_string(),
@@ -185,7 +274,9 @@ fn check(
             EntryKind::File { .. } => {
                 entry == "release.MF" || expected.contains_key(entry.as_str())
             }
-            EntryKind::Dir { .. } => entry == "jobs" || entry == "packages",
+            EntryKind::Dir { .. } => {
+                entry == "jobs" || entry == "packages" || entry == "compiled_packages"
+            }
             _ => false,
         };
         if !allowed {
@@ -235,8 +326,17 @@ fn check(
     let packages: BTreeMap<String, Vec<Reference<Place>>> = manifest
         .packages
         .iter()
+        .map(|p| (&p.name, &p.dependencies))
         .zip(&spans.packages)
-        .map(|(p, places)| (p.name.clone(), references(&p.dependencies, &places.names)))
+        .chain(
+            compiled
+                .iter()
+                .map(|p| (&p.name, &p.dependencies))
+                .zip(&spans.compiled_packages),
+        )
+        .map(|((name, dependencies), places)| {
+            (name.clone(), references(dependencies, &places.names))
+        })
         .collect();
     let jobs: BTreeMap<String, Vec<Reference<Place>>> = manifest
         .jobs
@@ -301,6 +401,14 @@ fn check(
             limits,
         )?;
     }
+    for package in &compiled {
+        let entry = format!("compiled_packages/{}.tgz", package.name);
+        archive::verify_named(
+            &extracted.dir().join(&entry),
+            &format!("{name}/{entry}"),
+            limits,
+        )?;
+    }
     if manifest.license.is_some() {
         archive::verify_named(
             &extracted.dir().join("license.tgz"),
@@ -308,7 +416,7 @@ fn check(
             limits,
         )?;
     }
-    Ok(manifest)
+    Ok((manifest, compiled))
 }
 
 fn check_name(

@@ -1,6 +1,11 @@
 //! `release.MF`: what a release tarball holds (`cli:release/manifest/release.go`). The same
 //! document is kept as `dev_releases/<name>/<name>-<version>.yml` (or under `releases/`), so
 //! a release can be rebuilt byte for byte from its record.
+//!
+//! A compiled release (what `director export-release` writes) lists `compiled_packages`
+//! instead of `packages`: each a package's install target built on one stemcell. Only
+//! [`ReleaseManifest::parse_tarball`] and [`ReleaseManifest::to_compiled_yaml`] deal with
+//! them; the release directory's records never hold any.
 
 use std::sync::Arc;
 
@@ -56,6 +61,45 @@ pub struct PackageRecord {
     pub dependencies: Vec<String>,
 }
 
+/// A compiled package of a compiled release's manifest (`compiled_packages`): the package's
+/// install target built on one stemcell, as `compiled_packages/<name>.tgz`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CompiledPackageRecord {
+    /// Package name.
+    pub name: String,
+    /// `<fingerprint>.<build>` as this director writes it (BOSH writes the fingerprint).
+    pub version: String,
+    /// The source package's fingerprint.
+    pub fingerprint: String,
+    /// Digest string of `compiled_packages/<name>.tgz`.
+    pub sha1: String,
+    /// The stemcell it was compiled on, `os/version`.
+    pub stemcell: String,
+    /// Names of the packages it depends on (compiled with it).
+    pub dependencies: Vec<String>,
+}
+
+impl CompiledPackageRecord {
+    /// The stemcell's operating system and version (`stemcell` is checked to hold both
+    /// when parsed).
+    pub fn stemcell_os_version(&self) -> (&str, &str) {
+        self.stemcell
+            .split_once('/')
+            .unwrap_or((&self.stemcell, ""))
+    }
+
+    /// The build number `version` carries after the fingerprint (`<fingerprint>.<build>`),
+    /// if any.
+    pub fn build(&self) -> Option<i64> {
+        self.version
+            .strip_prefix(&self.fingerprint)?
+            .strip_prefix('.')?
+            .parse()
+            .ok()
+            .filter(|build| *build >= 1)
+    }
+}
+
 /// The license of a release manifest.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct LicenseRecord {
@@ -87,6 +131,8 @@ pub struct ManifestSpans {
     pub jobs: Vec<EntryPlaces>,
     /// Per package, in manifest order.
     pub packages: Vec<EntryPlaces>,
+    /// Per compiled package, in manifest order.
+    pub compiled_packages: Vec<EntryPlaces>,
 }
 
 fn string(text: &str, span: &Span) -> Node {
@@ -112,6 +158,13 @@ impl ReleaseManifest {
     /// The manifest as bosh-cli writes it: fields in struct order, `version` next to each
     /// fingerprint, `license` only when there is one.
     pub fn to_yaml(&self) -> String {
+        self.to_compiled_yaml(&[])
+    }
+
+    /// The manifest of a compiled release: as [`ReleaseManifest::to_yaml`], with
+    /// `compiled_packages` after `packages` (bosh-cli's field order; each entry `name`,
+    /// `version`, `fingerprint`, `sha1`, `stemcell`, `dependencies`).
+    pub fn to_compiled_yaml(&self, compiled: &[CompiledPackageRecord]) -> String {
         let span = Span::synthetic("release.MF");
         let jobs = self
             .jobs
@@ -160,6 +213,28 @@ impl ReleaseManifest {
         if !self.packages.is_empty() {
             entries.push(("packages", Node::new(Value::Seq(packages), span.clone())));
         }
+        if !compiled.is_empty() {
+            let compiled = compiled
+                .iter()
+                .map(|package| {
+                    map(
+                        vec![
+                            ("name", string(&package.name, &span)),
+                            ("version", string(&package.version, &span)),
+                            ("fingerprint", string(&package.fingerprint, &span)),
+                            ("sha1", string(&package.sha1, &span)),
+                            ("stemcell", string(&package.stemcell, &span)),
+                            ("dependencies", strings(&package.dependencies, &span)),
+                        ],
+                        &span,
+                    )
+                })
+                .collect();
+            entries.push((
+                "compiled_packages",
+                Node::new(Value::Seq(compiled), span.clone()),
+            ));
+        }
         if let Some(license) = &self.license {
             entries.push((
                 "license",
@@ -178,9 +253,28 @@ impl ReleaseManifest {
         out
     }
 
-    /// Parses a manifest from its text; `file` names it in diagnostics (line and column
-    /// included). Compiled releases (`compiled_packages`) are refused for now.
+    /// Parses the manifest of a source release from its text; `file` names it in
+    /// diagnostics (line and column included). `compiled_packages` is refused: a release
+    /// directory's records describe source releases only.
     pub fn parse(text: &str, file: &str) -> Result<(ReleaseManifest, ManifestSpans), Diagnostics> {
+        Self::parse_document(text, file, false).map(|(manifest, _, spans)| (manifest, spans))
+    }
+
+    /// Parses the `release.MF` of a release tarball, source or compiled: the manifest, the
+    /// compiled packages (empty for a source release), and where each entry was written.
+    /// A compiled package's `stemcell` must read `os/version`.
+    pub fn parse_tarball(
+        text: &str,
+        file: &str,
+    ) -> Result<(ReleaseManifest, Vec<CompiledPackageRecord>, ManifestSpans), Diagnostics> {
+        Self::parse_document(text, file, true)
+    }
+
+    fn parse_document(
+        text: &str,
+        file: &str,
+        compiled_allowed: bool,
+    ) -> Result<(ReleaseManifest, Vec<CompiledPackageRecord>, ManifestSpans), Diagnostics> {
         let node = yaml::parse_document(text, Arc::from(file))?;
         let mut cx = Cx::default();
         let mut spans = ManifestSpans::default();
@@ -200,11 +294,11 @@ impl ReleaseManifest {
                     "license",
                 ],
             );
-            if let Some(compiled) = top.get("compiled_packages") {
+            if let (Some(compiled), false) = (top.get("compiled_packages"), compiled_allowed) {
                 cx.error(
                     &compiled.span,
                     &top.at("compiled_packages"),
-                    "compiled releases are not supported yet",
+                    "a compiled release is not expected here: this file describes a source release",
                 );
             }
             let name = top.req_string(&mut cx, "name", "the release's name");
@@ -269,6 +363,66 @@ impl ReleaseManifest {
                     });
                 }
             }
+            let mut compiled = Vec::new();
+            let (items, path) = if compiled_allowed {
+                top.list(&mut cx, "compiled_packages", "compiled packages")
+            } else {
+                (&[][..], top.at("compiled_packages"))
+            };
+            for (index, item) in items.iter().enumerate() {
+                let at = path.index(index);
+                let Some(entry) = cx.map(item, &at, "a compiled package") else {
+                    continue;
+                };
+                let dependencies = entry.strings(&mut cx, "dependencies", "package names");
+                let version = entry.req_text(&mut cx, "version", "the compiled package's version");
+                let fingerprint = match entry.get("fingerprint") {
+                    Some(_) => entry.req_text(&mut cx, "fingerprint", "a fingerprint"),
+                    None => version.clone(),
+                };
+                let stemcell = entry
+                    .req_string(&mut cx, "stemcell", "the stemcell it was compiled on (os/version)")
+                    .filter(|stemcell| {
+                        let valid = stemcell
+                            .value
+                            .split_once('/')
+                            .is_some_and(|(os, version)| !os.is_empty() && !version.is_empty());
+                        if !valid {
+                            cx.error(
+                                &stemcell.span,
+                                &stemcell.path,
+                                format!(
+                                    "'{}' is not a stemcell: expected os/version (e.g. ubuntu-jammy/1.406)",
+                                    stemcell.value
+                                ),
+                            );
+                        }
+                        valid
+                    });
+                let record = (
+                    entry.req_string(&mut cx, "name", "the package's name"),
+                    version,
+                    fingerprint,
+                    entry.req_string(&mut cx, "sha1", "the digest of the compiled package's archive"),
+                    stemcell,
+                );
+                if let (Some(name), Some(version), Some(fingerprint), Some(sha1), Some(stemcell)) =
+                    record
+                {
+                    spans.compiled_packages.push(EntryPlaces {
+                        entry: (item.span.clone(), at),
+                        names: spanned(&dependencies),
+                    });
+                    compiled.push(CompiledPackageRecord {
+                        name: name.value,
+                        version: version.value,
+                        fingerprint: fingerprint.value,
+                        sha1: sha1.value,
+                        stemcell: stemcell.value,
+                        dependencies: dependencies.into_iter().map(|d| d.value).collect(),
+                    });
+                }
+            }
             let license = top
                 .get("license")
                 .and_then(|node| cx.map(node, &top.at("license"), "the license"))
@@ -280,18 +434,23 @@ impl ReleaseManifest {
                         sha1: sha1.value,
                     })
                 });
-            Some(ReleaseManifest {
-                name: name?.value,
-                version: version?.value,
-                commit_hash,
-                uncommitted_changes,
-                jobs,
-                packages,
-                license,
-            })
+            Some((
+                ReleaseManifest {
+                    name: name?.value,
+                    version: version?.value,
+                    commit_hash,
+                    uncommitted_changes,
+                    jobs,
+                    packages,
+                    license,
+                },
+                compiled,
+            ))
         });
         match manifest {
-            Some(manifest) if !cx.diagnostics.has_errors() => Ok((manifest, spans)),
+            Some((manifest, compiled)) if !cx.diagnostics.has_errors() => {
+                Ok((manifest, compiled, spans))
+            }
             _ => Err(cx.diagnostics),
         }
     }
@@ -345,6 +504,108 @@ mod tests {
         insta::assert_snapshot!(text);
         let (back, _) = ReleaseManifest::parse(&text, "release.MF").unwrap();
         assert_eq!(back, example());
+    }
+
+    fn compiled() -> Vec<CompiledPackageRecord> {
+        vec![
+            CompiledPackageRecord {
+                name: "app".into(),
+                version: "ee.3".into(),
+                fingerprint: "ee".into(),
+                sha1: "sha256:ff".into(),
+                stemcell: "debian-bookworm/12.8".into(),
+                dependencies: vec!["nginx".into()],
+            },
+            CompiledPackageRecord {
+                name: "nginx".into(),
+                version: "cc.1".into(),
+                fingerprint: "cc".into(),
+                sha1: "sha256:11".into(),
+                stemcell: "debian-bookworm/12.8".into(),
+                dependencies: vec![],
+            },
+        ]
+    }
+
+    #[test]
+    fn a_compiled_release_is_written_in_bosh_cli_order_and_read_back() {
+        let manifest = ReleaseManifest {
+            packages: vec![],
+            ..example()
+        };
+        let text = manifest.to_compiled_yaml(&compiled());
+        insta::assert_snapshot!(text);
+        let (back, back_compiled, spans) =
+            ReleaseManifest::parse_tarball(&text, "release.MF").unwrap();
+        assert_eq!(back, manifest);
+        assert_eq!(back_compiled, compiled());
+        assert_eq!(spans.compiled_packages.len(), 2);
+        assert_eq!(spans.compiled_packages[0].names.len(), 1);
+        // A source release reads the same through both entry points, with no compiled package.
+        let source = example().to_yaml();
+        let (through_tarball, none, _) =
+            ReleaseManifest::parse_tarball(&source, "release.MF").unwrap();
+        assert_eq!(through_tarball, example());
+        assert!(none.is_empty());
+    }
+
+    #[test]
+    fn compiled_package_versions_carry_the_build() {
+        let [app, _] = <[CompiledPackageRecord; 2]>::try_from(compiled()).unwrap();
+        assert_eq!(app.build(), Some(3));
+        assert_eq!(app.stemcell_os_version(), ("debian-bookworm", "12.8"));
+        // BOSH writes the fingerprint alone: no build to keep.
+        let bosh = CompiledPackageRecord {
+            version: "ee".into(),
+            ..app.clone()
+        };
+        assert_eq!(bosh.build(), None);
+        for version in ["ee.0", "ee.x", "ff.3", "ee3"] {
+            let odd = CompiledPackageRecord {
+                version: version.into(),
+                ..app.clone()
+            };
+            assert_eq!(odd.build(), None, "{version}");
+        }
+    }
+
+    #[test]
+    fn a_compiled_package_without_fingerprint_takes_its_version() {
+        let text = "name: a\nversion: 1\ncompiled_packages:\n- name: p\n  version: ab12\n  \
+                    sha1: sha256:00\n  stemcell: os/1\n";
+        let (_, compiled, _) = ReleaseManifest::parse_tarball(text, "release.MF").unwrap();
+        assert_eq!(compiled[0].fingerprint, "ab12");
+        assert_eq!(compiled[0].dependencies, Vec::<String>::new());
+    }
+
+    #[test]
+    fn compiled_package_problems_are_diagnostics_with_places() {
+        let text = "name: a\nversion: 1\ncompiled_packages:\n- name: p\n  version: f.1\n  \
+                    fingerprint: f\n  sha1: sha256:00\n  stemcell: bookworm\n\
+                    - name: q\n  version: g.1\n  stemcell: os/1\n";
+        let error = ReleaseManifest::parse_tarball(text, "x/release.MF")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("x/release.MF:8:")
+                && error.contains(
+                    "'bookworm' is not a stemcell: expected os/version (e.g. ubuntu-jammy/1.406)"
+                ),
+            "{error}"
+        );
+        assert!(error.contains("missing required key 'sha1'"), "{error}");
+    }
+
+    #[test]
+    fn a_source_release_record_refuses_compiled_packages() {
+        let text = "name: a\nversion: 1\ncompiled_packages: []\n";
+        let error = ReleaseManifest::parse(text, "r.yml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("a compiled release is not expected here"),
+            "{error}"
+        );
     }
 
     #[test]

@@ -658,6 +658,28 @@ impl Instances<'_> {
         )
     }
 
+    /// Releases the addresses a deployment reserved for no instance (compilation VMs of a
+    /// deploy that was interrupted); call under the deployment's lock.
+    pub async fn release_unowned_addresses(
+        &self,
+        deployment: DeploymentId,
+    ) -> Result<u64, StateError> {
+        on_pool!(
+            self.state,
+            format!("releasing the unowned addresses of deployment {deployment}"),
+            |pool| {
+                let mut conn = pool.acquire().await?;
+                let released = conn
+                .run(
+                    "DELETE FROM ip_reservations WHERE deployment_id = $1 AND instance_id IS NULL",
+                    params![deployment.0],
+                )
+                .await?;
+                Ok(released)
+            }
+        )
+    }
+
     /// Every address reserved on any network: `(network, address)`.
     pub async fn all_addresses(&self) -> Result<Vec<(String, String)>, StateError> {
         self.addresses_outside(None).await

@@ -83,6 +83,8 @@ pub enum Command {
     Releases,
     /// Delete a release (NAME) or one version of it (NAME/VERSION)
     DeleteRelease(DeleteArgs),
+    /// Download a release compiled for a stemcell as a compiled release tarball
+    ExportRelease(ExportReleaseArgs),
     /// Upload a stemcell tarball or an http(s) URL
     UploadStemcell(UploadArgs),
     /// List uploaded stemcells (and which deployments use them)
@@ -253,6 +255,20 @@ pub struct UploadArgs {
     /// Upload again even if already uploaded (re-stores missing or damaged blobs)
     #[arg(long = "fix")]
     pub fix: bool,
+}
+
+/// `director export-release`.
+#[derive(Debug, Args)]
+pub struct ExportReleaseArgs {
+    /// The release version, NAME/VERSION (see `director releases`)
+    #[arg(value_name = "NAME/VERSION")]
+    pub release: String,
+    /// The stemcell its packages were compiled on, OS/VERSION (see `director stemcells`)
+    #[arg(value_name = "OS/VERSION")]
+    pub stemcell: String,
+    /// Where to write NAME-VERSION-OS-STEMCELL_VERSION.tgz
+    #[arg(long = "dir", value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 }
 
 /// `delete-release` / `delete-stemcell`.

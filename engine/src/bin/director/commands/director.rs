@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use engine::client::{Client, ClientError, EventRenderer, TargetFlags};
+use engine::client::{Client, ClientError, EventRenderer, ProgressRenderer, TargetFlags};
 use engine::config::{self, DirectorConfig};
 use engine::diagnostics::Diagnostic;
 use engine::release::{self, CreateOptions};
@@ -131,8 +131,13 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
             }
             return fail(ui, e);
         }
-        for _ in 0..100 {
-            if client.info().await.is_err() {
+        // Stopped: it no longer answers, and it removed its record (it does that last, after
+        // its tasks and its bus have shut down).
+        let data_dir = config::data_dir();
+        for _ in 0..200 {
+            let record_gone = global.director.is_some()
+                || engine::api::DevRecord::load(&data_dir).is_none_or(|r| r.url != client.url());
+            if client.info().await.is_err() && record_gone {
                 ui.say(&format!("stopped the dev director at {}", client.url()));
                 return 0;
             }
@@ -140,7 +145,7 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
         }
         fail(
             ui,
-            format!("the director at {} did not stop within 10 s", client.url()),
+            format!("the director at {} did not stop within 20 s", client.url()),
         )
     })
 }
@@ -154,18 +159,27 @@ pub(crate) async fn follow(client: &Client, task: &Json, ui: &mut Ui) -> u8 {
         task["description"].as_str().unwrap_or("")
     ));
     let json = ui.json;
+    // Live bars on a terminal (not under CI, not with --no-color/NO_COLOR); lines otherwise.
+    let live = !json && ui.color_stderr && std::env::var_os("CI").is_none();
     let mut renderer = EventRenderer::new(id);
+    let mut progress = live.then(|| ProgressRenderer::new(id));
     let mut lines = Vec::new();
     let mut sink = |chunk: &str| {
         if json {
             lines.push(chunk.to_string());
+        } else if let Some(progress) = progress.as_mut() {
+            progress.render(chunk);
         } else {
             for line in renderer.render(chunk) {
                 eprintln!("{line}");
             }
         }
     };
-    let ended = match client.follow(id, "event", &mut sink).await {
+    let followed = client.follow(id, "event", &mut sink).await;
+    if let Some(progress) = &progress {
+        progress.finish();
+    }
+    let ended = match followed {
         Ok(task) => task,
         Err(e) => return fail(ui, e),
     };

@@ -8,6 +8,7 @@ mod deploy;
 mod deployments;
 mod diff;
 mod director;
+mod export_release;
 mod inspect_release;
 mod interpolate;
 mod validate;
@@ -37,6 +38,7 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::Releases => director::releases(&cli.global, ui),
         Command::Stemcells => director::stemcells(&cli.global, ui),
         Command::DeleteRelease(args) => director::delete_release(&cli.global, args, ui),
+        Command::ExportRelease(args) => export_release::run(&cli.global, args, ui),
         Command::DeleteStemcell(args) => director::delete_stemcell(&cli.global, args, ui),
         Command::Tasks(args) => director::tasks(&cli.global, args, ui),
         Command::Task(args) => director::task(&cli.global, args, ui),
