@@ -175,6 +175,11 @@ fn a_property_change_restarts_only_changed_instances_canary_first_in_batches() {
             ..base.clone()
         },
     );
+    // What a reviewer reads: the diff (properties redacted), the plan, the rollout.
+    let human = user.run(&["deploy", changed.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(human.code, 2, "changes present: {}", human.stderr);
+    insta::assert_snapshot!(mask_ids(&human.stdout, &before));
+
     let dry = user.run(&["deploy", changed.to_str().unwrap(), "--dry-run", "--json"]);
     assert_eq!(dry.code, 2, "changes present: {}", dry.stderr);
     let plan: Value = serde_json::from_str(&dry.stdout).unwrap();
@@ -227,12 +232,20 @@ fn a_property_change_restarts_only_changed_instances_canary_first_in_batches() {
         (order[0].0.clone(), "finished".to_string()),
         "the canary finishes first: {order:?}"
     );
-    // Then one batch of max_in_flight = 2: both start before either finishes.
+    // Then a pool of max_in_flight = 2: both start before either finishes, and never more
+    // than two update at once.
     assert_eq!(
         (order[2].1.as_str(), order[3].1.as_str()),
         ("started", "started"),
         "{order:?}"
     );
+    let mut in_flight = 0;
+    let mut most = 0;
+    for (_, state) in &order {
+        in_flight += if state == "started" { 1 } else { -1 };
+        most = most.max(in_flight);
+    }
+    assert_eq!(most, 2, "the pool is max_in_flight wide: {order:?}");
     assert!(
         order
             .iter()
@@ -513,4 +526,17 @@ fn a_deploy_works_the_same_over_debians_nats_server() {
     // Agents got their own users; the file lists them.
     let users = std::fs::read_to_string(&auth).unwrap();
     assert!(users.matches("agent-").count() >= 3, "{users}");
+}
+
+/// The output with every instance id replaced by `xxxxxxxN` (N its index; as wide as the
+/// short id, so columns stay aligned): ids are random, the rest of the text is not.
+fn mask_ids(text: &str, instances: &[Value]) -> String {
+    let mut text = text.to_string();
+    for instance in instances {
+        let id = instance["id"].as_str().unwrap();
+        let short: String = id.chars().take(8).collect();
+        let mask = format!("{:x>8}", instance["index"].as_u64().unwrap());
+        text = text.replace(id, &mask).replace(&short, &mask);
+    }
+    text
 }

@@ -25,7 +25,7 @@ pub use desired::{DesiredDeployment, DesiredGroup, DesiredJob, resolve};
 pub use links::{Links, ProvidedLink, resolve_links};
 pub use placement::{ExistingInstance, GroupPlacement, InstanceNetwork, PlacedInstance};
 pub use plan::{
-    Action, GroupPlan, InstancePlan, InstanceSpec, InstanceWork, ObservedInstance, Plan,
+    Action, GroupPlan, InstancePlan, InstanceSpec, InstanceWork, ObservedInstance, Phase, Plan,
     PlanOptions, Planned,
 };
 

@@ -1,5 +1,5 @@
 //! The instance-level plan: for every instance, what the deploy will do (create, delete,
-//! recreate, update, restart, nothing), why, and in which batch.
+//! recreate, update, restart, nothing), why, and in which phase and batch.
 //!
 //! Each instance gets a desired [`InstanceSpec`] (stemcell, VM settings, networks, jobs,
 //! packages, rendered template digests, disk). The director stores the spec it last applied
@@ -12,8 +12,11 @@
 //! - **restart** (the same steps) when only rendered templates changed;
 //! - nothing otherwise.
 //!
-//! Batches follow BOSH (§7.4): per group, changed instances grouped by AZ in the group's AZ
-//! order; in the first AZ the canaries go first, then every AZ in batches of `max_in_flight`.
+//! The order follows BOSH (§7.4): per group, changed instances grouped by AZ in the group's
+//! AZ order, one [`Phase`] per step: in the first AZ the canaries go first, then each AZ's
+//! remaining instances run through a pool of `max_in_flight` (a slot frees, the next
+//! instance starts; no waiting for a whole batch). The `batch` label an instance gets is
+//! the wave it starts in when every instance takes as long: `canary`, `batch 2`, ….
 //!
 //! Invariant: pure; rendering happens here too, so a dry run renders exactly what a deploy
 //! would apply.
@@ -220,8 +223,27 @@ pub struct GroupPlan {
     pub instances: Vec<InstancePlan>,
     /// Instances to delete.
     pub deleted: Vec<InstancePlan>,
-    /// Batches in order: instance ids; the first is the canaries when there are any.
-    pub batches: Vec<Vec<String>>,
+    /// Phases in order; the first is the canaries when there are any.
+    pub phases: Vec<Phase>,
+}
+
+impl GroupPlan {
+    /// How many instances the group's update touches.
+    pub fn changed(&self) -> usize {
+        self.phases.iter().map(|p| p.instances.len()).sum()
+    }
+}
+
+/// Instances that update through one pool: at most `max_in_flight` at a time, the next one
+/// starting as soon as a slot frees. A phase ends when all of its instances have.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Phase {
+    /// Whether these are the canaries.
+    pub canary: bool,
+    /// The pool's size.
+    pub max_in_flight: usize,
+    /// Instance ids, in the order they start.
+    pub instances: Vec<String>,
 }
 
 /// A deploy's plan.
@@ -773,7 +795,7 @@ pub fn plan(
         let first_deploy = previous.is_empty();
         let canaries_setting = options.canaries.unwrap_or(group.rollout.canaries);
         let max_in_flight = options.max_in_flight.unwrap_or(group.rollout.max_in_flight);
-        let (batches, canaries) = batches(
+        let (phases, canaries) = phases(
             &mut instances,
             &group.azs,
             canaries_setting,
@@ -787,7 +809,7 @@ pub fn plan(
             canaries,
             instances,
             deleted,
-            batches,
+            phases,
         });
     }
 
@@ -865,15 +887,15 @@ fn decide(
     (action, reasons)
 }
 
-/// Orders the changed instances of a group into batches (BOSH §7.4) and labels them. Returns
-/// the batches (instance ids) and the number of canaries.
-fn batches(
+/// Orders the changed instances of a group into phases (BOSH §7.4) and labels each instance
+/// with its nominal batch. Returns the phases and the number of canaries.
+pub(super) fn phases(
     instances: &mut [InstancePlan],
     azs: &[String],
     canaries: Count,
     max_in_flight: Count,
     parallel_azs: bool,
-) -> (Vec<Vec<String>>, u64) {
+) -> (Vec<Phase>, u64) {
     let changed: Vec<usize> = (0..instances.len())
         .filter(|&i| instances[i].action != Action::NoOp)
         .collect();
@@ -910,33 +932,41 @@ fn batches(
     }
     let total = changed.len() as u64;
     let canary_count = canaries.of(total).min(by_az[0].len() as u64) as usize;
-    let mut batches: Vec<Vec<usize>> = Vec::new();
+    // (canary, pool size, members)
+    let mut pools: Vec<(bool, usize, &[usize])> = Vec::new();
     for (a, members) in by_az.iter().enumerate() {
+        // The pool is sized by the AZ's changed instances, canaries included (as BOSH does).
+        let size = (max_in_flight.of(members.len() as u64).max(1)) as usize;
         let mut rest = members.as_slice();
         if a == 0 && canary_count > 0 {
-            batches.push(rest[..canary_count].to_vec());
+            pools.push((true, size.min(canary_count), &rest[..canary_count]));
             rest = &rest[canary_count..];
         }
-        let size = (max_in_flight.of(members.len() as u64).max(1)) as usize;
-        for chunk in rest.chunks(size) {
-            batches.push(chunk.to_vec());
+        if !rest.is_empty() {
+            pools.push((false, size.min(rest.len()), rest));
         }
     }
-    for (n, batch) in batches.iter().enumerate() {
-        let label = if n == 0 && canary_count > 0 {
-            "canary".to_string()
-        } else {
-            format!("batch {}", n + 1)
-        };
-        for &i in batch {
-            instances[i].batch = Some(label.clone());
+    let mut wave = 0;
+    for &(canary, size, members) in &pools {
+        for chunk in members.chunks(if canary { members.len() } else { size.max(1) }) {
+            wave += 1;
+            let label = if canary {
+                "canary".to_string()
+            } else {
+                format!("batch {wave}")
+            };
+            for &i in chunk {
+                instances[i].batch = Some(label.clone());
+            }
         }
     }
-    (
-        batches
-            .iter()
-            .map(|b| b.iter().map(|&i| instances[i].id.clone()).collect())
-            .collect(),
-        canary_count as u64,
-    )
+    let phases = pools
+        .into_iter()
+        .map(|(canary, max_in_flight, members)| Phase {
+            canary,
+            max_in_flight,
+            instances: members.iter().map(|&i| instances[i].id.clone()).collect(),
+        })
+        .collect();
+    (phases, canary_count as u64)
 }

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::json;
 
+use super::plan::phases;
 use super::*;
 use crate::manifest::{Count, Documents};
 use crate::render::PropertyDecl;
@@ -277,9 +278,14 @@ fn a_first_deploy_creates_everything_canary_first_and_links_the_consumer() {
         ]
     );
     let web = &prepared.planned.plan.groups[0];
+    // The canary in z1, then z1's rest through its pool, then z2's.
     assert_eq!(
-        web.batches,
-        vec![vec!["uuid-1"], vec!["uuid-3"], vec!["uuid-2"]]
+        phase_shape(&web.phases),
+        vec![
+            (true, 1, vec!["uuid-1"]),
+            (false, 1, vec!["uuid-3"]),
+            (false, 1, vec!["uuid-2"]),
+        ]
     );
     let client = prepared
         .planned
@@ -328,7 +334,7 @@ fn the_same_manifest_again_is_a_no_op() {
             .plan
             .groups
             .iter()
-            .all(|g| g.batches.is_empty())
+            .all(|g| g.phases.is_empty())
     );
 }
 
@@ -360,10 +366,14 @@ fn a_property_change_restarts_only_the_instances_whose_templates_changed() {
             ..PlanOptions::default()
         },
     );
+    let web = &overridden.planned.plan.groups[0];
     assert_eq!(
-        overridden.planned.plan.groups[0].batches.len(),
-        2,
-        "one batch per AZ, no canary"
+        web.phases
+            .iter()
+            .map(|p| (p.canary, p.max_in_flight, p.instances.len()))
+            .collect::<Vec<_>>(),
+        vec![(false, 2, 2), (false, 1, 1)],
+        "one pool per AZ, as wide as the AZ, no canary"
     );
 }
 
@@ -677,4 +687,88 @@ fn links_from_another_deployment_need_shared_providers() {
         errors[0].contains("deployment 'demo' provides 'http' but does not share it"),
         "{errors:?}"
     );
+}
+
+/// (canary, pool size, instance ids) of each phase.
+fn phase_shape(phases: &[Phase]) -> Vec<(bool, usize, Vec<&str>)> {
+    phases
+        .iter()
+        .map(|p| {
+            (
+                p.canary,
+                p.max_in_flight,
+                p.instances.iter().map(String::as_str).collect(),
+            )
+        })
+        .collect()
+}
+
+fn changed(index: u32, az: &str) -> InstancePlan {
+    InstancePlan {
+        group: "web".into(),
+        id: format!("id-{index}"),
+        index,
+        az: Some(az.into()),
+        bootstrap: index == 0,
+        action: Action::Restart,
+        reasons: vec!["rendered templates changed".into()],
+        batch: None,
+    }
+}
+
+#[test]
+fn canaries_open_the_first_az_then_each_az_runs_through_its_own_pool() {
+    let mut instances: Vec<InstancePlan> = (0..7)
+        .map(|i| changed(i, if i < 5 { "z1" } else { "z2" }))
+        .collect();
+    instances[6].action = Action::NoOp;
+    let azs = vec!["z1".to_string(), "z2".to_string()];
+    let (phases, canaries) = phases(
+        &mut instances,
+        &azs,
+        Count::Absolute(2),
+        Count::Absolute(2),
+        false,
+    );
+    assert_eq!(canaries, 2);
+    assert_eq!(
+        phase_shape(&phases),
+        vec![
+            (true, 2, vec!["id-0", "id-1"]),
+            (false, 2, vec!["id-2", "id-3", "id-4"]),
+            (false, 1, vec!["id-5"]),
+        ]
+    );
+    let labels: Vec<Option<&str>> = instances.iter().map(|i| i.batch.as_deref()).collect();
+    assert_eq!(
+        labels,
+        vec![
+            Some("canary"),
+            Some("canary"),
+            Some("batch 2"),
+            Some("batch 2"),
+            Some("batch 3"),
+            Some("batch 4"),
+            None,
+        ]
+    );
+}
+
+#[test]
+fn a_percentage_sizes_each_pool_by_its_az_and_never_below_one() {
+    let mut instances: Vec<InstancePlan> = (0..3).map(|i| changed(i, "z1")).collect();
+    let (phases, canaries) = phases(
+        &mut instances,
+        &["z1".to_string()],
+        Count::Absolute(0),
+        Count::Percent(10),
+        false,
+    );
+    assert_eq!(canaries, 0);
+    assert_eq!(phases.len(), 1);
+    assert_eq!(
+        phases[0].max_in_flight, 1,
+        "10% of 3 is no slot; a pool has at least one"
+    );
+    assert!(!phases[0].canary);
 }

@@ -1,6 +1,6 @@
 //! The deploy task (reference §7.1): lock the deployment, prepare the plan, record the
 //! instances and their addresses, compile, delete what is not needed, create missing VMs,
-//! update the groups (canaries first, then batches of `max_in_flight`), run post-deploy,
+//! update the groups (canaries first, then a pool of `max_in_flight` per AZ), run post-deploy,
 //! and record the manifest, what it uses and what it provides.
 //!
 //! State is written as each step finishes: a failure leaves a record the next deploy
@@ -10,8 +10,10 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 
 use futures::future::join_all;
+use futures::stream::{self, StreamExt};
 use serde_json::json;
 
 use super::Services;
@@ -22,8 +24,9 @@ use super::update::{
 };
 use crate::blobstore::BlobId;
 use crate::deploy::{Action, GroupPlan, InstancePlan, PlanOptions};
+use crate::manifest::WatchTime;
 use crate::state::{Deployment, Instance, NewEvent, NewInstance, StateError, Stemcell};
-use crate::tasks::{TaskContext, TaskError};
+use crate::tasks::{Stage, TaskContext, TaskError};
 
 /// What `POST /deployments` asks for.
 #[derive(Clone, Debug, Default)]
@@ -275,9 +278,11 @@ struct Updater<'a> {
 }
 
 impl Updater<'_> {
-    /// Updates one group, batch by batch; the first failure ends it after its batch.
+    /// Updates one group phase by phase, each through a pool of its `max_in_flight`. The
+    /// first failure starts nothing new: instances already updating finish, then the group
+    /// fails with every error seen.
     async fn group(&self, group: &GroupPlan) -> Result<(), TaskError> {
-        if group.batches.is_empty() || group.errand {
+        if group.phases.is_empty() || group.errand {
             return Ok(());
         }
         let desired = self
@@ -288,11 +293,11 @@ impl Updater<'_> {
             .iter()
             .find(|g| g.name == group.name)
             .ok_or_else(|| failed(format!("group '{}' is not in the plan", group.name)))?;
-        let total: usize = group.batches.iter().map(Vec::len).sum();
-        let stage =
-            self.context
-                .log
-                .stage("Updating instance", vec![group.name.clone()], total as u32);
+        let stage = self.context.log.stage(
+            "Updating instance",
+            vec![group.name.clone()],
+            group.changed() as u32,
+        );
         // Instances are read again: creating missing VMs changed them.
         let instances: BTreeMap<String, Instance> = self
             .services
@@ -303,68 +308,98 @@ impl Updater<'_> {
             .into_iter()
             .map(|i| (i.uuid.clone(), i))
             .collect();
-        let mut index = 0u32;
-        for (number, batch) in group.batches.iter().enumerate() {
+        let started = AtomicU32::new(0);
+        let stop = AtomicBool::new(false);
+        for phase in &group.phases {
             self.context.checkpoint()?;
-            let canary = number == 0 && group.canaries > 0;
-            let watch = if canary {
+            let watch = if phase.canary {
                 desired.rollout.canary_watch
             } else {
                 desired.rollout.update_watch
             };
-            let results = join_all(batch.iter().map(|uuid| {
-                index += 1;
-                let my_index = index;
-                let stage = &stage;
-                let instances = &instances;
-                async move {
-                    let plan = group
-                        .instances
-                        .iter()
-                        .find(|i| &i.id == uuid)
-                        .ok_or("not planned")?;
-                    let work = self
-                        .prepared
-                        .prepared
-                        .planned
-                        .work
-                        .get(uuid)
-                        .ok_or("no work")?;
-                    let instance = instances.get(uuid).ok_or("the instance was not recorded")?;
-                    let step = if canary {
-                        format!("{} (canary)", plan.label())
-                    } else {
-                        plan.label()
-                    };
-                    stage.started(&step, my_index);
-                    let update = InstanceUpdate {
-                        services: self.services,
-                        deployment: &self.prepared.name,
-                        builds: self.builds,
-                        options: self.options,
-                        stage,
-                        index: my_index,
-                        step: step.clone(),
-                        stemcell_cids: self.cids,
-                    };
-                    let result = update.run(plan, work, instance, watch).await;
-                    match &result {
-                        Ok(()) => stage.finished(&step, my_index),
-                        Err(e) => stage.failed(&step, my_index, e),
+            // Futures are made up front (nothing runs until the pool polls one).
+            let updates: Vec<_> = phase
+                .instances
+                .iter()
+                .map(|uuid| {
+                    let (stage, instances, started, stop) = (&stage, &instances, &started, &stop);
+                    async move {
+                        // A slot freed after a failure (or a cancel) starts nothing new.
+                        if stop.load(Ordering::SeqCst) || self.context.checkpoint().is_err() {
+                            return Ok(());
+                        }
+                        let result = self
+                            .instance(group, phase.canary, uuid, instances, stage, started, watch)
+                            .await;
+                        if result.is_err() {
+                            stop.store(true, Ordering::SeqCst);
+                        }
+                        result
                     }
-                    result.map_err(|e| format!("{step}: {e}"))
-                }
-            }))
-            .await;
-            let errors: Vec<String> = results
-                .into_iter()
-                .filter_map(|r: Result<(), String>| r.err())
+                })
                 .collect();
+            let results: Vec<Result<(), String>> = stream::iter(updates)
+                .buffer_unordered(phase.max_in_flight.max(1))
+                .collect()
+                .await;
+            let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
             if !errors.is_empty() {
                 return Err(failed(errors.join("\n")));
             }
+            // A cancel skips what had not started; say so rather than finish quietly.
+            self.context.checkpoint()?;
         }
         Ok(())
+    }
+
+    /// Updates one instance of a group, as step `started + 1` of the group's stage.
+    #[allow(clippy::too_many_arguments)]
+    async fn instance(
+        &self,
+        group: &GroupPlan,
+        canary: bool,
+        uuid: &str,
+        instances: &BTreeMap<String, Instance>,
+        stage: &Stage,
+        started: &AtomicU32,
+        watch: WatchTime,
+    ) -> Result<(), String> {
+        let plan = group
+            .instances
+            .iter()
+            .find(|i| i.id == uuid)
+            .ok_or("not planned")?;
+        let work = self
+            .prepared
+            .prepared
+            .planned
+            .work
+            .get(uuid)
+            .ok_or("no work")?;
+        let instance = instances.get(uuid).ok_or("the instance was not recorded")?;
+        let step = if canary {
+            format!("{} (canary)", plan.label())
+        } else {
+            plan.label()
+        };
+        let index = started.fetch_add(1, Ordering::SeqCst) + 1;
+        stage.started(&step, index);
+        let update = InstanceUpdate {
+            services: self.services,
+            deployment: &self.prepared.name,
+            builds: self.builds,
+            options: self.options,
+            stage,
+            index,
+            step: step.clone(),
+            stemcell_cids: self.cids,
+        };
+        let result = update.run(plan, work, instance, watch).await;
+        match &result {
+            Ok(()) => stage.finished(&step, index),
+            Err(e) => stage.failed(&step, index, e),
+        }
+        result.map_err(|e| format!("{step}: {e}"))
     }
 
     /// Groups in order; consecutive groups with `serial: false` update together.

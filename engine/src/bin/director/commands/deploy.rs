@@ -10,7 +10,7 @@ use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
 use engine::client::Client;
-use engine::deploy::{Action, Plan};
+use engine::deploy::{Action, GroupPlan, Plan};
 use engine::diff::{self, DiffOptions};
 use engine::interpolate::Expectations;
 use engine::release::{self, CreateOptions};
@@ -230,6 +230,17 @@ pub fn render_plan(plan: &Plan) -> String {
         ]);
     }
     out.push_str(&columns(&rows));
+    let rollouts: Vec<String> = plan
+        .groups
+        .iter()
+        .filter(|g| !g.phases.is_empty() && !g.errand)
+        .map(|g| format!("  {}: {}", g.name, rollout(g)))
+        .collect();
+    if !rollouts.is_empty() {
+        out.push_str("\nRollout (a slot frees, the next instance starts):\n");
+        out.push_str(&rollouts.join("\n"));
+        out.push('\n');
+    }
     let mut counts: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
     for instance in plan.all_instances() {
         if instance.action != Action::NoOp {
@@ -256,6 +267,36 @@ pub fn render_plan(plan: &Plan) -> String {
         ));
     }
     out
+}
+
+/// A group's phases in words: `1 canary; then z1: 2 instances, 2 at a time; then z2: 1`.
+fn rollout(group: &GroupPlan) -> String {
+    let plural =
+        |n: usize, one: &str, many: &str| format!("{n} {}", if n == 1 { one } else { many });
+    group
+        .phases
+        .iter()
+        .map(|phase| {
+            let n = phase.instances.len();
+            let az = phase
+                .instances
+                .first()
+                .and_then(|id| group.instances.iter().find(|i| &i.id == id))
+                .and_then(|i| i.az.clone());
+            let what = if phase.canary {
+                plural(n, "canary", "canaries")
+            } else {
+                let where_ = az.map(|az| format!("{az}: ")).unwrap_or_default();
+                format!("{where_}{}", plural(n, "instance", "instances"))
+            };
+            if n > 1 {
+                format!("{what}, {} at a time", phase.max_in_flight)
+            } else {
+                what
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; then ")
 }
 
 fn confirm(ui: &mut Ui) -> bool {
