@@ -87,6 +87,16 @@ async fn dispatch(agent: &Arc<Agent>, method: &str, args: Vec<Value>) -> Result<
             let worker = agent.clone();
             long(agent, method, async move { worker.unmount_disk(cid).await })
         }
+        "migrate_disk" => {
+            let old: String = arg(method, &args, 0)?;
+            let new: String = arg(method, &args, 1)?;
+            let worker = agent.clone();
+            long(
+                agent,
+                method,
+                async move { worker.migrate_disk(old, new).await },
+            )
+        }
         "fetch_logs" => {
             let url: String = arg(method, &args, 0)?;
             if !url.contains("://") {

@@ -418,15 +418,18 @@ impl Agent {
     /// added it after we started).
     pub async fn mount_disk(&self, cid: String) -> Result<Value> {
         let _lifecycle = self.lifecycle.lock().await;
-        let settings = self.reload_settings();
-        let hint = settings.disks.persistent.get(&cid).ok_or_else(|| {
-            Error::Disk(format!(
-                "cannot mount disk {cid}: the settings do not name it"
-            ))
-        })?;
+        let hint = self.disk_hint(&cid, "mount disk")?;
         let strategy = disks::strategy(self.tunables().disk_strategy);
-        disks::mount(&self.layout, strategy, &cid, hint).await?;
+        disks::mount(&self.layout, strategy, &cid, &hint).await?;
         Ok(Value::from("mounted"))
+    }
+
+    /// The CPI's hint for disk `cid`, from the settings file as it is now.
+    fn disk_hint(&self, cid: &str, doing: &str) -> Result<Value> {
+        let settings = self.reload_settings();
+        settings.disks.persistent.get(cid).cloned().ok_or_else(|| {
+            Error::Disk(format!("cannot {doing} {cid}: the settings do not name it"))
+        })
     }
 
     /// `unmount_disk`.
@@ -436,6 +439,16 @@ impl Agent {
             agent_log!("unmount_disk {cid}: it is not mounted");
         }
         Ok(Value::from("unmounted"))
+    }
+
+    /// `migrate_disk`: moves the data of the mounted disk `old` to the attached disk `new`
+    /// and mounts `new` in its place.
+    pub async fn migrate_disk(&self, old: String, new: String) -> Result<Value> {
+        let _lifecycle = self.lifecycle.lock().await;
+        let hint = self.disk_hint(&new, "migrate to disk")?;
+        let strategy = disks::strategy(self.tunables().disk_strategy);
+        disks::migrate(&self.layout, strategy, &old, &new, &hint).await?;
+        Ok(json!({}))
     }
 
     /// `list_disk`.

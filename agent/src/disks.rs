@@ -201,6 +201,48 @@ pub async fn unmount(layout: &Layout, cid: &str) -> Result<bool> {
     Ok(true)
 }
 
+/// `migrate_disk`: copies everything on the mounted disk `old_cid` to the new, empty disk
+/// `new_cid` (BOSH's move to a bigger or different disk), then shows the new disk at
+/// `<root>/store` in place of the old one. The old disk's data is only read: when anything
+/// fails, the old disk stays mounted and the new one holds at most a partial copy.
+pub async fn migrate(
+    layout: &Layout,
+    strategy: DiskStrategy,
+    old_cid: &str,
+    new_cid: &str,
+    new_hint: &Value,
+) -> Result<()> {
+    let Some(_old) = read_record(layout).filter(|r| r.cid == old_cid && shows(layout, r)) else {
+        return Err(Error::Disk(format!(
+            "cannot migrate disk {old_cid}: it is not mounted at {}",
+            layout.store().display()
+        )));
+    };
+    let target = hint_path(new_cid, new_hint)?;
+    let empty = std::fs::read_dir(&target)
+        .map_err(Error::io("read", &target))?
+        .next()
+        .is_none();
+    if !empty {
+        return Err(Error::Disk(format!(
+            "cannot migrate disk {old_cid} to {new_cid}: {} is not empty",
+            target.display()
+        )));
+    }
+    let mut source = layout.store().into_os_string();
+    source.push("/.");
+    // cp -a keeps owners, modes, times, links and holes; `store/.` copies dot files too.
+    run(
+        "cp",
+        &["-a".as_ref(), source.as_os_str(), target.as_os_str()],
+    )
+    .await?;
+    unmount(layout, old_cid).await?;
+    mount(layout, strategy, new_cid, new_hint).await?;
+    agent_log!("migrated disk {old_cid} to {new_cid}");
+    Ok(())
+}
+
 /// At start-up: shows the recorded disk again when it is still in the settings but
 /// `<root>/store` no longer shows it (a bind mount does not outlive its namespace).
 pub async fn remount(

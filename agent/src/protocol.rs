@@ -4,7 +4,8 @@
 //! Shapes follow BOSH's agent protocol (`protocol: 3`): a request carries `method`,
 //! positional `arguments` and a `reply_to` subject; the answer is `{"value": …}` or
 //! `{"exception": {"message": …}}`. Long calls (`apply`, `prepare`, `drain`, `stop`,
-//! `run_script`, `compile_package`, `fetch_logs`, `mount_disk`, `unmount_disk`) answer at
+//! `run_script`, `compile_package`, `fetch_logs`, `mount_disk`, `unmount_disk`,
+//! `migrate_disk`) answer at
 //! once with `{"value": {"agent_task_id": …, "state": "running"}}` and the director polls
 //! `get_task` until a plain value (or an exception) comes back; a director should treat any
 //! value of that shape as a task to poll, as BOSH's does. The agent owns these types; the
@@ -15,7 +16,8 @@
 //! the agent waits itself; negative: call `drain ["status"]` after that many seconds);
 //! `stop` → `"stopped"`; `start` → `"started"`; `run_script` → `{}`; `compile_package` →
 //! [`CompileResult`]; `fetch_logs [upload_url]` → [`UploadedBlob`]; `mount_disk` →
-//! `"mounted"`; `unmount_disk` → `"unmounted"`; `list_disk` → CIDs; `update_settings` →
+//! `"mounted"`; `unmount_disk` → `"unmounted"`; `migrate_disk [old, new]` → `{}`;
+//! `list_disk` → CIDs; `update_settings` →
 //! `"updated"`; `cancel_task` → `"canceled"`.
 
 use std::collections::BTreeMap;

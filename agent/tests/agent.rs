@@ -741,3 +741,88 @@ async fn persistent_disk_is_bind_mounted_in_a_private_mount_namespace() {
         "precious"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_disk_copies_everything_to_the_new_disk_and_mounts_it() {
+    let harness = Harness::start_in_mount_namespace().await;
+    let old = harness.dir.path().join("disks/disk-old");
+    let new = harness.dir.path().join("disks/disk-new");
+    std::fs::create_dir_all(old.join("data/nested")).unwrap();
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::write(old.join("data/nested/file.txt"), "precious").unwrap();
+    std::fs::write(old.join(".hidden"), "dot files too").unwrap();
+    std::fs::set_permissions(
+        old.join("data/nested/file.txt"),
+        std::fs::Permissions::from_mode(0o600),
+    )
+    .unwrap();
+    std::os::unix::fs::symlink("nested/file.txt", old.join("data/link")).unwrap();
+    harness
+        .ok(
+            "update_settings",
+            vec![json!({"disks": {"persistent": {
+                "disk-old": {"path": old}, "disk-new": {"path": new}}}})],
+        )
+        .await;
+
+    // The old disk must be mounted, the new one named by the settings.
+    let error = harness
+        .call("migrate_disk", vec![json!("disk-old"), json!("disk-new")])
+        .await
+        .unwrap_err();
+    assert!(
+        error.starts_with("cannot migrate disk disk-old: it is not mounted at "),
+        "{error}"
+    );
+    harness.ok("mount_disk", vec![json!("disk-old")]).await;
+    let error = harness
+        .call("migrate_disk", vec![json!("disk-old"), json!("disk-x")])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        "cannot migrate to disk disk-x: the settings do not name it"
+    );
+    // A new disk that already holds files is never mixed into.
+    std::fs::write(new.join("stray"), "x").unwrap();
+    let error = harness
+        .call("migrate_disk", vec![json!("disk-old"), json!("disk-new")])
+        .await
+        .unwrap_err();
+    assert!(error.ends_with("is not empty"), "{error}");
+    assert_eq!(harness.ok("list_disk", vec![]).await, json!(["disk-old"]));
+    std::fs::remove_file(new.join("stray")).unwrap();
+
+    assert_eq!(
+        harness
+            .ok("migrate_disk", vec![json!("disk-old"), json!("disk-new")])
+            .await,
+        json!({})
+    );
+    assert_eq!(harness.ok("list_disk", vec![]).await, json!(["disk-new"]));
+    let file = new.join("data/nested/file.txt");
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "precious");
+    assert_eq!(
+        std::fs::metadata(&file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::read_link(new.join("data/link")).unwrap(),
+        Path::new("nested/file.txt")
+    );
+    assert_eq!(
+        std::fs::read_to_string(new.join(".hidden")).unwrap(),
+        "dot files too"
+    );
+    // The store inside the agent's namespace shows the new disk; the old one is untouched.
+    let store = harness.root.join("store");
+    let seen = Path::new(&format!("/proc/{}/root", harness.agent_pid()))
+        .join(store.strip_prefix("/").unwrap());
+    std::fs::write(seen.join("after.txt"), "on the new disk").unwrap();
+    assert!(new.join("after.txt").is_file());
+    assert!(!old.join("after.txt").exists());
+    assert_eq!(
+        std::fs::read_to_string(old.join("data/nested/file.txt")).unwrap(),
+        "precious"
+    );
+}

@@ -1344,7 +1344,7 @@ async fn check_instances_vms_disks_and_addresses(state: &State) {
         env: json!({"a": 1}),
     };
     rows.set_vm(first, &vm).await.unwrap();
-    rows.add_disk(first, "disk-1", 1024, &json!({}))
+    rows.add_disk(first, "disk-1", 1024, &json!({}), true)
         .await
         .unwrap();
     rows.set_observed(first, &json!({"stemcell": {"version": "1"}}), true)
@@ -1380,8 +1380,39 @@ async fn check_instances_vms_disks_and_addresses(state: &State) {
         ("stopped", false)
     );
 
+    // A disk migration: the new disk is recorded inactive (the instance keeps using the
+    // old one), then switched to in one step that orphans the old one.
+    rows.add_disk(first, "disk-2", 2048, &json!({"type": "ssd"}), false)
+        .await
+        .unwrap();
+    let listed = rows.list(deployment.id).await.unwrap();
+    assert_eq!(
+        listed[0].disk.as_ref().map(|d| d.cid.as_str()),
+        Some("disk-1")
+    );
+    let inactive = rows.inactive_disks(first).await.unwrap();
+    assert_eq!(
+        inactive
+            .iter()
+            .map(|d| (d.cid.as_str(), d.size))
+            .collect::<Vec<_>>(),
+        vec![("disk-2", 2048)]
+    );
+    rows.activate_disk(first, "disk-2").await.unwrap();
+    let listed = rows.list(deployment.id).await.unwrap();
+    let disk = listed[0].disk.as_ref().unwrap();
+    assert_eq!((disk.cid.as_str(), disk.size), ("disk-2", 2048));
+    assert_eq!(disk.cloud_properties, json!({"type": "ssd"}));
+    assert!(rows.inactive_disks(first).await.unwrap().is_empty());
+    let orphaned = rows.orphaned_disks().await.unwrap();
+    assert_eq!(
+        orphaned.iter().map(|d| d.cid.as_str()).collect::<Vec<_>>(),
+        vec!["disk-1"]
+    );
+    rows.delete_disk("disk-1").await.unwrap();
+
     rows.clear_vm(first).await.unwrap();
-    rows.orphan_disk("disk-1").await.unwrap();
+    rows.orphan_disk("disk-2").await.unwrap();
     assert_eq!(rows.orphaned_disks().await.unwrap().len(), 1);
     rows.delete(first).await.unwrap();
     rows.delete(second).await.unwrap();

@@ -72,6 +72,8 @@ pub struct Hello {
     pub errand: bool,
     /// The servers' `drain_seconds`.
     pub drain_seconds: u32,
+    /// The servers' `persistent_disk` (MB).
+    pub disk: u32,
 }
 
 impl Default for Hello {
@@ -85,6 +87,7 @@ impl Default for Hello {
             server_azs: "[z1, z2]",
             errand: false,
             drain_seconds: 0,
+            disk: 1024,
         }
     }
 }
@@ -114,7 +117,7 @@ instance_groups:
   instances: {servers}
   vm_type: default
   stemcell: default
-  persistent_disk: 1024
+  persistent_disk: {disk}
   networks: [{{name: default}}]
   jobs:
   - name: hello-server
@@ -145,6 +148,7 @@ instance_groups:
             port = hello.port,
             server_azs = hello.server_azs,
             drain_seconds = hello.drain_seconds,
+            disk = hello.disk,
             errand = if hello.errand {
                 "- name: smoke-test
   lifecycle: errand

@@ -262,7 +262,7 @@ fn a_property_change_restarts_only_changed_instances_canary_first_in_batches() {
 }
 
 #[test]
-fn a_new_stemcell_recreates_every_vm_and_persistent_data_survives() {
+fn a_new_stemcell_recreates_every_vm_and_persistent_data_survives_it_and_a_resize() {
     let user = User::new();
     set_cloud_config(&user, 23);
     upload_stemcell(&user, "1", None);
@@ -305,6 +305,62 @@ fn a_new_stemcell_recreates_every_vm_and_persistent_data_survives() {
             );
         }
     }
+
+    // A bigger disk: the data moves to a new disk on the same VM; the old disk is orphaned.
+    let bigger = write_manifest(
+        &user,
+        &release,
+        &Hello {
+            disk: 2048,
+            ..Hello::default()
+        },
+    );
+    let dry = user.run(&["deploy", bigger.to_str().unwrap(), "--dry-run"]);
+    assert_eq!(dry.code, 2, "{}", dry.stderr);
+    assert!(
+        dry.stdout
+            .contains("persistent disk size changed (1024 MB → 2048 MB; the data moves"),
+        "{}",
+        dry.stdout
+    );
+    let (code, _, stderr) = deploy(&user, &bigger, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    let resized = instances(&user);
+    assert!(all_running(&resized));
+    let mut orphaned: Vec<String> = user
+        .json(&["orphaned-disks"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["cid"].as_str().unwrap().to_string())
+        .collect();
+    orphaned.sort();
+    let mut old_disks: Vec<String> = by_group(&after, "hello-server")
+        .iter()
+        .map(|i| i["disk_cid"].as_str().unwrap().to_string())
+        .collect();
+    old_disks.sort();
+    assert_eq!(orphaned, old_disks, "the old disks are kept, orphaned");
+    for server in by_group(&resized, "hello-server") {
+        let old = after.iter().find(|i| i["id"] == server["id"]).unwrap();
+        assert_eq!(server["vm_cid"], old["vm_cid"], "the VM stays");
+        assert_ne!(server["disk_cid"], old["disk_cid"], "a new disk");
+        let disk = user
+            .data_dir()
+            .join("cpi/disks")
+            .join(server["disk_cid"].as_str().unwrap());
+        assert_eq!(
+            std::fs::read_to_string(disk.join("marker")).unwrap(),
+            server["id"].as_str().unwrap(),
+            "the data moved"
+        );
+    }
+    let (code, events, stderr) = deploy(&user, &bigger, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    assert!(
+        stage_tasks(&events, "Updating instance", "started").is_empty(),
+        "converged"
+    );
 }
 
 #[test]

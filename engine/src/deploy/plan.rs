@@ -560,10 +560,13 @@ fn changes(observed: &InstanceSpec, desired: &InstanceSpec) -> (Vec<String>, boo
                 (None, Some(d)) => format!("persistent disk added ({} MB)", d.size),
                 (Some(_), None) => "persistent disk removed (it will be orphaned)".to_string(),
                 (Some(b), Some(a)) if b.size != a.size => format!(
-                    "persistent disk size changed ({} MB → {} MB)",
+                    "persistent disk size changed ({} MB → {} MB; the data moves to a new disk, \
+                     the old one is orphaned)",
                     b.size, a.size
                 ),
-                _ => "persistent disk cloud properties changed".to_string(),
+                _ => "persistent disk cloud properties changed (the data moves to a new disk, \
+                      the old one is orphaned)"
+                    .to_string(),
             },
         );
     }

@@ -17,9 +17,10 @@ use super::vms::{
     CreatedVm, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach,
 };
 use crate::blobstore::BlobId;
+use crate::deploy::plan::DiskState;
 use crate::deploy::{Action, InstancePlan, InstanceWork};
 use crate::manifest::WatchTime;
-use crate::state::{Instance, InstanceId, NewBlob, Vm};
+use crate::state::{Disk, Instance, InstanceId, NewBlob, Vm};
 use crate::tasks::Stage;
 use agent::protocol::{AgentState, ApplySpec, JobSpec, NetworkSpec, PackageSpec};
 
@@ -281,8 +282,8 @@ impl InstanceUpdate<'_> {
         Ok(created)
     }
 
-    /// Makes the instance's persistent disk what the spec asks for (add or remove; a new
-    /// size is refused for now).
+    /// Makes the instance's persistent disk what the spec asks for: add, remove, or move
+    /// the data to a new disk of the new size or type.
     async fn converge_disk(
         &self,
         instance: &Instance,
@@ -292,18 +293,7 @@ impl InstanceUpdate<'_> {
         let state = self.services.state.instances();
         match (&instance.disk, &work.spec.persistent_disk) {
             (None, Some(wanted)) => {
-                self.status("creating disk");
-                let (size, properties, vm_cid) =
-                    (wanted.size, wanted.cloud_properties.clone(), vm.cid.clone());
-                let cid = self
-                    .services
-                    .cpi_call(move |cpi| cpi.create_disk(size, &properties, Some(&vm_cid)))
-                    .await
-                    .map_err(|e| format!("creating a {size} MB disk failed: {e}"))?;
-                state
-                    .add_disk(instance.id, &cid, wanted.size, &wanted.cloud_properties)
-                    .await
-                    .map_err(|e| e.to_string())?;
+                let cid = self.create_disk(instance, wanted, vm, true).await?;
                 attach_and_mount(self.services, &vm.cid, &vm.agent_id, &cid).await
             }
             (Some(disk), None) => {
@@ -317,14 +307,95 @@ impl InstanceUpdate<'_> {
             (Some(disk), Some(wanted))
                 if disk.size != wanted.size || disk.cloud_properties != wanted.cloud_properties =>
             {
-                Err(format!(
-                    "the persistent disk would change from {} MB to {} MB, which needs its data copied to a new disk; \
-                 the director cannot migrate disks yet (keep the size, or delete the instance's disk first)",
-                    disk.size, wanted.size
-                ))
+                self.migrate_disk(instance, disk, wanted, vm).await
             }
             _ => Ok(()),
         }
+    }
+
+    /// Creates a disk for the instance through the CPI and records it: as the one it uses
+    /// (`active`), or as the target of a migration.
+    async fn create_disk(
+        &self,
+        instance: &Instance,
+        wanted: &DiskState,
+        vm: &CreatedVm,
+        active: bool,
+    ) -> Result<String, String> {
+        self.status("creating disk");
+        let (size, properties, vm_cid) =
+            (wanted.size, wanted.cloud_properties.clone(), vm.cid.clone());
+        let cid = self
+            .services
+            .cpi_call(move |cpi| cpi.create_disk(size, &properties, Some(&vm_cid)))
+            .await
+            .map_err(|e| format!("creating a {size} MB disk failed: {e}"))?;
+        self.services
+            .state
+            .instances()
+            .add_disk(instance.id, &cid, size, &wanted.cloud_properties, active)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(cid)
+    }
+
+    /// BOSH's disk migration: a new disk of the wanted size and type is created and
+    /// attached next to the old one, the agent copies the data over and mounts the new disk,
+    /// then the old disk is detached and orphaned (kept, with its data, until
+    /// `delete-disk` or `clean-up`). Until the agent has switched, the old disk stays the
+    /// instance's: a failure orphans the new disk and leaves the instance as it was.
+    async fn migrate_disk(
+        &self,
+        instance: &Instance,
+        old: &Disk,
+        wanted: &DiskState,
+        vm: &CreatedVm,
+    ) -> Result<(), String> {
+        let state = self.services.state.instances();
+        self.orphan_inactive_disks(instance, vm).await?;
+        let cid = self.create_disk(instance, wanted, vm, false).await?;
+        self.status("migrating disk");
+        let (vm_cid, new_cid) = (vm.cid.clone(), cid.clone());
+        let moved = async {
+            self.services
+                .cpi_call(move |cpi| cpi.attach_disk(&vm_cid, &new_cid))
+                .await
+                .map_err(|e| format!("attaching disk {cid} to VM {} failed: {e}", vm.cid))?;
+            self.agent_task(
+                &vm.agent_id,
+                "migrate_disk",
+                vec![Json::from(old.cid.as_str()), Json::from(cid.as_str())],
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "moving the data of disk {} ({} MB) to disk {cid} ({} MB) failed: {e}",
+                    old.cid, old.size, wanted.size
+                )
+            })
+        }
+        .await;
+        if let Err(e) = moved {
+            // The old disk is still mounted and still the instance's; the copy goes.
+            let _ = unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &cid, false).await;
+            let _ = state.orphan_disk(&cid).await;
+            return Err(e);
+        }
+        state
+            .activate_disk(instance.id, &cid)
+            .await
+            .map_err(|e| e.to_string())?;
+        unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &old.cid, false).await
+    }
+
+    /// Orphans what an interrupted migration left: disks recorded for the instance that it
+    /// never switched to (detached first, when still attached).
+    async fn orphan_inactive_disks(
+        &self,
+        instance: &Instance,
+        vm: &CreatedVm,
+    ) -> Result<(), String> {
+        orphan_inactive_disks(self.services, instance, Some(vm)).await
     }
 
     /// Updates one instance as planned.
@@ -365,8 +436,14 @@ impl InstanceUpdate<'_> {
             recreate = true;
         }
         if let (Some(vm), true) = (&instance.vm, alive) {
-            let kind = if recreate || instance.disk.is_some() != work.spec.persistent_disk.is_some()
-            {
+            // BOSH drains with `shutdown` when the VM goes or the persistent disk changes.
+            let disk_changes = match (&instance.disk, &work.spec.persistent_disk) {
+                (Some(disk), Some(wanted)) => {
+                    disk.size != wanted.size || disk.cloud_properties != wanted.cloud_properties
+                }
+                (had, wants) => had.is_some() != wants.is_some(),
+            };
+            let kind = if recreate || disk_changes {
                 "shutdown"
             } else {
                 "update"
@@ -633,5 +710,30 @@ pub async fn delete_instance(
             .await
             .map_err(|e| e.to_string())?;
     }
+    orphan_inactive_disks(services, instance, None).await?;
     state.delete(instance.id).await.map_err(|e| e.to_string())
+}
+
+/// Orphans the disks recorded for an instance that it does not use (what an interrupted
+/// disk migration leaves), detaching them from `vm` first when it is given.
+async fn orphan_inactive_disks(
+    services: &Services,
+    instance: &Instance,
+    vm: Option<&CreatedVm>,
+) -> Result<(), String> {
+    let state = services.state.instances();
+    let leftovers = state
+        .inactive_disks(instance.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    for disk in leftovers {
+        if let Some(vm) = vm {
+            unmount_and_detach(services, &vm.cid, &vm.agent_id, &disk.cid, false).await?;
+        }
+        state
+            .orphan_disk(&disk.cid)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }

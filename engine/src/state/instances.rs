@@ -294,13 +294,16 @@ impl Instances<'_> {
         )
     }
 
-    /// Records a new persistent disk attached to an instance.
+    /// Records a new persistent disk of an instance: `active`, the one it uses; otherwise
+    /// one being made for it (the target of a disk migration) that
+    /// [`Instances::activate_disk`] later makes the one it uses.
     pub async fn add_disk(
         &self,
         id: InstanceId,
         cid: &str,
         size: u64,
         cloud_properties: &Value,
+        active: bool,
     ) -> Result<(), StateError> {
         let properties = cloud_properties.to_string();
         let size = i64::try_from(size).unwrap_or(i64::MAX);
@@ -310,12 +313,62 @@ impl Instances<'_> {
             |pool| {
                 let mut conn = pool.acquire().await?;
                 conn.run(
-                "INSERT INTO persistent_disks (cid, instance_id, size, cloud_properties, active) VALUES ($1, $2, $3, $4, TRUE)",
-                params![cid, id.0, size, properties.as_str()],
+                "INSERT INTO persistent_disks (cid, instance_id, size, cloud_properties, active) VALUES ($1, $2, $3, $4, $5)",
+                params![cid, id.0, size, properties.as_str(), active],
             )
             .await
             .exists_as(|| Object::Row { kind: "disk of instance", id: id.0 })?;
                 Ok(())
+            }
+        )
+    }
+
+    /// Makes the instance's inactive disk `cid` the one it uses and orphans the one it used,
+    /// in one transaction.
+    pub async fn activate_disk(&self, id: InstanceId, cid: &str) -> Result<(), StateError> {
+        let time = now();
+        on_pool!(
+            self.state,
+            format!("switching {} to disk {cid}", instance_object(id)),
+            |pool| {
+                let mut transaction = pool.begin_write().await?;
+                transaction
+                    .run(
+                        "UPDATE persistent_disks SET instance_id = NULL, active = FALSE, orphaned_at = $1 \
+                         WHERE instance_id = $2 AND active = TRUE",
+                        params![time, id.0],
+                    )
+                    .await?;
+                transaction
+                    .run(
+                        "UPDATE persistent_disks SET active = TRUE WHERE cid = $1 AND instance_id = $2",
+                        params![cid, id.0],
+                    )
+                    .await?;
+                transaction.commit().await?;
+                Ok(())
+            }
+        )
+    }
+
+    /// The inactive disks of an instance (left by a migration that did not finish).
+    pub async fn inactive_disks(&self, id: InstanceId) -> Result<Vec<Disk>, StateError> {
+        on_pool!(
+            self.state,
+            format!("listing the inactive disks of {}", instance_object(id)),
+            |pool| {
+                let mut conn = pool.acquire().await?;
+                let rows = conn
+                    .rows(
+                        "SELECT cid, size, cloud_properties, instance_id, orphaned_at FROM persistent_disks \
+                         WHERE instance_id = $1 AND active = FALSE ORDER BY id",
+                        params![id.0],
+                    )
+                    .await?;
+                Ok(rows
+                    .iter()
+                    .map(disk_from_row)
+                    .collect::<Result<Vec<_>, sqlx::Error>>()?)
             }
         )
     }
