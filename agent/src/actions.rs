@@ -70,6 +70,16 @@ async fn dispatch(agent: &Arc<Agent>, method: &str, args: Vec<Value>) -> Result<
                 async move { worker.run_script(name, env).await },
             )
         }
+        "run_errand" => {
+            let only: Option<String> = optional_arg(method, &args, 0)?;
+            let env = script_env(method, args.get(1))?;
+            let worker = agent.clone();
+            long(
+                agent,
+                method,
+                async move { worker.run_errand(only, env).await },
+            )
+        }
         "compile_package" => {
             let request: CompileRequest = arg(method, &args, 0)?;
             let worker = agent.clone();

@@ -406,6 +406,20 @@ impl Agent {
         Ok(json!({}))
     }
 
+    /// `run_errand`: `bin/run` of the applied jobs (or of job `only`).
+    pub async fn run_errand(
+        &self,
+        only: Option<String>,
+        env: BTreeMap<String, String>,
+    ) -> Result<Value> {
+        let jobs: Vec<String> = self
+            .applied()
+            .map(|s| s.jobs.into_iter().map(|j| j.name).collect())
+            .unwrap_or_default();
+        let result = scripts::run_errand(&self.layout, &jobs, only.as_deref(), &env).await?;
+        Ok(serde_json::to_value(result).expect("results serialize"))
+    }
+
     /// `compile_package`.
     pub async fn compile_package(&self, request: CompileRequest) -> Result<Value> {
         let _installing = self.installing.lock().await;

@@ -82,18 +82,7 @@ pub fn tail(path: &Path, lines: usize) -> Vec<String> {
 /// added to a log it appends to).
 pub fn tail_from(path: &Path, offset: u64, lines: usize) -> Vec<String> {
     const WINDOW: u64 = 64 * 1024;
-    let Ok(mut file) = File::open(path) else {
-        return Vec::new();
-    };
-    let Ok(len) = file.metadata().map(|m| m.len()) else {
-        return Vec::new();
-    };
-    let start = offset.max(len.saturating_sub(WINDOW)).min(len);
-    let mut bytes = Vec::new();
-    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err() {
-        return Vec::new();
-    }
-    last_lines(&String::from_utf8_lossy(&bytes), lines)
+    last_lines(&read_from(path, offset, WINDOW), lines)
 }
 
 /// The last `lines` non-empty-terminated lines of `text`.
@@ -103,6 +92,35 @@ pub fn last_lines(text: &str, lines: usize) -> Vec<String> {
         .iter()
         .map(|l| l.to_string())
         .collect()
+}
+
+/// What was written to `path` from `offset` on, at most its last `limit` bytes.
+pub fn read_from(path: &Path, offset: u64, limit: u64) -> String {
+    let Ok(mut file) = File::open(path) else {
+        return String::new();
+    };
+    let Ok(len) = file.metadata().map(|m| m.len()) else {
+        return String::new();
+    };
+    let start = offset.max(len.saturating_sub(limit)).min(len);
+    let mut bytes = Vec::new();
+    if file.seek(SeekFrom::Start(start)).is_err() || file.read_to_end(&mut bytes).is_err() {
+        return String::new();
+    }
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// The last `limit` bytes of `text` (cut at a character boundary).
+pub fn keep_end(text: String, limit: u64) -> String {
+    let limit = usize::try_from(limit).unwrap_or(usize::MAX);
+    if text.len() <= limit {
+        return text;
+    }
+    let mut cut = text.len() - limit;
+    while !text.is_char_boundary(cut) {
+        cut += 1;
+    }
+    text[cut..].to_string()
 }
 
 /// The size of `path` now (0 when it does not exist).

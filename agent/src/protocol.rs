@@ -5,7 +5,7 @@
 //! positional `arguments` and a `reply_to` subject; the answer is `{"value": …}` or
 //! `{"exception": {"message": …}}`. Long calls (`apply`, `prepare`, `drain`, `stop`,
 //! `run_script`, `compile_package`, `fetch_logs`, `mount_disk`, `unmount_disk`,
-//! `migrate_disk`) answer at
+//! `migrate_disk`, `run_errand`) answer at
 //! once with `{"value": {"agent_task_id": …, "state": "running"}}` and the director polls
 //! `get_task` until a plain value (or an exception) comes back; a director should treat any
 //! value of that shape as a task to poll, as BOSH's does. The agent owns these types; the
@@ -17,6 +17,7 @@
 //! `stop` → `"stopped"`; `start` → `"started"`; `run_script` → `{}`; `compile_package` →
 //! [`CompileResult`]; `fetch_logs [upload_url]` → [`UploadedBlob`]; `mount_disk` →
 //! `"mounted"`; `unmount_disk` → `"unmounted"`; `migrate_disk [old, new]` → `{}`;
+//! `run_errand [job?]` → [`ErrandResult`];
 //! `list_disk` → CIDs; `update_settings` →
 //! `"updated"`; `cancel_task` → `"canceled"`.
 
@@ -303,6 +304,18 @@ pub struct CompileRequest {
     pub dependencies: BTreeMap<String, PackageSpec>,
     /// A signed URL to `PUT` the compiled archive to.
     pub upload_url: String,
+}
+
+/// `run_errand`'s result (BOSH's shape): how the errand exited and the end of what it
+/// wrote.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ErrandResult {
+    /// The exit code (128 + the signal when a signal ended it).
+    pub exit_code: i32,
+    /// Its stdout (the end, when long).
+    pub stdout: String,
+    /// Its stderr (the end, when long).
+    pub stderr: String,
 }
 
 /// `compile_package`'s result.

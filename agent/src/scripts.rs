@@ -23,15 +23,18 @@ use crate::state::describe_exit;
 /// Lines of stderr a failure reports.
 pub const FAILURE_LINES: usize = 20;
 
-/// The scripts `run_script` may run: the lifecycle scripts, and `run` (an errand's).
+/// The scripts `run_script` may run (an errand's `bin/run` goes through `run_errand`).
 pub const LIFECYCLE_SCRIPTS: &[&str] = &[
     "pre-start",
     "post-start",
     "post-deploy",
     "pre-stop",
     "post-stop",
-    "run",
 ];
+
+/// How much of an errand's stdout and of its stderr the answer carries (the end of each):
+/// together they stay below the bus's 1 MiB message limit, as BOSH's do.
+pub const ERRAND_OUTPUT_LIMIT: u64 = 400 * 1024;
 
 struct Script {
     job: String,
@@ -150,6 +153,82 @@ async fn run_one(script: Script, env: Vec<(String, String)>) -> std::result::Res
     }
     agent_log!("{message}");
     Err(message)
+}
+
+/// Runs the errand: `bin/run` of job `only`, or of every job in `jobs` that has one, one
+/// after another (each job's output after a `==> job <==` line when there are several),
+/// stopping at the first that fails. Output also goes to the jobs' `run.*.log`. A script
+/// that runs and exits non-zero is a result, not an error: the director decides.
+pub async fn run_errand(
+    layout: &Layout,
+    jobs: &[String],
+    only: Option<&str>,
+    env: &BTreeMap<String, String>,
+) -> Result<crate::protocol::ErrandResult> {
+    if let Some(name) = only
+        && !jobs.iter().any(|j| j == name)
+    {
+        return Err(Error::arguments(
+            "run_errand",
+            format!(
+                "job '{name}' is not applied here (jobs: {})",
+                jobs.join(", ")
+            ),
+        ));
+    }
+    let scripts: Vec<Script> = jobs
+        .iter()
+        .filter(|j| only.is_none_or(|name| name == j.as_str()))
+        .filter_map(|job| script(layout, job, "run"))
+        .collect();
+    if scripts.is_empty() {
+        return Err(Error::Scripts(match only {
+            Some(name) => format!("no errand to run: job '{name}' has no bin/run"),
+            None => format!(
+                "no errand to run: none of the jobs ({}) has a bin/run",
+                jobs.join(", ")
+            ),
+        }));
+    }
+    let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let several = scripts.len() > 1;
+    let mut result = crate::protocol::ErrandResult::default();
+    for script in scripts {
+        let offsets = (
+            logs::size_of(&script.stdout_log),
+            logs::size_of(&script.stderr_log),
+        );
+        let label = format!("errand of job '{}'", script.job);
+        let mut command = script.command(&[], &env)?;
+        command.stdout(append(&script.stdout_log)?);
+        agent_log!("running {label}");
+        let exit = command
+            .status()
+            .await
+            .map_err(|e| Error::Scripts(format!("{label} did not start: {e}")))?;
+        let header = if several {
+            format!("==> {} <==\n", script.job)
+        } else {
+            String::new()
+        };
+        result.stdout += &header;
+        result.stdout += &logs::read_from(&script.stdout_log, offsets.0, ERRAND_OUTPUT_LIMIT);
+        result.stderr += &header;
+        result.stderr += &logs::read_from(&script.stderr_log, offsets.1, ERRAND_OUTPUT_LIMIT);
+        result.exit_code = exit.code().unwrap_or(128 + exit_signal(exit));
+        agent_log!("{label} {}", describe_exit(exit));
+        if !exit.success() {
+            break;
+        }
+    }
+    result.stdout = logs::keep_end(result.stdout, ERRAND_OUTPUT_LIMIT);
+    result.stderr = logs::keep_end(result.stderr, ERRAND_OUTPUT_LIMIT);
+    Ok(result)
+}
+
+fn exit_signal(exit: std::process::ExitStatus) -> i32 {
+    use std::os::unix::process::ExitStatusExt;
+    exit.signal().unwrap_or(0)
 }
 
 /// Runs `bin/drain` of every job in `jobs` that has one, in parallel, with `args` for each

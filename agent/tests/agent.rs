@@ -826,3 +826,85 @@ async fn migrate_disk_copies_everything_to_the_new_disk_and_mounts_it() {
         "precious"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_errand_answers_the_exit_code_and_what_the_errand_wrote() {
+    let harness = Harness::start().await;
+    let smoke = harness.job(
+        "smoke",
+        &[(
+            "bin/run",
+            "#!/bin/sh\necho \"checking $TARGET\"\necho 'all good' \necho 'a warning' >&2\n",
+            0o755,
+        )],
+        &[],
+    );
+    let broken = harness.job(
+        "broken",
+        &[(
+            "bin/run",
+            "#!/bin/sh\necho 'trying'\necho 'it broke' >&2\nexit 3\n",
+            0o755,
+        )],
+        &[],
+    );
+    let plain = harness.job("plain", &[("bin/pre-start", "#!/bin/sh\n", 0o755)], &[]);
+    harness
+        .apply(&harness.spec(vec![smoke, plain, broken], vec![]))
+        .await;
+
+    let one = harness
+        .ok(
+            "run_errand",
+            vec![json!("smoke"), json!({"env": {"TARGET": "web"}})],
+        )
+        .await;
+    assert_eq!(
+        one,
+        json!({"exit_code": 0, "stdout": "checking web\nall good\n", "stderr": "a warning\n"})
+    );
+    // Run again: only this run's output is answered (the logs keep both).
+    let again = harness
+        .ok(
+            "run_errand",
+            vec![json!("smoke"), json!({"env": {"TARGET": "db"}})],
+        )
+        .await;
+    assert_eq!(again["stdout"], "checking db\nall good\n");
+    assert_eq!(
+        std::fs::read_to_string(harness.root.join("sys/log/smoke/run.stdout.log")).unwrap(),
+        "checking web\nall good\nchecking db\nall good\n"
+    );
+
+    // Every job with a bin/run, in order; a non-zero exit is a result, not an error.
+    let all = harness.ok("run_errand", vec![]).await;
+    assert_eq!(all["exit_code"], 3);
+    assert_eq!(
+        all["stdout"],
+        "==> smoke <==\nchecking \nall good\n==> broken <==\ntrying\n"
+    );
+    assert_eq!(
+        all["stderr"],
+        "==> smoke <==\na warning\n==> broken <==\nit broke\n"
+    );
+
+    let error = harness
+        .call("run_errand", vec![json!("web")])
+        .await
+        .unwrap_err();
+    assert!(error.contains("job 'web' is not applied here"), "{error}");
+    let error = harness
+        .call("run_errand", vec![json!("plain")])
+        .await
+        .unwrap_err();
+    assert!(
+        error.ends_with("no errand to run: job 'plain' has no bin/run"),
+        "{error}"
+    );
+    // An errand is not a lifecycle script.
+    let error = harness
+        .call("run_script", vec![json!("run"), json!({})])
+        .await
+        .unwrap_err();
+    assert!(error.contains("unknown script \"run\""), "{error}");
+}

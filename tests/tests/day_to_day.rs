@@ -128,12 +128,25 @@ fn the_day_to_day_verbs_work_on_a_deployed_deployment() {
     );
 
     // The errand asks every server for its greeting; its VM goes afterwards.
+    // What it wrote comes back, as BOSH prints it.
     let out = user.run(&["-d", "hello", "run-errand", "smoke-test"]);
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stderr.contains("errand 'smoke-test' succeeded"),
+        out.stderr
+            .contains("Errand 'smoke-test' completed successfully"),
         "{}",
         out.stderr
+    );
+    let stdout_lines: Vec<&str> = out.stdout.lines().collect();
+    assert!(
+        stdout_lines[0].starts_with("Instance   smoke-test/")
+            && stdout_lines[1] == "Exit Code  0"
+            && stdout_lines[2].starts_with("Stdout     hello-server/")
+            && stdout_lines[2].ends_with("): hello, world!")
+            && stdout_lines[3].starts_with("           hello-server/")
+            && stdout_lines[4] == "Stderr     -",
+        "{}",
+        out.stdout
     );
     assert_eq!(
         by_group(&instances(&user), "smoke-test")[0]["vm_cid"],
@@ -217,6 +230,26 @@ fn the_day_to_day_verbs_work_on_a_deployed_deployment() {
     assert!(
         first_deploy.wait().unwrap().success(),
         "the first deploy finishes"
+    );
+
+    // The servers now say "salut": the errand still expects "hello" and says so; its
+    // exit code is the command's outcome.
+    let out = user.run(&["--json", "-d", "hello", "run-errand", "smoke-test"]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr
+            .contains("Errand 'smoke-test' completed with error (exit code 1)"),
+        "{}",
+        out.stderr
+    );
+    let runs: Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(runs[0]["exit_code"], 1);
+    assert!(
+        runs[0]["stderr"]
+            .as_str()
+            .unwrap()
+            .contains("answered: salut, world!"),
+        "{runs:#}"
     );
 
     // A dev director that restarts finds its agents again (same bus port, same accounts).

@@ -16,6 +16,7 @@ use crate::deploy::InstanceSpec;
 use crate::manifest::{Documents, Lifecycle, WatchTime};
 use crate::state::{Deployment, Instance, NewEvent};
 use crate::tasks::{TaskContext, TaskError};
+use agent::protocol::ErrandResult;
 
 fn failed(message: impl Into<String>) -> TaskError {
     TaskError::Failed(message.into())
@@ -380,30 +381,40 @@ pub async fn run_errand(
         vec![errand.to_string()],
         instances.len() as u32,
     );
-    let mut outputs = Vec::new();
+    let mut runs = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
+        context.checkpoint()?;
         let step = format!(
             "{}/{} ({})",
             instance.instance_group, instance.uuid, instance.index
         );
         let index = n as u32 + 1;
         stage.started(&step, index);
-        let result = errand_on(services, instance, &cids, &step).await;
-        match result {
-            Ok(output) => {
-                stage.finished(&step, index);
-                outputs.push(format!("{step}: {output}"));
+        match errand_on(services, instance, &cids, &step).await {
+            Ok(run) => {
+                if run.exit_code == 0 {
+                    stage.finished(&step, index);
+                } else {
+                    stage.failed(&step, index, &format!("exit code {}", run.exit_code));
+                }
+                runs.push(json!({
+                    "instance": step,
+                    "exit_code": run.exit_code,
+                    "stdout": run.stdout,
+                    "stderr": run.stderr,
+                }));
             }
             Err(e) => {
                 stage.failed(&step, index, &e);
-                return Err(failed(format!("errand '{errand}' failed on {step}: {e}")));
+                return Err(failed(format!(
+                    "errand '{errand}' could not run on {step}: {e}"
+                )));
             }
         }
     }
-    Ok(format!(
-        "errand '{errand}' succeeded\n{}",
-        outputs.join("\n")
-    ))
+    // The runs are the task's result, as BOSH's errand tasks answer them; a non-zero exit
+    // is the errand's outcome (the CLI reports it), not a failure of the task.
+    Ok(Json::from(runs).to_string())
 }
 
 async fn errand_on(
@@ -411,7 +422,7 @@ async fn errand_on(
     instance: &Instance,
     cids: &StemcellCids,
     step: &str,
-) -> Result<String, String> {
+) -> Result<ErrandResult, String> {
     let spec: InstanceSpec = instance
         .observed
         .clone()
@@ -448,27 +459,23 @@ async fn errand_on(
             )
             .await
             .map_err(|e| e.to_string())?;
-        services
+        let run = services
             .bus
             .run_task(
                 &created.agent_id,
-                "run_script",
-                vec![json!("run"), json!({})],
+                "run_errand",
+                vec![],
                 std::time::Duration::from_millis(500),
                 services.timeouts.agent_task,
             )
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| e.to_string())?;
+        serde_json::from_value::<ErrandResult>(run)
+            .map_err(|e| format!("the agent's answer to run_errand is not a result: {e}"))
     };
     let outcome = run.await;
     delete_vm(services, &created.cid, &created.agent_id).await?;
-    outcome.map(|value| {
-        if value.is_null() || value == json!({}) {
-            "exit 0".to_string()
-        } else {
-            value.to_string()
-        }
-    })
+    outcome
 }
 
 /// Deletes a deployment: every instance (VMs deleted, disks orphaned, addresses released),

@@ -11,7 +11,7 @@ use engine::interpolate::Expectations;
 use engine::yaml::{self, Node, Value};
 use serde_json::{Value as Json, json};
 
-use super::director::{connect, fail, follow, percent_encode, runtime};
+use super::director::{connect, fail, follow, follow_to_end, percent_encode, runtime};
 use crate::cli::{
     ConfigArgs, DeleteDeploymentArgs, ErrandArgs, EventsArgs, GlobalArgs, InstancesArgs,
     TargetArgs, VmsArgs,
@@ -553,11 +553,73 @@ pub fn run_errand(global: &GlobalArgs, args: ErrandArgs, ui: &mut Ui) -> u8 {
             percent_encode(&name),
             percent_encode(&args.name)
         );
-        match client.post(&path, &json!({})).await {
-            Ok(answer) => follow(client, &answer["task"], ui).await,
-            Err(e) => fail(ui, e),
+        let answer = match client.post(&path, &json!({})).await {
+            Ok(answer) => answer,
+            Err(e) => return fail(ui, e),
+        };
+        let ended = match follow_to_end(client, &answer["task"], ui, false).await {
+            Ok(ended) => ended,
+            Err(code) => return code,
+        };
+        let result = ended["result"].as_str().unwrap_or("");
+        if ended["state"] != "done" {
+            ui.say(&format!(
+                "Task {} {}: {result}",
+                answer["task"]["id"],
+                text(&ended["state"])
+            ));
+            return 1;
+        }
+        let runs: Vec<Json> = serde_json::from_str(result).unwrap_or_default();
+        if ui.json {
+            print_json(ui, &Json::from(runs.clone()));
+        } else {
+            ui.data(&errand_runs(&runs));
+        }
+        let failed: Vec<i64> = runs
+            .iter()
+            .filter_map(|r| r["exit_code"].as_i64())
+            .filter(|code| *code != 0)
+            .collect();
+        match failed.first() {
+            None => {
+                ui.say(&format!("Errand '{}' completed successfully", args.name));
+                0
+            }
+            Some(code) => {
+                ui.say(&format!(
+                    "Errand '{}' completed with error (exit code {code})",
+                    args.name
+                ));
+                1
+            }
         }
     })
+}
+
+/// Each run as BOSH prints it: Instance, Exit Code, Stdout, Stderr (multi-line values
+/// indented under the first line).
+fn errand_runs(runs: &[Json]) -> String {
+    let mut out = String::new();
+    for run in runs {
+        let fields = [
+            ("Instance", text(&run["instance"])),
+            ("Exit Code", run["exit_code"].to_string()),
+            ("Stdout", text(&run["stdout"])),
+            ("Stderr", text(&run["stderr"])),
+        ];
+        for (label, value) in fields {
+            let value = value.trim_end();
+            let mut lines = value.lines();
+            let first = lines.next().filter(|l| !l.is_empty()).unwrap_or("-");
+            out.push_str(&format!("{label:<11}{first}\n"));
+            for line in lines {
+                out.push_str(&format!("{:<11}{line}\n", ""));
+            }
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// `director delete-deployment [--force]`.

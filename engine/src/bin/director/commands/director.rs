@@ -153,6 +153,27 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
 /// Follows a queued task to its end; prints its events (or raw JSON lines with `--json`) and
 /// its result; exit 0 when done, 1 otherwise.
 pub(crate) async fn follow(client: &Client, task: &Json, ui: &mut Ui) -> u8 {
+    match follow_to_end(client, task, ui, true).await {
+        Ok(ended) => {
+            let id = task["id"].as_i64().unwrap_or_default();
+            let state = ended["state"].as_str().unwrap_or("");
+            let result = ended["result"].as_str().unwrap_or("");
+            ui.say(&format!("Task {id} {state}: {result}"));
+            if state == "done" { 0 } else { 1 }
+        }
+        Err(code) => code,
+    }
+}
+
+/// Follows a task's events until it ends and answers the ended task; the caller says how
+/// it ended. With `--json` the events go to stdout when `json_events`. An error reaching
+/// the director is reported (`Err` carries the exit code).
+pub(crate) async fn follow_to_end(
+    client: &Client,
+    task: &Json,
+    ui: &mut Ui,
+    json_events: bool,
+) -> Result<Json, u8> {
     let id = task["id"].as_i64().unwrap_or_default();
     ui.say(&format!(
         "Task {id} ({})",
@@ -179,17 +200,11 @@ pub(crate) async fn follow(client: &Client, task: &Json, ui: &mut Ui) -> u8 {
     if let Some(progress) = &progress {
         progress.finish();
     }
-    let ended = match followed {
-        Ok(task) => task,
-        Err(e) => return fail(ui, e),
-    };
-    if json {
+    let ended = followed.map_err(|e| fail(ui, e))?;
+    if json && json_events {
         ui.data(&lines.concat());
     }
-    let state = ended["state"].as_str().unwrap_or("");
-    let result = ended["result"].as_str().unwrap_or("");
-    ui.say(&format!("Task {id} {state}: {result}"));
-    if state == "done" { 0 } else { 1 }
+    Ok(ended)
 }
 
 /// `director upload-release|upload-stemcell SOURCE [--sha256 D] [--fix]`.
