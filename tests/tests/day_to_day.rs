@@ -285,4 +285,34 @@ fn the_day_to_day_verbs_work_on_a_deployed_deployment() {
         .map(|d| d.count())
         .unwrap_or(0);
     assert_eq!(vms_left, 0, "every VM is gone");
+
+    // Orphaned disks go only when asked: one by its CID, the rest with clean-up --all,
+    // which also takes the unused stemcell out of the CPI.
+    let disks = user.data_dir().join("cpi/disks");
+    let first_disk = orphaned[0]["cid"].as_str().unwrap();
+    assert!(disks.join(first_disk).is_dir());
+    let out = user.run(&["delete-disk", first_disk, "-n"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(!disks.join(first_disk).exists(), "deleted in the CPI");
+    assert_eq!(user.json(&["orphaned-disks"]).as_array().unwrap().len(), 1);
+    let out = user.run(&["delete-disk", first_disk, "-n"]);
+    assert_eq!(out.code, 1);
+    assert!(
+        out.stderr
+            .contains(&format!("disk '{first_disk}' is not an orphaned disk")),
+        "{}",
+        out.stderr
+    );
+    let stemcells_in_cpi = || {
+        std::fs::read_dir(user.data_dir().join("cpi/stemcells"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    assert_eq!(stemcells_in_cpi(), 1);
+    let out = user.run(&["clean-up", "--all", "-n"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("orphaned disk disk-"), "{}", out.stderr);
+    assert_eq!(user.json(&["orphaned-disks"]), serde_json::json!([]));
+    assert_eq!(user.json(&["stemcells"]), serde_json::json!([]));
+    assert_eq!(stemcells_in_cpi(), 0, "the image left the CPI too");
 }

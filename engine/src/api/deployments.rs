@@ -13,7 +13,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use super::Director;
-use super::routes::{error, task_json};
+use super::routes::{accepted, error};
 use crate::deploy::PlanOptions;
 use crate::director::deploy::{DeployRequest, manifest_name, run_deploy};
 use crate::director::prepare::{DEFAULT_CONFIG, prepare_deploy};
@@ -45,6 +45,7 @@ pub(super) fn routes() -> Router {
         )
         .route("/events", get(events))
         .route("/disks", get(disks))
+        .route("/disks/{cid}", axum::routing::delete(delete_disk))
 }
 
 fn check_kind(kind: &str) -> Result<(), (StatusCode, Json<Json_>)> {
@@ -214,11 +215,7 @@ async fn deploy(
         )
         .await
         .map_err(internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "task": task_json(&task) })),
-    )
-        .into_response())
+    Ok(accepted(&task))
 }
 
 /// `GET /deployments`.
@@ -415,11 +412,7 @@ async fn change_state(
         )
         .await
         .map_err(internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "task": task_json(&task) })),
-    )
-        .into_response())
+    Ok(accepted(&task))
 }
 
 /// `POST /deployments/{name}/errands/{errand}/runs` (a task).
@@ -453,11 +446,7 @@ async fn run_errand(
         )
         .await
         .map_err(internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "task": task_json(&task) })),
-    )
-        .into_response())
+    Ok(accepted(&task))
 }
 
 #[derive(Deserialize, Default)]
@@ -496,11 +485,7 @@ async fn delete_deployment(
         )
         .await
         .map_err(internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "task": task_json(&task) })),
-    )
-        .into_response())
+    Ok(accepted(&task))
 }
 
 #[derive(Deserialize, Default)]
@@ -533,6 +518,30 @@ async fn events(
         })
         .collect();
     Ok(Json(out).into_response())
+}
+
+/// `DELETE /disks/{cid}`: deletes an orphaned disk (a task).
+async fn delete_disk(AxumState(director): AxumState<Director>, Path(cid): Path<String>) -> Reply {
+    let services = director.services.clone();
+    let task = director
+        .runner
+        .submit(
+            NewTask {
+                description: format!("delete disk {cid}"),
+                deployment: None,
+                user: "admin".to_string(),
+                context: json!({"disk": cid}),
+            },
+            move |context| async move {
+                context
+                    .lock(&format!("disk:{cid}"), &format!("disk '{cid}'"))
+                    .await?;
+                crate::director::verbs::delete_orphaned_disk(&services, &cid).await
+            },
+        )
+        .await
+        .map_err(internal)?;
+    Ok(accepted(&task))
 }
 
 /// `GET /disks?orphaned=true`.

@@ -22,7 +22,7 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use super::Director;
-use super::routes::{error, task_json};
+use super::routes::{accepted, error};
 use crate::blobstore::BlobId;
 use crate::state::NewTask;
 use crate::tasks::TaskContext;
@@ -107,11 +107,7 @@ async fn export(AxumState(director): AxumState<Director>, body: Json<Json_>) -> 
             )
             .await
             .map_err(internal)?;
-    Ok((
-        StatusCode::ACCEPTED,
-        Json(json!({ "task": task_json(&task) })),
-    )
-        .into_response())
+    Ok(accepted(&task))
 }
 
 /// `GET /releases/exports/<blob id>`: `{"blob_id", "sha256", "size", "path"}` where `path`

@@ -75,7 +75,8 @@ pub(crate) fn task_json(task: &Task) -> Json_ {
     })
 }
 
-fn accepted(task: &Task) -> Response {
+/// `202 Accepted` with `{"task": …}`: how every mutating call answers.
+pub(super) fn accepted(task: &Task) -> Response {
     (
         StatusCode::ACCEPTED,
         Json(json!({ "task": task_json(task) })),
@@ -577,6 +578,7 @@ async fn delete_stemcell(
 ) -> Reply {
     let state = director.state.clone();
     let blobstore = director.blobstore.clone();
+    let services = director.services.clone();
     let force = query.force;
     let task = director
         .runner
@@ -594,13 +596,26 @@ async fn delete_stemcell(
                         &format!("stemcell '{label}'"),
                     )
                     .await?;
+                let cid = state
+                    .stemcells()
+                    .find(&name, &version)
+                    .await?
+                    .map(|s| s.cid)
+                    .unwrap_or_default();
+                // The record first: it refuses while a deployment uses the stemcell, and
+                // the IaaS image must outlive any use.
                 match state.stemcells().delete(&name, &version).await {
                     Ok(()) => {}
                     Err(crate::state::StateError::NotFound { .. }) if force => {}
                     Err(e) => return Err(e.into()),
                 }
+                let warning =
+                    crate::director::verbs::delete_stemcell_image(&services, &label, &cid).await;
                 let removed = sweep_blobs(&state, &blobstore, &context).await?;
-                Ok(format!("deleted stemcell {label} ({removed})"))
+                Ok(match warning {
+                    None => format!("deleted stemcell {label} ({removed})"),
+                    Some(warning) => format!("deleted stemcell {label} ({removed}); {warning}"),
+                })
             },
         )
         .await
@@ -621,6 +636,7 @@ async fn cleanup(
     let all = body.is_some_and(|b| b.all);
     let state = director.state.clone();
     let blobstore = director.blobstore.clone();
+    let services = director.services.clone();
     let task = director
         .runner
         .submit(
@@ -666,7 +682,27 @@ async fn cleanup(
                     for stemcell in unused.into_iter().take(removable) {
                         context.checkpoint()?;
                         state.stemcells().delete(&name, &stemcell.version).await?;
-                        removed.push(format!("stemcell {name}/{}", stemcell.version));
+                        let label = format!("{name}/{}", stemcell.version);
+                        if let Some(warning) = crate::director::verbs::delete_stemcell_image(
+                            &services,
+                            &label,
+                            &stemcell.cid,
+                        )
+                        .await
+                        {
+                            context.log.debug(warning.clone());
+                            removed.push(format!("stemcell {label} ({warning})"));
+                        } else {
+                            removed.push(format!("stemcell {label}"));
+                        }
+                    }
+                }
+                // Orphaned disks only with --all, as BOSH: they hold data.
+                if all {
+                    for disk in state.instances().orphaned_disks().await? {
+                        context.checkpoint()?;
+                        crate::director::verbs::delete_orphaned_disk(&services, &disk.cid).await?;
+                        removed.push(format!("orphaned disk {}", disk.cid));
                     }
                 }
                 let blobs = sweep_blobs(&state, &blobstore, &context).await?;

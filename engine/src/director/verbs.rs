@@ -557,3 +557,42 @@ pub async fn delete_deployment(
         )
     })
 }
+
+/// Deletes an orphaned disk: from the IaaS, then from the state. A disk an instance uses is
+/// refused (it is orphaned by scaling down, removing `persistent_disk` or deleting the
+/// deployment first).
+pub async fn delete_orphaned_disk(services: &Services, cid: &str) -> Result<String, TaskError> {
+    let orphaned = services.state.instances().orphaned_disks().await?;
+    let Some(disk) = orphaned.iter().find(|d| d.cid == cid) else {
+        return Err(failed(format!(
+            "disk '{cid}' is not an orphaned disk (see `director orphaned-disks`; a disk an \
+             instance uses is orphaned first, by scaling down or deleting its deployment)"
+        )));
+    };
+    let target = cid.to_string();
+    match services.cpi_call(move |cpi| cpi.delete_disk(&target)).await {
+        Ok(()) => {}
+        Err(e) if e.kind == cpi::ErrorKind::DiskNotFound => {}
+        Err(e) => return Err(failed(format!("the CPI could not delete disk {cid}: {e}"))),
+    }
+    services.state.instances().delete_disk(cid).await?;
+    Ok(format!("deleted orphaned disk {cid} ({} MB)", disk.size))
+}
+
+/// Removes a stemcell's image from the IaaS after its record went (`cid` empty: the CPI
+/// never had it). A failure is a warning: the record is gone, the image only leaks.
+pub async fn delete_stemcell_image(services: &Services, label: &str, cid: &str) -> Option<String> {
+    if cid.is_empty() {
+        return None;
+    }
+    let target = cid.to_string();
+    match services
+        .cpi_call(move |cpi| cpi.delete_stemcell(&target))
+        .await
+    {
+        Ok(()) => None,
+        Err(e) => Some(format!(
+            "the CPI could not delete the image {cid} of stemcell {label} (delete it by hand): {e}"
+        )),
+    }
+}

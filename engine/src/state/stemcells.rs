@@ -180,7 +180,7 @@ impl Stemcells<'_> {
     }
 
     /// Deletes the stemcell `name/version`; refuses with [`StateError::InUse`] while a
-    /// deployment uses it. Deleting the image from the IaaS is the caller's business (first).
+    /// deployment uses it. Deleting the image from the IaaS is the caller's business (after).
     pub async fn delete(&self, name: &str, version: &str) -> Result<(), StateError> {
         let object = || stemcell_object(name, version);
         on_pool!(self.state, format!("deleting {}", object()), |pool| {

@@ -133,6 +133,8 @@ pub enum Command {
     DeleteDeployment(DeleteDeploymentArgs),
     /// List persistent disks no instance uses any more
     OrphanedDisks,
+    /// Delete an orphaned persistent disk and its data
+    DeleteDisk(DeleteDiskArgs),
 }
 
 /// `update-cloud-config` / `update-runtime-config`.
@@ -223,6 +225,13 @@ pub struct TargetArgs {
 pub struct ErrandArgs {
     /// The errand (its instance group's name)
     pub name: String,
+}
+
+/// `director delete-disk`.
+#[derive(Debug, Args)]
+pub struct DeleteDiskArgs {
+    /// The disk's CID (see `director orphaned-disks`)
+    pub cid: String,
 }
 
 /// `director delete-deployment`.
@@ -319,6 +328,7 @@ pub struct CancelTaskArgs {
 #[derive(Debug, Args)]
 pub struct CleanUpArgs {
     /// Remove every unused release and stemcell version (default: keep the two newest of each)
+    /// and every orphaned disk (default: keep them)
     #[arg(long = "all")]
     pub all: bool,
 }

@@ -13,8 +13,8 @@ use serde_json::{Value as Json, json};
 
 use super::director::{connect, fail, follow, follow_to_end, percent_encode, runtime};
 use crate::cli::{
-    ConfigArgs, DeleteDeploymentArgs, ErrandArgs, EventsArgs, GlobalArgs, InstancesArgs,
-    TargetArgs, VmsArgs,
+    ConfigArgs, DeleteDeploymentArgs, DeleteDiskArgs, ErrandArgs, EventsArgs, GlobalArgs,
+    InstancesArgs, TargetArgs, VmsArgs,
 };
 use crate::ui::{Ui, columns, utc};
 
@@ -678,5 +678,28 @@ pub fn orphaned_disks(global: &GlobalArgs, ui: &mut Ui) -> u8 {
         ui.data(&columns(&rows));
         ui.say(&format!("{} orphaned disk(s)", rows.len() - 1));
         0
+    })
+}
+
+/// `director delete-disk CID`.
+pub fn delete_disk(global: &GlobalArgs, args: DeleteDiskArgs, ui: &mut Ui) -> u8 {
+    if !global.non_interactive {
+        ui.say(&format!(
+            "deleting orphaned disk '{}': its data is gone for good",
+            args.cid
+        ));
+        if !confirm() {
+            ui.say("not deleted");
+            return 1;
+        }
+    }
+    with_client(global, ui, async |client, ui| {
+        match client
+            .delete(&format!("/disks/{}", percent_encode(&args.cid)))
+            .await
+        {
+            Ok(answer) => follow(client, &answer["task"], ui).await,
+            Err(e) => fail(ui, e),
+        }
     })
 }

@@ -65,6 +65,7 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::RunErrand(args) => deployments::run_errand(&cli.global, args, ui),
         Command::DeleteDeployment(args) => deployments::delete_deployment(&cli.global, args, ui),
         Command::OrphanedDisks => deployments::orphaned_disks(&cli.global, ui),
+        Command::DeleteDisk(args) => deployments::delete_disk(&cli.global, args, ui),
     }
 }
 
