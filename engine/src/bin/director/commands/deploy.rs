@@ -220,7 +220,12 @@ pub fn render_plan(plan: &Plan) -> String {
             format!(
                 "{}/{} ({})",
                 instance.group,
-                short_id(&instance.id),
+                // A new instance's id is made when the deploy runs.
+                if instance.action == Action::Create {
+                    "(new)".to_string()
+                } else {
+                    short_id(&instance.id)
+                },
                 instance.index
             ),
             instance.az.clone().unwrap_or_else(|| "-".to_string()),
