@@ -212,7 +212,7 @@ pub async fn migrate(
     new_cid: &str,
     new_hint: &Value,
 ) -> Result<()> {
-    let Some(_old) = read_record(layout).filter(|r| r.cid == old_cid && shows(layout, r)) else {
+    let Some(old) = read_record(layout).filter(|r| r.cid == old_cid && shows(layout, r)) else {
         return Err(Error::Disk(format!(
             "cannot migrate disk {old_cid}: it is not mounted at {}",
             layout.store().display()
@@ -238,7 +238,14 @@ pub async fn migrate(
     )
     .await?;
     unmount(layout, old_cid).await?;
-    mount(layout, strategy, new_cid, new_hint).await?;
+    if let Err(e) = mount(layout, strategy, new_cid, new_hint).await {
+        // Show the old disk again, so the instance is as it was.
+        let old_hint = Value::from(old.path.to_string_lossy().into_owned());
+        if let Err(again) = mount(layout, strategy, old_cid, &old_hint).await {
+            agent_log!("migrate_disk: mounting {old_cid} again failed too: {again}");
+        }
+        return Err(e);
+    }
     agent_log!("migrated disk {old_cid} to {new_cid}");
     Ok(())
 }

@@ -352,7 +352,7 @@ impl InstanceUpdate<'_> {
         vm: &CreatedVm,
     ) -> Result<(), String> {
         let state = self.services.state.instances();
-        self.orphan_inactive_disks(instance, vm).await?;
+        orphan_inactive_disks(self.services, instance, Some(vm)).await?;
         let cid = self.create_disk(instance, wanted, vm, false).await?;
         self.status("migrating disk");
         let (vm_cid, new_cid) = (vm.cid.clone(), cid.clone());
@@ -386,16 +386,6 @@ impl InstanceUpdate<'_> {
             .await
             .map_err(|e| e.to_string())?;
         unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &old.cid, false).await
-    }
-
-    /// Orphans what an interrupted migration left: disks recorded for the instance that it
-    /// never switched to (detached first, when still attached).
-    async fn orphan_inactive_disks(
-        &self,
-        instance: &Instance,
-        vm: &CreatedVm,
-    ) -> Result<(), String> {
-        orphan_inactive_disks(self.services, instance, Some(vm)).await
     }
 
     /// Updates one instance as planned.
