@@ -152,6 +152,38 @@ fn the_day_to_day_verbs_work_on_a_deployed_deployment() {
         by_group(&instances(&user), "smoke-test")[0]["vm_cid"],
         Value::Null
     );
+    // Logs: one tarball per instance with a VM, holding its jobs' logs.
+    let logs = tempfile::tempdir().unwrap();
+    let dir = logs.path().to_str().unwrap();
+    let out = user.run(&["-d", "hello", "logs", "hello-server/0", "--dir", dir]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let files: Vec<String> = std::fs::read_dir(logs.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    assert!(
+        files[0].starts_with("hello.hello-server.0-") && files[0].ends_with(".tgz"),
+        "{files:?}"
+    );
+    let listing = std::process::Command::new("tar")
+        .args(["tzf", &format!("{dir}/{}", files[0])])
+        .output()
+        .unwrap();
+    let listing = String::from_utf8_lossy(&listing.stdout);
+    assert!(
+        listing.contains("hello-server/hello-server.stdout.log"),
+        "{listing}"
+    );
+    let all = tempfile::tempdir().unwrap();
+    let out = user.run(&["-d", "hello", "logs", "--dir", all.path().to_str().unwrap()]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(
+        std::fs::read_dir(all.path()).unwrap().count(),
+        3,
+        "servers and client; the errand has no VM"
+    );
+
     let unknown = user.run(&["-d", "hello", "run-errand", "nope"]);
     assert_eq!(unknown.code, 1);
     assert!(

@@ -13,13 +13,13 @@ use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 
 use super::Director;
-use super::routes::{accepted, error};
+use super::routes::{error, new_task, submit};
 use crate::deploy::PlanOptions;
 use crate::director::deploy::{DeployRequest, manifest_name, run_deploy};
 use crate::director::prepare::{DEFAULT_CONFIG, prepare_deploy};
 use crate::director::update::UpdateOptions;
 use crate::manifest::Count;
-use crate::state::{Instance, NewTask};
+use crate::state::Instance;
 
 type Reply = Result<Response, (StatusCode, Json<Json_>)>;
 type Router = axum::Router<Director>;
@@ -39,6 +39,7 @@ pub(super) fn routes() -> Router {
         )
         .route("/deployments/{name}/instances", get(instances))
         .route("/deployments/{name}/state", post(change_state))
+        .route("/deployments/{name}/logs", post(fetch_logs))
         .route(
             "/deployments/{name}/errands/{errand}/runs",
             post(run_errand),
@@ -202,20 +203,12 @@ async fn deploy(
     };
     let services = director.services.clone();
     let staging = director.staging_dir.clone();
-    let task = director
-        .runner
-        .submit(
-            NewTask {
-                description: "create deployment".to_string(),
-                deployment: Some(name),
-                user: "admin".to_string(),
-                context: json!({}),
-            },
-            move |context| run_deploy(services, context, request, staging),
-        )
-        .await
-        .map_err(internal)?;
-    Ok(accepted(&task))
+    submit(
+        &director,
+        new_task("create deployment", Some(name), json!({})),
+        move |context| run_deploy(services, context, request, staging),
+    )
+    .await
 }
 
 /// `GET /deployments`.
@@ -388,31 +381,23 @@ async fn change_state(
         _ => "recreate instances",
     };
     let deployment = name.clone();
-    let task = director
-        .runner
-        .submit(
-            NewTask {
-                description: description.to_string(),
-                deployment: Some(name),
-                user: "admin".to_string(),
-                context: json!({"target": change.target}),
-            },
-            move |context| async move {
-                crate::director::verbs::change_state(
-                    &services,
-                    &context,
-                    &deployment,
-                    &change.state,
-                    change.target.as_deref(),
-                    change.skip_drain,
-                    &staging,
-                )
-                .await
-            },
-        )
-        .await
-        .map_err(internal)?;
-    Ok(accepted(&task))
+    submit(
+        &director,
+        new_task(description, Some(name), json!({"target": change.target})),
+        move |context| async move {
+            crate::director::verbs::change_state(
+                &services,
+                &context,
+                &deployment,
+                &change.state,
+                change.target.as_deref(),
+                change.skip_drain,
+                &staging,
+            )
+            .await
+        },
+    )
+    .await
 }
 
 /// `POST /deployments/{name}/errands/{errand}/runs` (a task).
@@ -424,29 +409,19 @@ async fn run_errand(
     let services = director.services.clone();
     let staging = director.staging_dir.clone();
     let deployment = name.clone();
-    let task = director
-        .runner
-        .submit(
-            NewTask {
-                description: format!("run errand {errand}"),
-                deployment: Some(name),
-                user: "admin".to_string(),
-                context: json!({"errand": errand}),
-            },
-            move |context| async move {
-                crate::director::verbs::run_errand(
-                    &services,
-                    &context,
-                    &deployment,
-                    &errand,
-                    &staging,
-                )
+    submit(
+        &director,
+        new_task(
+            &format!("run errand {errand}"),
+            Some(name),
+            json!({"errand": errand}),
+        ),
+        move |context| async move {
+            crate::director::verbs::run_errand(&services, &context, &deployment, &errand, &staging)
                 .await
-            },
-        )
-        .await
-        .map_err(internal)?;
-    Ok(accepted(&task))
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -464,28 +439,19 @@ async fn delete_deployment(
     find(&director, &name).await?;
     let services = director.services.clone();
     let deployment = name.clone();
-    let task = director
-        .runner
-        .submit(
-            NewTask {
-                description: "delete deployment".to_string(),
-                deployment: Some(name),
-                user: "admin".to_string(),
-                context: json!({"force": query.force}),
-            },
-            move |context| async move {
-                crate::director::verbs::delete_deployment(
-                    &services,
-                    &context,
-                    &deployment,
-                    query.force,
-                )
+    submit(
+        &director,
+        new_task(
+            "delete deployment",
+            Some(name),
+            json!({"force": query.force}),
+        ),
+        move |context| async move {
+            crate::director::verbs::delete_deployment(&services, &context, &deployment, query.force)
                 .await
-            },
-        )
-        .await
-        .map_err(internal)?;
-    Ok(accepted(&task))
+        },
+    )
+    .await
 }
 
 #[derive(Deserialize, Default)]
@@ -520,28 +486,48 @@ async fn events(
     Ok(Json(out).into_response())
 }
 
+#[derive(Deserialize, Default)]
+struct LogsRequest {
+    #[serde(default)]
+    target: Option<String>,
+}
+
+/// `POST /deployments/{name}/logs` (`{"target": "GROUP[/ID]"}`): a task whose result lists
+/// the log tarballs the agents uploaded.
+async fn fetch_logs(
+    AxumState(director): AxumState<Director>,
+    Path(name): Path<String>,
+    body: Option<Json<LogsRequest>>,
+) -> Reply {
+    find(&director, &name).await?;
+    let target = body.and_then(|b| b.0.target);
+    let services = director.services.clone();
+    let deployment = name.clone();
+    submit(
+        &director,
+        new_task("fetch logs", Some(name), json!({"target": target})),
+        move |context| async move {
+            crate::director::verbs::fetch_logs(&services, &context, &deployment, target.as_deref())
+                .await
+        },
+    )
+    .await
+}
+
 /// `DELETE /disks/{cid}`: deletes an orphaned disk (a task).
 async fn delete_disk(AxumState(director): AxumState<Director>, Path(cid): Path<String>) -> Reply {
     let services = director.services.clone();
-    let task = director
-        .runner
-        .submit(
-            NewTask {
-                description: format!("delete disk {cid}"),
-                deployment: None,
-                user: "admin".to_string(),
-                context: json!({"disk": cid}),
-            },
-            move |context| async move {
-                context
-                    .lock(&format!("disk:{cid}"), &format!("disk '{cid}'"))
-                    .await?;
-                crate::director::verbs::delete_orphaned_disk(&services, &cid).await
-            },
-        )
-        .await
-        .map_err(internal)?;
-    Ok(accepted(&task))
+    submit(
+        &director,
+        new_task(&format!("delete disk {cid}"), None, json!({"disk": cid})),
+        move |context| async move {
+            context
+                .lock(&format!("disk:{cid}"), &format!("disk '{cid}'"))
+                .await?;
+            crate::director::verbs::delete_orphaned_disk(&services, &cid).await
+        },
+    )
+    .await
 }
 
 /// `GET /disks?orphaned=true`.

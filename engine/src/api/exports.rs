@@ -9,7 +9,8 @@
 //! `GET /releases/exports/<blob id>` answers a signed, expiring path to that blob
 //! (`/blobs/<id>?exp=…&sig=…`, the route agents fetch packages from), so the CLI downloads
 //! the tarball without sending its token along. The tarball is a blob nothing refers to:
-//! `clean-up` (and a director restart) removes it.
+//! `clean-up` (and a director restart) removes it. `GET /blobs/<id>/link` answers the same
+//! for any blob (the log tarballs of `director logs`).
 
 use std::time::Duration;
 
@@ -42,6 +43,7 @@ pub(super) fn routes() -> Router {
     Router::new()
         .route("/releases/export", post(export))
         .route("/releases/exports/{id}", get(download_link))
+        .route("/blobs/{id}/link", get(download_link))
 }
 
 /// The body of `POST /releases/export`.
@@ -110,15 +112,16 @@ async fn export(AxumState(director): AxumState<Director>, body: Json<Json_>) -> 
     Ok(accepted(&task))
 }
 
-/// `GET /releases/exports/<blob id>`: `{"blob_id", "sha256", "size", "path"}` where `path`
-/// is the signed path to download the tarball from.
+/// `GET /releases/exports/<blob id>` and `GET /blobs/<blob id>/link`:
+/// `{"blob_id", "sha256", "size", "path"}` where `path` is the signed path to download the
+/// blob from.
 async fn download_link(AxumState(director): AxumState<Director>, Path(id): Path<String>) -> Reply {
     let id = BlobId::parse(&id).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     if !director.blobstore.exists(&id).await.map_err(internal)? {
         return Err(error(
             StatusCode::NOT_FOUND,
             format!(
-                "blob {id} is not in the blobstore (a clean-up may have removed the export): export the release again"
+                "blob {id} is not in the blobstore (a clean-up may have removed it): export the release or fetch the logs again"
             ),
         ));
     }

@@ -246,7 +246,17 @@ async fn receive(
     }
 }
 
-fn new_task(description: &str, deployment: Option<String>, context: Json_) -> NewTask {
+/// Queues `work` as a task and answers `202` with it.
+pub(super) async fn submit<F, Fut>(director: &Director, task: NewTask, work: F) -> Reply
+where
+    F: FnOnce(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, crate::tasks::TaskError>> + Send + 'static,
+{
+    let task = director.runner.submit(task, work).await.map_err(internal)?;
+    Ok(accepted(&task))
+}
+
+pub(super) fn new_task(description: &str, deployment: Option<String>, context: Json_) -> NewTask {
     NewTask {
         description: description.to_string(),
         deployment,

@@ -496,10 +496,7 @@ async fn post_deploy(
     let results = join_all(running.iter().enumerate().map(|(n, instance)| {
         let stage = &stage;
         async move {
-            let step = format!(
-                "{}/{} ({})",
-                instance.instance_group, instance.uuid, instance.index
-            );
+            let step = instance.label();
             let index = n as u32 + 1;
             stage.started(&step, index);
             let vm = instance.vm.as_ref().ok_or("no VM")?;

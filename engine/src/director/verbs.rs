@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
+use futures::future::join_all;
 use serde_json::{Value as Json, json};
 
 use super::Services;
@@ -16,7 +17,7 @@ use crate::deploy::InstanceSpec;
 use crate::manifest::{Documents, Lifecycle, WatchTime};
 use crate::state::{Deployment, Instance, NewEvent};
 use crate::tasks::{TaskContext, TaskError};
-use agent::protocol::ErrandResult;
+use agent::protocol::{ErrandResult, UploadedBlob};
 
 fn failed(message: impl Into<String>) -> TaskError {
     TaskError::Failed(message.into())
@@ -94,6 +95,18 @@ fn targeted(instance: &Instance, target: Option<&str>) -> bool {
     }
 }
 
+impl Deployed {
+    /// The deployment's instances that `keep` keeps.
+    async fn instances(
+        &self,
+        services: &Services,
+        keep: impl Fn(&Instance) -> bool,
+    ) -> Result<Vec<Instance>, TaskError> {
+        let all = services.state.instances().list(self.deployment.id).await?;
+        Ok(all.into_iter().filter(|i| keep(i)).collect())
+    }
+}
+
 async fn stemcell_cids(services: &Services) -> Result<StemcellCids, TaskError> {
     Ok(services
         .state
@@ -122,14 +135,11 @@ pub async fn change_state(
         )
         .await?;
     let deployed = deployed(services, name).await?;
-    let instances: Vec<Instance> = services
-        .state
-        .instances()
-        .list(deployed.deployment.id)
-        .await?
-        .into_iter()
-        .filter(|i| targeted(i, target) && !deployed.errands.contains(&i.instance_group))
-        .collect();
+    let instances: Vec<Instance> = deployed
+        .instances(services, |i| {
+            targeted(i, target) && !deployed.errands.contains(&i.instance_group)
+        })
+        .await?;
     if instances.is_empty() {
         return Err(failed(format!(
             "no instance of deployment '{name}' matches {:?} (expected GROUP or GROUP/ID or GROUP/INDEX)",
@@ -151,10 +161,7 @@ pub async fn change_state(
     let stage = context.log.stage(verb, vec![], instances.len() as u32);
     for (n, instance) in instances.iter().enumerate() {
         context.checkpoint()?;
-        let step = format!(
-            "{}/{} ({})",
-            instance.instance_group, instance.uuid, instance.index
-        );
+        let step = instance.label();
         let index = n as u32 + 1;
         stage.started(&step, index);
         let update = InstanceUpdate {
@@ -367,14 +374,9 @@ pub async fn run_errand(
             }
         )));
     }
-    let instances: Vec<Instance> = services
-        .state
-        .instances()
-        .list(deployed.deployment.id)
-        .await?
-        .into_iter()
-        .filter(|i| i.instance_group == errand)
-        .collect();
+    let instances: Vec<Instance> = deployed
+        .instances(services, |i| i.instance_group == errand)
+        .await?;
     let cids = stemcell_cids(services).await?;
     let stage = context.log.stage(
         "Running errand",
@@ -384,10 +386,7 @@ pub async fn run_errand(
     let mut runs = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
         context.checkpoint()?;
-        let step = format!(
-            "{}/{} ({})",
-            instance.instance_group, instance.uuid, instance.index
-        );
+        let step = instance.label();
         let index = n as u32 + 1;
         stage.started(&step, index);
         match errand_on(services, instance, &cids, &step).await {
@@ -505,10 +504,7 @@ pub async fn delete_deployment(
     let mut problems = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
         context.checkpoint()?;
-        let step = format!(
-            "{}/{} ({})",
-            instance.instance_group, instance.uuid, instance.index
-        );
+        let step = instance.label();
         let index = n as u32 + 1;
         stage.started(&step, index);
         match delete_instance(services, instance, force).await {
@@ -595,4 +591,88 @@ pub async fn delete_stemcell_image(services: &Services, label: &str, cid: &str) 
             "the CPI could not delete the image {cid} of stemcell {label} (delete it by hand): {e}"
         )),
     }
+}
+
+/// `logs`: every targeted instance that has a VM packs its `/var/vcap/sys/log` and `PUT`s it
+/// to a signed URL (the agent's `fetch_logs`); the task's result lists the blobs
+/// (`[{"instance", "blob_id", "size"}]`), which nothing refers to: `clean-up` removes them
+/// once downloaded.
+pub async fn fetch_logs(
+    services: &Services,
+    context: &TaskContext,
+    name: &str,
+    target: Option<&str>,
+) -> Result<String, TaskError> {
+    let deployed = deployed(services, name).await?;
+    let instances: Vec<Instance> = deployed
+        .instances(services, |i| targeted(i, target) && i.vm.is_some())
+        .await?;
+    if instances.is_empty() {
+        return Err(failed(format!(
+            "no instance of deployment '{name}' with a VM matches {:?} (expected GROUP, GROUP/ID or GROUP/INDEX; errands have no VM between runs)",
+            target.unwrap_or("")
+        )));
+    }
+    let stage = context
+        .log
+        .stage("Fetching logs", vec![], instances.len() as u32);
+    let fetched = join_all(instances.iter().enumerate().map(|(n, instance)| {
+        let stage = &stage;
+        async move {
+            let step = instance.label();
+            let index = n as u32 + 1;
+            stage.started(&step, index);
+            let agent_id = instance.vm.as_ref().map(|vm| vm.agent_id.as_str());
+            let result = match agent_id {
+                Some(agent_id) => services
+                    .bus
+                    .run_task(
+                        agent_id,
+                        "fetch_logs",
+                        vec![Json::from(services.upload_url())],
+                        std::time::Duration::from_millis(500),
+                        services.timeouts.agent_task,
+                    )
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|value| {
+                        serde_json::from_value::<UploadedBlob>(value)
+                            .map_err(|e| format!("the agent's answer is not a blob: {e}"))
+                    }),
+                None => Err("the instance has no VM".to_string()),
+            };
+            match &result {
+                Ok(_) => stage.finished(&step, index),
+                Err(e) => stage.failed(&step, index, e),
+            }
+            result
+                .map(|blob| {
+                    json!({
+                        "instance": step,
+                        "group": instance.instance_group,
+                        "id": instance.uuid,
+                        "index": instance.index,
+                        "blob_id": blob.blob_id,
+                        "size": blob.size,
+                    })
+                })
+                .map_err(|e| format!("{step}: {e}"))
+        }
+    }))
+    .await;
+    let mut blobs = Vec::new();
+    let mut errors = Vec::new();
+    for result in fetched {
+        match result {
+            Ok(blob) => blobs.push(blob),
+            Err(e) => errors.push(e),
+        }
+    }
+    if !errors.is_empty() {
+        return Err(failed(format!(
+            "fetching logs failed:\n{}",
+            errors.join("\n")
+        )));
+    }
+    Ok(Json::from(blobs).to_string())
 }

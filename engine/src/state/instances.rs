@@ -44,6 +44,13 @@ pub struct Instance {
     pub ips: Vec<(String, String, bool)>,
 }
 
+impl Instance {
+    /// `group/id (index)`, as task events name instances.
+    pub fn label(&self) -> String {
+        format!("{}/{} ({})", self.instance_group, self.uuid, self.index)
+    }
+}
+
 /// A VM of an instance.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Vm {

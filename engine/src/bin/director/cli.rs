@@ -129,6 +129,8 @@ pub enum Command {
     Recreate(TargetArgs),
     /// Run an errand (an instance group with lifecycle: errand) of a deployment (-d)
     RunErrand(ErrandArgs),
+    /// Download the job logs of instances (-d; all, a GROUP, or GROUP/ID)
+    Logs(LogsArgs),
     /// Delete a deployment (-d): its VMs and addresses; its disks are orphaned
     DeleteDeployment(DeleteDeploymentArgs),
     /// List persistent disks no instance uses any more
@@ -218,6 +220,16 @@ pub struct TargetArgs {
     /// Skip drain scripts
     #[arg(long = "skip-drain")]
     pub skip_drain: bool,
+}
+
+/// `director logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// GROUP or GROUP/ID (or GROUP/INDEX); every instance with a VM when left out
+    pub target: Option<String>,
+    /// Where to write DEPLOYMENT.GROUP.INDEX-YYYYMMDD-HHMMSS.tgz
+    #[arg(long = "dir", value_name = "DIR", default_value = ".")]
+    pub dir: PathBuf,
 }
 
 /// `director run-errand`.

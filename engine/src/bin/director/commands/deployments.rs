@@ -14,7 +14,7 @@ use serde_json::{Value as Json, json};
 use super::director::{connect, fail, follow, follow_to_end, percent_encode, runtime};
 use crate::cli::{
     ConfigArgs, DeleteDeploymentArgs, DeleteDiskArgs, ErrandArgs, EventsArgs, GlobalArgs,
-    InstancesArgs, TargetArgs, VmsArgs,
+    InstancesArgs, LogsArgs, TargetArgs, VmsArgs,
 };
 use crate::ui::{Ui, columns, utc};
 
@@ -553,24 +553,10 @@ pub fn run_errand(global: &GlobalArgs, args: ErrandArgs, ui: &mut Ui) -> u8 {
             percent_encode(&name),
             percent_encode(&args.name)
         );
-        let answer = match client.post(&path, &json!({})).await {
-            Ok(answer) => answer,
-            Err(e) => return fail(ui, e),
-        };
-        let ended = match follow_to_end(client, &answer["task"], ui, false).await {
-            Ok(ended) => ended,
+        let runs = match listing_task(client, ui, &path, &json!({})).await {
+            Ok((runs, _)) => runs,
             Err(code) => return code,
         };
-        let result = ended["result"].as_str().unwrap_or("");
-        if ended["state"] != "done" {
-            ui.say(&format!(
-                "Task {} {}: {result}",
-                answer["task"]["id"],
-                text(&ended["state"])
-            ));
-            return 1;
-        }
-        let runs: Vec<Json> = serde_json::from_str(result).unwrap_or_default();
         if ui.json {
             print_json(ui, &Json::from(runs.clone()));
         } else {
@@ -595,6 +581,29 @@ pub fn run_errand(global: &GlobalArgs, args: ErrandArgs, ui: &mut Ui) -> u8 {
             }
         }
     })
+}
+
+/// Posts `body` to `path`, follows the task it starts and answers the JSON list its result
+/// holds, with the ended task (`Err`: the exit code, the failure already said).
+async fn listing_task(
+    client: &Client,
+    ui: &mut Ui,
+    path: &str,
+    body: &Json,
+) -> Result<(Vec<Json>, Json), u8> {
+    let answer = client.post(path, body).await.map_err(|e| fail(ui, e))?;
+    let ended = follow_to_end(client, &answer["task"], ui, false).await?;
+    let result = ended["result"].as_str().unwrap_or("");
+    if ended["state"] != "done" {
+        ui.say(&format!(
+            "Task {} {}: {result}",
+            answer["task"]["id"],
+            text(&ended["state"])
+        ));
+        return Err(1);
+    }
+    let list = serde_json::from_str(result).unwrap_or_default();
+    Ok((list, ended))
 }
 
 /// Each run as BOSH prints it: Instance, Exit Code, Stdout, Stderr (multi-line values
@@ -701,5 +710,59 @@ pub fn delete_disk(global: &GlobalArgs, args: DeleteDiskArgs, ui: &mut Ui) -> u8
             Ok(answer) => follow(client, &answer["task"], ui).await,
             Err(e) => fail(ui, e),
         }
+    })
+}
+
+/// `director logs [GROUP[/ID]] [--dir DIR]`: the agents upload their `sys/log` as tarballs
+/// (a task), then each is downloaded, checked, to `DIR/DEPLOYMENT.GROUP.INDEX-TIME.tgz`.
+pub fn logs(global: &GlobalArgs, args: LogsArgs, ui: &mut Ui) -> u8 {
+    let name = match deployment_name(global, ui) {
+        Ok(name) => name,
+        Err(code) => return code,
+    };
+    if !args.dir.is_dir() {
+        return fail(ui, format!("{}: no such directory", args.dir.display()));
+    }
+    with_client(global, ui, async |client, ui| {
+        let path = format!("/deployments/{}/logs", percent_encode(&name));
+        let (blobs, ended) =
+            match listing_task(client, ui, &path, &json!({"target": args.target})).await {
+                Ok(listed) => listed,
+                Err(code) => return code,
+            };
+        let stamp: String = utc(ended["ended_at"].as_i64().unwrap_or_default())
+            .chars()
+            .filter(char::is_ascii_digit)
+            .collect();
+        let stamp = format!(
+            "{}-{}",
+            &stamp[..8.min(stamp.len())],
+            &stamp[8.min(stamp.len())..]
+        );
+        let mut written = Vec::new();
+        for blob in &blobs {
+            let file = args.dir.join(format!(
+                "{name}.{}.{}-{stamp}.tgz",
+                text(&blob["group"]),
+                blob["index"]
+            ));
+            let id = text(&blob["blob_id"]);
+            let digest = format!("sha256:{id}");
+            if let Err(e) =
+                super::export_release::download(client, global, &id, &digest, &file).await
+            {
+                return fail(ui, e);
+            }
+            ui.say(&format!(
+                "Logs of {} written to {}",
+                text(&blob["instance"]),
+                file.display()
+            ));
+            written.push(json!({"instance": blob["instance"], "file": file.display().to_string(), "size": blob["size"]}));
+        }
+        if ui.json {
+            print_json(ui, &Json::from(written));
+        }
+        0
     })
 }

@@ -1,7 +1,7 @@
 //! `director export-release NAME/VERSION OS/VERSION [--dir DIR]`: the director writes the
 //! release version with its compiled builds for that stemcell as a compiled release tarball
 //! (a task, `POST /releases/export`), then the CLI asks for a signed link to it
-//! (`GET /releases/exports/<blob id>`) and downloads it to
+//! (`GET /blobs/<blob id>/link`) and downloads it to
 //! `DIR/NAME-VERSION-OS-STEMCELL_VERSION.tgz`, checking its sha256 and writing it under a
 //! temporary name first, so a failed download leaves no partial file. Uploading that
 //! tarball to another director (`upload-release`) lets deploys there skip compilation.
@@ -72,7 +72,15 @@ pub fn run(global: &GlobalArgs, args: ExportReleaseArgs, ui: &mut Ui) -> u8 {
             Ok(exported) => exported,
             Err(e) => return fail(ui, e),
         };
-        if let Err(e) = download(&client, global, &exported, &destination).await {
+        if let Err(e) = download(
+            &client,
+            global,
+            &exported.blob_id,
+            &exported.sha256,
+            &destination,
+        )
+        .await
+        {
             return fail(ui, e);
         }
         ui.say(&format!(
@@ -129,15 +137,19 @@ fn http(global: &GlobalArgs) -> Result<reqwest::Client, String> {
     builder.build().map_err(|e| e.to_string())
 }
 
-/// Downloads the exported tarball through a signed link into `destination`, verified.
-async fn download(
+/// Downloads a blob through a signed link (`GET /blobs/<id>/link`) into `destination`,
+/// checked against `sha256` (`sha256:<hex>`) and written under a temporary name first, so a
+/// failed download leaves no partial file.
+pub(crate) async fn download(
     client: &Client,
     global: &GlobalArgs,
-    exported: &ExportedRelease,
+    blob_id: &str,
+    sha256: &str,
     destination: &Path,
 ) -> Result<(), String> {
+    let failed = |e: &dyn std::fmt::Display| format!("downloading {}: {e}", destination.display());
     let link: Json = client
-        .get(&format!("/releases/exports/{}", exported.blob_id))
+        .get(&format!("/blobs/{blob_id}/link"))
         .await
         .map_err(|e| e.to_string())?;
     let path = link["path"]
@@ -149,18 +161,14 @@ async fn download(
         .send()
         .await
         .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| format!("downloading the exported tarball: {e}"))?;
+        .map_err(|e| failed(&e))?;
     let folder = destination.parent().unwrap_or(Path::new("."));
     let mut file = tempfile::Builder::new()
-        .prefix(".export-")
+        .prefix(".download-")
         .tempfile_in(folder)
         .map_err(|e| format!("creating a file in {}: {e}", folder.display()))?;
     let mut hasher = Sha256::new();
-    while let Some(chunk) = response
-        .chunk()
-        .await
-        .map_err(|e| format!("downloading the exported tarball: {e}"))?
-    {
+    while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
         hasher.update(&chunk);
         file.write_all(&chunk)
             .map_err(|e| format!("writing {}: {e}", destination.display()))?;
@@ -170,10 +178,10 @@ async fn download(
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    if format!("sha256:{actual}") != exported.sha256 {
+    if format!("sha256:{actual}") != sha256 {
         return Err(format!(
-            "the downloaded tarball has digest sha256:{actual}, but the director exported {}",
-            exported.sha256
+            "the downloaded {} has digest sha256:{actual}, but the director has {sha256}",
+            destination.display()
         ));
     }
     // A temporary file is private (0600); the tarball is an ordinary file.

@@ -63,6 +63,7 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::Restart(args) => deployments::change_state(&cli.global, "restart", args, ui),
         Command::Recreate(args) => deployments::change_state(&cli.global, "recreate", args, ui),
         Command::RunErrand(args) => deployments::run_errand(&cli.global, args, ui),
+        Command::Logs(args) => deployments::logs(&cli.global, args, ui),
         Command::DeleteDeployment(args) => deployments::delete_deployment(&cli.global, args, ui),
         Command::OrphanedDisks => deployments::orphaned_disks(&cli.global, ui),
         Command::DeleteDisk(args) => deployments::delete_disk(&cli.global, args, ui),
