@@ -602,7 +602,15 @@ async fn listing_task(
         ));
         return Err(1);
     }
-    let list = serde_json::from_str(result).unwrap_or_default();
+    let list = serde_json::from_str(result).map_err(|e| {
+        fail(
+            ui,
+            format!(
+                "task {}: its result is not the list expected ({e}): {result}",
+                answer["task"]["id"]
+            ),
+        )
+    })?;
     Ok((list, ended))
 }
 
