@@ -125,11 +125,7 @@ impl Client {
         if let Some(record) = DevRecord::load(&data_dir) {
             let mut client = Client::new(&record.url, Some(record.token.clone()), None)?;
             client.local = true;
-            if client
-                .info_with_timeout(Duration::from_secs(2))
-                .await
-                .is_ok()
-            {
+            if client.is_ours(Duration::from_secs(2)).await {
                 return Ok(client);
             }
         }
@@ -185,6 +181,20 @@ impl Client {
     async fn info_with_timeout(&self, timeout: Duration) -> Result<Info, ClientError> {
         self.json(self.request(reqwest::Method::GET, "/info").timeout(timeout))
             .await
+    }
+
+    /// Whether the director at the recorded address is the one the record names: it answers
+    /// and takes the record's token. After a dev director died, another one (another
+    /// user's, or a test's) may have taken its port; that one is not ours to use.
+    async fn is_ours(&self, timeout: Duration) -> bool {
+        self.info_with_timeout(timeout).await.is_ok()
+            && self
+                .json::<Json>(
+                    self.request(reqwest::Method::GET, "/tasks")
+                        .timeout(timeout),
+                )
+                .await
+                .is_ok()
     }
 
     /// `GET /info`.

@@ -87,6 +87,18 @@ impl Default for User {
     }
 }
 
+/// Starts `director serve --config CONFIG`, its output going to `log`.
+pub fn serve(config: &Path, log: &Path) -> std::process::Child {
+    let log = std::fs::File::create(log).unwrap();
+    Command::new(director_bin())
+        .args(["serve", "--config"])
+        .arg(config)
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap()
+}
+
 impl User {
     /// A user with a dev director started on demand.
     pub fn new() -> User {
@@ -117,14 +129,7 @@ impl User {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(user.home.path().join("director.log")).unwrap();
-        let mut child = Command::new(director_bin())
-            .args(["serve", "--config"])
-            .arg(&config)
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap();
+        let mut child = serve(&config, &user.home.path().join("director.log"));
         let url = format!("http://127.0.0.1:{port}");
         let token_path = user.data_dir().join("token");
         let started = std::time::Instant::now();

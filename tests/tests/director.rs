@@ -604,3 +604,58 @@ fn a_director_keeps_its_blobs_in_s3_when_configured() {
     assert_eq!(delete.code, 0, "{}", delete.stderr);
     assert_eq!(remaining, 0, "deleting the release empties the bucket");
 }
+
+#[test]
+fn a_dead_dev_directors_port_taken_by_another_director_is_not_used() {
+    let user = User::new();
+    assert_eq!(user.run(&["status"]).code, 0);
+    let record = std::fs::read_to_string(user.data_dir().join("dev.yml")).unwrap();
+    let url = record
+        .lines()
+        .find_map(|l| l.strip_prefix("url: "))
+        .unwrap()
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"')
+        .to_string();
+    let port = url.rsplit(':').next().unwrap().to_string();
+    let pid = user.dev_pid().unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Another director (someone else's: another data dir, another token) takes the port.
+    let other = tempfile::tempdir().unwrap();
+    let config = other.path().join("director.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\ndata_dir: {}\n",
+            other.path().join("data").display()
+        ),
+    )
+    .unwrap();
+    let mut foreign = tests::serve(&config, &other.path().join("director.log"));
+    wait_for(
+        || {
+            std::fs::read_to_string(other.path().join("director.log"))
+                .is_ok_and(|l| l.contains("listening on"))
+        },
+        "the other director to listen on the dead one's port",
+    );
+
+    // The user's next command sees that the director there does not take its token and
+    // starts its own again, elsewhere.
+    let out = user.run(&["tasks"]);
+    let _ = foreign.kill();
+    let _ = foreign.wait();
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(
+        out.stderr.contains("Started a dev director at")
+            && !out.stderr.contains(&format!("at {url} ")),
+        "{}",
+        out.stderr
+    );
+}
