@@ -15,7 +15,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use crate::archive::Limits;
-use crate::blobstore::{BlobId, Blobstore};
+use crate::blobstore::{BlobId, Blobstore, StoredBlob};
 use crate::deploy::{ReleaseFacts, ReleasePackage};
 use crate::release::manifest::CompiledPackageRecord;
 use crate::release::{self, ReleaseArchive};
@@ -58,14 +58,12 @@ async fn store(
         .put_file(path, Some(&expected))
         .await
         .map_err(|e| failed(format!("{what}: {e}")))?;
-    upload
-        .state
-        .blobs()
-        .insert(&NewBlob {
-            id: stored.id.as_str().to_string(),
-            size: stored.size,
-        })
-        .await?;
+    record(upload, &stored).await
+}
+
+/// Records a blob the blobstore just stored; answers it as a release/stemcell archive.
+async fn record(upload: &UploadContext, stored: &StoredBlob) -> Result<Archive, TaskError> {
+    upload.state.blobs().insert(&NewBlob::from(stored)).await?;
     Ok(Archive {
         blob_id: stored.id.as_str().to_string(),
         digest: stored.id.digest_string(),
@@ -531,18 +529,7 @@ pub async fn import_stemcell(
             .adopt_file(&archive.image(), &image_digest)
             .await
             .map_err(|e| failed(format!("stemcell {label}: {e}")))?;
-        upload
-            .state
-            .blobs()
-            .insert(&NewBlob {
-                id: stored.id.as_str().to_string(),
-                size: stored.size,
-            })
-            .await?;
-        Some(Archive {
-            blob_id: stored.id.as_str().to_string(),
-            digest: stored.id.digest_string(),
-        })
+        Some(record(upload, &stored).await?)
     };
     stage.finished(&label, 1);
     if fix
@@ -794,14 +781,7 @@ pub async fn export_release(
         .put_file(&tarball, None)
         .await
         .map_err(|e| failed(format!("storing the exported tarball: {e}")))?;
-    upload
-        .state
-        .blobs()
-        .insert(&NewBlob {
-            id: stored.id.as_str().to_string(),
-            size: stored.size,
-        })
-        .await?;
+    upload.state.blobs().insert(&NewBlob::from(&stored)).await?;
     stage.finished(&step, index);
     let exported = ExportedRelease {
         request: request.clone(),

@@ -824,10 +824,7 @@ async fn put_blob(
     director
         .state
         .blobs()
-        .insert(&crate::state::NewBlob {
-            id: stored.id.as_str().to_string(),
-            size: stored.size,
-        })
+        .insert(&crate::state::NewBlob::from(&stored))
         .await
         .map_err(internal)?;
     Ok(Json(agent::protocol::UploadedBlob {

@@ -146,10 +146,7 @@ pub async fn apply_spec(
         services
             .state
             .blobs()
-            .insert(&NewBlob {
-                id: stored.id.as_str().to_string(),
-                size: stored.size,
-            })
+            .insert(&NewBlob::from(&stored))
             .await
             .map_err(|e| e.to_string())?;
         rendered_blobs.push((job.name.clone(), stored.id.as_str().to_string()));

@@ -18,6 +18,16 @@ pub struct NewBlob {
     pub size: u64,
 }
 
+impl From<&crate::blobstore::StoredBlob> for NewBlob {
+    /// The record of a blob the blobstore just stored.
+    fn from(stored: &crate::blobstore::StoredBlob) -> NewBlob {
+        NewBlob {
+            id: stored.id.as_str().to_string(),
+            size: stored.size,
+        }
+    }
+}
+
 /// A recorded blob.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Blob {
