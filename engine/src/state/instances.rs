@@ -205,19 +205,13 @@ impl Instances<'_> {
         update_completed: bool,
     ) -> Result<(), StateError> {
         let text = observed.to_string();
-        on_pool!(
-            self.state,
-            format!("recording the state of {}", instance_object(id)),
-            |pool| {
-                let mut conn = pool.acquire().await?;
-                conn.run(
-                    "UPDATE instances SET spec = $1, update_completed = $2 WHERE id = $3",
-                    params![text.as_str(), update_completed, id.0],
-                )
-                .await?;
-                Ok(())
-            }
-        )
+        self.state
+            .execute(
+                || format!("recording the state of {}", instance_object(id)),
+                "UPDATE instances SET spec = $1, update_completed = $2 WHERE id = $3",
+                params![text.as_str(), update_completed, id.0],
+            )
+            .await
     }
 
     /// Marks an instance's update as started (`false`) or finished (`true`).
@@ -226,19 +220,13 @@ impl Instances<'_> {
         id: InstanceId,
         completed: bool,
     ) -> Result<(), StateError> {
-        on_pool!(
-            self.state,
-            format!("marking {}", instance_object(id)),
-            |pool| {
-                let mut conn = pool.acquire().await?;
-                conn.run(
-                    "UPDATE instances SET update_completed = $1 WHERE id = $2",
-                    params![completed, id.0],
-                )
-                .await?;
-                Ok(())
-            }
-        )
+        self.state
+            .execute(
+                || format!("marking {}", instance_object(id)),
+                "UPDATE instances SET update_completed = $1 WHERE id = $2",
+                params![completed, id.0],
+            )
+            .await
     }
 
     /// Sets the desired state (`started`, `stopped`, `detached`) and bootstrap flag.
@@ -248,19 +236,13 @@ impl Instances<'_> {
         state: &str,
         bootstrap: bool,
     ) -> Result<(), StateError> {
-        on_pool!(
-            self.state,
-            format!("setting the state of {}", instance_object(id)),
-            |pool| {
-                let mut conn = pool.acquire().await?;
-                conn.run(
-                    "UPDATE instances SET state = $1, bootstrap = $2 WHERE id = $3",
-                    params![state, bootstrap, id.0],
-                )
-                .await?;
-                Ok(())
-            }
-        )
+        self.state
+            .execute(
+                || format!("setting the state of {}", instance_object(id)),
+                "UPDATE instances SET state = $1, bootstrap = $2 WHERE id = $3",
+                params![state, bootstrap, id.0],
+            )
+            .await
     }
 
     /// Records the VM of an instance (replacing a previous record).
@@ -289,16 +271,13 @@ impl Instances<'_> {
 
     /// Forgets an instance's VM (after the CPI deleted it).
     pub async fn clear_vm(&self, id: InstanceId) -> Result<(), StateError> {
-        on_pool!(
-            self.state,
-            format!("forgetting the VM of {}", instance_object(id)),
-            |pool| {
-                let mut conn = pool.acquire().await?;
-                conn.run("DELETE FROM vms WHERE instance_id = $1", params![id.0])
-                    .await?;
-                Ok(())
-            }
-        )
+        self.state
+            .execute(
+                || format!("forgetting the VM of {}", instance_object(id)),
+                "DELETE FROM vms WHERE instance_id = $1",
+                params![id.0],
+            )
+            .await
     }
 
     /// Records a new persistent disk of an instance: `active`, the one it uses; otherwise
@@ -383,15 +362,9 @@ impl Instances<'_> {
     /// Orphans a disk: it stays (with its data) until deleted, attached to nothing.
     pub async fn orphan_disk(&self, cid: &str) -> Result<(), StateError> {
         let time = now();
-        on_pool!(self.state, format!("orphaning disk {cid}"), |pool| {
-            let mut conn = pool.acquire().await?;
-            conn.run(
-                "UPDATE persistent_disks SET instance_id = NULL, active = FALSE, orphaned_at = $1 WHERE cid = $2",
-                params![time, cid],
-            )
-            .await?;
-            Ok(())
-        })
+        self.state
+            .execute(|| format!("orphaning disk {cid}"), "UPDATE persistent_disks SET instance_id = NULL, active = FALSE, orphaned_at = $1 WHERE cid = $2", params![time, cid])
+            .await
     }
 
     /// Orphaned disks, newest first.
@@ -414,12 +387,13 @@ impl Instances<'_> {
 
     /// Forgets a disk (after the CPI deleted it).
     pub async fn delete_disk(&self, cid: &str) -> Result<(), StateError> {
-        on_pool!(self.state, format!("forgetting disk {cid}"), |pool| {
-            let mut conn = pool.acquire().await?;
-            conn.run("DELETE FROM persistent_disks WHERE cid = $1", params![cid])
-                .await?;
-            Ok(())
-        })
+        self.state
+            .execute(
+                || format!("forgetting disk {cid}"),
+                "DELETE FROM persistent_disks WHERE cid = $1",
+                params![cid],
+            )
+            .await
     }
 
     /// Every address reserved on `network`, by any deployment.
@@ -703,19 +677,9 @@ impl Instances<'_> {
 
     /// Releases an address [`Instances::reserve_address`] reserved.
     pub async fn release_address(&self, network: &str, address: &str) -> Result<(), StateError> {
-        on_pool!(
-            self.state,
-            format!("releasing address {address} on network '{network}'"),
-            |pool| {
-                let mut conn = pool.acquire().await?;
-                conn.run(
-                "DELETE FROM ip_reservations WHERE network = $1 AND address = $2 AND instance_id IS NULL",
-                params![network, address],
-            )
-            .await?;
-                Ok(())
-            }
-        )
+        self.state
+            .execute(|| format!("releasing address {address} on network '{network}'"), "DELETE FROM ip_reservations WHERE network = $1 AND address = $2 AND instance_id IS NULL", params![network, address])
+            .await
     }
 
     /// Releases the addresses a deployment reserved for no instance (compilation VMs of a

@@ -122,6 +122,20 @@ impl fmt::Display for Backend {
 }
 
 impl State {
+    /// Runs one statement on a pooled connection; `action` names it in errors.
+    async fn execute(
+        &self,
+        action: impl FnOnce() -> String,
+        sql: &str,
+        params: &[sql::Param<'_>],
+    ) -> Result<(), StateError> {
+        on_pool!(self, action(), |pool| {
+            let mut conn = pool.acquire().await?;
+            conn.run(sql, params).await?;
+            Ok(())
+        })
+    }
+
     /// Opens (creating a SQLite file if missing) the database at `url` and applies the
     /// pending migrations.
     ///

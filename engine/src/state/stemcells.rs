@@ -164,19 +164,13 @@ impl Stemcells<'_> {
 
     /// Records the CPI's id for the stemcell's image (after `create_stemcell`).
     pub async fn set_cid(&self, id: StemcellId, cid: &str) -> Result<(), StateError> {
-        on_pool!(
-            self.state,
-            format!("recording the CPI id of stemcell {}", id.0),
-            |pool| {
-                let mut conn = pool.acquire().await?;
-                conn.run(
-                    "UPDATE stemcells SET cid = $1 WHERE id = $2",
-                    params![cid, id.0],
-                )
-                .await?;
-                Ok(())
-            }
-        )
+        self.state
+            .execute(
+                || format!("recording the CPI id of stemcell {}", id.0),
+                "UPDATE stemcells SET cid = $1 WHERE id = $2",
+                params![cid, id.0],
+            )
+            .await
     }
 
     /// Deletes the stemcell `name/version`; refuses with [`StateError::InUse`] while a
