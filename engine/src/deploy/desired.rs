@@ -194,13 +194,10 @@ fn text_at(node: &Node, key: &str) -> Option<String> {
     node.get(key).and_then(Node::scalar_text)
 }
 
+/// A link entry that is absent or `nil` blocks the link.
 fn consume_spec(node: Option<&Node>) -> ConsumeSpec {
-    match node {
+    match node.filter(|n| !n.is_null()) {
         None => ConsumeSpec {
-            blocked: true,
-            ..ConsumeSpec::default()
-        },
-        Some(node) if node.is_null() => ConsumeSpec {
             blocked: true,
             ..ConsumeSpec::default()
         },
@@ -214,12 +211,8 @@ fn consume_spec(node: Option<&Node>) -> ConsumeSpec {
 }
 
 fn provide_spec(node: Option<&Node>) -> ProvideSpec {
-    match node {
+    match node.filter(|n| !n.is_null()) {
         None => ProvideSpec {
-            blocked: true,
-            ..ProvideSpec::default()
-        },
-        Some(node) if node.is_null() => ProvideSpec {
             blocked: true,
             ..ProvideSpec::default()
         },
