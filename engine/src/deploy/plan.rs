@@ -45,25 +45,9 @@ pub struct StemcellSpec {
     pub version: String,
 }
 
-/// A network of an instance, as compared between deploys.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-pub struct NetworkState {
-    /// Type.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// IP (empty on a dynamic network).
-    pub ip: String,
-    /// Netmask.
-    pub netmask: String,
-    /// Gateway.
-    pub gateway: String,
-    /// DNS servers.
-    pub dns: Vec<String>,
-    /// Defaults it provides.
-    pub default: Vec<String>,
-    /// Cloud properties.
-    pub cloud_properties: Json,
-}
+/// A network of an instance, as compared between deploys: exactly what the agent's apply
+/// spec carries, so the director sends what it compared.
+pub type NetworkState = agent::protocol::NetworkSpec;
 
 /// A job of an instance.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -10,23 +10,21 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::AtomicU32;
 
 use futures::future::join_all;
-use futures::stream::{self, StreamExt};
 use serde_json::json;
 
-use super::Services;
 use super::compile::{Builds, compile};
 use super::prepare::{PreparedDeploy, prepare_deploy};
 use super::update::{
     InstanceUpdate, StemcellCids, UpdateOptions, create_missing_vm, delete_instance,
 };
+use super::{Services, run_steps};
 use crate::blobstore::BlobId;
 use crate::deploy::{Action, GroupPlan, InstancePlan, PlanOptions};
-use crate::manifest::WatchTime;
 use crate::state::{Deployment, Instance, NewEvent, NewInstance, StateError, Stemcell};
-use crate::tasks::{Stage, TaskContext, TaskError};
+use crate::tasks::{TaskContext, TaskError};
 
 /// What `POST /deployments` asks for.
 #[derive(Clone, Debug, Default)]
@@ -39,7 +37,7 @@ pub struct DeployRequest {
     pub update: UpdateOptions,
 }
 
-/// How many VMs are created at once outside of batches (BOSH's `max_threads` is 32).
+/// How many VMs are created or deleted at once outside of updates (BOSH's `max_threads` is 32).
 const PARALLEL_VMS: usize = 8;
 
 fn failed(message: impl Into<String>) -> TaskError {
@@ -187,31 +185,19 @@ async fn delete_unneeded(
     let stage = context
         .log
         .stage("Deleting unneeded instances", vec![], doomed.len() as u32);
-    for (chunk_number, chunk) in doomed.chunks(PARALLEL_VMS).enumerate() {
-        context.checkpoint()?;
-        let results = join_all(chunk.iter().enumerate().map(|(offset, plan)| {
-            let stage = &stage;
-            async move {
-                let index = (chunk_number * PARALLEL_VMS + offset + 1) as u32;
-                let step = plan.label();
-                stage.started(&step, index);
-                let result = match prepared.instances.get(&plan.id) {
+    let steps = doomed
+        .iter()
+        .map(|plan| {
+            let work = move |_| async move {
+                match prepared.instances.get(&plan.id) {
                     Some(instance) => delete_instance(services, instance, skip_drain).await,
                     None => Ok(()),
-                };
-                match &result {
-                    Ok(()) => stage.finished(&step, index),
-                    Err(e) => stage.failed(&step, index, e),
                 }
-                result.map_err(|e| format!("{step}: {e}"))
-            }
-        }))
-        .await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            return Err(failed(e));
-        }
-    }
-    Ok(())
+            };
+            (plan.label(), work)
+        })
+        .collect();
+    run_steps(context, &stage, steps, PARALLEL_VMS, &AtomicU32::new(0)).await
 }
 
 async fn create_missing_vms(
@@ -235,15 +221,13 @@ async fn create_missing_vms(
     let stage = context
         .log
         .stage("Creating missing vms", vec![], missing.len() as u32);
-    for (chunk_number, chunk) in missing.chunks(PARALLEL_VMS).enumerate() {
-        context.checkpoint()?;
-        let results = join_all(chunk.iter().enumerate().map(|(offset, plan)| {
-            let stage = &stage;
-            async move {
-                let index = (chunk_number * PARALLEL_VMS + offset + 1) as u32;
-                let step = plan.label();
-                stage.started(&step, index);
-                let result = match (
+    let steps = missing
+        .iter()
+        .map(|plan| {
+            let step = plan.label();
+            let label = step.clone();
+            let work = move |_| async move {
+                match (
                     prepared.prepared.planned.work.get(&plan.id),
                     instances.get(&plan.id),
                 ) {
@@ -252,20 +236,12 @@ async fn create_missing_vms(
                             .await
                     }
                     _ => Err("the instance was not recorded".to_string()),
-                };
-                match &result {
-                    Ok(()) => stage.finished(&step, index),
-                    Err(e) => stage.failed(&step, index, e),
                 }
-                result
-            }
-        }))
-        .await;
-        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            return Err(failed(e));
-        }
-    }
-    Ok(())
+            };
+            (label, work)
+        })
+        .collect();
+    run_steps(context, &stage, steps, PARALLEL_VMS, &AtomicU32::new(0)).await
 }
 
 struct Updater<'a> {
@@ -278,9 +254,9 @@ struct Updater<'a> {
 }
 
 impl Updater<'_> {
-    /// Updates one group phase by phase, each through a pool of its `max_in_flight`. The
-    /// first failure starts nothing new: instances already updating finish, then the group
-    /// fails with every error seen.
+    /// Updates one group phase by phase, each through a pool of its `max_in_flight`
+    /// ([`run_steps`]): the first failure starts nothing new; instances already updating
+    /// finish, then the group fails with every error seen.
     async fn group(&self, group: &GroupPlan) -> Result<(), TaskError> {
         if group.phases.is_empty() || group.errand {
             return Ok(());
@@ -309,7 +285,6 @@ impl Updater<'_> {
             .map(|i| (i.uuid.clone(), i))
             .collect();
         let started = AtomicU32::new(0);
-        let stop = AtomicBool::new(false);
         for phase in &group.phases {
             self.context.checkpoint()?;
             let watch = if phase.canary {
@@ -317,89 +292,48 @@ impl Updater<'_> {
             } else {
                 desired.rollout.update_watch
             };
-            // Futures are made up front (nothing runs until the pool polls one).
-            let updates: Vec<_> = phase
-                .instances
-                .iter()
-                .map(|uuid| {
-                    let (stage, instances, started, stop) = (&stage, &instances, &started, &stop);
-                    async move {
-                        // A slot freed after a failure (or a cancel) starts nothing new.
-                        if stop.load(Ordering::SeqCst) || self.context.checkpoint().is_err() {
-                            return Ok(());
-                        }
-                        let result = self
-                            .instance(group, phase.canary, uuid, instances, stage, started, watch)
-                            .await;
-                        if result.is_err() {
-                            stop.store(true, Ordering::SeqCst);
-                        }
-                        result
-                    }
-                })
-                .collect();
-            let results: Vec<Result<(), String>> = stream::iter(updates)
-                .buffer_unordered(phase.max_in_flight.max(1))
-                .collect()
-                .await;
-            let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-            if !errors.is_empty() {
-                return Err(failed(errors.join("\n")));
+            let mut steps = Vec::new();
+            for uuid in &phase.instances {
+                let plan = group
+                    .instances
+                    .iter()
+                    .find(|i| &i.id == uuid)
+                    .ok_or_else(|| failed(format!("instance {uuid} is not planned")))?;
+                let step = if phase.canary {
+                    format!("{} (canary)", plan.label())
+                } else {
+                    plan.label()
+                };
+                let (stage, instances) = (&stage, &instances);
+                let label = step.clone();
+                let work = move |index| async move {
+                    let work = self
+                        .prepared
+                        .prepared
+                        .planned
+                        .work
+                        .get(&plan.id)
+                        .ok_or("no work")?;
+                    let instance = instances
+                        .get(&plan.id)
+                        .ok_or("the instance was not recorded")?;
+                    let update = InstanceUpdate {
+                        services: self.services,
+                        deployment: &self.prepared.name,
+                        builds: self.builds,
+                        options: self.options,
+                        stage,
+                        index,
+                        step,
+                        stemcell_cids: self.cids,
+                    };
+                    update.run(plan, work, instance, watch).await
+                };
+                steps.push((label, work));
             }
-            // A cancel skips what had not started; say so rather than finish quietly.
-            self.context.checkpoint()?;
+            run_steps(self.context, &stage, steps, phase.max_in_flight, &started).await?;
         }
         Ok(())
-    }
-
-    /// Updates one instance of a group, as step `started + 1` of the group's stage.
-    #[allow(clippy::too_many_arguments)]
-    async fn instance(
-        &self,
-        group: &GroupPlan,
-        canary: bool,
-        uuid: &str,
-        instances: &BTreeMap<String, Instance>,
-        stage: &Stage,
-        started: &AtomicU32,
-        watch: WatchTime,
-    ) -> Result<(), String> {
-        let plan = group
-            .instances
-            .iter()
-            .find(|i| i.id == uuid)
-            .ok_or("not planned")?;
-        let work = self
-            .prepared
-            .prepared
-            .planned
-            .work
-            .get(uuid)
-            .ok_or("no work")?;
-        let instance = instances.get(uuid).ok_or("the instance was not recorded")?;
-        let step = if canary {
-            format!("{} (canary)", plan.label())
-        } else {
-            plan.label()
-        };
-        let index = started.fetch_add(1, Ordering::SeqCst) + 1;
-        stage.started(&step, index);
-        let update = InstanceUpdate {
-            services: self.services,
-            deployment: &self.prepared.name,
-            builds: self.builds,
-            options: self.options,
-            stage,
-            index,
-            step: step.clone(),
-            stemcell_cids: self.cids,
-        };
-        let result = update.run(plan, work, instance, watch).await;
-        match &result {
-            Ok(()) => stage.finished(&step, index),
-            Err(e) => stage.failed(&step, index, e),
-        }
-        result.map_err(|e| format!("{step}: {e}"))
     }
 
     /// Groups in order; consecutive groups with `serial: false` update together.
@@ -493,37 +427,29 @@ async fn post_deploy(
     let stage = context
         .log
         .stage("Running post-deploy", vec![], running.len() as u32);
-    let results = join_all(running.iter().enumerate().map(|(n, instance)| {
-        let stage = &stage;
-        async move {
-            let step = instance.label();
-            let index = n as u32 + 1;
-            stage.started(&step, index);
-            let vm = instance.vm.as_ref().ok_or("no VM")?;
-            let result = services
-                .bus
-                .run_task(
-                    &vm.agent_id,
-                    "run_script",
-                    vec![json!("post-deploy"), json!({})],
-                    std::time::Duration::from_millis(500),
-                    services.timeouts.agent_task,
-                )
-                .await
-                .map(|_| ())
-                .map_err(|e| format!("{step}: post-deploy failed: {e}"));
-            match &result {
-                Ok(()) => stage.finished(&step, index),
-                Err(e) => stage.failed(&step, index, e),
-            }
-            result
-        }
-    }))
-    .await;
-    match results.into_iter().find_map(Result::err) {
-        Some(e) => Err(failed(e)),
-        None => Ok(()),
-    }
+    // All at once, as BOSH runs post-deploy.
+    let steps = running
+        .iter()
+        .map(|instance| {
+            let work = move |_| async move {
+                let vm = instance.vm.as_ref().ok_or("no VM")?;
+                services
+                    .bus
+                    .run_task(
+                        &vm.agent_id,
+                        "run_script",
+                        vec![json!("post-deploy"), json!({})],
+                        std::time::Duration::from_millis(500),
+                        services.timeouts.agent_task,
+                    )
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| format!("post-deploy failed: {e}"))
+            };
+            (instance.label(), work)
+        })
+        .collect();
+    run_steps(context, &stage, steps, running.len(), &AtomicU32::new(0)).await
 }
 
 /// Counts of what a deploy did, for the task's result.

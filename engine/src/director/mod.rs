@@ -120,3 +120,57 @@ impl Services {
             })
     }
 }
+
+/// Runs `steps` (a label and its work, given its step index, each) as steps of `stage`, at most `parallel` at a
+/// time: as one ends the next starts (BOSH's thread pools). After a failure, or once the
+/// task is cancelled, no new step starts; the ones running finish. Step indexes come from
+/// `started`, so several calls can share one stage. Answers every failure, `label: error`,
+/// one a line.
+pub async fn run_steps<W, F>(
+    context: &crate::tasks::TaskContext,
+    stage: &crate::tasks::Stage,
+    steps: Vec<(String, W)>,
+    parallel: usize,
+    started: &std::sync::atomic::AtomicU32,
+) -> Result<(), crate::tasks::TaskError>
+where
+    W: FnOnce(u32) -> F,
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    use futures::stream::{self, StreamExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let stop = AtomicBool::new(false);
+    let guarded: Vec<_> = steps
+        .into_iter()
+        .map(|(label, work)| {
+            let stop = &stop;
+            async move {
+                if stop.load(Ordering::SeqCst) || context.checkpoint().is_err() {
+                    return Ok(());
+                }
+                let index = started.fetch_add(1, Ordering::SeqCst) + 1;
+                stage.started(&label, index);
+                let result = work(index).await;
+                match &result {
+                    Ok(()) => stage.finished(&label, index),
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        stage.failed(&label, index, e);
+                    }
+                }
+                result.map_err(|e| format!("{label}: {e}"))
+            }
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = stream::iter(guarded)
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    if !errors.is_empty() {
+        return Err(crate::tasks::TaskError::Failed(errors.join("\n")));
+    }
+    // A cancel skips what had not started; say so rather than finish quietly.
+    context.checkpoint()
+}

@@ -22,7 +22,7 @@ use crate::deploy::{Action, InstancePlan, InstanceWork};
 use crate::manifest::WatchTime;
 use crate::state::{Disk, Instance, InstanceId, NewBlob, Vm};
 use crate::tasks::Stage;
-use agent::protocol::{AgentState, ApplySpec, JobSpec, NetworkSpec, PackageSpec};
+use agent::protocol::{AgentState, ApplySpec, JobSpec, PackageSpec};
 
 /// How a deploy touches instances.
 #[derive(Clone, Debug, Default)]
@@ -59,30 +59,9 @@ pub type StemcellCids = BTreeMap<(String, String), String>;
 const QUICK: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(500);
 
-fn network_specs(work: &InstanceWork) -> BTreeMap<String, NetworkSpec> {
-    work.placed
-        .networks
-        .iter()
-        .map(|(name, n)| {
-            (
-                name.clone(),
-                NetworkSpec {
-                    kind: n.kind.clone(),
-                    ip: n.ip.map(|ip| ip.to_string()).unwrap_or_default(),
-                    netmask: n.netmask.clone(),
-                    gateway: n.gateway.clone(),
-                    dns: n.dns.clone(),
-                    default: n.default.clone(),
-                    cloud_properties: n.cloud_properties.clone(),
-                },
-            )
-        })
-        .collect()
-}
-
 /// The networks as `create_vm` takes them.
 pub fn vm_networks(work: &InstanceWork) -> Json {
-    serde_json::to_value(network_specs(work)).unwrap_or(Json::Null)
+    serde_json::to_value(&work.spec.networks).unwrap_or(Json::Null)
 }
 
 /// What an instance's VM is tagged with.
@@ -165,7 +144,7 @@ pub async fn apply_spec(
             index: work.placed.index,
             az: work.placed.az.clone(),
             bootstrap: work.placed.bootstrap,
-            networks: network_specs(work),
+            networks: work.spec.networks.clone(),
             jobs,
             packages,
             configuration_hash: work.spec.configuration_hash.clone(),
