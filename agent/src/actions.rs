@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use crate::agent::Agent;
 use crate::drain::DrainKind;
 use crate::error::{Error, Result};
-use crate::protocol::{ApplySpec, CompileRequest, Reply, Request};
+use agent_protocol::{ApplySpec, CompileRequest, Reply, Request};
 
 /// Answers one request.
 pub async fn handle(agent: &Arc<Agent>, request: Request) -> Reply {

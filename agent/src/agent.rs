@@ -24,7 +24,6 @@ use crate::drain::{self, DrainKind};
 use crate::error::{Error, Result};
 use crate::install::{self, Installer};
 use crate::layout::{Layout, check_name};
-use crate::protocol::{AgentState, ApplySpec, CompileRequest, Heartbeat, Settings};
 use crate::scripts;
 use crate::settings::{SettingsFile, Tunables};
 use crate::state::{self, ProcessStatus};
@@ -32,6 +31,7 @@ use crate::supervisor::{self, ProcessSpec, Supervisor};
 use crate::tasks::Tasks;
 use crate::vitals::Sampler;
 use crate::{compile, disks};
+use agent_protocol::{AgentState, ApplySpec, CompileRequest, Heartbeat, Settings};
 
 /// Dynamic drain scripts the director will ask about again.
 #[derive(Clone, Debug)]

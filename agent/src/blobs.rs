@@ -13,7 +13,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::error::{Error, Result};
-use crate::protocol::{BlobRef, BlobstoreSettings, UploadedBlob};
+use agent_protocol::{BlobRef, BlobstoreSettings, UploadedBlob};
 
 /// The HTTP client for the director's blobs.
 #[derive(Clone, Debug)]
@@ -50,7 +50,7 @@ impl Http {
     pub async fn download(&self, what: &str, blob: &BlobRef, dir: &Path) -> Result<PathBuf> {
         let failed = |reason: String| Error::Download {
             what: what.to_string(),
-            url: redact_signed_url(&blob.url),
+            url: secrets::redact_urls(&blob.url),
             reason,
         };
         tokio::fs::create_dir_all(dir)
@@ -104,7 +104,7 @@ impl Http {
     pub async fn upload(&self, what: &str, url: &str, file: &Path) -> Result<UploadedBlob> {
         let failed = |reason: String| Error::Upload {
             what: what.to_string(),
-            url: redact_signed_url(url),
+            url: secrets::redact_urls(url),
             reason,
         };
         let handle = tokio::fs::File::open(file)
@@ -132,12 +132,6 @@ impl Http {
         serde_json::from_str(&body)
             .map_err(|e| failed(format!("unexpected answer {:?}: {e}", snippet(&body))))
     }
-}
-
-/// `https://host/blobs/abc?signature=…` → `https://host/blobs/abc`.
-pub fn redact_signed_url(url: &str) -> String {
-    let without_query = url.split(['?', '#']).next().unwrap_or(url);
-    crate::settings::redact_url(without_query)
 }
 
 /// A reqwest error without its URL (which carries the signature).
@@ -243,14 +237,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn signed_urls_lose_their_query() {
+    fn signed_urls_lose_their_signature() {
         assert_eq!(
-            redact_signed_url("http://127.0.0.1:1/blobs/abc?expires=1&signature=s3cr3t"),
-            "http://127.0.0.1:1/blobs/abc"
+            secrets::redact_urls("http://127.0.0.1:1/blobs/abc?expires=1&signature=s3cr3t"),
+            "http://127.0.0.1:1/blobs/abc?expires=1&signature=<redacted>"
         );
         assert_eq!(
-            redact_signed_url("https://u:p@h/x?y"),
-            "https://u:<redacted>@h/x"
+            secrets::redact_urls("https://u:p@h/x?y"),
+            "https://u:<redacted>@h/x?y"
         );
     }
 
@@ -268,7 +262,9 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            error.starts_with("downloading package 'x' from http://127.0.0.1:1/blobs/abc: "),
+            error.starts_with(
+                "downloading package 'x' from http://127.0.0.1:1/blobs/abc?signature=<redacted>: "
+            ),
             "{error}"
         );
         assert!(!error.contains("s3cr3t"), "{error}");

@@ -10,8 +10,8 @@ use futures::StreamExt;
 
 use crate::actions;
 use crate::agent::Agent;
-use crate::protocol::{Reply, Request, agent_subject, heartbeat_subject};
-use crate::settings::{parse_mbus, redact_url};
+use crate::settings::parse_mbus;
+use agent_protocol::{Reply, Request, agent_subject, heartbeat_subject};
 
 /// The largest reply we send (BOSH's cap, and NATS's default payload limit).
 pub const MAX_REPLY: usize = 1024 * 1024;
@@ -43,7 +43,7 @@ pub enum BusError {
 /// Serves the agent on the bus until the connection is closed for good.
 pub async fn serve(agent: Arc<Agent>) -> Result<(), BusError> {
     let settings = agent.settings();
-    let url = redact_url(&settings.mbus);
+    let url = secrets::redact_urls(&settings.mbus);
     let mbus = parse_mbus(&settings.mbus);
     agent_log!("agent {} connecting to {url}", settings.agent_id);
     let mut options = async_nats::ConnectOptions::new()

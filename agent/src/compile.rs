@@ -17,8 +17,8 @@ use crate::error::{Error, Result};
 use crate::install::{Installer, remove_path, swap_symlink};
 use crate::layout::{Layout, check_name};
 use crate::logs;
-use crate::protocol::{CompileRequest, CompileResult};
 use crate::state::describe_exit;
+use agent_protocol::{CompileRequest, CompileResult};
 
 /// Lines of packaging output a result or failure carries.
 pub const LOG_LINES: usize = 50;

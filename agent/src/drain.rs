@@ -11,7 +11,7 @@
 
 use serde_json::json;
 
-use crate::protocol::ApplySpec;
+use agent_protocol::ApplySpec;
 
 /// What the director asked for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +124,7 @@ pub fn combine(values: &[i64]) -> (u64, Option<i64>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::protocol::{BlobRef, JobSpec, PackageSpec};
+    use agent_protocol::{BlobRef, JobSpec, PackageSpec};
 
     fn spec(rendered: &str, package_blob: &str, hash: &str) -> ApplySpec {
         let mut spec = ApplySpec {

@@ -16,8 +16,8 @@ use crate::blobs::{self, Http};
 use crate::bpm::{self, BpmConfig};
 use crate::error::{Error, Result};
 use crate::layout::{Layout, check_name};
-use crate::protocol::{ApplySpec, JobSpec, PackageSpec};
 use crate::settings::write_atomically;
+use agent_protocol::{ApplySpec, JobSpec, PackageSpec};
 
 /// Downloads and installs into a layout.
 #[derive(Clone, Debug)]

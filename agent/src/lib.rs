@@ -28,7 +28,6 @@ pub mod error;
 pub mod install;
 pub mod layout;
 pub mod logs;
-pub mod protocol;
 pub mod scripts;
 pub mod settings;
 pub mod state;

@@ -164,7 +164,7 @@ pub async fn run_errand(
     jobs: &[String],
     only: Option<&str>,
     env: &BTreeMap<String, String>,
-) -> Result<crate::protocol::ErrandResult> {
+) -> Result<agent_protocol::ErrandResult> {
     if let Some(name) = only
         && !jobs.iter().any(|j| j == name)
     {
@@ -192,7 +192,7 @@ pub async fn run_errand(
     }
     let env: Vec<(String, String)> = env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     let several = scripts.len() > 1;
-    let mut result = crate::protocol::ErrandResult::default();
+    let mut result = agent_protocol::ErrandResult::default();
     for script in scripts {
         let offsets = (
             logs::size_of(&script.stdout_log),

@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::error::{Error, Result};
-use crate::protocol::Settings;
+use agent_protocol::Settings;
 
 /// The settings file.
 #[derive(Clone, Debug)]
@@ -80,26 +80,10 @@ impl SettingsFile {
     }
 }
 
-/// Writes `contents` to a temporary file beside `path`, syncs it and renames it over `path`.
+/// The agent's one atomic write of its own records (settings, desired state, applied spec,
+/// mounted disk): [`secrets::write_private`], since the settings hold the bus password.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let parent = path.parent().unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(Error::io("create", parent))?;
-    let file_name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = parent.join(format!(".{file_name}.{}", uuid::Uuid::new_v4()));
-    let result = (|| {
-        let mut file = std::fs::File::create(&tmp).map_err(Error::io("create", &tmp))?;
-        file.write_all(contents).map_err(Error::io("write", &tmp))?;
-        file.sync_all().map_err(Error::io("sync", &tmp))?;
-        std::fs::rename(&tmp, path).map_err(Error::io("rename into place", path))
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result
+    secrets::write_private(path, contents).map_err(Error::io("write", path))
 }
 
 /// The bus URL split into what the NATS client needs.
@@ -153,21 +137,6 @@ pub fn parse_mbus(url: &str) -> Mbus {
             user: None,
             password: None,
         },
-    }
-}
-
-/// The URL with any password replaced by `<redacted>`, for logs and messages.
-pub fn redact_url(url: &str) -> String {
-    let mbus = parse_mbus(url);
-    match (&mbus.user, &mbus.password) {
-        (Some(user), Some(_)) => {
-            let (scheme, host) = match mbus.address.find("://") {
-                Some(at) => mbus.address.split_at(at + 3),
-                None => ("", mbus.address.as_str()),
-            };
-            format!("{scheme}{user}:<redacted>@{host}")
-        }
-        _ => mbus.address,
     }
 }
 
@@ -288,10 +257,13 @@ mod tests {
         assert_eq!(mbus.password.as_deref(), Some("p@ss:word"));
         assert!(!format!("{mbus:?}").contains("ss:word"));
         assert_eq!(
-            redact_url("nats://agent-1:secret@127.0.0.1:4222"),
+            secrets::redact_urls("nats://agent-1:secret@127.0.0.1:4222"),
             "nats://agent-1:<redacted>@127.0.0.1:4222"
         );
-        assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
+        assert_eq!(
+            secrets::redact_urls("nats://127.0.0.1:4222"),
+            "nats://127.0.0.1:4222"
+        );
         assert_eq!(parse_mbus("nats://u@h:1").password, None);
     }
 

@@ -27,9 +27,9 @@ use tokio::task::JoinHandle;
 use crate::bpm::{BpmProcess, ShutdownSignal};
 use crate::layout::Layout;
 use crate::logs::{self, RotatingLog};
-use crate::protocol::ProcessState;
 use crate::settings::Tunables;
 use crate::state::{self, Phase, ProcessStatus};
+use agent_protocol::ProcessState;
 
 /// Lines of stderr a failing process reports.
 pub const STDERR_LINES: usize = 20;

@@ -11,7 +11,7 @@ use serde_json::Value;
 use tokio::task::AbortHandle;
 
 use crate::error::Error;
-use crate::protocol::{Reply, TaskHandle};
+use agent_protocol::{Reply, TaskHandle};
 
 /// How long finished results are kept.
 pub const KEEP_RESULTS: Duration = Duration::from_secs(3600);

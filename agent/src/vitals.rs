@@ -10,7 +10,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use crate::layout::Layout;
-use crate::protocol::Vitals;
+use agent_protocol::Vitals;
 
 /// CPU jiffies: user (with nice), system (with irq, softirq), iowait, total.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

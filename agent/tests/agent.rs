@@ -6,7 +6,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use agent::protocol::{CompileRequest, CompileResult, Heartbeat, UploadedBlob};
+use agent_protocol::{CompileRequest, CompileResult, Heartbeat, UploadedBlob};
 use futures::StreamExt;
 use serde_json::{Value, json};
 use support::{Harness, alive, eventually, group_members, untgz};

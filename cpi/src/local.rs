@@ -28,13 +28,13 @@ mod stemcell;
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::{self, Read as _, Seek as _, SeekFrom, Write as _};
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _};
+use std::io::{self, Read as _, Seek as _, SeekFrom};
+use std::os::unix::fs::MetadataExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::thread::JoinHandle;
 
-use agent::protocol::{BlobstoreSettings, NetworkSpec, Settings, VmSettings};
+use agent_protocol::{BlobstoreSettings, NetworkSpec, Settings, VmSettings};
 use rustix::fs::{FlockOperation, flock};
 use rustix::io::Errno;
 use serde::{Deserialize, Serialize};
@@ -693,34 +693,13 @@ fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
         .map_err(|error| cloud_error(format!("cannot read {}: {error}", path.display())))
 }
 
-/// Writes JSON atomically: a temporary file beside it (mode 0600: `settings.json` holds the
-/// agent's bus credentials), synced, then renamed over the old one.
+/// Writes JSON with the one atomic write, mode 0600 (`settings.json` holds the agent's bus
+/// credentials).
 fn write_json<T: Serialize + ?Sized>(path: &Path, value: &T) -> Result<()> {
     let mut text = serde_json::to_vec_pretty(value)
         .map_err(|error| cloud_error(format!("cannot encode {}: {error}", path.display())))?;
     text.push(b'\n');
-    let file_name = path
-        .file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let temporary = path.with_file_name(format!(".{file_name}.{}", uuid::Uuid::new_v4()));
-    let written = fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(&temporary)
-        .and_then(|mut file| {
-            file.write_all(&text)?;
-            file.sync_all()
-        });
-    if let Err(error) = written {
-        let _ = fs::remove_file(&temporary);
-        return Err(io_error("write", &temporary, &error));
-    }
-    fs::rename(&temporary, path).map_err(|error| {
-        let _ = fs::remove_file(&temporary);
-        io_error("write", path, &error)
-    })
+    secrets::write_private(path, &text).map_err(|error| io_error("write", path, &error))
 }
 
 /// The last `lines` lines of a file (read from its last 64 KiB).

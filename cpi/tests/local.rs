@@ -164,7 +164,7 @@ fn vms_see_their_own_var_vcap_and_are_deleted_with_their_processes() {
             seen.ls,
             ["bosh", "data", "jobs", "packages", "store", "sys"]
         );
-        let settings: agent::protocol::Settings =
+        let settings: agent_protocol::Settings =
             serde_json::from_value(seen.settings.clone()).unwrap();
         assert_eq!(settings.agent_id, agent_id);
         assert_eq!(
@@ -472,7 +472,7 @@ fn metadata_is_kept_beside_the_vm() {
     fixture.cpi.delete_vm(&vm).unwrap();
 }
 
-fn settings_of(cpi: &LocalCpi, vm: &str) -> agent::protocol::Settings {
+fn settings_of(cpi: &LocalCpi, vm: &str) -> agent_protocol::Settings {
     let path = cpi.vm_dir(vm).join("vcap/bosh/settings.json");
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
 }

@@ -3,8 +3,8 @@
 //! as the same document.
 #![no_main]
 
-use engine::manifest::{self, Documents};
-use engine::yaml::{self, Node, Value};
+use director_core::manifest::{self, Documents};
+use director_core::yaml::{self, Node, Value};
 use libfuzzer_sys::fuzz_target;
 
 /// Equality up to go-yaml's float printing: a float with an integral value prints without a

@@ -2,8 +2,8 @@
 //! diagnostics, never a panic.
 #![no_main]
 
-use engine::interpolate::{self, Expectations, Ops, VarSource, VarSources};
-use engine::yaml::{self, Value};
+use director_core::interpolate::{self, Expectations, Ops, VarSource, VarSources};
+use director_core::yaml::{self, Value};
 use libfuzzer_sys::fuzz_target;
 
 const DOC: &str = "name: d\ninstance_groups:\n- name: web\n  instances: 2\n  jobs: [{name: a, release: r, properties: {p: ((v))}}]\n- name: db\n  azs: [z1]\nlist: [1, 2, 3]\nmap: {k: v}\n";

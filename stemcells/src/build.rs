@@ -26,8 +26,8 @@ use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use engine::archive::{TgzEntry, TgzSource, write_tgz};
-use engine::stemcell::{StemcellManifest, StemcellVersion};
+use director_core::archive::{TgzEntry, TgzSource, write_tgz};
+use director_core::stemcell::{StemcellManifest, StemcellVersion};
 
 use crate::image::write_image;
 use crate::manifest::{Built, Format, stemcell_manifest, tarball_name};
@@ -528,7 +528,7 @@ fn build_date() -> Result<Date, BuildError> {
     Ok(Date::from_unix(i64::try_from(seconds).unwrap_or(i64::MAX)))
 }
 
-/// Writes one stemcell tarball into `output` through a temporary file and a rename.
+/// Writes one stemcell tarball into `output` with the one atomic write (`secrets`).
 fn write_stemcell(
     output: &Path,
     manifest: &StemcellManifest,
@@ -536,11 +536,6 @@ fn write_stemcell(
     lists: &Lists,
 ) -> Result<PathBuf, BuildError> {
     let path = output.join(tarball_name(manifest));
-    let file = tempfile::Builder::new()
-        .prefix(".build-stemcell-")
-        .suffix(".tgz")
-        .tempfile_in(output)
-        .map_err(io_error("create a temporary file in", output))?;
     let bytes = |path: &str, data: &str| TgzEntry {
         path: path.to_string(),
         source: TgzSource::Bytes {
@@ -560,20 +555,12 @@ fn write_stemcell(
         bytes("packages.txt", &lists.packages),
         bytes("dev_tools_file_list.txt", &lists.dev_tools),
     ];
-    let written = write_tgz(BufWriter::with_capacity(1 << 20, file.as_file()), entries)
-        .and_then(|writer| writer.into_inner().map_err(|e| e.into_error()).map(|_| ()))
-        .and_then(|()| {
-            file.as_file()
-                .set_permissions(fs::Permissions::from_mode(0o644))
-        })
-        .and_then(|()| file.as_file().sync_all());
-    written.map_err(io_error("write", &path))?;
-    file.persist(&path)
-        .map_err(|e| io_error("rename into", &path)(e.error))?;
-    // The rename itself survives a crash once the directory is synced.
-    File::open(output)
-        .and_then(|dir| dir.sync_all())
-        .map_err(io_error("sync", output))?;
+    secrets::write_atomic_with(&path, 0o644, |file| {
+        let writer = write_tgz(BufWriter::with_capacity(1 << 20, &*file), entries)?;
+        writer.into_inner().map_err(|e| e.into_error())?;
+        Ok(())
+    })
+    .map_err(io_error("write", &path))?;
     Ok(path)
 }
 

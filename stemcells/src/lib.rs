@@ -5,7 +5,7 @@
 //! The pure parts are modules of their own and unit-tested: [`sources`] (which Debian
 //! mirror the host's APT sources name), [`version`] (`12.8.20261126` from the point release
 //! and the date), [`manifest`] (`stemcell.MF` per format, through the engine's
-//! [`engine::stemcell::StemcellManifest`], so the engine reads what is written here),
+//! [`director_core::stemcell::StemcellManifest`], so the engine reads what is written here),
 //! [`image`] (the sorted rootfs tar) and [`recipe`] (the files of
 //! `stemcells/debian-bookworm/`). [`build`] is the effectful edge: it runs debootstrap,
 //! chroot and mount as root and writes the tarballs; `build-stemcell` is its command line.

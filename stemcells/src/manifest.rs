@@ -7,7 +7,7 @@
 use std::fmt;
 use std::str::FromStr;
 
-use engine::stemcell::StemcellManifest;
+use director_core::stemcell::StemcellManifest;
 use serde_json::{Map, Value};
 
 /// The agent API version of the stemcells we build: settings come without a registry.

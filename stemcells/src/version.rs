@@ -63,7 +63,7 @@ pub fn stemcell_version(point_release: &str, date: Date) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use engine::stemcell::StemcellVersion;
+    use director_core::stemcell::StemcellVersion;
 
     #[test]
     fn dates_from_unix_time() {

@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Instant;
 
-use engine::archive::Limits;
-use engine::stemcell::{StemcellVersion, read_stemcell};
+use director_core::archive::Limits;
+use director_core::stemcell::{StemcellVersion, read_stemcell};
 use flate2::read::GzDecoder;
 
 /// (path, mode, is a directory) of every entry of a gzipped tar, in order.

@@ -12,7 +12,7 @@ use crate::{User, target_dir};
 /// A local stemcell with the agent this build made.
 pub fn stemcell(user: &User, version: &str, agent: Option<&Path>) -> PathBuf {
     let out = user.home.path().join(format!("stemcell-{version}.tgz"));
-    let build = engine::stemcell::local::AgentStemcell {
+    let build = director_core::stemcell::local::AgentStemcell {
         agent: agent.map_or_else(|| target_dir().join("bosh-agent"), Path::to_path_buf),
         agent_json: None,
         os: "debian-bookworm".to_string(),

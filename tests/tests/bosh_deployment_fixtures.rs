@@ -4,9 +4,9 @@
 
 use std::path::{Path, PathBuf};
 
-use engine::interpolate::Ops;
-use engine::manifest::{self, Documents};
-use engine::yaml::{self, Node, Value};
+use director_core::interpolate::Ops;
+use director_core::manifest::{self, Documents};
+use director_core::yaml::{self, Node, Value};
 use tests::bosh_deployment;
 
 fn yaml_files(dir: &Path, out: &mut Vec<PathBuf>) {

@@ -519,7 +519,7 @@ fn a_deploy_works_the_same_over_debians_nats_server() {
     let auth = dir.path().join("director-users.conf");
     let pid = dir.path().join("nats-server.pid");
     let password = "director-password-for-tests";
-    let mbus = engine::config::MbusConfig {
+    let mbus = director::config::MbusConfig {
         url: format!("nats://127.0.0.1:{port}"),
         agent_url: None,
         user: "director".to_string(),
@@ -531,7 +531,7 @@ fn a_deploy_works_the_same_over_debians_nats_server() {
     // nats-server reads it.
     tokio::runtime::Runtime::new()
         .unwrap()
-        .block_on(engine::bus::NatsServerAccounts::open(&mbus))
+        .block_on(director_bus::NatsServerAccounts::open(&mbus))
         .unwrap();
     let conf = dir.path().join("nats-server.conf");
     std::fs::write(

@@ -55,14 +55,14 @@ fn the_dev_director_starts_on_demand_and_stops() {
         .trim()
         .to_string();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let anonymous = engine::client::Client::new(&url, None, None).unwrap();
+    let anonymous = director::client::Client::new(&url, None, None).unwrap();
     assert!(runtime.block_on(anonymous.info()).is_ok());
     let refused = runtime
         .block_on(anonymous.get("/releases"))
         .unwrap_err()
         .to_string();
     assert!(refused.starts_with("missing or wrong token"), "{refused}");
-    let wrong = engine::client::Client::new(&url, Some("wrong".into()), None).unwrap();
+    let wrong = director::client::Client::new(&url, Some("wrong".into()), None).unwrap();
     assert!(runtime.block_on(wrong.get("/tasks")).is_err());
 
     let stop = user.run(&["stop-server"]);

@@ -219,7 +219,7 @@ fn an_exported_release_deploys_elsewhere_without_compiling() {
 /// A copy of the compiled release `tarball` whose `compiled_packages/hello-lib.tgz` holds
 /// other bytes (those of `hello-server`), its `release.MF` unchanged.
 fn tamper(user: &User, tarball: &Path) -> std::path::PathBuf {
-    use engine::archive::{TgzEntry, TgzSource, write_tgz};
+    use director_core::archive::{TgzEntry, TgzSource, write_tgz};
     let dir = user.home.path().join("tampered");
     std::fs::create_dir_all(&dir).unwrap();
     let status = std::process::Command::new("tar")

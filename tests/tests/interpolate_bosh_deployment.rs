@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::process::Command;
 
-use engine::yaml::{self, Node, Value};
+use director_core::yaml::{self, Node, Value};
 use tests::{bosh_deployment, director, fixtures, run};
 
 const DOCKER_TLS: &str = "docker_tls:\n  ca: TEST-DOCKER-CA\n  certificate: TEST-DOCKER-CERT\n  private_key: TEST-DOCKER-KEY\n";

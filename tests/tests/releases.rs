@@ -12,8 +12,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use engine::archive::{self, Limits};
-use engine::release::read_archive;
+use director_core::archive::{self, Limits};
+use director_core::release::read_archive;
 use serde_json::Value;
 use tempfile::TempDir;
 use tests::{director, run};

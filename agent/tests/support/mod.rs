@@ -12,7 +12,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use agent::protocol::{
+use agent_protocol::{
     AgentState, ApplySpec, BlobRef, JobSpec, PROTOCOL_VERSION, PackageSpec, Reply, Request,
     agent_subject,
 };

@@ -1,0 +1,91 @@
+//! One module per verb; each parses nothing itself and calls one engine function.
+
+mod add_blob;
+mod blobs;
+mod completion;
+mod create_release;
+mod deploy;
+mod deployments;
+mod diff;
+mod director;
+mod export_release;
+mod inspect_release;
+mod interpolate;
+mod validate;
+
+use director_core::interpolate::{Expectations, VarFlags};
+use director_core::template::TemplateInputs;
+
+use crate::cli::{Cli, Command, OpsArgs, VarArgs};
+use crate::ui::Ui;
+
+/// Runs the verb and returns the exit code.
+pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
+    match cli.command {
+        Command::Interpolate(args) => interpolate::run(args, ui),
+        Command::Validate(args) => validate::run(args, ui),
+        Command::Diff(args) => diff::run(args, ui),
+        Command::Completion(args) => completion::run(args, ui),
+        Command::CreateRelease(args) => create_release::run(args, ui),
+        Command::InspectRelease(args) => inspect_release::run(args, ui),
+        Command::AddBlob(args) => add_blob::run(args, ui),
+        Command::Blobs(args) => blobs::run(args, ui),
+        Command::Serve(args) => director::serve(args, ui),
+        Command::Status => director::status(&cli.global, ui),
+        Command::StopServer => director::stop_server(&cli.global, ui),
+        Command::UploadRelease(args) => director::upload(&cli.global, "/releases", args, ui),
+        Command::UploadStemcell(args) => director::upload(&cli.global, "/stemcells", args, ui),
+        Command::Releases => director::releases(&cli.global, ui),
+        Command::Stemcells => director::stemcells(&cli.global, ui),
+        Command::DeleteRelease(args) => director::delete_release(&cli.global, args, ui),
+        Command::ExportRelease(args) => export_release::run(&cli.global, args, ui),
+        Command::DeleteStemcell(args) => director::delete_stemcell(&cli.global, args, ui),
+        Command::Tasks(args) => director::tasks(&cli.global, args, ui),
+        Command::Task(args) => director::task(&cli.global, args, ui),
+        Command::CancelTask(args) => director::cancel_task(&cli.global, args, ui),
+        Command::CleanUp(args) => director::clean_up(&cli.global, args, ui),
+        Command::UpdateCloudConfig(args) => {
+            deployments::update_config(&cli.global, "cloud", args, ui)
+        }
+        Command::CloudConfig => deployments::config(&cli.global, "cloud", ui),
+        Command::UpdateRuntimeConfig(args) => {
+            deployments::update_config(&cli.global, "runtime", args, ui)
+        }
+        Command::RuntimeConfig => deployments::config(&cli.global, "runtime", ui),
+        Command::Deploy(args) => deploy::run(&cli.global, args, ui),
+        Command::Deployments => deployments::deployments(&cli.global, ui),
+        Command::Instances(args) => deployments::instances(&cli.global, args, ui),
+        Command::Vms(args) => deployments::vms(&cli.global, args, ui),
+        Command::Manifest => deployments::manifest(&cli.global, ui),
+        Command::Events(args) => deployments::events(&cli.global, args, ui),
+        Command::Start(args) => deployments::change_state(&cli.global, "started", args, ui),
+        Command::Stop(args) => deployments::change_state(&cli.global, "stopped", args, ui),
+        Command::Restart(args) => deployments::change_state(&cli.global, "restart", args, ui),
+        Command::Recreate(args) => deployments::change_state(&cli.global, "recreate", args, ui),
+        Command::RunErrand(args) => deployments::run_errand(&cli.global, args, ui),
+        Command::Logs(args) => deployments::logs(&cli.global, args, ui),
+        Command::DeleteDeployment(args) => deployments::delete_deployment(&cli.global, args, ui),
+        Command::OrphanedDisks => deployments::orphaned_disks(&cli.global, ui),
+        Command::DeleteDisk(args) => deployments::delete_disk(&cli.global, args, ui),
+    }
+}
+
+/// The engine's view of the shared template flags.
+pub fn template_inputs(
+    ops: &OpsArgs,
+    vars: &VarArgs,
+    vars_store: Option<std::path::PathBuf>,
+    expectations: Expectations,
+) -> TemplateInputs {
+    TemplateInputs {
+        ops_files: ops.ops_files.clone(),
+        var_flags: VarFlags {
+            vars: vars.vars.clone(),
+            var_files: vars.var_files.clone(),
+            vars_files: vars.vars_files.clone(),
+            vars_env: vars.vars_env.clone(),
+        },
+        vars_store,
+        expectations,
+    }
+}

@@ -1,0 +1,390 @@
+//! Where the director and the CLI keep their settings and data.
+//!
+//! The director reads `director.yml` (`director serve --config`); with `--dev` (the embedded
+//! default) it needs none: state, blobs, logs and its token live under the XDG data
+//! directory. The CLI finds its target in this order: `--director`/`DIRECTOR_URL` with
+//! `DIRECTOR_TOKEN` and `DIRECTOR_CA_CERT`, then its config file
+//! (`$XDG_CONFIG_HOME/director/config.yml`), then the dev director recorded in the data
+//! directory, starting it when nothing answers.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::blobstore::BlobstoreConfig;
+pub use director_bus::MbusConfig;
+
+/// The default API address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:25555";
+
+/// `$XDG_DATA_HOME/director` (default `~/.local/share/director`).
+pub fn data_dir() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("director")
+}
+
+/// `$XDG_CONFIG_HOME/director` (default `~/.config/director`).
+pub fn config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("director")
+}
+
+fn xdg(variable: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(variable) {
+        Some(value) if !value.is_empty() => PathBuf::from(value),
+        _ => {
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+            home.join(fallback)
+        }
+    }
+}
+
+/// `director.yml`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectorConfig {
+    /// The director's name (shown by `status`, used in certificate names).
+    #[serde(default = "default_name")]
+    pub name: String,
+    /// Address of the HTTP API.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Serve HTTPS with this certificate and key (PEM files).
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
+    /// Where state files, logs, task logs and upload staging live.
+    pub data_dir: PathBuf,
+    /// The state database.
+    #[serde(default)]
+    pub db: Option<DbConfig>,
+    /// The blobstore.
+    #[serde(default)]
+    pub blobstore: Option<BlobstoreSettings>,
+    /// A file holding the API token (created with a random token when missing).
+    #[serde(default)]
+    pub token_file: Option<PathBuf>,
+    /// Limits on uploads.
+    #[serde(default)]
+    pub limits: Limits,
+    /// The bus: a nats-server. Without it the director embeds a broker on 127.0.0.1.
+    #[serde(default)]
+    pub mbus: Option<MbusConfig>,
+    /// The CPI (default: the local CPI under `<data_dir>/cpi`).
+    #[serde(default)]
+    pub cpi: Option<CpiSettings>,
+    /// Agents: how long to wait for one and how often they report.
+    #[serde(default)]
+    pub agent: AgentSettings,
+}
+
+/// `cpi`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum CpiSettings {
+    /// VMs are directories plus agent processes on this host.
+    Local {
+        /// Where VMs, disks and stemcells live (default `<data_dir>/cpi`).
+        #[serde(default)]
+        root: Option<PathBuf>,
+    },
+    /// Any BOSH CPI executable, JSON on stdin and stdout.
+    External {
+        /// The executable.
+        command: PathBuf,
+        /// Its arguments.
+        #[serde(default)]
+        args: Vec<String>,
+        /// The `context` passed with every call.
+        #[serde(default)]
+        context: serde_json::Value,
+    },
+}
+
+/// `agent`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AgentSettings {
+    /// Seconds from `create_vm` until the agent must answer (BOSH's `agent_wait_timeout`).
+    #[serde(default = "default_agent_wait")]
+    pub wait_timeout: u64,
+    /// Seconds between heartbeats.
+    #[serde(default = "default_heartbeat")]
+    pub heartbeat_interval: u64,
+}
+
+impl Default for AgentSettings {
+    fn default() -> AgentSettings {
+        AgentSettings {
+            wait_timeout: default_agent_wait(),
+            heartbeat_interval: default_heartbeat(),
+        }
+    }
+}
+
+fn default_agent_wait() -> u64 {
+    600
+}
+fn default_heartbeat() -> u64 {
+    30
+}
+
+/// `tls`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    /// PEM certificate (chain) file.
+    pub certificate: PathBuf,
+    /// PEM private key file.
+    pub private_key: PathBuf,
+}
+
+/// `db`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DbConfig {
+    /// `sqlite:///path/state.db` or `postgres://user:pass@host/db`.
+    pub url: String,
+}
+
+/// `blobstore`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "provider", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BlobstoreSettings {
+    /// A local directory.
+    Local {
+        /// The directory (default `<data_dir>/blobs`).
+        path: Option<PathBuf>,
+    },
+    /// An S3-compatible bucket.
+    S3 {
+        /// Bucket.
+        bucket: String,
+        /// Endpoint of an S3-compatible store.
+        #[serde(default)]
+        endpoint: Option<String>,
+        /// Region.
+        #[serde(default = "default_region")]
+        region: String,
+        /// Access key id.
+        access_key_id: String,
+        /// Secret access key.
+        secret_access_key: String,
+        /// Path-style URLs.
+        #[serde(default)]
+        path_style: bool,
+    },
+}
+
+/// `limits`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// The largest upload accepted, in bytes (BOSH's default is 10000m).
+    #[serde(default = "default_max_upload")]
+    pub max_upload_bytes: u64,
+    /// How many times larger than the compressed archive its content may be.
+    #[serde(default = "default_max_expansion")]
+    pub max_expansion_ratio: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            max_upload_bytes: default_max_upload(),
+            max_expansion_ratio: default_max_expansion(),
+        }
+    }
+}
+
+fn default_name() -> String {
+    "director".to_string()
+}
+fn default_listen() -> String {
+    DEFAULT_LISTEN.to_string()
+}
+fn default_region() -> String {
+    "us-east-1".to_string()
+}
+fn default_max_upload() -> u64 {
+    10_000 * 1024 * 1024
+}
+fn default_max_expansion() -> u64 {
+    20
+}
+
+impl DirectorConfig {
+    /// The configuration of a dev director: everything under `data_dir`.
+    pub fn dev(data_dir: &Path) -> DirectorConfig {
+        DirectorConfig {
+            name: "dev".to_string(),
+            listen: DEFAULT_LISTEN.to_string(),
+            tls: None,
+            data_dir: data_dir.to_path_buf(),
+            db: None,
+            blobstore: None,
+            token_file: None,
+            limits: Limits::default(),
+            mbus: None,
+            cpi: None,
+            agent: AgentSettings::default(),
+        }
+    }
+
+    /// Reads `director.yml`; errors name the file and what is wrong in it.
+    pub fn load(path: &Path) -> Result<DirectorConfig, String> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        serde_yaml::from_str(&text).map_err(|e| match e.location() {
+            Some(at) => format!("{}:{}:{}: {e}", path.display(), at.line(), at.column()),
+            None => format!("{}: {e}", path.display()),
+        })
+    }
+
+    /// The database URL (default: SQLite in the data directory).
+    pub fn db_url(&self) -> String {
+        match &self.db {
+            Some(db) => db.url.clone(),
+            None => format!("sqlite://{}", self.data_dir.join("state.db").display()),
+        }
+    }
+
+    /// The blobstore (default: `<data_dir>/blobs`).
+    pub fn blobstore(&self) -> BlobstoreConfig {
+        match &self.blobstore {
+            None | Some(BlobstoreSettings::Local { path: None }) => BlobstoreConfig::Local {
+                path: self.data_dir.join("blobs"),
+            },
+            Some(BlobstoreSettings::Local { path: Some(path) }) => {
+                BlobstoreConfig::Local { path: path.clone() }
+            }
+            Some(BlobstoreSettings::S3 {
+                bucket,
+                endpoint,
+                region,
+                access_key_id,
+                secret_access_key,
+                path_style,
+            }) => BlobstoreConfig::S3 {
+                bucket: bucket.clone(),
+                endpoint: endpoint.clone(),
+                region: region.clone(),
+                access_key_id: access_key_id.clone(),
+                secret_access_key: secret_access_key.clone(),
+                path_style: *path_style,
+            },
+        }
+    }
+
+    /// The token file (default `<data_dir>/token`).
+    pub fn token_path(&self) -> PathBuf {
+        self.token_file
+            .clone()
+            .unwrap_or_else(|| self.data_dir.join("token"))
+    }
+}
+
+/// The CLI's `config.yml`: which director to talk to.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClientConfig {
+    /// The director's URL.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// The bearer token.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// A CA certificate (PEM) to trust for the director's TLS certificate.
+    #[serde(default)]
+    pub ca_cert: Option<String>,
+    /// True when the target is a dev director this CLI may start.
+    #[serde(default)]
+    pub dev: bool,
+}
+
+impl ClientConfig {
+    /// `$XDG_CONFIG_HOME/director/config.yml`.
+    pub fn path() -> PathBuf {
+        config_dir().join("config.yml")
+    }
+
+    /// Reads the config file; a missing file is an empty config.
+    pub fn load() -> Result<ClientConfig, String> {
+        let path = ClientConfig::path();
+        match std::fs::read_to_string(&path) {
+            Ok(text) => serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientConfig::default()),
+            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+        }
+    }
+
+    /// Writes the config file atomically with mode 0600 (it holds a token).
+    pub fn save(&self) -> Result<(), String> {
+        let path = ClientConfig::path();
+        let text = serde_yaml::to_string(self).map_err(|e| e.to_string())?;
+        secrets::write_private(&path, text.as_bytes())
+            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_a_full_config() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        std::fs::write(
+            &path,
+            "name: prod\nlisten: 0.0.0.0:25555\ndata_dir: /var/lib/director\ndb: {url: 'postgres://d:p@db/director'}\nblobstore: {provider: s3, bucket: blobs, endpoint: 'http://minio:9000', access_key_id: a, secret_access_key: s, path_style: true}\n",
+        )
+        .unwrap();
+        let config = DirectorConfig::load(&path).unwrap();
+        assert_eq!(config.db_url(), "postgres://d:p@db/director");
+        assert!(matches!(
+            config.blobstore(),
+            BlobstoreConfig::S3 {
+                path_style: true,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn errors_name_the_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        std::fs::write(&path, "data_dir: /x\nlisten: 1\nport: 3\n").unwrap();
+        let error = DirectorConfig::load(&path).unwrap_err();
+        assert!(error.contains("director.yml:3:1"), "{error}");
+        assert!(error.contains("unknown field `port`"), "{error}");
+    }
+
+    #[test]
+    fn reads_the_bus_settings_and_never_shows_the_password() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        std::fs::write(
+            &path,
+            "data_dir: /d\nmbus:\n  url: nats://10.0.0.2:4222\n  user: director\n  password: s3cret\n  authorization_file: /etc/nats/director-users.conf\n  pid_file: /run/nats/nats.pid\n",
+        )
+        .unwrap();
+        let config = DirectorConfig::load(&path).unwrap();
+        let mbus = config.mbus.as_ref().unwrap();
+        assert_eq!(mbus.url, "nats://10.0.0.2:4222");
+        assert_eq!(mbus.agent_url, None);
+        assert_eq!(mbus.pid_file, PathBuf::from("/run/nats/nats.pid"));
+        assert!(!format!("{config:?}").contains("s3cret"));
+        assert_eq!(DirectorConfig::dev(Path::new("/d")).mbus, None);
+    }
+
+    #[test]
+    fn dev_defaults_live_in_the_data_dir() {
+        let config = DirectorConfig::dev(Path::new("/d"));
+        assert_eq!(config.db_url(), "sqlite:///d/state.db");
+        assert_eq!(
+            config.blobstore(),
+            BlobstoreConfig::Local {
+                path: PathBuf::from("/d/blobs")
+            }
+        );
+        assert_eq!(config.token_path(), PathBuf::from("/d/token"));
+    }
+}

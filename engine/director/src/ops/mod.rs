@@ -1,0 +1,176 @@
+//! The director's side of deploys: preparing a plan from its state ([`prepare`]), making
+//! and removing VMs through the CPI and the bus ([`vms`]), compiling packages
+//! ([`compile`]), updating instances ([`update`]), and the deploy task and the day-to-day
+//! verbs around it ([`deploy`]).
+
+pub mod catalog;
+pub mod compile;
+pub mod deploy;
+pub mod prepare;
+pub mod update;
+pub mod verbs;
+pub mod vms;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::blobstore::{BlobId, Blobstore};
+use director_bus::{AgentAccounts, Bus};
+use director_state::State;
+
+pub use catalog::TemplateCache;
+
+/// How long agents may take.
+#[derive(Clone, Copy, Debug)]
+pub struct Timeouts {
+    /// From `create_vm` until the agent answers a ping (BOSH's `agent_wait_timeout`).
+    pub agent_wait: Duration,
+    /// One agent task (apply, stop, compile…): a bound, not an expectation.
+    pub agent_task: Duration,
+    /// How often agents send heartbeats (seconds).
+    pub heartbeat_interval: u64,
+    /// How long signed blob URLs handed to agents stay valid.
+    pub blob_url: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Timeouts {
+        Timeouts {
+            agent_wait: Duration::from_secs(600),
+            agent_task: Duration::from_secs(3600),
+            heartbeat_interval: 30,
+            blob_url: Duration::from_secs(6 * 3600),
+        }
+    }
+}
+
+/// What deploys use: state, blobs, the CPI, the bus and agent accounts.
+#[derive(Clone)]
+pub struct Services {
+    /// The state database.
+    pub state: Arc<State>,
+    /// The blobstore.
+    pub blobstore: Blobstore,
+    /// The CPI.
+    pub cpi: Arc<dyn cpi::Cpi>,
+    /// Requests to agents.
+    pub bus: Bus,
+    /// Agent accounts on the bus.
+    pub accounts: Arc<dyn AgentAccounts>,
+    /// The director's URL as agents reach it (for signed blob URLs).
+    pub director_url: String,
+    /// A CA certificate agents trust for that URL.
+    pub ca_cert: Option<String>,
+    /// Template sources.
+    pub templates: TemplateCache,
+    /// Timeouts.
+    pub timeouts: Timeouts,
+}
+
+impl std::fmt::Debug for Services {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Services")
+            .field("director_url", &self.director_url)
+            .field("timeouts", &self.timeouts)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Services {
+    /// A URL an agent GETs blob `id` from.
+    pub fn blob_url(&self, id: &BlobId) -> String {
+        format!(
+            "{}{}",
+            self.director_url,
+            self.blobstore.signed_path(id, self.timeouts.blob_url)
+        )
+    }
+
+    /// A URL an agent PUTs a new blob to.
+    pub fn upload_url(&self) -> String {
+        format!(
+            "{}{}",
+            self.director_url,
+            self.blobstore.signed_upload_path(self.timeouts.blob_url)
+        )
+    }
+
+    /// A blob reference for the agent protocol.
+    pub fn blob_ref(&self, id: &BlobId) -> agent_protocol::BlobRef {
+        agent_protocol::BlobRef {
+            id: id.as_str().to_string(),
+            url: self.blob_url(id),
+        }
+    }
+
+    /// Runs a CPI call on a blocking thread.
+    pub async fn cpi_call<T, F>(&self, call: F) -> Result<T, cpi::CpiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&dyn cpi::Cpi) -> Result<T, cpi::CpiError> + Send + 'static,
+    {
+        let cpi = self.cpi.clone();
+        tokio::task::spawn_blocking(move || call(cpi.as_ref()))
+            .await
+            .unwrap_or_else(|e| {
+                Err(cpi::CpiError::new(
+                    cpi::ErrorKind::Unknown,
+                    format!("the CPI call panicked: {e}"),
+                ))
+            })
+    }
+}
+
+/// Runs `steps` (a label and its work, given its step index, each) as steps of `stage`, at most `parallel` at a
+/// time: as one ends the next starts (BOSH's thread pools). After a failure, or once the
+/// task is cancelled, no new step starts; the ones running finish. Step indexes come from
+/// `started`, so several calls can share one stage. Answers every failure, `label: error`,
+/// one a line.
+pub async fn run_steps<W, F>(
+    context: &crate::tasks::TaskContext,
+    stage: &crate::tasks::Stage,
+    steps: Vec<(String, W)>,
+    parallel: usize,
+    started: &std::sync::atomic::AtomicU32,
+) -> Result<(), crate::tasks::TaskError>
+where
+    W: FnOnce(u32) -> F,
+    F: std::future::Future<Output = Result<(), String>>,
+{
+    use futures::stream::{self, StreamExt};
+    use std::sync::atomic::{AtomicBool, Ordering};
+
+    let stop = AtomicBool::new(false);
+    let guarded: Vec<_> = steps
+        .into_iter()
+        .map(|(label, work)| {
+            let stop = &stop;
+            async move {
+                if stop.load(Ordering::SeqCst) || context.checkpoint().is_err() {
+                    return Ok(());
+                }
+                let index = started.fetch_add(1, Ordering::SeqCst) + 1;
+                stage.started(&label, index);
+                let result = work(index).await;
+                match &result {
+                    Ok(()) => stage.finished(&label, index),
+                    Err(e) => {
+                        stop.store(true, Ordering::SeqCst);
+                        stage.failed(&label, index, e);
+                    }
+                }
+                result.map_err(|e| format!("{label}: {e}"))
+            }
+        })
+        .collect();
+    let results: Vec<Result<(), String>> = stream::iter(guarded)
+        .buffer_unordered(parallel.max(1))
+        .collect()
+        .await;
+    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
+    if !errors.is_empty() {
+        return Err(crate::tasks::TaskError::Failed(errors.join("\n")));
+    }
+    // A cancel skips what had not started; say so rather than finish quietly.
+    context.checkpoint()
+}

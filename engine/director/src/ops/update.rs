@@ -1,0 +1,705 @@
+//! Updating one instance (reference §7.5): drain → stop → (recreate the VM, disk moved
+//! over) → apply → pre-start → start → wait until running → post-start; and deleting one.
+//!
+//! The instance is marked unfinished before anything is touched and finished only after its
+//! new spec is recorded, so an interrupted update is redone by the next deploy. A job that
+//! does not come up fails with what the agent knows: the job, the process, how it exited
+//! and the last lines of its stderr.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use serde_json::{Value as Json, json};
+
+use super::Services;
+use super::compile::Builds;
+use super::vms::{
+    CreatedVm, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach,
+};
+use crate::blobstore::BlobId;
+use crate::tasks::Stage;
+use agent_protocol::{AgentState, ApplySpec, JobSpec, PackageSpec};
+use director_core::deploy::plan::DiskState;
+use director_core::deploy::{Action, InstancePlan, InstanceWork};
+use director_core::manifest::WatchTime;
+use director_state::{Disk, Instance, InstanceId, NewBlob, Vm};
+
+/// How a deploy touches instances.
+#[derive(Clone, Debug, Default)]
+pub struct UpdateOptions {
+    /// `--skip-drain`.
+    pub skip_drain: bool,
+    /// `--fix`: recreate instances whose agents do not answer instead of failing.
+    pub fix: bool,
+}
+
+/// What updating an instance needs besides the instance.
+pub struct InstanceUpdate<'a> {
+    /// Services.
+    pub services: &'a Services,
+    /// Deployment name.
+    pub deployment: &'a str,
+    /// Compiled packages.
+    pub builds: &'a Builds,
+    /// Options.
+    pub options: &'a UpdateOptions,
+    /// The stage to report to, and the step's index in it.
+    pub stage: &'a Stage,
+    /// Event index.
+    pub index: u32,
+    /// Event task name.
+    pub step: String,
+    /// The CPI's ids of the stemcells, by (name, version).
+    pub stemcell_cids: &'a StemcellCids,
+}
+
+/// The CPI's ids of stemcells, by (name, version).
+pub type StemcellCids = BTreeMap<(String, String), String>;
+
+const QUICK: Duration = Duration::from_secs(10);
+const POLL: Duration = Duration::from_millis(500);
+
+/// The networks as `create_vm` takes them.
+pub fn vm_networks(work: &InstanceWork) -> Json {
+    serde_json::to_value(&work.spec.networks).unwrap_or(Json::Null)
+}
+
+/// What an instance's VM is tagged with.
+pub fn vm_metadata(deployment: &str, work: &InstanceWork) -> Json {
+    json!({
+        "deployment": deployment,
+        "instance_group": work.group,
+        "id": work.placed.uuid,
+        "index": work.placed.index.to_string(),
+        "name": format!("{}/{}", work.group, work.placed.uuid),
+        "director": "director",
+    })
+}
+
+/// Stores the rendered jobs and builds the apply spec.
+pub async fn apply_spec(
+    services: &Services,
+    deployment: &str,
+    work: &InstanceWork,
+    builds: &Builds,
+) -> Result<(ApplySpec, Vec<(String, String)>), String> {
+    let stemcell = &work.spec.stemcell;
+    let mut packages = BTreeMap::new();
+    for (name, state) in &work.spec.packages {
+        let key = (
+            state.release.clone(),
+            name.clone(),
+            stemcell.os.clone(),
+            stemcell.version.clone(),
+        );
+        let build = builds.get(&key).ok_or_else(|| {
+            format!(
+                "package '{name}' has no compiled build for {}/{}",
+                stemcell.os, stemcell.version
+            )
+        })?;
+        let id = BlobId::parse(&build.blob_id).map_err(|e| e.to_string())?;
+        packages.insert(
+            name.clone(),
+            PackageSpec {
+                name: name.clone(),
+                version: build.version.clone(),
+                blob: services.blob_ref(&id),
+            },
+        );
+    }
+    let mut jobs = Vec::new();
+    let mut rendered_blobs = Vec::new();
+    for (rendered, job) in work.rendered.iter().zip(&work.spec.jobs) {
+        let bytes = rendered.archive().map_err(|e| {
+            format!(
+                "archiving the rendered templates of job '{}': {e}",
+                job.name
+            )
+        })?;
+        let stored = services
+            .blobstore
+            .put_bytes(bytes.into())
+            .await
+            .map_err(|e| format!("storing the rendered templates of job '{}': {e}", job.name))?;
+        services
+            .state
+            .blobs()
+            .insert(&NewBlob::from(&stored))
+            .await
+            .map_err(|e| e.to_string())?;
+        rendered_blobs.push((job.name.clone(), stored.id.as_str().to_string()));
+        jobs.push(JobSpec {
+            name: job.name.clone(),
+            version: job.fingerprint.clone(),
+            rendered: services.blob_ref(&stored.id),
+            packages: job.packages.clone(),
+        });
+    }
+    Ok((
+        ApplySpec {
+            deployment: deployment.to_string(),
+            name: work.group.clone(),
+            id: work.placed.uuid.clone(),
+            index: work.placed.index,
+            az: work.placed.az.clone(),
+            bootstrap: work.placed.bootstrap,
+            networks: work.spec.networks.clone(),
+            jobs,
+            packages,
+            configuration_hash: work.spec.configuration_hash.clone(),
+            persistent_disk: work.spec.persistent_disk.as_ref().map_or(0, |d| d.size),
+        },
+        rendered_blobs,
+    ))
+}
+
+impl InstanceUpdate<'_> {
+    fn status(&self, status: &str) {
+        self.stage.status(&self.step, self.index, status, 50);
+    }
+
+    async fn agent_task(
+        &self,
+        agent_id: &str,
+        method: &str,
+        arguments: Vec<Json>,
+    ) -> Result<Json, String> {
+        self.services
+            .bus
+            .run_task(
+                agent_id,
+                method,
+                arguments,
+                POLL,
+                self.services.timeouts.agent_task,
+            )
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    async fn answers(&self, agent_id: &str) -> bool {
+        self.services
+            .bus
+            .request(agent_id, "ping", vec![], QUICK)
+            .await
+            .is_ok()
+    }
+
+    /// Drain (unless skipped) and stop the jobs of a running VM.
+    pub async fn drain_and_stop(
+        &self,
+        vm: &Vm,
+        kind: &str,
+        next: Option<&ApplySpec>,
+    ) -> Result<(), String> {
+        if !self.options.skip_drain {
+            self.status("executing drain");
+            let mut args = vec![Json::from(kind)];
+            if let Some(next) = next {
+                args.push(serde_json::to_value(next).map_err(|e| e.to_string())?);
+            }
+            let mut wait = self.agent_task(&vm.agent_id, "drain", args).await?;
+            // Negative: dynamic drain, ask again after that many seconds.
+            let started = Instant::now();
+            while let Some(seconds) = wait.as_i64().filter(|s| *s < 0) {
+                if started.elapsed() > self.services.timeouts.agent_task {
+                    return Err("the drain script did not finish".to_string());
+                }
+                tokio::time::sleep(Duration::from_secs(seconds.unsigned_abs())).await;
+                wait = self
+                    .agent_task(&vm.agent_id, "drain", vec![Json::from("status")])
+                    .await?;
+            }
+        }
+        self.status("stopping jobs");
+        self.agent_task(&vm.agent_id, "stop", vec![]).await?;
+        Ok(())
+    }
+
+    /// Replaces (or makes) the instance's VM, moving its persistent disk over.
+    async fn recreate_vm(
+        &self,
+        instance: &Instance,
+        work: &InstanceWork,
+        alive: bool,
+    ) -> Result<CreatedVm, String> {
+        let state = self.services.state.instances();
+        if let Some(vm) = &instance.vm {
+            self.status("deleting VM");
+            if let Some(disk) = &instance.disk {
+                unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &disk.cid, alive).await?;
+            }
+            delete_vm(self.services, &vm.cid, &vm.agent_id).await?;
+            state
+                .clear_vm(instance.id)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        self.status("creating VM");
+        let created = create_vm(
+            self.services,
+            &VmRequest {
+                label: self.step.clone(),
+                stemcell_cid: stemcell_cid(work, self.stemcell_cids)?,
+                cloud_properties: work.spec.cloud_properties.clone(),
+                networks: vm_networks(work),
+                env: work.spec.env.clone(),
+                disk_cids: instance.disk.iter().map(|d| d.cid.clone()).collect(),
+                metadata: vm_metadata(self.deployment, work),
+            },
+        )
+        .await?;
+        record_vm(self.services, instance.id, &created).await?;
+        if let Some(disk) = &instance.disk {
+            self.status("attaching disk");
+            attach_and_mount(self.services, &created.cid, &created.agent_id, &disk.cid).await?;
+        }
+        Ok(created)
+    }
+
+    /// Makes the instance's persistent disk what the spec asks for: add, remove, or move
+    /// the data to a new disk of the new size or type.
+    async fn converge_disk(
+        &self,
+        instance: &Instance,
+        work: &InstanceWork,
+        vm: &CreatedVm,
+    ) -> Result<(), String> {
+        let state = self.services.state.instances();
+        match (&instance.disk, &work.spec.persistent_disk) {
+            (None, Some(wanted)) => {
+                let cid = self.create_disk(instance, wanted, vm, true).await?;
+                attach_and_mount(self.services, &vm.cid, &vm.agent_id, &cid).await
+            }
+            (Some(disk), None) => {
+                self.status("detaching disk");
+                unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &disk.cid, true).await?;
+                state
+                    .orphan_disk(&disk.cid)
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+            (Some(disk), Some(wanted))
+                if disk.size != wanted.size || disk.cloud_properties != wanted.cloud_properties =>
+            {
+                self.migrate_disk(instance, disk, wanted, vm).await
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Creates a disk for the instance through the CPI and records it: as the one it uses
+    /// (`active`), or as the target of a migration.
+    async fn create_disk(
+        &self,
+        instance: &Instance,
+        wanted: &DiskState,
+        vm: &CreatedVm,
+        active: bool,
+    ) -> Result<String, String> {
+        self.status("creating disk");
+        let (size, properties, vm_cid) =
+            (wanted.size, wanted.cloud_properties.clone(), vm.cid.clone());
+        let cid = self
+            .services
+            .cpi_call(move |cpi| cpi.create_disk(size, &properties, Some(&vm_cid)))
+            .await
+            .map_err(|e| format!("creating a {size} MB disk failed: {e}"))?;
+        self.services
+            .state
+            .instances()
+            .add_disk(instance.id, &cid, size, &wanted.cloud_properties, active)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(cid)
+    }
+
+    /// BOSH's disk migration: a new disk of the wanted size and type is created and
+    /// attached next to the old one, the agent copies the data over and mounts the new disk,
+    /// then the old disk is detached and orphaned (kept, with its data, until
+    /// `delete-disk` or `clean-up`). Until the agent has switched, the old disk stays the
+    /// instance's: a failure orphans the new disk and leaves the instance as it was.
+    async fn migrate_disk(
+        &self,
+        instance: &Instance,
+        old: &Disk,
+        wanted: &DiskState,
+        vm: &CreatedVm,
+    ) -> Result<(), String> {
+        let state = self.services.state.instances();
+        orphan_inactive_disks(self.services, instance, Some(vm)).await?;
+        let cid = self.create_disk(instance, wanted, vm, false).await?;
+        self.status("migrating disk");
+        let (vm_cid, new_cid) = (vm.cid.clone(), cid.clone());
+        let moved = async {
+            self.services
+                .cpi_call(move |cpi| cpi.attach_disk(&vm_cid, &new_cid))
+                .await
+                .map_err(|e| format!("attaching disk {cid} to VM {} failed: {e}", vm.cid))?;
+            self.agent_task(
+                &vm.agent_id,
+                "migrate_disk",
+                vec![Json::from(old.cid.as_str()), Json::from(cid.as_str())],
+            )
+            .await
+            .map_err(|e| {
+                format!(
+                    "moving the data of disk {} ({} MB) to disk {cid} ({} MB) failed: {e}",
+                    old.cid, old.size, wanted.size
+                )
+            })
+        }
+        .await;
+        if let Err(e) = moved {
+            // The old disk is still mounted and still the instance's; the copy goes.
+            let _ = unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &cid, false).await;
+            let _ = state.orphan_disk(&cid).await;
+            return Err(e);
+        }
+        state
+            .activate_disk(instance.id, &cid)
+            .await
+            .map_err(|e| e.to_string())?;
+        unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &old.cid, false).await
+    }
+
+    /// Updates one instance as planned.
+    pub async fn run(
+        &self,
+        plan: &InstancePlan,
+        work: &InstanceWork,
+        instance: &Instance,
+        watch: WatchTime,
+    ) -> Result<(), String> {
+        let state = self.services.state.instances();
+        state
+            .set_update_completed(instance.id, false)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (spec, rendered_blobs) =
+            apply_spec(self.services, self.deployment, work, self.builds).await?;
+        let alive = match &instance.vm {
+            Some(vm) => self.answers(&vm.agent_id).await,
+            None => false,
+        };
+        let mut recreate = plan.action == Action::Recreate || instance.vm.is_none();
+        if let (Some(vm), false) = (&instance.vm, alive) {
+            if !recreate && !self.options.fix {
+                let cid = vm.cid.clone();
+                let explained = super::vms::explain_silent_agent(
+                    self.services,
+                    &self.step,
+                    &cid,
+                    &vm.agent_id,
+                    QUICK,
+                )
+                .await;
+                return Err(format!(
+                    "{explained}\n(deploy with --fix to recreate instances whose agents do not answer)"
+                ));
+            }
+            recreate = true;
+        }
+        if let (Some(vm), true) = (&instance.vm, alive) {
+            // BOSH drains with `shutdown` when the VM goes or the persistent disk changes.
+            let disk_changes = match (&instance.disk, &work.spec.persistent_disk) {
+                (Some(disk), Some(wanted)) => {
+                    disk.size != wanted.size || disk.cloud_properties != wanted.cloud_properties
+                }
+                (had, wants) => had.is_some() != wants.is_some(),
+            };
+            let kind = if recreate || disk_changes {
+                "shutdown"
+            } else {
+                "update"
+            };
+            self.drain_and_stop(vm, kind, Some(&spec)).await?;
+        }
+        let vm = if recreate {
+            self.recreate_vm(instance, work, alive).await?
+        } else {
+            let vm = instance.vm.as_ref().ok_or("the instance has no VM")?;
+            CreatedVm {
+                cid: vm.cid.clone(),
+                agent_id: vm.agent_id.clone(),
+                env: vm.env.clone(),
+            }
+        };
+        self.converge_disk(instance, work, &vm).await?;
+        self.status("installing packages and configuring jobs");
+        self.agent_task(
+            &vm.agent_id,
+            "apply",
+            vec![serde_json::to_value(&spec).map_err(|e| e.to_string())?],
+        )
+        .await?;
+        state
+            .set_rendered(instance.id, &rendered_blobs)
+            .await
+            .map_err(|e| e.to_string())?;
+        if instance.state == "started" {
+            self.start(&vm.agent_id, watch).await?;
+        }
+        state
+            .set_observed(instance.id, &observed_document(work, &spec)?, true)
+            .await
+            .map_err(|e| e.to_string())
+    }
+
+    /// pre-start, start, wait until running, post-start.
+    pub async fn start(&self, agent_id: &str, watch: WatchTime) -> Result<(), String> {
+        self.status("executing pre-start");
+        self.agent_task(
+            agent_id,
+            "run_script",
+            vec![Json::from("pre-start"), json!({})],
+        )
+        .await
+        .map_err(|e| format!("pre-start failed: {e}"))?;
+        self.status("starting jobs");
+        self.agent_task(agent_id, "start", vec![]).await?;
+        self.status("waiting until running");
+        self.watch(agent_id, watch).await?;
+        self.status("executing post-start");
+        self.agent_task(
+            agent_id,
+            "run_script",
+            vec![Json::from("post-start"), json!({})],
+        )
+        .await
+        .map_err(|e| format!("post-start failed: {e}"))?;
+        Ok(())
+    }
+
+    /// Waits until every process runs: first after `min_ms`, then polling until `max_ms`.
+    async fn watch(&self, agent_id: &str, watch: WatchTime) -> Result<(), String> {
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_millis(watch.min_ms.min(watch.max_ms))).await;
+        let deadline = Duration::from_millis(watch.max_ms.max(watch.min_ms));
+        loop {
+            let answer = self
+                .services
+                .bus
+                .request(agent_id, "get_state", vec![], QUICK)
+                .await
+                .map_err(|e| e.to_string())?;
+            let state: AgentState = serde_json::from_value(answer)
+                .map_err(|e| format!("the agent's state is not readable: {e}"))?;
+            if state.job_state == "running" {
+                return Ok(());
+            }
+            if started.elapsed() >= deadline {
+                return Err(not_running(&state, started.elapsed()));
+            }
+            tokio::time::sleep(Duration::from_secs(1).min(deadline - started.elapsed())).await;
+        }
+    }
+}
+
+/// What is recorded as applied: the compared spec, and the apply spec (blob ids; URLs are
+/// signed again whenever it is used).
+pub fn observed_document(work: &InstanceWork, apply: &ApplySpec) -> Result<Json, String> {
+    let mut observed = serde_json::to_value(&work.spec).map_err(|e| e.to_string())?;
+    observed["apply"] = serde_json::to_value(apply).map_err(|e| e.to_string())?;
+    Ok(observed)
+}
+
+/// The apply spec last applied to an instance, with its blob URLs signed anew.
+pub fn recorded_apply_spec(services: &Services, instance: &Instance) -> Option<ApplySpec> {
+    let mut spec: ApplySpec =
+        serde_json::from_value(instance.observed.as_ref()?.get("apply")?.clone()).ok()?;
+    for package in spec.packages.values_mut() {
+        if let Ok(id) = BlobId::parse(&package.blob.id) {
+            package.blob = services.blob_ref(&id);
+        }
+    }
+    for job in &mut spec.jobs {
+        if let Ok(id) = BlobId::parse(&job.rendered.id) {
+            job.rendered = services.blob_ref(&id);
+        }
+    }
+    Some(spec)
+}
+
+/// BOSH says "'x/0' is not running after update"; we say which job and process, how it
+/// ended, and what it printed last.
+pub fn not_running(state: &AgentState, waited: Duration) -> String {
+    let mut lines = vec![format!(
+        "is not running after update (waited {}; the agent says '{}'):",
+        director_bus::human_duration(waited),
+        state.job_state
+    )];
+    let bad: Vec<_> = state
+        .processes
+        .iter()
+        .filter(|p| p.state != "running")
+        .collect();
+    if bad.is_empty() {
+        lines.push("  no process is reported failing; the jobs may have no processes (check config/bpm.yml)".to_string());
+    }
+    for process in bad {
+        let mut line = format!(
+            "  job '{}' process '{}' is {}",
+            process.job, process.name, process.state
+        );
+        if let Some(exit) = &process.last_exit {
+            line.push_str(&format!(" (last exit: {exit})"));
+        }
+        if process.restarts > 0 {
+            line.push_str(&format!(", restarted {} time(s)", process.restarts));
+        }
+        lines.push(line);
+        if process.last_stderr.is_empty() {
+            lines.push("    its stderr is empty".to_string());
+        } else {
+            lines.push(format!(
+                "    last lines of sys/log/{}/{}.stderr.log:",
+                process.job, process.name
+            ));
+            for text in &process.last_stderr {
+                lines.push(format!("      {text}"));
+            }
+        }
+    }
+    lines.join("\n")
+}
+
+fn stemcell_cid(work: &InstanceWork, cids: &StemcellCids) -> Result<String, String> {
+    let stemcell = &work.spec.stemcell;
+    cids.get(&(stemcell.name.clone(), stemcell.version.clone()))
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "stemcell {}/{} is not in the CPI",
+                stemcell.name, stemcell.version
+            )
+        })
+}
+
+/// Records a new VM of an instance.
+pub async fn record_vm(
+    services: &Services,
+    instance: InstanceId,
+    vm: &CreatedVm,
+) -> Result<(), String> {
+    services
+        .state
+        .instances()
+        .set_vm(
+            instance,
+            &Vm {
+                cid: vm.cid.clone(),
+                agent_id: vm.agent_id.clone(),
+                created_at: director_state::now(),
+                env: vm.env.clone(),
+            },
+        )
+        .await
+        .map_err(|e| e.to_string())
+}
+
+/// Creates the VM of a new instance (before its group is updated).
+pub async fn create_missing_vm(
+    services: &Services,
+    deployment: &str,
+    label: &str,
+    work: &InstanceWork,
+    instance: &Instance,
+    cids: &StemcellCids,
+) -> Result<(), String> {
+    let created = create_vm(
+        services,
+        &VmRequest {
+            label: label.to_string(),
+            stemcell_cid: stemcell_cid(work, cids)?,
+            cloud_properties: work.spec.cloud_properties.clone(),
+            networks: vm_networks(work),
+            env: work.spec.env.clone(),
+            disk_cids: instance.disk.iter().map(|d| d.cid.clone()).collect(),
+            metadata: vm_metadata(deployment, work),
+        },
+    )
+    .await?;
+    record_vm(services, instance.id, &created).await
+}
+
+/// Deletes an instance: drain and stop it, delete its VM, orphan its disk, drop its record
+/// and addresses.
+pub async fn delete_instance(
+    services: &Services,
+    instance: &Instance,
+    skip_drain: bool,
+) -> Result<(), String> {
+    let state = services.state.instances();
+    if let Some(vm) = &instance.vm {
+        let alive = services
+            .bus
+            .request(&vm.agent_id, "ping", vec![], QUICK)
+            .await
+            .is_ok();
+        if alive {
+            let run = |method: &'static str, args: Vec<Json>| {
+                services.bus.run_task(
+                    &vm.agent_id,
+                    method,
+                    args,
+                    POLL,
+                    services.timeouts.agent_task,
+                )
+            };
+            if !skip_drain {
+                let mut wait = run("drain", vec![Json::from("shutdown")])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                while let Some(seconds) = wait.as_i64().filter(|s| *s < 0) {
+                    tokio::time::sleep(Duration::from_secs(seconds.unsigned_abs())).await;
+                    wait = run("drain", vec![Json::from("status")])
+                        .await
+                        .map_err(|e| e.to_string())?;
+                }
+            }
+            run("stop", vec![]).await.map_err(|e| e.to_string())?;
+        }
+        if let Some(disk) = &instance.disk {
+            unmount_and_detach(services, &vm.cid, &vm.agent_id, &disk.cid, alive).await?;
+        }
+        delete_vm(services, &vm.cid, &vm.agent_id).await?;
+        state
+            .clear_vm(instance.id)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    if let Some(disk) = &instance.disk {
+        state
+            .orphan_disk(&disk.cid)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    orphan_inactive_disks(services, instance, None).await?;
+    state.delete(instance.id).await.map_err(|e| e.to_string())
+}
+
+/// Orphans the disks recorded for an instance that it does not use (what an interrupted
+/// disk migration leaves), detaching them from `vm` first when it is given.
+async fn orphan_inactive_disks(
+    services: &Services,
+    instance: &Instance,
+    vm: Option<&CreatedVm>,
+) -> Result<(), String> {
+    let state = services.state.instances();
+    let leftovers = state
+        .inactive_disks(instance.id)
+        .await
+        .map_err(|e| e.to_string())?;
+    for disk in leftovers {
+        if let Some(vm) = vm {
+            unmount_and_detach(services, &vm.cid, &vm.agent_id, &disk.cid, false).await?;
+        }
+        state
+            .orphan_disk(&disk.cid)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}

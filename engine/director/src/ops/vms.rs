@@ -1,0 +1,275 @@
+//! VMs and disks through the CPI, with their agents: create a VM with a fresh agent account
+//! and wait for its agent (explaining what is known when it never answers), delete a VM
+//! and its account, attach and mount disks.
+
+use std::time::Duration;
+
+use serde_json::{Value as Json, json};
+
+use super::Services;
+use director_core::deploy::desired::deep_merge;
+
+/// A VM to create.
+#[derive(Clone, Debug)]
+pub struct VmRequest {
+    /// What the VM is for, in messages (`web/6f1c… (0)`, `compilation of ruby`).
+    pub label: String,
+    /// The stemcell's CPI id.
+    pub stemcell_cid: String,
+    /// Cloud properties.
+    pub cloud_properties: Json,
+    /// Networks (name → settings), as `create_vm` takes them.
+    pub networks: Json,
+    /// The instance group's `env`.
+    pub env: Json,
+    /// Disks to attach at creation (hints for the CPI).
+    pub disk_cids: Vec<String>,
+    /// Metadata (tags) for `set_vm_metadata`.
+    pub metadata: Json,
+}
+
+/// A VM whose agent answered.
+#[derive(Clone, Debug)]
+pub struct CreatedVm {
+    /// The CPI's id.
+    pub cid: String,
+    /// The agent's id.
+    pub agent_id: String,
+    /// The `env` it was created with, without the agent's credentials.
+    pub env: Json,
+}
+
+/// Tells the CPI a disk or VM is gone already: for deletes, that is success.
+fn already_gone(error: &cpi::CpiError) -> bool {
+    matches!(
+        error.kind,
+        cpi::ErrorKind::VmNotFound | cpi::ErrorKind::DiskNotFound
+    )
+}
+
+fn human(duration: Duration) -> String {
+    director_bus::human_duration(duration)
+}
+
+/// Why an agent does not answer, in one paragraph with everything the director knows.
+pub async fn explain_silent_agent(
+    services: &Services,
+    label: &str,
+    vm_cid: &str,
+    agent_id: &str,
+    waited: Duration,
+) -> String {
+    let cid = vm_cid.to_string();
+    let exists = services.cpi_call(move |cpi| cpi.has_vm(&cid)).await;
+    let cpi_says = match exists {
+        Ok(true) => format!("the CPI says VM {vm_cid} exists"),
+        Ok(false) => format!("the CPI says VM {vm_cid} does not exist (it stopped or was deleted)"),
+        Err(e) => format!("the CPI could not say whether VM {vm_cid} exists: {e}"),
+    };
+    let contact = match services.bus.last_contact(agent_id) {
+        Some(at) => format!(
+            "the director last heard from agent {agent_id} {} ago",
+            human(at.elapsed())
+        ),
+        None => format!(
+            "the director never heard from agent {agent_id} on the bus ({})",
+            services.bus.url()
+        ),
+    };
+    let cid = vm_cid.to_string();
+    let tail = services
+        .cpi_call(move |cpi| Ok(cpi.agent_log_tail(&cid, 15)))
+        .await
+        .ok()
+        .flatten();
+    let log = match tail {
+        Some(lines) if !lines.is_empty() => format!(
+            "; the agent's start-up log ends with:\n    {}",
+            lines.join("\n    ")
+        ),
+        Some(_) => "; the agent's start-up log is empty".to_string(),
+        None => "; the CPI cannot read the agent's start-up log".to_string(),
+    };
+    format!(
+        "the agent of {label} did not answer within {}: {cpi_says}; {contact}{log}",
+        human(waited)
+    )
+}
+
+/// Creates a VM and waits for its agent. On failure nothing is left behind (the VM is
+/// deleted, the account removed) and the error says what is known.
+pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<CreatedVm, String> {
+    let agent_id = uuid::Uuid::new_v4().to_string();
+    let credentials = services.accounts.add_agent(&agent_id).await.map_err(|e| {
+        format!(
+            "{}: cannot make a bus account for its agent: {e}",
+            request.label
+        )
+    })?;
+    let mut env = request.env.clone();
+    if !env.is_object() {
+        env = json!({});
+    }
+    let public_env = env.clone();
+    deep_merge(
+        &mut env,
+        &json!({"bosh": {
+            "mbus": credentials.mbus_url(),
+            "blobstores": [{"provider": "director", "options": {
+                "endpoint": services.director_url,
+                "ca_cert": services.ca_cert,
+            }}],
+            "heartbeat_interval": services.timeouts.heartbeat_interval,
+        }}),
+    );
+    let (stemcell, cloud_properties, networks, disks) = (
+        request.stemcell_cid.clone(),
+        request.cloud_properties.clone(),
+        request.networks.clone(),
+        request.disk_cids.clone(),
+    );
+    let id = agent_id.clone();
+    let mut tries = 0;
+    let created = loop {
+        tries += 1;
+        let (stemcell, cloud_properties, networks, disks, env, id) = (
+            stemcell.clone(),
+            cloud_properties.clone(),
+            networks.clone(),
+            disks.clone(),
+            env.clone(),
+            id.clone(),
+        );
+        let result = services
+            .cpi_call(move |cpi| {
+                cpi.create_vm(&id, &stemcell, &cloud_properties, &networks, &disks, &env)
+            })
+            .await;
+        match result {
+            Err(e) if e.ok_to_retry && tries < 5 => continue,
+            other => break other,
+        }
+    };
+    let vm_cid = match created {
+        Ok((cid, _)) => cid,
+        Err(e) => {
+            let _ = services.accounts.remove_agent(&agent_id).await;
+            return Err(format!("{}: creating its VM failed: {e}", request.label));
+        }
+    };
+    let (cid, metadata) = (vm_cid.clone(), request.metadata.clone());
+    if let Err(e) = services
+        .cpi_call(move |cpi| cpi.set_vm_metadata(&cid, &metadata))
+        .await
+    {
+        if !matches!(
+            e.kind,
+            cpi::ErrorKind::NotImplemented | cpi::ErrorKind::NotSupported
+        ) {
+            let _ = delete_vm(services, &vm_cid, &agent_id).await;
+            return Err(format!(
+                "{}: setting the metadata of VM {vm_cid} failed: {e}",
+                request.label
+            ));
+        }
+    }
+    if let Err(e) = services
+        .bus
+        .wait_until_ready(&agent_id, services.timeouts.agent_wait)
+        .await
+    {
+        let explained = match e {
+            director_bus::BusError::Timeout { .. } => {
+                explain_silent_agent(
+                    services,
+                    &request.label,
+                    &vm_cid,
+                    &agent_id,
+                    services.timeouts.agent_wait,
+                )
+                .await
+            }
+            other => format!("{}: {other}", request.label),
+        };
+        let _ = delete_vm(services, &vm_cid, &agent_id).await;
+        return Err(explained);
+    }
+    Ok(CreatedVm {
+        cid: vm_cid,
+        agent_id,
+        env: public_env,
+    })
+}
+
+/// Deletes a VM (a VM already gone is fine) and its agent's account.
+pub async fn delete_vm(services: &Services, vm_cid: &str, agent_id: &str) -> Result<(), String> {
+    let cid = vm_cid.to_string();
+    match services.cpi_call(move |cpi| cpi.delete_vm(&cid)).await {
+        Ok(()) => {}
+        Err(e) if already_gone(&e) => {}
+        Err(e) => return Err(format!("deleting VM {vm_cid} failed: {e}")),
+    }
+    let _ = services.accounts.remove_agent(agent_id).await;
+    services.bus.forget_agent(agent_id);
+    Ok(())
+}
+
+/// Attaches a disk to a VM and has the agent mount it on `/var/vcap/store`.
+pub async fn attach_and_mount(
+    services: &Services,
+    vm_cid: &str,
+    agent_id: &str,
+    disk_cid: &str,
+) -> Result<(), String> {
+    let (vm, disk) = (vm_cid.to_string(), disk_cid.to_string());
+    services
+        .cpi_call(move |cpi| cpi.attach_disk(&vm, &disk))
+        .await
+        .map_err(|e| format!("attaching disk {disk_cid} to VM {vm_cid} failed: {e}"))?;
+    services
+        .bus
+        .run_task(
+            agent_id,
+            "mount_disk",
+            vec![Json::from(disk_cid)],
+            Duration::from_secs(1),
+            services.timeouts.agent_task,
+        )
+        .await
+        .map_err(|e| format!("mounting disk {disk_cid}: {e}"))?;
+    Ok(())
+}
+
+/// Has the agent unmount a disk (when it can still answer) and detaches it from the VM.
+pub async fn unmount_and_detach(
+    services: &Services,
+    vm_cid: &str,
+    agent_id: &str,
+    disk_cid: &str,
+    agent_answers: bool,
+) -> Result<(), String> {
+    if agent_answers {
+        services
+            .bus
+            .run_task(
+                agent_id,
+                "unmount_disk",
+                vec![Json::from(disk_cid)],
+                Duration::from_secs(1),
+                services.timeouts.agent_task,
+            )
+            .await
+            .map_err(|e| format!("unmounting disk {disk_cid}: {e}"))?;
+    }
+    let (vm, disk) = (vm_cid.to_string(), disk_cid.to_string());
+    match services
+        .cpi_call(move |cpi| cpi.detach_disk(&vm, &disk))
+        .await
+    {
+        Ok(()) => Ok(()),
+        Err(e) if already_gone(&e) || e.kind == cpi::ErrorKind::DiskNotAttached => Ok(()),
+        Err(e) => Err(format!(
+            "detaching disk {disk_cid} from VM {vm_cid} failed: {e}"
+        )),
+    }
+}

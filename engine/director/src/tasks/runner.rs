@@ -1,0 +1,297 @@
+//! Running tasks: a task row is queued, waits for one of the director's worker slots, takes
+//! its locks, runs its job with a [`TaskContext`] (event log, debug log, cancellation), and
+//! ends `done`, `error` or `cancelled`; its locks are released whatever happens.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use super::log::{TaskFiles, TaskLog};
+use director_state::{NewTask, Object, State, StateError, Task, TaskId, TaskState};
+
+/// How long a lock lasts without renewal (renewed every third of it while the task runs),
+/// so the lock of a director that died frees itself.
+const LOCK_TTL: Duration = Duration::from_secs(60);
+
+/// Why a task's job stopped without a result.
+#[derive(Debug, thiserror::Error)]
+pub enum TaskError {
+    /// `cancel-task` asked it to stop.
+    #[error("task cancelled")]
+    Cancelled,
+    /// Another task holds a lock this one needs.
+    #[error(
+        "{what} is locked by task {by_task}: wait for it to finish, or stop it with `director cancel-task {by_task}`"
+    )]
+    Locked {
+        /// What the lock protects, for the message (`release 'hello'`).
+        what: String,
+        /// The holder.
+        by_task: TaskId,
+    },
+    /// The job failed; the message is what the user reads.
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl From<StateError> for TaskError {
+    fn from(error: StateError) -> TaskError {
+        TaskError::Failed(error.to_string())
+    }
+}
+
+/// Why a task could not be queued or cancelled.
+#[derive(Debug, thiserror::Error)]
+pub enum RunnerError {
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The task's log files could not be created.
+    #[error("creating the logs of task {id}: {source}")]
+    Logs {
+        /// The task.
+        id: TaskId,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// What a task's job gets: its id, its logs, its cancellation and its locks.
+pub struct TaskContext {
+    /// The task.
+    pub id: TaskId,
+    /// Its event and debug logs.
+    pub log: TaskLog,
+    cancel: CancellationToken,
+    state: Arc<State>,
+    locks: Arc<Mutex<Vec<String>>>,
+}
+
+impl TaskContext {
+    /// Returns `Err(Cancelled)` when the task was asked to stop; jobs call it between steps.
+    pub fn checkpoint(&self) -> Result<(), TaskError> {
+        if self.cancel.is_cancelled() {
+            Err(TaskError::Cancelled)
+        } else {
+            Ok(())
+        }
+    }
+
+    /// A token that fires when the task is cancelled, for waits that should end early.
+    pub fn cancellation(&self) -> CancellationToken {
+        self.cancel.clone()
+    }
+
+    /// Takes lock `name` (`release:hello`); `what` names it for the user (`release 'hello'`).
+    pub async fn lock(&self, name: &str, what: &str) -> Result<(), TaskError> {
+        match self.state.locks().acquire(name, self.id, LOCK_TTL).await {
+            Ok(_) => {
+                if let Ok(mut locks) = self.locks.lock() {
+                    locks.push(name.to_string());
+                }
+                self.log.debug(format!("acquired lock {name}"));
+                Ok(())
+            }
+            Err(StateError::Locked { by_task, .. }) => Err(TaskError::Locked {
+                what: what.to_string(),
+                by_task,
+            }),
+            Err(other) => Err(other.into()),
+        }
+    }
+
+    /// The state database.
+    pub fn state(&self) -> &Arc<State> {
+        &self.state
+    }
+}
+
+/// What `cancel` did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CancelOutcome {
+    /// The task will stop at its next checkpoint.
+    Cancelling,
+    /// The task had already ended.
+    AlreadyEnded(TaskState),
+}
+
+struct Inner {
+    state: Arc<State>,
+    tasks_dir: PathBuf,
+    workers: Arc<Semaphore>,
+    running: Mutex<HashMap<i64, CancellationToken>>,
+    join_set: tokio::sync::Mutex<JoinSet<()>>,
+    shutdown: CancellationToken,
+}
+
+/// Starts and tracks tasks.
+#[derive(Clone)]
+pub struct TaskRunner {
+    inner: Arc<Inner>,
+}
+
+impl TaskRunner {
+    /// A runner that keeps task logs under `tasks_dir` and runs at most `workers` tasks at once.
+    pub fn new(state: Arc<State>, tasks_dir: PathBuf, workers: usize) -> TaskRunner {
+        TaskRunner {
+            inner: Arc::new(Inner {
+                state,
+                tasks_dir,
+                workers: Arc::new(Semaphore::new(workers.max(1))),
+                running: Mutex::new(HashMap::new()),
+                join_set: tokio::sync::Mutex::new(JoinSet::new()),
+                shutdown: CancellationToken::new(),
+            }),
+        }
+    }
+
+    /// Where task `id`'s logs are.
+    pub fn files(&self, id: TaskId) -> TaskFiles {
+        TaskFiles::new(&self.inner.tasks_dir, id.0)
+    }
+
+    /// Queues a task and returns its row at once; `job` runs in the background.
+    pub async fn submit<F, Fut>(&self, task: NewTask, job: F) -> Result<Task, RunnerError>
+    where
+        F: FnOnce(TaskContext) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<String, TaskError>> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        let created = inner.state.tasks().create(&task).await?;
+        let files = TaskFiles::new(&inner.tasks_dir, created.id.0);
+        let log = files.create().map_err(|source| RunnerError::Logs {
+            id: created.id,
+            source,
+        })?;
+        inner
+            .state
+            .tasks()
+            .set_logs(
+                created.id,
+                &files.path(super::OutputKind::Event),
+                &files.path(super::OutputKind::Debug),
+            )
+            .await?;
+        let cancel = inner.shutdown.child_token();
+        if let Ok(mut running) = inner.running.lock() {
+            running.insert(created.id.0, cancel.clone());
+        }
+        let id = created.id;
+        let runner = inner.clone();
+        inner.join_set.lock().await.spawn(async move {
+            run(runner, id, log, cancel, job).await;
+        });
+        Ok(created)
+    }
+
+    /// Asks a task to stop at its next checkpoint.
+    pub async fn cancel(&self, id: TaskId) -> Result<CancelOutcome, StateError> {
+        let Some(task) = self.inner.state.tasks().get(id).await? else {
+            return Err(StateError::NotFound {
+                object: Object::Task { id },
+            });
+        };
+        if !task.state.is_running() {
+            return Ok(CancelOutcome::AlreadyEnded(task.state));
+        }
+        self.inner
+            .state
+            .tasks()
+            .set_state(id, TaskState::Cancelling, None)
+            .await?;
+        let token = self
+            .inner
+            .running
+            .lock()
+            .ok()
+            .and_then(|running| running.get(&id.0).cloned());
+        if let Some(token) = token {
+            token.cancel();
+        }
+        Ok(CancelOutcome::Cancelling)
+    }
+
+    /// Cancels every task and waits for them to stop (on director shutdown).
+    pub async fn shutdown(&self) {
+        self.inner.shutdown.cancel();
+        let mut join_set = self.inner.join_set.lock().await;
+        while join_set.join_next().await.is_some() {}
+    }
+}
+
+async fn run<F, Fut>(inner: Arc<Inner>, id: TaskId, log: TaskLog, cancel: CancellationToken, job: F)
+where
+    F: FnOnce(TaskContext) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<String, TaskError>> + Send + 'static,
+{
+    let tasks = inner.state.tasks();
+    let permit = tokio::select! {
+        permit = inner.workers.clone().acquire_owned() => permit.ok(),
+        () = cancel.cancelled() => None,
+    };
+    let locks = Arc::new(Mutex::new(Vec::new()));
+    let outcome = match permit {
+        None => Err(TaskError::Cancelled),
+        Some(_permit) => {
+            if let Err(e) = tasks.set_state(id, TaskState::Processing, None).await {
+                log.debug(format!("cannot mark task {id} processing: {e}"));
+            }
+            let context = TaskContext {
+                id,
+                log: log.clone(),
+                cancel: cancel.clone(),
+                state: inner.state.clone(),
+                locks: locks.clone(),
+            };
+            let renewal = renew_locks(inner.state.clone(), id, locks.clone(), cancel.clone());
+            let renewing = tokio::spawn(renewal);
+            let outcome = job(context).await;
+            renewing.abort();
+            outcome
+        }
+    };
+    let (state, result) = match outcome {
+        Ok(result) => (TaskState::Done, result),
+        Err(TaskError::Cancelled) => (TaskState::Cancelled, "task cancelled".to_string()),
+        Err(error) => {
+            let message = error.to_string();
+            log.error(100, &message);
+            (TaskState::Error, message)
+        }
+    };
+    let _ = log.result(&result);
+    if let Err(e) = inner.state.locks().release_all_for_task(id).await {
+        log.debug(format!("cannot release the locks of task {id}: {e}"));
+    }
+    if let Err(e) = tasks.set_state(id, state, Some(&result)).await {
+        log.debug(format!("cannot record the end of task {id}: {e}"));
+    }
+    if let Ok(mut running) = inner.running.lock() {
+        running.remove(&id.0);
+    }
+}
+
+async fn renew_locks(
+    state: Arc<State>,
+    id: TaskId,
+    locks: Arc<Mutex<Vec<String>>>,
+    cancel: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep(LOCK_TTL / 3) => {}
+            () = cancel.cancelled() => return,
+        }
+        let names: Vec<String> = locks.lock().map(|l| l.clone()).unwrap_or_default();
+        for name in names {
+            let _ = state.locks().renew(&name, id, LOCK_TTL).await;
+        }
+    }
+}

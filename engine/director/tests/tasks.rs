@@ -1,0 +1,172 @@
+//! The task runner on a real (SQLite) state database: tasks end done, error or cancelled,
+//! write BOSH-shaped event logs, hold locks that a second task cannot take, and release
+//! them whatever happens.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use director::tasks::{CancelOutcome, OutputKind, TaskError, TaskRunner};
+use director_state::{NewTask, State, TaskId, TaskState};
+
+async fn runner() -> (tempfile::TempDir, TaskRunner, Arc<State>) {
+    let dir = tempfile::tempdir().unwrap();
+    let state = Arc::new(
+        State::open(&format!(
+            "sqlite://{}",
+            dir.path().join("state.db").display()
+        ))
+        .await
+        .unwrap(),
+    );
+    let runner = TaskRunner::new(state.clone(), dir.path().join("tasks"), 3);
+    (dir, runner, state)
+}
+
+fn task(description: &str) -> NewTask {
+    NewTask {
+        description: description.to_string(),
+        deployment: None,
+        user: "admin".to_string(),
+        context: serde_json::json!({}),
+    }
+}
+
+async fn wait_for_end(state: &State, id: TaskId) -> director_state::Task {
+    for _ in 0..500 {
+        let task = state.tasks().get(id).await.unwrap().unwrap();
+        if !task.state.is_running() {
+            return task;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("task {id} did not end");
+}
+
+#[tokio::test]
+async fn a_task_runs_and_logs_events() {
+    let (_dir, runner, state) = runner().await;
+    let queued = runner
+        .submit(task("upload release"), |context| async move {
+            let stage = context.log.stage("Uploading release", vec![], 1);
+            stage.started("hello/0+dev.1", 1);
+            context.checkpoint()?;
+            stage.finished("hello/0+dev.1", 1);
+            Ok("uploaded release hello/0+dev.1".to_string())
+        })
+        .await
+        .unwrap();
+    assert_eq!(queued.state, TaskState::Queued);
+    let ended = wait_for_end(&state, queued.id).await;
+    assert_eq!(ended.state, TaskState::Done);
+    assert_eq!(
+        ended.result.as_deref(),
+        Some("uploaded release hello/0+dev.1")
+    );
+    let (events, _) = runner
+        .files(queued.id)
+        .read_from(OutputKind::Event, 0)
+        .unwrap();
+    let lines: Vec<serde_json::Value> = events
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["stage"], "Uploading release");
+    assert_eq!(lines[0]["state"], "started");
+    assert_eq!(lines[1]["state"], "finished");
+    let (result, _) = runner
+        .files(queued.id)
+        .read_from(OutputKind::Result, 0)
+        .unwrap();
+    assert_eq!(result, "uploaded release hello/0+dev.1");
+}
+
+#[tokio::test]
+async fn a_failing_task_records_its_error() {
+    let (_dir, runner, state) = runner().await;
+    let queued = runner
+        .submit(task("delete release"), |_| async {
+            Err(TaskError::Failed("release 'x' is in use".into()))
+        })
+        .await
+        .unwrap();
+    let ended = wait_for_end(&state, queued.id).await;
+    assert_eq!(
+        (ended.state, ended.result.as_deref()),
+        (TaskState::Error, Some("release 'x' is in use"))
+    );
+    let (events, _) = runner
+        .files(queued.id)
+        .read_from(OutputKind::Event, 0)
+        .unwrap();
+    assert!(
+        events.contains("\"error\":{\"code\":100,\"message\":\"release 'x' is in use\"}"),
+        "{events}"
+    );
+}
+
+#[tokio::test]
+async fn locks_keep_a_second_task_out_and_are_released() {
+    let (_dir, runner, state) = runner().await;
+    let (started_tx, started_rx) = tokio::sync::oneshot::channel();
+    let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
+    let first = runner
+        .submit(task("upload release"), move |context| async move {
+            context.lock("release:hello", "release 'hello'").await?;
+            let _ = started_tx.send(());
+            let _ = finish_rx.await;
+            Ok("done".to_string())
+        })
+        .await
+        .unwrap();
+    started_rx.await.unwrap();
+    let second = runner
+        .submit(task("upload release"), |context| async move {
+            context.lock("release:hello", "release 'hello'").await?;
+            Ok("should not get here".to_string())
+        })
+        .await
+        .unwrap();
+    let ended = wait_for_end(&state, second.id).await;
+    assert_eq!(ended.state, TaskState::Error);
+    assert_eq!(
+        ended.result.unwrap(),
+        format!(
+            "release 'hello' is locked by task {}: wait for it to finish, or stop it with `director cancel-task {}`",
+            first.id, first.id
+        )
+    );
+    finish_tx.send(()).unwrap();
+    assert_eq!(wait_for_end(&state, first.id).await.state, TaskState::Done);
+    assert!(
+        state.locks().list().await.unwrap().is_empty(),
+        "locks are released when the task ends"
+    );
+}
+
+#[tokio::test]
+async fn cancelling_stops_a_task_at_its_next_checkpoint() {
+    let (_dir, runner, state) = runner().await;
+    let queued = runner
+        .submit(task("long task"), |context| async move {
+            context.lock("deployment:shop", "deployment 'shop'").await?;
+            loop {
+                context.checkpoint()?;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert_eq!(
+        runner.cancel(queued.id).await.unwrap(),
+        CancelOutcome::Cancelling
+    );
+    let ended = wait_for_end(&state, queued.id).await;
+    assert_eq!(ended.state, TaskState::Cancelled);
+    assert!(state.locks().list().await.unwrap().is_empty());
+    assert!(matches!(
+        runner.cancel(queued.id).await.unwrap(),
+        CancelOutcome::AlreadyEnded(TaskState::Cancelled)
+    ));
+}
