@@ -23,9 +23,13 @@ use director_state::{NewTask, Task, TaskFilter, TaskId, TaskState};
 
 type Router = axum::Router<Director>;
 
-/// `{"error": message}` with a status.
+/// The contract's error shape (`{code, description}`) with a status.
 pub(super) fn error(status: StatusCode, message: impl Into<String>) -> (StatusCode, Json<Json_>) {
-    (status, Json(json!({ "error": message.into() })))
+    let error = director_api::ApiError::new(
+        director_api::ErrorCode::from_status(status.as_u16()),
+        message,
+    );
+    (status, Json(json!(error)))
 }
 
 fn internal(e: impl std::fmt::Display) -> (StatusCode, Json<Json_>) {
