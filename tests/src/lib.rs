@@ -188,6 +188,21 @@ impl User {
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout))
     }
 
+    /// A typed API client of this user's dev director (started by an earlier command).
+    pub fn api(&self) -> director_api::client::Client {
+        let text = std::fs::read_to_string(self.data_dir().join("dev.yml"))
+            .expect("a dev director runs (run a command first)");
+        let field = |name: &str| {
+            text.lines()
+                .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+                .map(|v| v.trim().trim_matches('\'').trim_matches('"').to_string())
+                .unwrap_or_else(|| panic!("dev.yml has no {name}: {text}"))
+        };
+        director_api::client::Client::new(&field("url"), Some(field("token")), None)
+            .expect("a client")
+            .reading_local_files()
+    }
+
     /// The pid of the dev director, when one runs.
     pub fn dev_pid(&self) -> Option<u32> {
         let text = std::fs::read_to_string(self.data_dir().join("dev.yml")).ok()?;

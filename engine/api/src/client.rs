@@ -183,10 +183,13 @@ impl Client {
         builder: reqwest::RequestBuilder,
     ) -> Result<T, ClientError> {
         let response = self.send(builder).await?;
-        let body = response.bytes().await.map_err(|e| ClientError::Unreachable {
-            url: self.url.clone(),
-            detail: error_chain(&e.without_url()),
-        })?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Unreachable {
+                url: self.url.clone(),
+                detail: error_chain(&e.without_url()),
+            })?;
         serde_json::from_slice(&body).map_err(|e| ClientError::Unexpected {
             what: what.to_string(),
             detail: e.to_string(),
@@ -194,8 +197,11 @@ impl Client {
     }
 
     async fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, ClientError> {
-        self.decode(&format!("GET {path}"), self.request(reqwest::Method::GET, path))
-            .await
+        self.decode(
+            &format!("GET {path}"),
+            self.request(reqwest::Method::GET, path),
+        )
+        .await
     }
 
     async fn get_with<T: DeserializeOwned, Q: Serialize>(
@@ -210,7 +216,11 @@ impl Client {
         .await
     }
 
-    async fn submit(&self, what: &str, builder: reqwest::RequestBuilder) -> Result<Task, ClientError> {
+    async fn submit(
+        &self,
+        what: &str,
+        builder: reqwest::RequestBuilder,
+    ) -> Result<Task, ClientError> {
         self.decode::<TaskAccepted>(what, builder)
             .await
             .map(|accepted| accepted.task)
@@ -465,7 +475,8 @@ impl Client {
     pub async fn cleanup(&self, request: &CleanupRequest) -> Result<Task, ClientError> {
         self.submit(
             "POST /cleanup",
-            self.request(reqwest::Method::POST, "/cleanup").json(request),
+            self.request(reqwest::Method::POST, "/cleanup")
+                .json(request),
         )
         .await
     }
@@ -577,11 +588,7 @@ impl Client {
     }
 
     /// `POST /deployments/{name}/logs`.
-    pub async fn fetch_logs(
-        &self,
-        name: &str,
-        request: &LogsRequest,
-    ) -> Result<Task, ClientError> {
+    pub async fn fetch_logs(&self, name: &str, request: &LogsRequest) -> Result<Task, ClientError> {
         let path = format!("/deployments/{}/logs", encode(name));
         self.submit(
             &format!("POST {path}"),

@@ -19,8 +19,8 @@ use crate::deployments::{
 use crate::error::{ApiError, ErrorCode, ErrorDetails, LockHolder};
 use crate::info::{Info, Message};
 use crate::releases::{
-    BlobLink, CleanupRequest, DeleteQuery, ExportRequest, ExportedRelease, Release,
-    ReleaseVersion, RemoteUpload, Stemcell, UploadQuery,
+    BlobLink, CleanupRequest, DeleteQuery, ExportRequest, ExportedRelease, Release, ReleaseVersion,
+    RemoteUpload, Stemcell, UploadQuery,
 };
 use crate::tasks::{
     EventData, EventError, EventState, OutputKind, OutputQuery, Task, TaskAccepted, TaskEvent,
@@ -253,3 +253,43 @@ fn export_link() {}
     params(("id" = String, Path, description = "Blob id")),
     responses((status = 200, body = BlobLink), (status = 404, body = ApiError)))]
 fn blob_link() {}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    /// `docs/openapi.json` is the generated document. After changing the contract, write it
+    /// anew with `UPDATE_OPENAPI=1 cargo test -p director-api` and review the diff.
+    #[test]
+    fn the_checked_in_document_is_the_generated_one() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        let generated = super::document_json();
+        if std::env::var_os("UPDATE_OPENAPI").is_some() {
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, &generated).unwrap();
+        }
+        let checked_in = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            checked_in == generated,
+            "{} differs from the contract's document: run UPDATE_OPENAPI=1 cargo test -p director-api and review the diff",
+            path.display()
+        );
+    }
+
+    #[test]
+    fn every_route_of_the_contract_is_documented() {
+        let document = super::document();
+        let paths: Vec<&str> = document.paths.paths.keys().map(String::as_str).collect();
+        for path in [
+            "/info",
+            "/openapi.json",
+            "/tasks/{id}/output",
+            "/deployments/{name}/errands/{errand}/runs",
+            "/releases/export",
+            "/blobs/uploads/{nonce}",
+        ] {
+            assert!(paths.contains(&path), "{path} missing from {paths:?}");
+        }
+        assert_eq!(paths.len(), 27, "{paths:?}");
+    }
+}

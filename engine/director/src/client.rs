@@ -585,8 +585,7 @@ impl EventRenderer {
                         let detail = event
                             .data
                             .as_ref()
-                            .and_then(|d| d.get("error"))
-                            .and_then(Json::as_str)
+                            .and_then(|d| d.error.as_deref())
                             .unwrap_or("failed");
                         out.push(format!("            L Error: {detail}"));
                     }
@@ -684,10 +683,8 @@ impl ProgressRenderer {
                     let status = event
                         .data
                         .as_ref()
-                        .and_then(|d| d.get("status"))
-                        .and_then(Json::as_str)
-                        .unwrap_or("")
-                        .to_string();
+                        .and_then(|d| d.status.clone())
+                        .unwrap_or_default();
                     steps.insert(step, status);
                 }
                 crate::tasks::EventState::Finished | crate::tasks::EventState::Failed => {

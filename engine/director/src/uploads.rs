@@ -12,8 +12,6 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::blobstore::{BlobId, Blobstore, StoredBlob};
 use crate::tasks::{TaskContext, TaskError};
 use director_core::archive::Limits;
@@ -571,43 +569,7 @@ pub async fn import_stemcell(
     }
 }
 
-/// What `export-release` asks for: a release version and the stemcell its compiled builds
-/// were made for.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportRequest {
-    /// Release name.
-    pub release_name: String,
-    /// Release version.
-    pub release_version: String,
-    /// The stemcell's operating system.
-    pub stemcell_os: String,
-    /// The stemcell's version.
-    pub stemcell_version: String,
-}
-
-impl ExportRequest {
-    /// The file name bosh gives the tarball: `<name>-<version>-<os>-<stemcell version>.tgz`.
-    pub fn file_name(&self) -> String {
-        format!(
-            "{}-{}-{}-{}.tgz",
-            self.release_name, self.release_version, self.stemcell_os, self.stemcell_version
-        )
-    }
-}
-
-/// The result of an export task (its JSON text): where the tarball is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ExportedRelease {
-    /// What was exported.
-    #[serde(flatten)]
-    pub request: ExportRequest,
-    /// The tarball's blob id (lowercase hex sha256).
-    pub blob_id: String,
-    /// Its digest, `sha256:<hex>`.
-    pub sha256: String,
-    /// Its size in bytes.
-    pub size: u64,
-}
+pub use director_api::releases::{ExportRequest, ExportedRelease};
 
 /// Exports release version `request` compiled for its stemcell: every package must have a
 /// compiled build for that stemcell (as a deploy on it made them). Writes a compiled release

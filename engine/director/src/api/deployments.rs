@@ -5,28 +5,27 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::{Path, Query, State as AxumState};
-use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
+use director_api::deployments::{
+    Config, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment, DeploymentManifest,
+    Event, EventsQuery, Instance, InstanceStemcell, InstancesQuery, LiveAgent, LogsRequest,
+    NameVersion, OrphanedDisk, PlanAnswer, StateChangeRequest,
+};
+use director_api::error::LockHolder;
+use director_api::{ApiError, ConfigKind};
 use futures::future::join_all;
-use serde::Deserialize;
-use serde_json::{Value as Json_, json};
+use serde_json::json;
 
 use super::Director;
-use super::routes::{error, new_task, submit};
+use super::reply::{Failure, Reply, new_task, submit};
 use crate::ops::deploy::{DeployRequest, manifest_name, run_deploy};
 use crate::ops::prepare::{DEFAULT_CONFIG, prepare_deploy};
 use crate::ops::update::UpdateOptions;
 use director_core::deploy::PlanOptions;
 use director_core::manifest::Count;
-use director_state::Instance;
 
-type Reply = Result<Response, (StatusCode, Json<Json_>)>;
 type Router = axum::Router<Director>;
-
-fn internal(e: impl std::fmt::Display) -> (StatusCode, Json<Json_>) {
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
 
 pub(super) fn routes() -> Router {
     Router::new()
@@ -49,34 +48,32 @@ pub(super) fn routes() -> Router {
         .route("/disks/{cid}", axum::routing::delete(delete_disk))
 }
 
-fn check_kind(kind: &str) -> Result<(), (StatusCode, Json<Json_>)> {
-    match kind {
-        "cloud" | "runtime" => Ok(()),
-        other => Err(error(
-            StatusCode::NOT_FOUND,
-            format!("unknown config type {other:?}: expected cloud or runtime"),
-        )),
-    }
+fn config_kind(kind: &str) -> Reply<ConfigKind> {
+    kind.parse()
+        .map_err(|e: director_api::deployments::UnknownValue| Failure::not_found(e.to_string()))
 }
 
 /// `GET /configs/{cloud|runtime}`.
-async fn config(AxumState(director): AxumState<Director>, Path(kind): Path<String>) -> Reply {
-    check_kind(&kind)?;
+async fn config(
+    AxumState(director): AxumState<Director>,
+    Path(kind): Path<String>,
+) -> Reply<Json<Config>> {
+    let kind = config_kind(&kind)?;
     match director
         .state
         .instances()
-        .config(&kind, DEFAULT_CONFIG)
-        .await
-        .map_err(internal)?
+        .config(kind.as_str(), DEFAULT_CONFIG)
+        .await?
     {
-        Some((id, content)) => Ok(Json(
-            json!({"id": id, "type": kind, "name": DEFAULT_CONFIG, "content": content}),
-        )
-        .into_response()),
-        None => Err(error(
-            StatusCode::NOT_FOUND,
-            format!("no {kind} config is set (set one with `director update-{kind}-config FILE`)"),
-        )),
+        Some((id, content)) => Ok(Json(Config {
+            id,
+            kind,
+            name: DEFAULT_CONFIG.to_string(),
+            content,
+        })),
+        None => Err(Failure::not_found(format!(
+            "no {kind} config is set (set one with `director update-{kind}-config FILE`)"
+        ))),
     }
 }
 
@@ -86,64 +83,61 @@ async fn update_config(
     AxumState(director): AxumState<Director>,
     Path(kind): Path<String>,
     body: String,
-) -> Reply {
-    check_kind(&kind)?;
+) -> Reply<Json<ConfigUpdated>> {
+    let kind = config_kind(&kind)?;
     let node = director_core::yaml::parse(&body, &format!("{kind} config"))
-        .map_err(|d| error(StatusCode::UNPROCESSABLE_ENTITY, d.to_string()))?;
-    let checked = match kind.as_str() {
-        "cloud" => director_core::manifest::validate_cloud_config(&node).map(|_| ()),
-        _ => director_core::manifest::validate_runtime_config(&node).map(|_| ()),
+        .map_err(|d| Failure::invalid(d.to_string()))?;
+    let checked = match kind {
+        ConfigKind::Cloud => director_core::manifest::validate_cloud_config(&node).map(|_| ()),
+        ConfigKind::Runtime => director_core::manifest::validate_runtime_config(&node).map(|_| ()),
     };
-    checked.map_err(|d| error(StatusCode::UNPROCESSABLE_ENTITY, d.to_string()))?;
+    checked.map_err(|d| Failure::invalid(d.to_string()))?;
     let state = director.state.instances();
-    if let Some((id, current)) = state
-        .config(&kind, DEFAULT_CONFIG)
-        .await
-        .map_err(internal)?
+    if let Some((id, current)) = state.config(kind.as_str(), DEFAULT_CONFIG).await?
+        && current == body
     {
-        if current == body {
-            return Ok(Json(json!({"id": id, "changed": false})).into_response());
-        }
+        return Ok(Json(ConfigUpdated { id, changed: false }));
     }
     let id = state
-        .set_config(&kind, DEFAULT_CONFIG, &body)
-        .await
-        .map_err(internal)?;
-    Ok(Json(json!({"id": id, "changed": true})).into_response())
+        .set_config(kind.as_str(), DEFAULT_CONFIG, &body)
+        .await?;
+    Ok(Json(ConfigUpdated { id, changed: true }))
 }
 
-#[derive(Deserialize, Default)]
-struct DeployQuery {
-    #[serde(default)]
-    recreate: bool,
-    #[serde(default)]
-    skip_drain: bool,
-    #[serde(default)]
-    fix: bool,
-    canaries: Option<String>,
-    max_in_flight: Option<String>,
-}
-
-fn count(text: Option<&str>, what: &str) -> Result<Option<Count>, (StatusCode, Json<Json_>)> {
+fn count(text: Option<&str>, what: &str) -> Reply<Option<Count>> {
     let Some(text) = text else { return Ok(None) };
     let parsed = match text.strip_suffix('%') {
         Some(percent) => percent.trim().parse().ok().map(Count::Percent),
         None => text.trim().parse().ok().map(Count::Absolute),
     };
     parsed.map(Some).ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("{what} {text:?}: expected a number or a percentage such as 25%"),
-        )
+        Failure::bad_request(format!(
+            "{what} {text:?}: expected a number or a percentage such as 25%"
+        ))
     })
 }
 
-fn plan_options(query: &DeployQuery) -> Result<PlanOptions, (StatusCode, Json<Json_>)> {
+fn plan_options(query: &DeployQuery) -> Reply<PlanOptions> {
     Ok(PlanOptions {
         recreate: query.recreate,
         canaries: count(query.canaries.as_deref(), "--canaries")?,
         max_in_flight: count(query.max_in_flight.as_deref(), "--max-in-flight")?,
     })
+}
+
+/// The manifest a deployment was last deployed with.
+async fn last_manifest(
+    director: &Director,
+    deployment: &director_state::Deployment,
+) -> Reply<Option<String>> {
+    Ok(director
+        .state
+        .deployments()
+        .manifests(deployment.id)
+        .await?
+        .into_iter()
+        .next()
+        .map(|m| m.text))
 }
 
 /// `POST /deployments/plan`: prepares a deploy of the manifest in the body and answers its
@@ -152,7 +146,7 @@ async fn plan(
     AxumState(director): AxumState<Director>,
     Query(query): Query<DeployQuery>,
     body: String,
-) -> Reply {
+) -> Reply<Json<PlanAnswer>> {
     let options = plan_options(&query)?;
     let services = &director.services;
     let prepared = prepare_deploy(
@@ -163,27 +157,38 @@ async fn plan(
         &options,
     )
     .await
-    .map_err(|e| error(StatusCode::UNPROCESSABLE_ENTITY, e.to_string()))?;
-    let previous = match &prepared.deployment {
-        Some(d) => director
-            .state
-            .deployments()
-            .manifests(d.id)
-            .await
-            .map_err(internal)?
-            .into_iter()
-            .next()
-            .map(|m| m.text),
+    .map_err(|e| Failure::invalid(e.to_string()))?;
+    let previous_manifest = match &prepared.deployment {
+        Some(deployment) => last_manifest(&director, deployment).await?,
         None => None,
     };
-    let plan = &prepared.prepared.planned.plan;
-    Ok(Json(json!({
-        "deployment": prepared.name,
-        "previous_manifest": previous,
-        "plan": plan,
-        "changes": plan.has_changes(),
+    let plan = prepared.prepared.planned.plan;
+    Ok(Json(PlanAnswer {
+        deployment: prepared.name,
+        previous_manifest,
+        changes: plan.has_changes(),
+        plan,
     }))
-    .into_response())
+}
+
+/// 409 with the holder when another task holds the deployment's lock: the new task would
+/// only fail on it.
+async fn refuse_if_locked(director: &Director, deployment: &str) -> Reply<()> {
+    let name = format!("deployment:{deployment}");
+    let locks = director.state.locks().list().await?;
+    match locks.into_iter().find(|lock| lock.name == name) {
+        Some(lock) => Err(Failure(ApiError::locked(
+            format!(
+                "deployment '{deployment}' is locked by task {task}: wait for it to finish, or stop it with `director cancel-task {task}`",
+                task = lock.task_id.0
+            ),
+            LockHolder {
+                name,
+                task: lock.task_id.0,
+            },
+        ))),
+        None => Ok(()),
+    }
 }
 
 /// `POST /deployments`: deploys the manifest in the body, as a task.
@@ -191,8 +196,9 @@ async fn deploy(
     AxumState(director): AxumState<Director>,
     Query(query): Query<DeployQuery>,
     body: String,
-) -> Reply {
-    let name = manifest_name(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+) -> Reply<Response> {
+    let name = manifest_name(&body).map_err(Failure::bad_request)?;
+    refuse_if_locked(&director, &name).await?;
     let request = DeployRequest {
         manifest_text: body,
         plan: plan_options(&query)?,
@@ -212,95 +218,122 @@ async fn deploy(
 }
 
 /// `GET /deployments`.
-async fn deployments(AxumState(director): AxumState<Director>) -> Reply {
-    let list = director
-        .state
-        .deployments()
-        .list()
-        .await
-        .map_err(internal)?;
-    let releases = director.state.releases().list().await.map_err(internal)?;
-    let stemcells = director.state.stemcells().list().await.map_err(internal)?;
+async fn deployments(AxumState(director): AxumState<Director>) -> Reply<Json<Vec<Deployment>>> {
+    let list = director.state.deployments().list().await?;
+    let releases = director.state.releases().list().await?;
+    let stemcells = director.state.stemcells().list().await?;
     let mut out = Vec::new();
     for deployment in &list {
-        let instances = director
-            .state
-            .instances()
-            .list(deployment.id)
-            .await
-            .map_err(internal)?;
-        out.push(json!({
-            "name": deployment.name,
-            "releases": releases.iter().filter(|r| r.deployments.contains(&deployment.name))
-                .map(|r| json!({"name": r.name, "version": r.version})).collect::<Vec<_>>(),
-            "stemcells": stemcells.iter().filter(|s| s.deployments.contains(&deployment.name))
-                .map(|s| json!({"name": s.name, "version": s.version})).collect::<Vec<_>>(),
-            "instances": instances.len(),
-        }));
+        let instances = director.state.instances().list(deployment.id).await?;
+        out.push(Deployment {
+            name: deployment.name.clone(),
+            releases: releases
+                .iter()
+                .filter(|r| r.deployments.contains(&deployment.name))
+                .map(|r| NameVersion {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                })
+                .collect(),
+            stemcells: stemcells
+                .iter()
+                .filter(|s| s.deployments.contains(&deployment.name))
+                .map(|s| NameVersion {
+                    name: s.name.clone(),
+                    version: s.version.clone(),
+                })
+                .collect(),
+            instances: instances.len(),
+        });
     }
-    Ok(Json(out).into_response())
+    Ok(Json(out))
 }
 
-async fn find(
-    director: &Director,
-    name: &str,
-) -> Result<director_state::Deployment, (StatusCode, Json<Json_>)> {
+async fn find(director: &Director, name: &str) -> Reply<director_state::Deployment> {
     director
         .state
         .deployments()
         .find(name)
-        .await
-        .map_err(internal)?
+        .await?
         .ok_or_else(|| {
-            error(
-                StatusCode::NOT_FOUND,
-                format!("deployment '{name}' not found (see `director deployments`)"),
-            )
+            Failure::not_found(format!(
+                "deployment '{name}' not found (see `director deployments`)"
+            ))
         })
 }
 
 /// `GET /deployments/{name}`: its current manifest.
-async fn deployment(AxumState(director): AxumState<Director>, Path(name): Path<String>) -> Reply {
+async fn deployment(
+    AxumState(director): AxumState<Director>,
+    Path(name): Path<String>,
+) -> Reply<Json<DeploymentManifest>> {
     let deployment = find(&director, &name).await?;
-    let manifest = director
-        .state
-        .deployments()
-        .manifests(deployment.id)
-        .await
-        .map_err(internal)?
-        .into_iter()
-        .next()
-        .map(|m| m.text)
+    let manifest = last_manifest(&director, &deployment)
+        .await?
         .unwrap_or_default();
-    Ok(Json(json!({"name": name, "manifest": manifest})).into_response())
+    Ok(Json(DeploymentManifest { name, manifest }))
 }
 
-#[derive(Deserialize, Default)]
-struct InstancesQuery {
-    /// Ask every agent for its state (processes, vitals).
+fn instance_view(instance: &director_state::Instance, agent: Option<LiveAgent>) -> Instance {
+    let applied = instance
+        .observed
+        .as_ref()
+        .and_then(|spec| serde_json::from_value::<AppliedView>(spec.clone()).ok())
+        .unwrap_or_default();
+    Instance {
+        instance_group: instance.instance_group.clone(),
+        id: instance.uuid.clone(),
+        index: instance.index,
+        az: instance.az.clone(),
+        bootstrap: instance.bootstrap,
+        expects_vm: true,
+        state: instance.state.clone(),
+        update_completed: instance.update_completed,
+        vm_cid: instance.vm.as_ref().map(|v| v.cid.clone()),
+        agent_id: instance.vm.as_ref().map(|v| v.agent_id.clone()),
+        vm_created_at: instance.vm.as_ref().map(|v| v.created_at),
+        ips: instance.ips.iter().map(|(_, ip, _)| ip.clone()).collect(),
+        disk_cid: instance.disk.as_ref().map(|d| d.cid.clone()),
+        vm_type: applied.vm_type,
+        stemcell: applied.stemcell,
+        agent,
+    }
+}
+
+/// What the instances listing shows of the spec last applied to an instance.
+#[derive(Default, serde::Deserialize)]
+struct AppliedView {
     #[serde(default)]
-    live: bool,
+    vm_type: Option<String>,
+    #[serde(default)]
+    stemcell: Option<InstanceStemcell>,
 }
 
-fn instance_json(instance: &Instance, live: Option<&Json_>) -> Json_ {
-    let spec = instance.observed.as_ref();
-    json!({
-        "instance_group": instance.instance_group,
-        "id": instance.uuid,
-        "index": instance.index,
-        "az": instance.az,
-        "bootstrap": instance.bootstrap,
-        "expects_vm": true,
-        "state": instance.state,
-        "update_completed": instance.update_completed,
-        "vm_cid": instance.vm.as_ref().map(|v| v.cid.clone()),
-        "agent_id": instance.vm.as_ref().map(|v| v.agent_id.clone()),
-        "vm_created_at": instance.vm.as_ref().map(|v| v.created_at),
-        "ips": instance.ips.iter().map(|(_, ip, _)| ip.clone()).collect::<Vec<_>>(),
-        "disk_cid": instance.disk.as_ref().map(|d| d.cid.clone()),
-        "vm_type": spec.and_then(|s| s.get("vm_type")).cloned(),
-        "stemcell": spec.and_then(|s| s.get("stemcell")).cloned(),
-        "agent": live.cloned(),
+/// Asks an instance's agent for its state (processes, vitals), within five seconds.
+async fn live_agent(
+    bus: &director_bus::Bus,
+    instance: &director_state::Instance,
+) -> Option<LiveAgent> {
+    let vm = instance.vm.as_ref()?;
+    let answer = bus
+        .request(&vm.agent_id, "get_state", vec![], Duration::from_secs(5))
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|value| {
+            serde_json::from_value::<agent_protocol::AgentState>(value).map_err(|e| e.to_string())
+        });
+    Some(match answer {
+        Ok(state) => LiveAgent {
+            job_state: state.job_state,
+            processes: state.processes,
+            vitals: state.vitals,
+            error: None,
+        },
+        Err(error) => LiveAgent {
+            job_state: "unresponsive agent".to_string(),
+            error: Some(error),
+            ..LiveAgent::default()
+        },
     })
 }
 
@@ -309,87 +342,53 @@ async fn instances(
     AxumState(director): AxumState<Director>,
     Path(name): Path<String>,
     Query(query): Query<InstancesQuery>,
-) -> Reply {
+) -> Reply<Json<Vec<Instance>>> {
     let deployment = find(&director, &name).await?;
-    let list = director
-        .state
-        .instances()
-        .list(deployment.id)
-        .await
-        .map_err(internal)?;
+    let list = director.state.instances().list(deployment.id).await?;
     let bus = &director.services.bus;
-    let live: Vec<Option<Json_>> = if query.live {
-        join_all(list.iter().map(|instance| async move {
-            let vm = instance.vm.as_ref()?;
-            Some(
-                match bus
-                    .request(&vm.agent_id, "get_state", vec![], Duration::from_secs(5))
-                    .await
-                {
-                    Ok(state) => state,
-                    Err(e) => json!({"job_state": "unresponsive agent", "error": e.to_string()}),
-                },
-            )
-        }))
-        .await
+    let agents: Vec<Option<LiveAgent>> = if query.live {
+        join_all(list.iter().map(|instance| live_agent(bus, instance))).await
     } else {
         vec![None; list.len()]
     };
-    let out: Vec<Json_> = list
-        .iter()
-        .zip(&live)
-        .map(|(instance, live)| instance_json(instance, live.as_ref()))
-        .collect();
-    Ok(Json(out).into_response())
-}
-
-#[derive(Deserialize)]
-struct StateChange {
-    /// `started`, `stopped`, `restart`, `recreate`.
-    state: String,
-    /// `group` or `group/id-or-index`; none: every instance.
-    target: Option<String>,
-    #[serde(default)]
-    skip_drain: bool,
+    Ok(Json(
+        list.iter()
+            .zip(agents)
+            .map(|(instance, agent)| instance_view(instance, agent))
+            .collect(),
+    ))
 }
 
 /// `POST /deployments/{name}/state`: start, stop, restart or recreate instances (a task).
 async fn change_state(
     AxumState(director): AxumState<Director>,
     Path(name): Path<String>,
-    Json(change): Json<StateChange>,
-) -> Reply {
-    if !matches!(
-        change.state.as_str(),
-        "started" | "stopped" | "restart" | "recreate"
-    ) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unknown state {:?}: expected started, stopped, restart or recreate",
-                change.state
-            ),
-        ));
-    }
+    change: Result<Json<StateChangeRequest>, axum::extract::rejection::JsonRejection>,
+) -> Reply<Response> {
+    let Json(change) = change.map_err(|e| {
+        Failure::bad_request(format!(
+            "expected {{\"state\": started|stopped|restart|recreate, \"target\", \"skip_drain\"}}: {}",
+            e.body_text()
+        ))
+    })?;
     find(&director, &name).await?;
+    refuse_if_locked(&director, &name).await?;
     let services = director.services.clone();
     let staging = director.staging_dir.clone();
-    let description = match change.state.as_str() {
-        "started" => "start instances",
-        "stopped" => "stop instances",
-        "restart" => "restart instances",
-        _ => "recreate instances",
-    };
     let deployment = name.clone();
     submit(
         &director,
-        new_task(description, Some(name), json!({"target": change.target})),
+        new_task(
+            change.state.description(),
+            Some(name),
+            json!({"target": change.target}),
+        ),
         move |context| async move {
             crate::ops::verbs::change_state(
                 &services,
                 &context,
                 &deployment,
-                &change.state,
+                state_text(change.state),
                 change.target.as_deref(),
                 change.skip_drain,
                 &staging,
@@ -404,8 +403,9 @@ async fn change_state(
 async fn run_errand(
     AxumState(director): AxumState<Director>,
     Path((name, errand)): Path<(String, String)>,
-) -> Reply {
+) -> Reply<Response> {
     find(&director, &name).await?;
+    refuse_if_locked(&director, &name).await?;
     let services = director.services.clone();
     let staging = director.staging_dir.clone();
     let deployment = name.clone();
@@ -423,19 +423,14 @@ async fn run_errand(
     .await
 }
 
-#[derive(Deserialize, Default)]
-struct DeleteQuery {
-    #[serde(default)]
-    force: bool,
-}
-
 /// `DELETE /deployments/{name}[?force=true]` (a task).
 async fn delete_deployment(
     AxumState(director): AxumState<Director>,
     Path(name): Path<String>,
-    Query(query): Query<DeleteQuery>,
-) -> Reply {
+    Query(query): Query<DeleteDeploymentQuery>,
+) -> Reply<Response> {
     find(&director, &name).await?;
+    refuse_if_locked(&director, &name).await?;
     let services = director.services.clone();
     let deployment = name.clone();
     submit(
@@ -453,42 +448,33 @@ async fn delete_deployment(
     .await
 }
 
-#[derive(Deserialize, Default)]
-struct EventsQuery {
-    deployment: Option<String>,
-    limit: Option<u32>,
-}
-
 /// `GET /events[?deployment=…]`.
 async fn events(
     AxumState(director): AxumState<Director>,
     Query(query): Query<EventsQuery>,
-) -> Reply {
+) -> Reply<Json<Vec<Event>>> {
     let list = director
         .state
         .events()
         .list(query.limit.unwrap_or(200).min(10_000))
-        .await
-        .map_err(internal)?;
-    let out: Vec<Json_> = list
-        .iter()
-        .filter(|e| query.deployment.is_none() || e.deployment == query.deployment)
-        .map(|e| {
-            json!({
-                "id": e.id, "time": e.time, "user": e.user, "action": e.action,
-                "object_type": e.object_type, "object_name": e.object_name,
-                "deployment": e.deployment, "task": e.task.map(|t| t.0),
-                "context": e.context, "error": e.error,
+        .await?;
+    Ok(Json(
+        list.into_iter()
+            .filter(|e| query.deployment.is_none() || e.deployment == query.deployment)
+            .map(|e| Event {
+                id: e.id,
+                time: e.time,
+                user: e.user,
+                action: e.action,
+                object_type: e.object_type,
+                object_name: e.object_name,
+                deployment: e.deployment,
+                task: e.task.map(|t| t.0),
+                context: e.context,
+                error: e.error,
             })
-        })
-        .collect();
-    Ok(Json(out).into_response())
-}
-
-#[derive(Deserialize, Default)]
-struct LogsRequest {
-    #[serde(default)]
-    target: Option<String>,
+            .collect(),
+    ))
 }
 
 /// `POST /deployments/{name}/logs` (`{"target": "GROUP[/ID]"}`): a task whose result lists
@@ -497,7 +483,7 @@ async fn fetch_logs(
     AxumState(director): AxumState<Director>,
     Path(name): Path<String>,
     body: Option<Json<LogsRequest>>,
-) -> Reply {
+) -> Reply<Response> {
     find(&director, &name).await?;
     let target = body.and_then(|b| b.0.target);
     let services = director.services.clone();
@@ -513,7 +499,10 @@ async fn fetch_logs(
 }
 
 /// `DELETE /disks/{cid}`: deletes an orphaned disk (a task).
-async fn delete_disk(AxumState(director): AxumState<Director>, Path(cid): Path<String>) -> Reply {
+async fn delete_disk(
+    AxumState(director): AxumState<Director>,
+    Path(cid): Path<String>,
+) -> Reply<Response> {
     let services = director.services.clone();
     submit(
         &director,
@@ -529,16 +518,26 @@ async fn delete_disk(AxumState(director): AxumState<Director>, Path(cid): Path<S
 }
 
 /// `GET /disks?orphaned=true`.
-async fn disks(AxumState(director): AxumState<Director>) -> Reply {
-    let list = director
-        .state
-        .instances()
-        .orphaned_disks()
-        .await
-        .map_err(internal)?;
-    let out: Vec<Json_> = list
-        .iter()
-        .map(|d| json!({"cid": d.cid, "size": d.size, "cloud_properties": d.cloud_properties, "orphaned_at": d.orphaned_at}))
-        .collect();
-    Ok(Json(out).into_response())
+async fn disks(AxumState(director): AxumState<Director>) -> Reply<Json<Vec<OrphanedDisk>>> {
+    let list = director.state.instances().orphaned_disks().await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|d| OrphanedDisk {
+                cid: d.cid,
+                size: d.size,
+                cloud_properties: d.cloud_properties,
+                orphaned_at: d.orphaned_at,
+            })
+            .collect(),
+    ))
+}
+
+/// The state's wire name, as `ops::verbs::change_state` takes it.
+fn state_text(state: director_api::StateChange) -> &'static str {
+    match state {
+        director_api::StateChange::Start => "started",
+        director_api::StateChange::Stop => "stopped",
+        director_api::StateChange::Restart => "restart",
+        director_api::StateChange::Recreate => "recreate",
+    }
 }

@@ -8,70 +8,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::{Deserialize, Serialize};
-
-/// `started`, `in_progress`, `finished`, `failed`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum EventState {
-    /// A step began.
-    Started,
-    /// A step reports progress (see `data.status`).
-    InProgress,
-    /// A step ended well.
-    Finished,
-    /// A step failed.
-    Failed,
-}
-
-/// An error attached to an event or to the task.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct EventError {
-    /// BOSH-style numeric code.
-    pub code: u32,
-    /// What went wrong.
-    pub message: String,
-}
-
-/// One line of the event log.
-#[derive(Clone, Debug, PartialEq, Eq, Default, Serialize, Deserialize)]
-pub struct Event {
-    /// Unix seconds.
-    pub time: u64,
-    /// The stage (`Uploading release`, `Compiling packages`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub stage: Option<String>,
-    /// Tags of the stage (an instance group name).
-    #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub tags: Vec<String>,
-    /// How many steps the stage has.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total: Option<u32>,
-    /// The step (`hello-lib/8f3c…`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub task: Option<String>,
-    /// The step's 1-based index in its stage.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub index: Option<u32>,
-    /// What happened to the step.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub state: Option<EventState>,
-    /// Percent done.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<u8>,
-    /// Extra data (`{"status": "executing drain"}`).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub data: Option<serde_json::Value>,
-    /// An error (of the step, or of the task when there is no stage).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<EventError>,
-    /// `warning` for warnings.
-    #[serde(default, rename = "type", skip_serializing_if = "Option::is_none")]
-    pub kind: Option<String>,
-    /// The warning's text.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-}
+/// An event-log line is the contract's [`TaskEvent`](director_api::tasks::TaskEvent): what the
+/// director writes is what clients decode.
+pub use director_api::tasks::{EventData, EventError, EventState, TaskEvent as Event};
 
 fn now() -> u64 {
     SystemTime::now()
@@ -282,7 +221,10 @@ impl Stage {
     /// Step `index` reports a status (`executing drain`).
     pub fn status(&self, task: &str, index: u32, status: &str, progress: u8) {
         let mut event = self.event(task, index, EventState::InProgress, progress);
-        event.data = Some(serde_json::json!({ "status": status }));
+        event.data = Some(EventData {
+            status: Some(status.to_string()),
+            error: None,
+        });
         self.log.event(event);
     }
 
@@ -295,7 +237,10 @@ impl Stage {
     /// Step `index` failed.
     pub fn failed(&self, task: &str, index: u32, message: &str) {
         let mut event = self.event(task, index, EventState::Failed, 100);
-        event.data = Some(serde_json::json!({ "error": message }));
+        event.data = Some(EventData {
+            status: None,
+            error: Some(message.to_string()),
+        });
         self.log.event(event);
     }
 }

@@ -1,4 +1,5 @@
-//! Routes and handlers. JSON shapes follow BOSH's director API where one exists.
+//! Releases and stemcells: listing, uploading (a tarball body, or a URL the director fetches),
+//! deleting, and `clean-up`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -6,189 +7,36 @@ use std::path::PathBuf;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State as AxumState};
-use axum::http::{HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
+use axum::http::{StatusCode, header};
+use axum::response::Response;
 use axum::routing::{delete, get, post};
+use director_api::releases::{
+    CleanupRequest, DeleteQuery, Release, ReleaseVersion, RemoteUpload, Stemcell, UploadQuery,
+};
 use futures::StreamExt;
-use serde::Deserialize;
 use serde_json::{Value as Json_, json};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::Director;
+use super::reply::{Reply, accepted, error, internal, new_task};
 use crate::blobstore::BlobId;
-use crate::tasks::{CancelOutcome, OutputKind, TaskContext, TaskError};
+use crate::tasks::{TaskContext, TaskError};
 use crate::uploads::{import_release, import_stemcell, remove_unreferenced_blobs};
-use director_state::{NewTask, Task, TaskFilter, TaskId, TaskState};
+use director_state::{TaskFilter, TaskState};
 
-type Router = axum::Router<Director>;
-
-/// The contract's error shape (`{code, description}`) with a status.
-pub(super) fn error(status: StatusCode, message: impl Into<String>) -> (StatusCode, Json<Json_>) {
-    let error = director_api::ApiError::new(
-        director_api::ErrorCode::from_status(status.as_u16()),
-        message,
-    );
-    (status, Json(json!(error)))
-}
-
-fn internal(e: impl std::fmt::Display) -> (StatusCode, Json<Json_>) {
-    error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
-}
-
-type Reply = Result<Response, (StatusCode, Json<Json_>)>;
-
-pub(super) fn public() -> Router {
-    Router::new()
-        .route("/info", get(info))
-        .route("/blobs/{id}", get(blob))
-        .route("/blobs/uploads/{nonce}", axum::routing::put(put_blob))
-}
-
-pub(super) fn protected() -> Router {
-    Router::new()
-        .route("/tasks", get(tasks))
-        .route("/tasks/{id}", get(task).delete(cancel_task))
-        .route("/tasks/{id}/output", get(task_output))
+pub(super) fn routes() -> axum::Router<Director> {
+    axum::Router::new()
         .route("/releases", get(releases).post(upload_release))
         .route("/releases/{name}", delete(delete_release))
         .route("/stemcells", get(stemcells).post(upload_stemcell))
         .route("/stemcells/{name}/{version}", delete(delete_stemcell))
         .route("/cleanup", post(cleanup))
-        .route("/shutdown", post(shutdown))
-        .merge(super::deployments::routes())
-        .merge(super::exports::routes())
-}
-
-async fn info(AxumState(director): AxumState<Director>) -> Json<super::Info> {
-    Json(director.info.clone())
-}
-
-pub(crate) fn task_json(task: &Task) -> Json_ {
-    json!({
-        "id": task.id.0,
-        "state": task.state.as_str(),
-        "description": task.description,
-        "deployment": task.deployment,
-        "user": task.user,
-        "timestamp": task.created_at,
-        "started_at": task.started_at,
-        "ended_at": task.ended_at,
-        "result": task.result,
-        "context": task.context,
-    })
-}
-
-/// `202 Accepted` with `{"task": …}`: how every mutating call answers.
-pub(super) fn accepted(task: &Task) -> Response {
-    (
-        StatusCode::ACCEPTED,
-        Json(json!({ "task": task_json(task) })),
-    )
-        .into_response()
-}
-
-#[derive(Deserialize)]
-struct TasksQuery {
-    limit: Option<u32>,
-    deployment: Option<String>,
-    state: Option<String>,
-}
-
-async fn tasks(AxumState(director): AxumState<Director>, Query(query): Query<TasksQuery>) -> Reply {
-    let mut filter = TaskFilter::recent(query.limit.unwrap_or(30).min(1000));
-    if let Some(deployment) = &query.deployment {
-        filter = filter.deployment(deployment);
-    }
-    if let Some(states) = &query.state {
-        let parsed: Result<Vec<TaskState>, _> = states.split(',').map(str::parse).collect();
-        let parsed = parsed.map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-        filter = filter.states(&parsed);
-    }
-    let list = director
-        .state
-        .tasks()
-        .list(&filter)
-        .await
-        .map_err(internal)?;
-    Ok(Json(list.iter().map(task_json).collect::<Vec<_>>()).into_response())
-}
-
-async fn find_task(director: &Director, id: i64) -> Result<Task, (StatusCode, Json<Json_>)> {
-    director
-        .state
-        .tasks()
-        .get(TaskId(id))
-        .await
-        .map_err(internal)?
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, format!("task {id} not found")))
-}
-
-async fn task(AxumState(director): AxumState<Director>, Path(id): Path<i64>) -> Reply {
-    Ok(Json(task_json(&find_task(&director, id).await?)).into_response())
-}
-
-#[derive(Deserialize)]
-struct OutputQuery {
-    #[serde(rename = "type")]
-    kind: Option<String>,
-    offset: Option<u64>,
-}
-
-async fn task_output(
-    AxumState(director): AxumState<Director>,
-    Path(id): Path<i64>,
-    Query(query): Query<OutputQuery>,
-) -> Reply {
-    let task = find_task(&director, id).await?;
-    let kind_text = query.kind.as_deref().unwrap_or("event");
-    let kind = OutputKind::parse(kind_text).ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("unknown output type {kind_text:?}: expected event, debug or result"),
-        )
-    })?;
-    let (text, next) = director
-        .runner
-        .files(task.id)
-        .read_from(kind, query.offset.unwrap_or(0))
-        .map_err(internal)?;
-    let mut response = text.into_response();
-    if let Ok(value) = HeaderValue::from_str(&next.to_string()) {
-        response.headers_mut().insert("x-next-offset", value);
-    }
-    if let Ok(value) = HeaderValue::from_str(task.state.as_str()) {
-        response.headers_mut().insert("x-task-state", value);
-    }
-    Ok(response)
-}
-
-async fn cancel_task(AxumState(director): AxumState<Director>, Path(id): Path<i64>) -> Reply {
-    find_task(&director, id).await?;
-    let outcome = director.runner.cancel(TaskId(id)).await.map_err(internal)?;
-    let message = match outcome {
-        CancelOutcome::Cancelling => format!("task {id} is cancelling: it stops at its next step"),
-        CancelOutcome::AlreadyEnded(state) => {
-            format!("task {id} already ended ({})", state.as_str())
-        }
-    };
-    Ok(Json(json!({ "message": message })).into_response())
-}
-
-#[derive(Deserialize)]
-struct UploadQuery {
-    sha256: Option<String>,
-    #[serde(default)]
-    fix: bool,
 }
 
 /// Receives an upload into `<data_dir>/uploads/<uuid>`, checking the size limit and the
 /// digest the client sent. Nothing else is written until a task takes the file over.
-async fn receive(
-    director: &Director,
-    body: Body,
-    expected: Option<&str>,
-) -> Result<PathBuf, (StatusCode, Json<Json_>)> {
+async fn receive(director: &Director, body: Body, expected: Option<&str>) -> Reply<PathBuf> {
     let expected = expected
         .map(|d| BlobId::parse(d).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string())))
         .transpose()?;
@@ -197,7 +45,7 @@ async fn receive(
     let mut stream = body.into_data_stream();
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
-    let outcome: Result<(), (StatusCode, Json<Json_>)> = async {
+    let outcome: Reply<()> = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk.map_err(|e| {
                 error(
@@ -250,32 +98,13 @@ async fn receive(
     }
 }
 
-/// Queues `work` as a task and answers `202` with it.
-pub(super) async fn submit<F, Fut>(director: &Director, task: NewTask, work: F) -> Reply
-where
-    F: FnOnce(TaskContext) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<String, crate::tasks::TaskError>> + Send + 'static,
-{
-    let task = director.runner.submit(task, work).await.map_err(internal)?;
-    Ok(accepted(&task))
-}
-
-pub(super) fn new_task(description: &str, deployment: Option<String>, context: Json_) -> NewTask {
-    NewTask {
-        description: description.to_string(),
-        deployment,
-        user: "admin".to_string(),
-        context,
-    }
-}
-
 /// `POST /releases`: a tarball body, or JSON `{"location": url, "sha256": …}` for a release
 /// the director downloads itself.
 async fn upload_release(
     AxumState(director): AxumState<Director>,
     Query(query): Query<UploadQuery>,
     request: Request,
-) -> Reply {
+) -> Reply<Response> {
     let (staged, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
     let upload = director.upload.clone();
     let fix = query.fix;
@@ -299,7 +128,7 @@ async fn upload_stemcell(
     AxumState(director): AxumState<Director>,
     Query(query): Query<UploadQuery>,
     request: Request,
-) -> Reply {
+) -> Reply<Response> {
     let (staged, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
     let upload = director.upload.clone();
     let fix = query.fix;
@@ -316,12 +145,6 @@ async fn upload_stemcell(
         .await
         .map_err(internal)?;
     Ok(accepted(&task))
-}
-
-#[derive(Deserialize)]
-struct Remote {
-    location: String,
-    sha256: Option<String>,
 }
 
 /// An upload on the director's disk: staged by it (`owned`, removed after the task) or the
@@ -343,7 +166,7 @@ async fn receive_or_fetch(
     director: &Director,
     request: Request,
     sha256: Option<&str>,
-) -> Result<(Staged, Json_), (StatusCode, Json<Json_>)> {
+) -> Reply<(Staged, Json_)> {
     let is_json = request
         .headers()
         .get(header::CONTENT_TYPE)
@@ -356,7 +179,7 @@ async fn receive_or_fetch(
     let bytes = axum::body::to_bytes(request.into_body(), 64 * 1024)
         .await
         .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let remote: Remote = serde_json::from_slice(&bytes).map_err(|e| {
+    let remote: RemoteUpload = serde_json::from_slice(&bytes).map_err(|e| {
         error(
             StatusCode::BAD_REQUEST,
             format!("expected {{\"location\": URL}}: {e}"),
@@ -431,41 +254,38 @@ async fn receive_or_fetch(
     ))
 }
 
-async fn releases(AxumState(director): AxumState<Director>) -> Reply {
-    let list = director.state.releases().list().await.map_err(internal)?;
-    let mut by_name: BTreeMap<String, Vec<Json_>> = BTreeMap::new();
-    for version in &list {
+async fn releases(AxumState(director): AxumState<Director>) -> Reply<Json<Vec<Release>>> {
+    let list = director.state.releases().list().await?;
+    let mut by_name: BTreeMap<String, Vec<ReleaseVersion>> = BTreeMap::new();
+    for version in list {
         by_name
             .entry(version.name.clone())
             .or_default()
-            .push(json!({
-                "version": version.version,
-                "commit_hash": version.commit_hash,
-                "uncommitted_changes": version.uncommitted_changes,
-                "currently_deployed": !version.deployments.is_empty(),
-                "deployments": version.deployments,
-                "created_at": version.created_at,
-            }));
+            .push(ReleaseVersion {
+                currently_deployed: !version.deployments.is_empty(),
+                version: version.version,
+                commit_hash: version.commit_hash,
+                uncommitted_changes: version.uncommitted_changes,
+                deployments: version.deployments,
+                created_at: version.created_at,
+            });
     }
-    let body: Vec<Json_> = by_name
-        .into_iter()
-        .map(|(name, versions)| json!({ "name": name, "release_versions": versions }))
-        .collect();
-    Ok(Json(body).into_response())
-}
-
-#[derive(Deserialize)]
-struct DeleteQuery {
-    version: Option<String>,
-    #[serde(default)]
-    force: bool,
+    Ok(Json(
+        by_name
+            .into_iter()
+            .map(|(name, release_versions)| Release {
+                name,
+                release_versions,
+            })
+            .collect(),
+    ))
 }
 
 async fn delete_release(
     AxumState(director): AxumState<Director>,
     Path(name): Path<String>,
     Query(query): Query<DeleteQuery>,
-) -> Reply {
+) -> Reply<Response> {
     let state = director.state.clone();
     let blobstore = director.blobstore.clone();
     let description = match &query.version {
@@ -564,32 +384,30 @@ async fn sweep_blobs(
     Ok(format!("{} blob(s) removed", removed.len()))
 }
 
-async fn stemcells(AxumState(director): AxumState<Director>) -> Reply {
-    let list = director.state.stemcells().list().await.map_err(internal)?;
-    let body: Vec<Json_> = list
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "operating_system": s.operating_system,
-                "version": s.version,
-                "sha256": s.sha256,
-                "api_version": s.api_version,
-                "formats": s.formats,
-                "cid": s.cid,
-                "deployments": s.deployments,
-                "created_at": s.created_at,
+async fn stemcells(AxumState(director): AxumState<Director>) -> Reply<Json<Vec<Stemcell>>> {
+    let list = director.state.stemcells().list().await?;
+    Ok(Json(
+        list.into_iter()
+            .map(|s| Stemcell {
+                name: s.name,
+                operating_system: s.operating_system,
+                version: s.version,
+                sha256: s.sha256,
+                api_version: s.api_version,
+                formats: s.formats,
+                cid: s.cid,
+                deployments: s.deployments,
+                created_at: s.created_at,
             })
-        })
-        .collect();
-    Ok(Json(body).into_response())
+            .collect(),
+    ))
 }
 
 async fn delete_stemcell(
     AxumState(director): AxumState<Director>,
     Path((name, version)): Path<(String, String)>,
     Query(query): Query<DeleteQuery>,
-) -> Reply {
+) -> Reply<Response> {
     let state = director.state.clone();
     let blobstore = director.blobstore.clone();
     let services = director.services.clone();
@@ -637,16 +455,10 @@ async fn delete_stemcell(
     Ok(accepted(&task))
 }
 
-#[derive(Deserialize)]
-struct CleanupBody {
-    #[serde(default)]
-    all: bool,
-}
-
 async fn cleanup(
     AxumState(director): AxumState<Director>,
-    body: Option<Json<CleanupBody>>,
-) -> Reply {
+    body: Option<Json<CleanupRequest>>,
+) -> Reply<Response> {
     let all = body.is_some_and(|b| b.all);
     let state = director.state.clone();
     let blobstore = director.blobstore.clone();
@@ -734,107 +546,4 @@ async fn cleanup(
         .await
         .map_err(internal)?;
     Ok(accepted(&task))
-}
-
-async fn shutdown(AxumState(director): AxumState<Director>) -> Reply {
-    if !director.info.dev {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "this director was not started in dev mode: stop it with the service manager that runs it",
-        ));
-    }
-    director.shutdown.cancel();
-    Ok(Json(json!({ "message": "stopping" })).into_response())
-}
-
-#[derive(Deserialize)]
-struct BlobQuery {
-    exp: Option<u64>,
-    sig: Option<String>,
-}
-
-/// `GET /blobs/<id>?exp=…&sig=…`: a blob for an agent, streamed and verified.
-async fn blob(
-    AxumState(director): AxumState<Director>,
-    Path(id): Path<String>,
-    Query(query): Query<BlobQuery>,
-) -> Reply {
-    let id = BlobId::parse(&id).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let (Some(expires), Some(signature)) = (query.exp, query.sig.as_deref()) else {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "blob URLs must be signed (exp and sig)",
-        ));
-    };
-    if !director.blobstore.verify_signature(&id, expires, signature) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "the blob URL's signature is wrong or has expired",
-        ));
-    }
-    let content = director
-        .blobstore
-        .get_bytes(&id)
-        .await
-        .map_err(|e| match e {
-            crate::blobstore::BlobstoreError::NotFound(_) => {
-                error(StatusCode::NOT_FOUND, e.to_string())
-            }
-            other => internal(other),
-        })?;
-    Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        content,
-    )
-        .into_response())
-}
-
-/// `PUT /blobs/uploads/<nonce>?exp=…&sig=…`: an agent stores a blob (a compiled package,
-/// logs) with a URL the director signed for it; the answer names the stored blob.
-async fn put_blob(
-    AxumState(director): AxumState<Director>,
-    Path(nonce): Path<String>,
-    Query(query): Query<BlobQuery>,
-    body: Body,
-) -> Reply {
-    let (Some(expires), Some(signature)) = (query.exp, query.sig.as_deref()) else {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "upload URLs must be signed (exp and sig)",
-        ));
-    };
-    if !director
-        .blobstore
-        .verify_upload_signature(&nonce, expires, signature)
-    {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "the upload URL's signature is wrong or has expired",
-        ));
-    }
-    let stream = body
-        .into_data_stream()
-        .map(|chunk| chunk.map_err(std::io::Error::other));
-    let reader = tokio_util::io::StreamReader::new(stream);
-    let stored = director
-        .blobstore
-        .put_reader(reader, None, Some(director.max_upload_bytes))
-        .await
-        .map_err(|e| match e {
-            crate::blobstore::BlobstoreError::TooLarge { .. } => {
-                error(StatusCode::PAYLOAD_TOO_LARGE, e.to_string())
-            }
-            other => internal(other),
-        })?;
-    director
-        .state
-        .blobs()
-        .insert(&director_state::NewBlob::from(&stored))
-        .await
-        .map_err(internal)?;
-    Ok(Json(agent_protocol::UploadedBlob {
-        blob_id: stored.id.as_str().to_string(),
-        size: stored.size,
-    })
-    .into_response())
 }

@@ -1,0 +1,376 @@
+//! `director serve`: start-up as a list of named steps (secrets, state, blobstore, listener,
+//! bus, CPI, the dev director's defaults and records), then serving until a signal or, for a
+//! dev director, `POST /shutdown`.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::Router;
+use tokio_util::sync::CancellationToken;
+
+use super::{
+    DEV_CLOUD_CONFIG, DevRecord, Director, Info, ServeError, VERSION, WORKERS, io, router,
+};
+use crate::blobstore::Blobstore;
+use crate::config::{ClientConfig, DirectorConfig};
+use crate::tasks::TaskRunner;
+use crate::uploads::{UploadContext, remove_unreferenced_blobs};
+use director_core::archive::Limits as ArchiveLimits;
+use director_state::State;
+use secrets::write_private;
+
+fn random_hex(bytes: usize) -> Result<String, ServeError> {
+    let mut buffer = vec![0u8; bytes];
+    openssl::rand::rand_bytes(&mut buffer)
+        .map_err(|e| ServeError::Config(format!("no randomness: {e}")))?;
+    Ok(buffer.iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// Reads a secret file, or creates it (mode 0600) with `bytes` random bytes as hex.
+fn secret(path: &Path, bytes: usize) -> Result<String, ServeError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) if !text.trim().is_empty() => Ok(text.trim().to_string()),
+        Ok(_) | Err(_) => {
+            let value = random_hex(bytes)?;
+            write_private(path, format!("{value}\n").as_bytes())
+                .map_err(io(format!("writing {}", path.display())))?;
+            Ok(value)
+        }
+    }
+}
+
+/// Runs the director until SIGINT/SIGTERM or, for a dev director, `POST /shutdown`.
+pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> {
+    let data_dir = config.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    let token = secret(&config.token_path(), 32)?;
+    let state = open_state(&config).await?;
+    let blobstore = open_blobstore(&config, &state).await?;
+    let uploads_dir = fresh_directory(&data_dir.join("uploads"))?;
+    let staging_dir = fresh_directory(&data_dir.join("staging"))?;
+    let (listener, url) = listen(&config, dev).await?;
+    let director_id = secret(&data_dir.join("director-id"), 16)?;
+    let bus = match &config.mbus {
+        Some(mbus) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
+        None => director_bus::DirectorBus::start_embedded(&data_dir, &director_id).await,
+    }
+    .map_err(|e| ServeError::Config(e.to_string()))?;
+    let (cpi, cpi_description) = cloud(&config, &director_id);
+    let services = Arc::new(crate::ops::Services {
+        state: state.clone(),
+        blobstore: blobstore.clone(),
+        cpi,
+        bus: bus.bus.clone(),
+        accounts: bus.accounts.clone(),
+        director_url: url.clone(),
+        ca_cert: config
+            .tls
+            .as_ref()
+            .and_then(|tls| std::fs::read_to_string(&tls.certificate).ok()),
+        templates: crate::ops::TemplateCache::default(),
+        timeouts: crate::ops::Timeouts {
+            agent_wait: std::time::Duration::from_secs(config.agent.wait_timeout),
+            heartbeat_interval: config.agent.heartbeat_interval,
+            ..crate::ops::Timeouts::default()
+        },
+    });
+    if dev {
+        set_default_cloud_config(&state).await?;
+    }
+    let runner = TaskRunner::new(state.clone(), data_dir.join("tasks"), WORKERS);
+    let info = Info {
+        name: config.name.clone(),
+        version: VERSION.to_string(),
+        user_authentication: "token".to_string(),
+        state: state.backend().as_str().to_string(),
+        blobstore: blobstore.location().to_string(),
+        bus: match &config.mbus {
+            Some(mbus) => format!("nats-server at {}", secrets::redact_urls(&mbus.url)),
+            None => format!("embedded at {}", bus.bus.url()),
+        },
+        cpi: cpi_description,
+        dev,
+    };
+    let shutdown = CancellationToken::new();
+    let app = router(Director {
+        info,
+        token: Arc::new(token.clone()),
+        state: state.clone(),
+        blobstore: blobstore.clone(),
+        runner: runner.clone(),
+        uploads_dir,
+        upload: UploadContext {
+            state: state.clone(),
+            blobstore,
+            staging_dir: staging_dir.clone(),
+            limits: ArchiveLimits {
+                max_ratio: config.limits.max_expansion_ratio,
+                ..ArchiveLimits::default()
+            },
+        },
+        max_upload_bytes: config.limits.max_upload_bytes,
+        shutdown: shutdown.clone(),
+        services,
+        staging_dir,
+    });
+    if dev {
+        record_dev_director(&data_dir, &url, &token)?;
+    }
+    eprintln!(
+        "director {VERSION} listening on {url} (state: {}, blobstore: {})",
+        state.backend().as_str(),
+        director_location(&config)
+    );
+    let served = match &config.tls {
+        Some(tls) => serve_tls(listener, app, tls, stopped(shutdown)).await,
+        None => axum::serve(listener, app.into_make_service())
+            .with_graceful_shutdown(stopped(shutdown))
+            .await
+            .map_err(io("serving HTTP")),
+    };
+    runner.shutdown().await;
+    bus.shutdown().await;
+    if dev {
+        let _ = std::fs::remove_file(DevRecord::path(&data_dir));
+    }
+    state.close().await;
+    served
+}
+
+/// Opens the state database and fails the tasks a previous run left running.
+async fn open_state(config: &DirectorConfig) -> Result<Arc<State>, ServeError> {
+    let state = Arc::new(State::open(&config.db_url()).await?);
+    let failed = state
+        .tasks()
+        .fail_running_tasks("director restarted")
+        .await?;
+    if !failed.is_empty() {
+        eprintln!(
+            "marked {} task(s) of the previous run as failed: director restarted",
+            failed.len()
+        );
+    }
+    Ok(state)
+}
+
+/// Opens the blobstore and removes what interrupted uploads left: staged files, and blobs
+/// stored but never recorded (no task runs yet, so an unreferenced blob is garbage).
+async fn open_blobstore(config: &DirectorConfig, state: &State) -> Result<Blobstore, ServeError> {
+    let signing_key = secret(&config.data_dir.join("blob-signing-key"), 32)?;
+    let blobstore = Blobstore::open(&config.blobstore(), signing_key.into_bytes())?;
+    blobstore.clean_staging().await?;
+    match remove_unreferenced_blobs(state, &blobstore, 0).await {
+        Ok(removed) if !removed.is_empty() => eprintln!(
+            "removed {} blob(s) left by interrupted uploads",
+            removed.len()
+        ),
+        Ok(_) => {}
+        Err(e) => eprintln!("could not remove blobs left by interrupted uploads: {e}"),
+    }
+    Ok(blobstore)
+}
+
+/// `directory`, emptied (what a previous run left there is garbage).
+fn fresh_directory(directory: &Path) -> Result<PathBuf, ServeError> {
+    let _ = std::fs::remove_dir_all(directory);
+    std::fs::create_dir_all(directory).map_err(io(format!("creating {}", directory.display())))?;
+    Ok(directory.to_path_buf())
+}
+
+/// Binds the configured address (a dev director whose port is taken takes a free one) and
+/// answers the listener with the director's URL.
+async fn listen(
+    config: &DirectorConfig,
+    dev: bool,
+) -> Result<(tokio::net::TcpListener, String), ServeError> {
+    let listener = match tokio::net::TcpListener::bind(&config.listen).await {
+        Ok(listener) => listener,
+        Err(e) if dev && e.kind() == std::io::ErrorKind::AddrInUse => {
+            tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(io("binding a free port on 127.0.0.1"))?
+        }
+        Err(e) => return Err(io(format!("listening on {}", config.listen))(e)),
+    };
+    let address: SocketAddr = listener
+        .local_addr()
+        .map_err(io("reading the listening address"))?;
+    let scheme = if config.tls.is_some() {
+        "https"
+    } else {
+        "http"
+    };
+    Ok((listener, format!("{scheme}://{address}")))
+}
+
+/// The configured CPI and how `/info` describes it.
+fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, String) {
+    match &config.cpi {
+        None | Some(crate::config::CpiSettings::Local { root: None }) => {
+            let root = config.data_dir.join("cpi");
+            (
+                Arc::new(cpi::LocalCpi::new(root.clone())),
+                format!("local ({})", root.display()),
+            )
+        }
+        Some(crate::config::CpiSettings::Local { root: Some(root) }) => (
+            Arc::new(cpi::LocalCpi::new(root.clone())),
+            format!("local ({})", root.display()),
+        ),
+        Some(crate::config::CpiSettings::External {
+            command,
+            args,
+            context,
+        }) => {
+            let context = context.as_object().cloned().unwrap_or_default();
+            (
+                Arc::new(
+                    cpi::ExternalCpi::new(command.clone(), director_id.to_string())
+                        .with_arguments(args.clone())
+                        .with_context(context),
+                ),
+                format!("external ({})", command.display()),
+            )
+        }
+    }
+}
+
+/// The embedded default needs no setup: a dev director without a cloud config starts with
+/// the local CPI's (`manifests/cloud-config-local.yml`), replaceable as any other.
+async fn set_default_cloud_config(state: &State) -> Result<(), ServeError> {
+    let configs = state.instances();
+    if configs
+        .config("cloud", crate::ops::prepare::DEFAULT_CONFIG)
+        .await?
+        .is_none()
+    {
+        configs
+            .set_config(
+                "cloud",
+                crate::ops::prepare::DEFAULT_CONFIG,
+                DEV_CLOUD_CONFIG,
+            )
+            .await?;
+        eprintln!("set the cloud config to the local CPI's default (see `director cloud-config`)");
+    }
+    Ok(())
+}
+
+/// A dev director records its URL, token and pid for the CLI (`dev.yml`) and targets the
+/// CLI config at itself.
+fn record_dev_director(data_dir: &Path, url: &str, token: &str) -> Result<(), ServeError> {
+    let record = DevRecord {
+        url: url.to_string(),
+        token: token.to_string(),
+        pid: std::process::id(),
+    };
+    let text = serde_yaml::to_string(&record).map_err(|e| ServeError::Config(e.to_string()))?;
+    write_private(&DevRecord::path(data_dir), text.as_bytes()).map_err(io(format!(
+        "writing {}",
+        DevRecord::path(data_dir).display()
+    )))?;
+    ClientConfig {
+        url: Some(url.to_string()),
+        token: Some(token.to_string()),
+        ca_cert: None,
+        dev: true,
+    }
+    .save()
+    .map_err(ServeError::Config)
+}
+
+/// Ends on SIGINT, SIGTERM or `shutdown` (a dev director's `POST /shutdown`).
+async fn stopped(shutdown: CancellationToken) {
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        () = terminate => {}
+        () = shutdown.cancelled() => {}
+    }
+}
+
+fn director_location(config: &DirectorConfig) -> String {
+    match config.blobstore() {
+        crate::blobstore::BlobstoreConfig::Local { path } => path.display().to_string(),
+        crate::blobstore::BlobstoreConfig::S3 { bucket, .. } => format!("s3://{bucket}"),
+    }
+}
+
+async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    app: Router,
+    tls: &crate::config::TlsConfig,
+    signals: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
+    let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
+        .map_err(|e| ServeError::Config(format!("TLS: {e}")))?;
+    acceptor
+        .set_certificate_chain_file(&tls.certificate)
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "TLS certificate {}: {e}",
+                tls.certificate.display()
+            ))
+        })?;
+    acceptor
+        .set_private_key_file(&tls.private_key, SslFiletype::PEM)
+        .map_err(|e| {
+            ServeError::Config(format!(
+                "TLS private key {}: {e}",
+                tls.private_key.display()
+            ))
+        })?;
+    acceptor.check_private_key().map_err(|e| {
+        ServeError::Config(format!("TLS: the key does not match the certificate: {e}"))
+    })?;
+    let acceptor = Arc::new(acceptor.build());
+    let listener = TlsListener {
+        inner: listener,
+        acceptor,
+    };
+    axum::serve(listener, app.into_make_service())
+        .with_graceful_shutdown(signals)
+        .await
+        .map_err(io("serving HTTPS"))
+}
+
+/// A listener that completes a TLS handshake (OpenSSL) on each accepted connection.
+struct TlsListener {
+    inner: tokio::net::TcpListener,
+    acceptor: Arc<openssl::ssl::SslAcceptor>,
+}
+
+impl axum::serve::Listener for TlsListener {
+    type Io = tokio_openssl::SslStream<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let Ok((stream, address)) = self.inner.accept().await else {
+                continue;
+            };
+            let Ok(ssl) = openssl::ssl::Ssl::new(self.acceptor.context()) else {
+                continue;
+            };
+            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else {
+                continue;
+            };
+            if std::pin::Pin::new(&mut tls).accept().await.is_ok() {
+                return (tls, address);
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.inner.local_addr()
+    }
+}
