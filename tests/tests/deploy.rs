@@ -519,7 +519,7 @@ fn a_deploy_works_the_same_over_debians_nats_server() {
     let auth = dir.path().join("director-users.conf");
     let pid = dir.path().join("nats-server.pid");
     let password = "director-password-for-tests";
-    let mbus = director::config::MbusConfig {
+    let mbus = director_bus::MbusConfig {
         url: format!("nats://127.0.0.1:{port}"),
         agent_url: None,
         user: "director".to_string(),

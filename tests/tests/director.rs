@@ -55,15 +55,19 @@ fn the_dev_director_starts_on_demand_and_stops() {
         .trim()
         .to_string();
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    let anonymous = director::client::Client::new(&url, None, None).unwrap();
+    let anonymous = director_api::client::Client::new(&url, None, None).unwrap();
     assert!(runtime.block_on(anonymous.info()).is_ok());
     let refused = runtime
-        .block_on(anonymous.get("/releases"))
+        .block_on(anonymous.releases())
         .unwrap_err()
         .to_string();
     assert!(refused.starts_with("missing or wrong token"), "{refused}");
-    let wrong = director::client::Client::new(&url, Some("wrong".into()), None).unwrap();
-    assert!(runtime.block_on(wrong.get("/tasks")).is_err());
+    let wrong = director_api::client::Client::new(&url, Some("wrong".into()), None).unwrap();
+    assert!(
+        runtime
+            .block_on(wrong.tasks(&director_api::tasks::TasksQuery::default()))
+            .is_err()
+    );
 
     let stop = user.run(&["stop-server"]);
     assert_eq!(stop.code, 0, "{}", stop.stderr);
