@@ -217,19 +217,33 @@ impl AgentAccounts for BrokerHandle {
 pub struct PersistentBroker {
     broker: BrokerHandle,
     file: PathBuf,
-    accounts: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Agent id → password. The lock is held from the change until the file holds it, so
+    /// saves land in the order of the changes: VMs are created in parallel, and a save of an
+    /// older map landing last would lose an agent's account across a restart.
+    accounts: Arc<tokio::sync::Mutex<std::collections::BTreeMap<String, String>>>,
 }
 
 impl PersistentBroker {
-    fn save(&self) -> Result<(), BusError> {
-        let text = {
-            let accounts = self
-                .accounts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            serde_json::to_string(&*accounts).unwrap_or_default()
-        };
-        secrets::write_private(&self.file, text.as_bytes()).map_err(|e| {
+    /// Applies `change` to the accounts and writes them to the file, holding the lock until
+    /// the file is written. The write runs on a blocking thread (it syncs the file and its
+    /// directory), which owns the lock: a caller that gives up waiting cannot let another
+    /// save overtake this one.
+    async fn change_and_save(
+        &self,
+        change: impl FnOnce(&mut std::collections::BTreeMap<String, String>) -> bool,
+    ) -> Result<(), BusError> {
+        let mut accounts = self.accounts.clone().lock_owned().await;
+        if !change(&mut accounts) {
+            return Ok(());
+        }
+        let file = self.file.clone();
+        let written = tokio::task::spawn_blocking(move || {
+            let text = serde_json::to_string(&*accounts).unwrap_or_default();
+            secrets::write_private(&file, text.as_bytes())
+        })
+        .await
+        .unwrap_or_else(|join_error| Err(std::io::Error::other(join_error.to_string())));
+        written.map_err(|e| {
             BusError::Settings(format!(
                 "cannot record the agents' bus accounts in {}: {e}",
                 self.file.display()
@@ -245,11 +259,11 @@ impl AgentAccounts for PersistentBroker {
     ) -> BoxFuture<'a, Result<AgentCredentials, BusError>> {
         Box::pin(async move {
             let credentials = self.broker.add_agent(agent_id).await?;
-            self.accounts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .insert(agent_id.to_string(), credentials.password.clone());
-            self.save()?;
+            self.change_and_save(|accounts| {
+                accounts.insert(agent_id.to_string(), credentials.password.clone());
+                true
+            })
+            .await?;
             Ok(credentials)
         })
     }
@@ -257,16 +271,8 @@ impl AgentAccounts for PersistentBroker {
     fn remove_agent<'a>(&'a self, agent_id: &'a str) -> BoxFuture<'a, Result<(), BusError>> {
         Box::pin(async move {
             self.broker.remove_agent(agent_id).await?;
-            let removed = self
-                .accounts
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .remove(agent_id)
-                .is_some();
-            if removed {
-                self.save()?;
-            }
-            Ok(())
+            self.change_and_save(|accounts| accounts.remove(agent_id).is_some())
+                .await
         })
     }
 }
@@ -350,7 +356,7 @@ impl DirectorBus {
             accounts: Arc::new(PersistentBroker {
                 broker: broker.clone(),
                 file,
-                accounts: std::sync::Mutex::new(accounts),
+                accounts: Arc::new(tokio::sync::Mutex::new(accounts)),
             }),
             broker: Some(broker),
         })
