@@ -34,7 +34,10 @@ use tokio::sync::mpsc;
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
-use super::{BusError, MAX_MESSAGE_BYTES, Permissions, subject};
+use crate::accounts::Permissions;
+use crate::error::BusError;
+use crate::limits::MAX_MESSAGE_BYTES;
+use crate::subject;
 
 /// Limits and timers of the embedded broker. The defaults are nats-server's.
 #[derive(Clone, Debug)]
@@ -1507,7 +1510,7 @@ mod tests {
     #[tokio::test]
     async fn permissions_refuse_like_nats_server() {
         let broker = broker().await;
-        broker.add_user("agent-a1", "pw1", super::super::agent_permissions("a1"));
+        broker.add_user("agent-a1", "pw1", crate::accounts::agent_permissions("a1"));
         let mut director = Raw::login(&broker, "director", "pw").await;
         director.send("SUB agent.a2 1\r\nSUB hm.> 2\r\n").await;
         director.drain().await;
@@ -1549,7 +1552,7 @@ mod tests {
         );
 
         // New permissions apply to the connected client and drop what they no longer allow.
-        broker.add_user("agent-a1", "pw1", super::super::agent_permissions("a9"));
+        broker.add_user("agent-a1", "pw1", crate::accounts::agent_permissions("a9"));
         director.send("PUB agent.a1 1\r\no\r\n").await;
         director.drain().await;
         assert_eq!(agent.drain().await, Vec::<String>::new());
@@ -1630,7 +1633,7 @@ mod tests {
     #[tokio::test]
     async fn removing_a_user_disconnects_it() {
         let broker = broker().await;
-        broker.add_user("agent-a1", "pw1", super::super::agent_permissions("a1"));
+        broker.add_user("agent-a1", "pw1", crate::accounts::agent_permissions("a1"));
         let mut agent = Raw::login(&broker, "agent-a1", "pw1").await;
         assert_eq!(broker.user_connection_count("agent-a1"), 1);
         assert!(broker.remove_user("agent-a1"));

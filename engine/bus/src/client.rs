@@ -19,7 +19,9 @@ use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
 
-use super::{BusError, MAX_MESSAGE_BYTES, check_agent_id};
+use crate::accounts::check_agent_id;
+use crate::error::BusError;
+use crate::limits::MAX_MESSAGE_BYTES;
 
 /// How long one request waits for its answer unless told otherwise (BOSH's 45 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);

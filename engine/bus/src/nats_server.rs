@@ -30,14 +30,52 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 
-use super::{
-    AgentAccounts, AgentCredentials, BusError, Permissions, agent_permissions, agent_user,
-    check_agent_id, generate_password,
+use crate::accounts::{
+    AgentAccounts, AgentCredentials, Permissions, agent_permissions, agent_user, check_agent_id,
+    generate_password,
 };
-use crate::MbusConfig;
+use crate::error::BusError;
 
 /// How long nats-server gets to take up a new user after the reload signal.
 const RELOAD_WAIT: Duration = Duration::from_secs(5);
+
+/// `mbus`: the nats-server the director and its agents share. The director writes agent
+/// users into `authorization_file` (which `nats-server.conf` includes) and signals the
+/// process in `pid_file` to reload it.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MbusConfig {
+    /// Where the director connects: `nats://host:4222`.
+    pub url: String,
+    /// What agents are told, when they reach the bus at another address (default `url`).
+    #[serde(default)]
+    pub agent_url: Option<String>,
+    /// The director's user.
+    pub user: String,
+    /// The director's password.
+    pub password: String,
+    /// The users file the director owns; nats-server must be able to read it (a new file is
+    /// 0600, a replaced one keeps its mode and group, never readable by others).
+    pub authorization_file: PathBuf,
+    /// nats-server's `pid_file`.
+    pub pid_file: PathBuf,
+}
+
+impl std::fmt::Debug for MbusConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MbusConfig")
+            .field("url", &secrets::redact_urls(&self.url))
+            .field(
+                "agent_url",
+                &self.agent_url.as_deref().map(secrets::redact_urls),
+            )
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("authorization_file", &self.authorization_file)
+            .field("pid_file", &self.pid_file)
+            .finish()
+    }
+}
 
 /// Agent accounts kept in a nats-server authorization file.
 pub struct NatsServerAccounts {

@@ -836,3 +836,65 @@ fn file_mode(path: &Path) -> u32 {
     use std::os::unix::fs::PermissionsExt;
     std::fs::metadata(path).unwrap().permissions().mode()
 }
+
+/// A dev director's embedded broker records every agent's account, however many VMs are
+/// created at once: after a restart each agent gets back in with the password it was given.
+/// Registrations run on many worker threads at once, so that a save carrying an older map
+/// landing after a newer one (the file would then lack an agent) shows up in every run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 8)]
+async fn embedded_accounts_registered_concurrently_survive_a_director_restart() {
+    const ROUNDS: usize = 5;
+    const AGENTS_PER_ROUND: usize = 64;
+    let dir = tempfile::tempdir().unwrap();
+    let mut registered: Vec<AgentCredentials> = Vec::new();
+    for round in 0..ROUNDS {
+        let director = director_bus::DirectorBus::start_embedded(dir.path(), DIRECTOR_ID)
+            .await
+            .unwrap();
+        let mut registrations = tokio::task::JoinSet::new();
+        for agent in 0..AGENTS_PER_ROUND {
+            let accounts = director.accounts.clone();
+            registrations.spawn(async move {
+                accounts
+                    .add_agent(&format!("round{round}-agent{agent}"))
+                    .await
+                    .unwrap()
+            });
+        }
+        registered.extend(registrations.join_all().await);
+        director.shutdown().await;
+    }
+
+    let restarted = director_bus::DirectorBus::start_embedded(dir.path(), DIRECTOR_ID)
+        .await
+        .unwrap();
+    let url = restarted.broker().unwrap().url();
+    let recorded: HashMap<String, String> =
+        serde_json::from_str(&std::fs::read_to_string(dir.path().join("bus-agents.json")).unwrap())
+            .unwrap();
+    let missing: Vec<&str> = registered
+        .iter()
+        .map(|credentials| credentials.user.as_str())
+        .filter(|user| !recorded.contains_key(user.trim_start_matches("agent-")))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} accounts were lost across the restart: {missing:?}",
+        missing.len(),
+        registered.len()
+    );
+    for credentials in &registered {
+        let user = &credentials.user;
+        assert_eq!(
+            recorded[user.trim_start_matches("agent-")],
+            credentials.password,
+            "{user}"
+        );
+        let (client, _events) = connect_as(&url, user, &credentials.password)
+            .await
+            .unwrap_or_else(|error| panic!("{user} cannot reconnect after the restart: {error}"));
+        client.drain().await.unwrap();
+    }
+    assert!(file_mode(&dir.path().join("bus-agents.json")) & 0o077 == 0);
+    restarted.shutdown().await;
+}

@@ -26,7 +26,7 @@ pub use links::{Links, ProvidedLink, resolve_links};
 pub use placement::{ExistingInstance, GroupPlacement, InstanceNetwork, PlacedInstance};
 pub use plan::{
     Action, GroupPlan, InstancePlan, InstanceSpec, InstanceWork, ObservedInstance, Phase, Plan,
-    PlanOptions, Planned,
+    PlanInput, PlanOptions, Planned,
 };
 
 use crate::manifest::ValidatedManifest;
@@ -140,16 +140,16 @@ pub fn prepare(
             )
         })
         .collect();
-    let planned = plan::plan(
-        &desired,
+    let planned = plan::plan(&plan::PlanInput {
+        desired: &desired,
         catalog,
-        &placements,
-        &links,
-        &surroundings.observed,
-        &surroundings.sources,
-        &az_cloud_properties,
+        placements: &placements,
+        links: &links,
+        observed: &surroundings.observed,
+        sources: &surroundings.sources,
+        az_cloud_properties: &az_cloud_properties,
         options,
-    )
+    })
     .map_err(|errors| errors.iter().map(ToString::to_string).collect::<Vec<_>>())?;
     Ok(Prepared {
         desired,

@@ -586,25 +586,69 @@ fn changes(observed: &InstanceSpec, desired: &InstanceSpec) -> (Vec<String>, boo
     (reasons, recreate, update)
 }
 
-/// Plans the deploy. `placements` are by group; `observed` holds every recorded instance of
-/// the deployment, by group (groups no longer in the manifest too); `sources` holds template
-/// sources by job fingerprint; `az_cloud_properties` the cloud config's AZ properties.
-#[allow(clippy::too_many_arguments)]
-pub fn plan(
-    desired: &DesiredDeployment,
-    catalog: &Catalog,
-    placements: &BTreeMap<String, GroupPlacement>,
-    links: &Links,
-    observed: &BTreeMap<String, Vec<ObservedInstance>>,
-    sources: &BTreeMap<String, BTreeMap<String, String>>,
-    az_cloud_properties: &BTreeMap<String, Json>,
-    options: &PlanOptions,
-) -> Result<Planned, Vec<PlanError>> {
+/// Everything a deploy's plan is a function of.
+#[derive(Clone, Copy, Debug)]
+pub struct PlanInput<'a> {
+    /// The deployment the manifest asks for, resolved against the catalog.
+    pub desired: &'a DesiredDeployment,
+    /// The uploaded releases and stemcells.
+    pub catalog: &'a Catalog,
+    /// Where each instance goes, by group.
+    pub placements: &'a BTreeMap<String, GroupPlacement>,
+    /// Consumers bound to providers.
+    pub links: &'a Links,
+    /// Every recorded instance of the deployment, by group (groups no longer in the
+    /// manifest too).
+    pub observed: &'a BTreeMap<String, Vec<ObservedInstance>>,
+    /// Template sources by job fingerprint: file name under `templates/` → text.
+    pub sources: &'a BTreeMap<String, BTreeMap<String, String>>,
+    /// The cloud config's AZ cloud properties, by AZ name.
+    pub az_cloud_properties: &'a BTreeMap<String, Json>,
+    /// The options of `deploy` that change the plan.
+    pub options: &'a PlanOptions,
+}
+
+/// Plans the deploy: parses every job's templates once, then for each group renders and
+/// specs its instances, decides their actions and orders the changes into phases, and
+/// deletes the instances of groups the manifest no longer has. Every problem comes back at
+/// once.
+pub fn plan(input: &PlanInput<'_>) -> Result<Planned, Vec<PlanError>> {
+    let compiled = compile_job_templates(input.desired, input.sources)?;
     let mut errors = Vec::new();
     let mut work = BTreeMap::new();
     let mut groups = Vec::new();
+    for group in &input.desired.groups {
+        let Some(placement) = input.placements.get(&group.name) else {
+            continue;
+        };
+        if let Some(group_plan) =
+            plan_group(input, &compiled, group, placement, &mut work, &mut errors)
+        {
+            groups.push(group_plan);
+        }
+    }
+    let deleted_groups = deleted_group_instances(input.desired, input.observed);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    Ok(Planned {
+        plan: Plan {
+            deployment: input.desired.name.clone(),
+            groups,
+            deleted_groups,
+            variables_to_generate: Vec::new(),
+            manifest_changed: false,
+        },
+        work,
+    })
+}
 
-    // Templates are parsed once per job.
+/// Parses the templates of every job of the deployment, once per job fingerprint.
+fn compile_job_templates(
+    desired: &DesiredDeployment,
+    sources: &BTreeMap<String, BTreeMap<String, String>>,
+) -> Result<BTreeMap<String, CompiledJob>, Vec<PlanError>> {
+    let mut errors = Vec::new();
     let mut compiled: BTreeMap<String, CompiledJob> = BTreeMap::new();
     for group in &desired.groups {
         for job in &group.jobs {
@@ -628,180 +672,266 @@ pub fn plan(
             }
         }
     }
-    if !errors.is_empty() {
-        return Err(errors);
+    if errors.is_empty() {
+        Ok(compiled)
+    } else {
+        Err(errors)
     }
+}
 
-    for group in &desired.groups {
-        let Some(placement) = placements.get(&group.name) else {
+/// The plan of one group: each placed instance rendered, specced and given its action
+/// (its work recorded in `work`), the obsolete ones deleted, the changes in phases. `None`
+/// when its packages conflict; problems go to `errors`.
+fn plan_group(
+    input: &PlanInput<'_>,
+    compiled: &BTreeMap<String, CompiledJob>,
+    group: &DesiredGroup,
+    placement: &GroupPlacement,
+    work: &mut BTreeMap<String, InstanceWork>,
+    errors: &mut Vec<PlanError>,
+) -> Option<GroupPlan> {
+    let previous: BTreeMap<&str, &ObservedInstance> = input
+        .observed
+        .get(&group.name)
+        .map(|list| list.iter().map(|o| (o.uuid.as_str(), o)).collect())
+        .unwrap_or_default();
+    let errand = group.lifecycle == Lifecycle::Errand;
+    let packages = match packages_for(group, input.catalog) {
+        Ok(p) => p,
+        Err(e) => {
+            errors.push(e);
+            return None;
+        }
+    };
+    let mut instances = Vec::new();
+    for placed in &placement.instances {
+        let old = previous.get(placed.uuid.as_str()).copied();
+        let (instance, instance_work) =
+            plan_instance(input, compiled, group, &packages, placed, old, errors);
+        instances.push(instance);
+        work.insert(placed.uuid.clone(), instance_work);
+    }
+    let deleted = obsolete_instances(group, placement, &previous);
+    let first_deploy = previous.is_empty();
+    let (phases, canaries) = group_phases(input.options, group, &mut instances, first_deploy);
+    Some(GroupPlan {
+        name: group.name.clone(),
+        serial: group.rollout.serial,
+        errand,
+        canaries,
+        instances,
+        deleted,
+        phases,
+    })
+}
+
+/// The plan of one placed instance and what executing it needs: its jobs rendered, its
+/// desired spec, and its action against `old`, what was applied to it before (an errand's
+/// instances are only ever run, never updated).
+fn plan_instance(
+    input: &PlanInput<'_>,
+    compiled: &BTreeMap<String, CompiledJob>,
+    group: &DesiredGroup,
+    packages: &BTreeMap<String, PackageState>,
+    placed: &PlacedInstance,
+    old: Option<&ObservedInstance>,
+    errors: &mut Vec<PlanError>,
+) -> (InstancePlan, InstanceWork) {
+    let (templates, rendered) = render_instance_jobs(input, compiled, group, placed, errors);
+    let spec = instance_spec(input, group, placed, packages, templates, &rendered);
+    let (action, reasons) = match old {
+        _ if group.lifecycle == Lifecycle::Errand => (Action::NoOp, Vec::new()),
+        None => (Action::Create, vec!["new instance".to_string()]),
+        Some(old) => decide(old, &spec, input.options),
+    };
+    let instance = InstancePlan {
+        group: group.name.clone(),
+        id: placed.uuid.clone(),
+        index: placed.index,
+        az: placed.az.clone(),
+        bootstrap: placed.bootstrap,
+        action,
+        reasons,
+        batch: None,
+    };
+    let work = InstanceWork {
+        group: group.name.clone(),
+        placed: placed.clone(),
+        spec,
+        rendered,
+    };
+    (instance, work)
+}
+
+/// The phases of a group's changes (and its canary count), with `deploy`'s overrides of
+/// its canaries and `max_in_flight`; a first deploy may update all AZs at once.
+fn group_phases(
+    options: &PlanOptions,
+    group: &DesiredGroup,
+    instances: &mut [InstancePlan],
+    first_deploy: bool,
+) -> (Vec<Phase>, u64) {
+    let canaries_setting = options.canaries.unwrap_or(group.rollout.canaries);
+    let max_in_flight = options.max_in_flight.unwrap_or(group.rollout.max_in_flight);
+    phases(
+        instances,
+        &group.azs,
+        canaries_setting,
+        max_in_flight,
+        first_deploy && group.rollout.initial_parallel,
+    )
+}
+
+/// Renders the jobs of one instance: the digests of their files (job → path → sha256) and
+/// the rendered jobs, in job order. A job that does not render is left out and its problem
+/// goes to `errors`.
+fn render_instance_jobs(
+    input: &PlanInput<'_>,
+    compiled: &BTreeMap<String, CompiledJob>,
+    group: &DesiredGroup,
+    placed: &PlacedInstance,
+    errors: &mut Vec<PlanError>,
+) -> (BTreeMap<String, BTreeMap<String, String>>, Vec<RenderedJob>) {
+    let mut rendered = Vec::new();
+    let mut templates = BTreeMap::new();
+    for job in &group.jobs {
+        let Some(compiled_job) = compiled.get(&job.job.fingerprint) else {
             continue;
         };
-        let previous: BTreeMap<&str, &ObservedInstance> = observed
-            .get(&group.name)
-            .map(|list| list.iter().map(|o| (o.uuid.as_str(), o)).collect())
-            .unwrap_or_default();
-        let errand = group.lifecycle == Lifecycle::Errand;
-        let packages = match packages_for(group, catalog) {
-            Ok(p) => p,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
+        let context = InstanceContext {
+            spec: template_spec(
+                &input.desired.name,
+                group,
+                placed,
+                (&job.job.release, &job.release_version),
+                &job.job.name,
+            ),
+            properties: job.properties.clone(),
+            links: input
+                .links
+                .consumed
+                .get(&(group.name.clone(), job.job.name.clone()))
+                .cloned()
+                .unwrap_or_default(),
         };
-        let mut instances = Vec::new();
-        for placed in &placement.instances {
-            let mut rendered = Vec::new();
-            let mut templates = BTreeMap::new();
-            for job in &group.jobs {
-                let Some(compiled_job) = compiled.get(&job.job.fingerprint) else {
-                    continue;
-                };
-                let context = InstanceContext {
-                    spec: template_spec(
-                        &desired.name,
-                        group,
-                        placed,
-                        (&job.job.release, &job.release_version),
-                        &job.job.name,
-                    ),
-                    properties: job.properties.clone(),
-                    links: links
-                        .consumed
-                        .get(&(group.name.clone(), job.job.name.clone()))
-                        .cloned()
-                        .unwrap_or_default(),
-                };
-                match compiled_job.render(&context) {
-                    Ok(job_rendered) => {
-                        templates.insert(
-                            job.job.name.clone(),
-                            job_rendered
-                                .files
-                                .iter()
-                                .map(|(path, content)| (path.clone(), sha256_hex(content)))
-                                .collect(),
-                        );
-                        rendered.push(job_rendered);
-                    }
-                    Err(e) => errors.push(PlanError(format!(
-                        "instance {}/{} ({}): {e}",
-                        group.name, placed.uuid, placed.index
-                    ))),
-                }
+        match compiled_job.render(&context) {
+            Ok(job_rendered) => {
+                templates.insert(
+                    job.job.name.clone(),
+                    job_rendered
+                        .files
+                        .iter()
+                        .map(|(path, content)| (path.clone(), sha256_hex(content)))
+                        .collect(),
+                );
+                rendered.push(job_rendered);
             }
-            let configuration_hash = {
-                let mut hasher = Sha256::new();
-                for job in &rendered {
-                    hasher.update(job.name.as_bytes());
-                    hasher.update([0]);
-                    hasher.update(job.digest.as_bytes());
-                }
-                hasher
-                    .finalize()
-                    .iter()
-                    .map(|b| format!("{b:02x}"))
-                    .collect()
-            };
-            let spec = InstanceSpec {
-                stemcell: StemcellSpec {
-                    name: group.stemcell.name.clone(),
-                    os: group.stemcell.os.clone(),
-                    version: group.stemcell.version.clone(),
-                },
-                vm_type: group.vm_type.clone(),
-                cloud_properties: cloud_properties_for(
-                    group,
-                    az_cloud_properties,
-                    placed.az.as_deref(),
-                ),
-                env: group.env.clone(),
-                networks: network_states(placed),
-                jobs: group
-                    .jobs
-                    .iter()
-                    .map(|j| JobState {
-                        name: j.job.name.clone(),
-                        release: j.job.release.clone(),
-                        release_version: j.release_version.clone(),
-                        fingerprint: j.job.fingerprint.clone(),
-                        packages: j.job.packages.clone(),
-                    })
-                    .collect(),
-                packages: packages.clone(),
-                templates,
-                configuration_hash,
-                persistent_disk: group.persistent_disk.as_ref().map(|d| DiskState {
-                    size: d.size,
-                    cloud_properties: d.cloud_properties.clone(),
-                }),
-            };
-            let (action, reasons) = match previous.get(placed.uuid.as_str()) {
-                _ if errand => (Action::NoOp, Vec::new()),
-                None => (Action::Create, vec!["new instance".to_string()]),
-                Some(old) => decide(old, &spec, options),
-            };
-            instances.push(InstancePlan {
-                group: group.name.clone(),
-                id: placed.uuid.clone(),
-                index: placed.index,
-                az: placed.az.clone(),
-                bootstrap: placed.bootstrap,
-                action,
-                reasons,
-                batch: None,
-            });
-            work.insert(
-                placed.uuid.clone(),
-                InstanceWork {
-                    group: group.name.clone(),
-                    placed: placed.clone(),
-                    spec,
-                    rendered,
-                },
-            );
+            Err(e) => errors.push(PlanError(format!(
+                "instance {}/{} ({}): {e}",
+                group.name, placed.uuid, placed.index
+            ))),
         }
-        let deleted: Vec<InstancePlan> = placement
-            .obsolete
-            .iter()
-            .filter_map(|uuid| previous.get(uuid.as_str()))
-            .map(|old| InstancePlan {
-                group: group.name.clone(),
-                id: old.uuid.clone(),
-                index: old.index,
-                az: old.az.clone(),
-                bootstrap: false,
-                action: Action::Delete,
-                reasons: vec![format!(
-                    "not needed any more (instances: {} → {})",
-                    previous.len(),
-                    group.instances
-                )],
-                batch: None,
-            })
-            .collect();
-        let first_deploy = previous.is_empty();
-        let canaries_setting = options.canaries.unwrap_or(group.rollout.canaries);
-        let max_in_flight = options.max_in_flight.unwrap_or(group.rollout.max_in_flight);
-        let (phases, canaries) = phases(
-            &mut instances,
-            &group.azs,
-            canaries_setting,
-            max_in_flight,
-            first_deploy && group.rollout.initial_parallel,
-        );
-        groups.push(GroupPlan {
-            name: group.name.clone(),
-            serial: group.rollout.serial,
-            errand,
-            canaries,
-            instances,
-            deleted,
-            phases,
-        });
     }
+    (templates, rendered)
+}
 
+/// The digest of everything rendered for an instance: each job's name and digest, in order.
+fn configuration_hash(rendered: &[RenderedJob]) -> String {
+    let mut hasher = Sha256::new();
+    for job in rendered {
+        hasher.update(job.name.as_bytes());
+        hasher.update([0]);
+        hasher.update(job.digest.as_bytes());
+    }
+    hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The desired spec of one placed instance of `group`.
+fn instance_spec(
+    input: &PlanInput<'_>,
+    group: &DesiredGroup,
+    placed: &PlacedInstance,
+    packages: &BTreeMap<String, PackageState>,
+    templates: BTreeMap<String, BTreeMap<String, String>>,
+    rendered: &[RenderedJob],
+) -> InstanceSpec {
+    InstanceSpec {
+        stemcell: StemcellSpec {
+            name: group.stemcell.name.clone(),
+            os: group.stemcell.os.clone(),
+            version: group.stemcell.version.clone(),
+        },
+        vm_type: group.vm_type.clone(),
+        cloud_properties: cloud_properties_for(
+            group,
+            input.az_cloud_properties,
+            placed.az.as_deref(),
+        ),
+        env: group.env.clone(),
+        networks: network_states(placed),
+        jobs: job_states(group),
+        packages: packages.clone(),
+        templates,
+        configuration_hash: configuration_hash(rendered),
+        persistent_disk: group.persistent_disk.as_ref().map(|d| DiskState {
+            size: d.size,
+            cloud_properties: d.cloud_properties.clone(),
+        }),
+    }
+}
+
+fn job_states(group: &DesiredGroup) -> Vec<JobState> {
+    group
+        .jobs
+        .iter()
+        .map(|j| JobState {
+            name: j.job.name.clone(),
+            release: j.job.release.clone(),
+            release_version: j.release_version.clone(),
+            fingerprint: j.job.fingerprint.clone(),
+            packages: j.job.packages.clone(),
+        })
+        .collect()
+}
+
+/// The recorded instances of `group` its placement no longer keeps, to delete.
+fn obsolete_instances(
+    group: &DesiredGroup,
+    placement: &GroupPlacement,
+    previous: &BTreeMap<&str, &ObservedInstance>,
+) -> Vec<InstancePlan> {
+    placement
+        .obsolete
+        .iter()
+        .filter_map(|uuid| previous.get(uuid.as_str()))
+        .map(|old| InstancePlan {
+            group: group.name.clone(),
+            id: old.uuid.clone(),
+            index: old.index,
+            az: old.az.clone(),
+            bootstrap: false,
+            action: Action::Delete,
+            reasons: vec![format!(
+                "not needed any more (instances: {} → {})",
+                previous.len(),
+                group.instances
+            )],
+            batch: None,
+        })
+        .collect()
+}
+
+/// The recorded instances of groups the manifest no longer has, to delete.
+fn deleted_group_instances(
+    desired: &DesiredDeployment,
+    observed: &BTreeMap<String, Vec<ObservedInstance>>,
+) -> Vec<InstancePlan> {
     let wanted: BTreeSet<&str> = desired.groups.iter().map(|g| g.name.as_str()).collect();
-    let deleted_groups = observed
+    observed
         .iter()
         .filter(|(name, _)| !wanted.contains(name.as_str()))
         .flat_map(|(name, list)| {
@@ -818,20 +948,7 @@ pub fn plan(
                 batch: None,
             })
         })
-        .collect();
-    if !errors.is_empty() {
-        return Err(errors);
-    }
-    Ok(Planned {
-        plan: Plan {
-            deployment: desired.name.clone(),
-            groups,
-            deleted_groups,
-            variables_to_generate: Vec::new(),
-            manifest_changed: false,
-        },
-        work,
-    })
+        .collect()
 }
 
 fn decide(

@@ -6,7 +6,7 @@ use std::net::IpAddr;
 
 use super::cloud::{CloudConfig, NetworkKind, check_unique};
 use super::decode::{Cx, Spanned, undefined};
-use super::deployment::{DeploymentManifest, InstanceGroup, UpdatePolicy};
+use super::deployment::{DeploymentManifest, InstanceGroup, NetworkRef, UpdatePolicy};
 use super::ip::parse_ip_entry;
 use crate::yaml::YamlPath;
 
@@ -19,6 +19,86 @@ fn group_name(group: &InstanceGroup) -> String {
 
 /// Checks that need only the manifest.
 pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
+    check_names_are_unique(cx, manifest);
+    let declared = DeclaredNames::of(manifest);
+    for addon in &manifest.addons {
+        for job in &addon.jobs {
+            declared.check_release(cx, &job.release);
+        }
+    }
+    check_update_settings(cx, manifest);
+    let mut static_ips_seen = StaticIpsSeen::new();
+    for group in &manifest.instance_groups {
+        check_instance_group(cx, group, &declared, &mut static_ips_seen);
+    }
+    check_certificate_variables(cx, manifest);
+}
+
+/// Each static IP given alone, by network, with where it was first assigned.
+type StaticIpsSeen = HashMap<(String, IpAddr), YamlPath>;
+
+/// The releases and stemcell aliases the manifest declares, which jobs and instance groups
+/// refer to.
+struct DeclaredNames<'a> {
+    releases: Vec<&'a str>,
+    stemcell_aliases: Vec<&'a str>,
+}
+
+impl<'a> DeclaredNames<'a> {
+    fn of(manifest: &'a DeploymentManifest) -> DeclaredNames<'a> {
+        DeclaredNames {
+            releases: manifest
+                .releases
+                .iter()
+                .map(|r| r.name.value.as_str())
+                .collect(),
+            stemcell_aliases: manifest
+                .stemcells
+                .iter()
+                .map(|s| s.alias.value.as_str())
+                .collect(),
+        }
+    }
+
+    /// A job's `release`, when given, names a declared release.
+    fn check_release(&self, cx: &mut Cx, release: &Option<Spanned<String>>) {
+        if let Some(release) = release {
+            if !self.releases.contains(&release.value.as_str()) {
+                cx.error(
+                    &release.span,
+                    &release.path,
+                    undefined("release", &release.value, &self.releases, "in releases"),
+                );
+            }
+        }
+    }
+
+    /// An instance group names a declared stemcell alias.
+    fn check_stemcell(&self, cx: &mut Cx, group: &InstanceGroup) {
+        let aliases = &self.stemcell_aliases;
+        match &group.stemcell {
+            Some(stemcell) if !aliases.contains(&stemcell.value.as_str()) => {
+                cx.error(
+                    &stemcell.span,
+                    &stemcell.path,
+                    undefined("stemcell alias", &stemcell.value, aliases, "in stemcells"),
+                );
+            }
+            Some(_) => {}
+            None => cx.error(
+                &group.span,
+                &group.path,
+                format!(
+                    "missing required key 'stemcell' (the alias of one of the stemcells: {})",
+                    aliases.join(", ")
+                ),
+            ),
+        }
+    }
+}
+
+/// Releases, stemcell aliases, instance groups, variables and addons are named once each.
+fn check_names_are_unique(cx: &mut Cx, manifest: &DeploymentManifest) {
     check_unique(cx, "release", manifest.releases.iter().map(|r| &r.name));
     check_unique(
         cx,
@@ -43,34 +123,11 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
         "addon",
         manifest.addons.iter().filter_map(|a| a.name.as_ref()),
     );
+}
 
-    let releases: Vec<&str> = manifest
-        .releases
-        .iter()
-        .map(|r| r.name.value.as_str())
-        .collect();
-    let aliases: Vec<&str> = manifest
-        .stemcells
-        .iter()
-        .map(|s| s.alias.value.as_str())
-        .collect();
-    let check_release = |cx: &mut Cx, release: &Option<Spanned<String>>| {
-        if let Some(release) = release {
-            if !releases.contains(&release.value.as_str()) {
-                cx.error(
-                    &release.span,
-                    &release.path,
-                    undefined("release", &release.value, &releases, "in releases"),
-                );
-            }
-        }
-    };
-    for addon in &manifest.addons {
-        for job in &addon.jobs {
-            check_release(cx, &job.release);
-        }
-    }
-
+/// The update settings every instance group needs, from its own update block or the
+/// top-level one. A setting no group has is reported once, at the top-level block.
+fn check_update_settings(cx: &mut Cx, manifest: &DeploymentManifest) {
     let top_update = manifest.update.clone().unwrap_or_default();
     let mut missing_everywhere: Vec<&str> = Vec::new();
     for field in [
@@ -107,162 +164,183 @@ pub(crate) fn check_manifest(cx: &mut Cx, manifest: &DeploymentManifest) {
         }
     }
     if !missing_everywhere.is_empty() {
-        let (span, path) = match &manifest.update_span {
-            Some(span) => (span.clone(), YamlPath::root().key("update")),
-            None => (manifest.span.clone(), YamlPath::root()),
-        };
-        let what = if manifest.update.is_some() {
-            format!(
-                "missing {} in the top-level update block",
-                missing_everywhere.join(", ")
-            )
-        } else {
-            format!(
-                "missing required key 'update' (every instance group needs {}; e.g. update: {{canaries: 1, max_in_flight: 1, canary_watch_time: 1000-30000, update_watch_time: 1000-30000}})",
-                missing_everywhere.join(", ")
-            )
-        };
-        cx.error(&span, &path, what);
+        report_update_settings_missing_everywhere(cx, manifest, &missing_everywhere);
     }
+}
 
-    let mut static_ips_seen: HashMap<(String, IpAddr), YamlPath> = HashMap::new();
-    for group in &manifest.instance_groups {
-        let label = group_name(group);
-        check_unique(cx, "job", group.jobs.iter().filter_map(|j| j.name.as_ref()));
-        check_unique(cx, "availability zone", group.azs.iter());
-        for job in &group.jobs {
-            check_release(cx, &job.release);
-        }
-        match &group.stemcell {
-            Some(stemcell) if !aliases.contains(&stemcell.value.as_str()) => {
-                cx.error(
-                    &stemcell.span,
-                    &stemcell.path,
-                    undefined("stemcell alias", &stemcell.value, &aliases, "in stemcells"),
-                );
-            }
-            Some(_) => {}
-            None => cx.error(
-                &group.span,
-                &group.path,
-                format!(
-                    "missing required key 'stemcell' (the alias of one of the stemcells: {})",
-                    aliases.join(", ")
-                ),
+fn report_update_settings_missing_everywhere(
+    cx: &mut Cx,
+    manifest: &DeploymentManifest,
+    missing_everywhere: &[&str],
+) {
+    let (span, path) = match &manifest.update_span {
+        Some(span) => (span.clone(), YamlPath::root().key("update")),
+        None => (manifest.span.clone(), YamlPath::root()),
+    };
+    let what = if manifest.update.is_some() {
+        format!(
+            "missing {} in the top-level update block",
+            missing_everywhere.join(", ")
+        )
+    } else {
+        format!(
+            "missing required key 'update' (every instance group needs {}; e.g. update: {{canaries: 1, max_in_flight: 1, canary_watch_time: 1000-30000, update_watch_time: 1000-30000}})",
+            missing_everywhere.join(", ")
+        )
+    };
+    cx.error(&span, &path, what);
+}
+
+/// One instance group: its jobs, AZs, stemcell, VM, disk and networks.
+fn check_instance_group(
+    cx: &mut Cx,
+    group: &InstanceGroup,
+    declared: &DeclaredNames<'_>,
+    static_ips_seen: &mut StaticIpsSeen,
+) {
+    check_unique(cx, "job", group.jobs.iter().filter_map(|j| j.name.as_ref()));
+    check_unique(cx, "availability zone", group.azs.iter());
+    for job in &group.jobs {
+        declared.check_release(cx, &job.release);
+    }
+    declared.check_stemcell(cx, group);
+    check_vm_and_disk(cx, group);
+    check_group_networks(cx, group);
+    for network in &group.networks {
+        check_static_ips(cx, group, network, static_ips_seen);
+    }
+}
+
+/// Exactly one of `vm_type` and `vm_resources`; not both kinds of persistent disk.
+fn check_vm_and_disk(cx: &mut Cx, group: &InstanceGroup) {
+    match (&group.vm_type, &group.vm_resources) {
+        (Some(_), Some(_)) => cx.error(&group.span, &group.path, "give either vm_type or vm_resources, not both"),
+        (None, None) => cx.error(
+            &group.span,
+            &group.path,
+            "missing required key 'vm_type' (a VM type from the cloud config, or vm_resources: {cpu, ram, ephemeral_disk_size})",
+        ),
+        _ => {}
+    }
+    if let (Some(size), Some(kind)) = (&group.persistent_disk, &group.persistent_disk_type) {
+        cx.error(
+            &kind.span,
+            &kind.path,
+            format!(
+                "give either persistent_disk ({}) or persistent_disk_type, not both",
+                size.value
             ),
-        }
-        match (&group.vm_type, &group.vm_resources) {
-            (Some(_), Some(_)) => cx.error(&group.span, &group.path, "give either vm_type or vm_resources, not both"),
-            (None, None) => cx.error(
-                &group.span,
-                &group.path,
-                "missing required key 'vm_type' (a VM type from the cloud config, or vm_resources: {cpu, ram, ephemeral_disk_size})",
-            ),
-            _ => {}
-        }
-        if let (Some(size), Some(kind)) = (&group.persistent_disk, &group.persistent_disk_type) {
-            cx.error(
-                &kind.span,
-                &kind.path,
-                format!(
-                    "give either persistent_disk ({}) or persistent_disk_type, not both",
-                    size.value
-                ),
-            );
-        }
-        if group.networks.is_empty() {
-            cx.error(
-                &group.span,
-                &group.path,
-                "missing required key 'networks' (at least one network from the cloud config)",
-            );
-        }
-        check_unique(
-            cx,
-            "network",
-            group.networks.iter().filter_map(|n| n.name.as_ref()),
         );
-        if group.networks.len() > 1 {
-            let mut unassigned = Vec::new();
-            for role in ["dns", "gateway"] {
-                let providers: Vec<&Spanned<String>> = group
-                    .networks
-                    .iter()
-                    .flat_map(|n| n.default.iter())
-                    .filter(|d| d.value == role)
-                    .collect();
-                match providers.len() {
-                    1 => {}
-                    0 => unassigned.push(role),
-                    _ => cx.error(
-                        &providers[1].span,
-                        &providers[1].path,
-                        format!("only one network can be the default for {role}"),
-                    ),
-                }
-            }
-            if !unassigned.is_empty() {
-                cx.error(
-                    &group.span,
-                    &group.path.key("networks"),
-                    format!(
-                        "instance group {label} has more than one network: mark the one that provides them with default: [{}]",
-                        unassigned.join(", ")
-                    ),
-                );
-            }
+    }
+}
+
+/// At least one network, each once; with several, one default for DNS and for the gateway.
+fn check_group_networks(cx: &mut Cx, group: &InstanceGroup) {
+    if group.networks.is_empty() {
+        cx.error(
+            &group.span,
+            &group.path,
+            "missing required key 'networks' (at least one network from the cloud config)",
+        );
+    }
+    check_unique(
+        cx,
+        "network",
+        group.networks.iter().filter_map(|n| n.name.as_ref()),
+    );
+    if group.networks.len() <= 1 {
+        return;
+    }
+    let mut unassigned = Vec::new();
+    for role in ["dns", "gateway"] {
+        let providers: Vec<&Spanned<String>> = group
+            .networks
+            .iter()
+            .flat_map(|n| n.default.iter())
+            .filter(|d| d.value == role)
+            .collect();
+        match providers.len() {
+            1 => {}
+            0 => unassigned.push(role),
+            _ => cx.error(
+                &providers[1].span,
+                &providers[1].path,
+                format!("only one network can be the default for {role}"),
+            ),
         }
-        for network in &group.networks {
-            if network.static_ips.is_empty() && !network.static_ips_deferred {
-                continue;
-            }
-            let Some(network_name) = &network.name else {
-                continue;
-            };
-            let mut count: u128 = 0;
-            let mut unreadable = false;
-            for entry in &network.static_ips {
-                match parse_ip_entry(&entry.value) {
-                    Ok((first, last)) => {
-                        count += range_len(first, last);
-                        if first == last {
-                            let key = (network_name.value.clone(), first);
-                            if let Some(previous) = static_ips_seen.get(&key) {
-                                cx.error(
-                                    &entry.span,
-                                    &entry.path,
-                                    format!("static IP {first} is also assigned at {previous}"),
-                                );
-                            } else {
-                                static_ips_seen.insert(key, entry.path.clone());
-                            }
-                        }
-                    }
-                    Err(message) => {
-                        unreadable = true;
-                        cx.error(&entry.span, &entry.path, message);
+    }
+    if !unassigned.is_empty() {
+        cx.error(
+            &group.span,
+            &group.path.key("networks"),
+            format!(
+                "instance group {} has more than one network: mark the one that provides them with default: [{}]",
+                group_name(group),
+                unassigned.join(", ")
+            ),
+        );
+    }
+}
+
+/// The static IPs of one network of a group: readable, none assigned twice on the network
+/// (across groups), one per instance.
+fn check_static_ips(
+    cx: &mut Cx,
+    group: &InstanceGroup,
+    network: &NetworkRef,
+    static_ips_seen: &mut StaticIpsSeen,
+) {
+    if network.static_ips.is_empty() && !network.static_ips_deferred {
+        return;
+    }
+    let Some(network_name) = &network.name else {
+        return;
+    };
+    let mut count: u128 = 0;
+    let mut unreadable = false;
+    for entry in &network.static_ips {
+        match parse_ip_entry(&entry.value) {
+            Ok((first, last)) => {
+                count += range_len(first, last);
+                if first == last {
+                    let key = (network_name.value.clone(), first);
+                    if let Some(previous) = static_ips_seen.get(&key) {
+                        cx.error(
+                            &entry.span,
+                            &entry.path,
+                            format!("static IP {first} is also assigned at {previous}"),
+                        );
+                    } else {
+                        static_ips_seen.insert(key, entry.path.clone());
                     }
                 }
             }
-            if let (Some(instances), false) =
-                (&group.instances, unreadable || network.static_ips_deferred)
-            {
-                if count != u128::from(instances.value) {
-                    cx.error(
-                        &instances.span,
-                        &instances.path,
-                        format!(
-                            "instance group {label} has {} but {} on network '{}': give one static IP per instance",
-                            counted(u128::from(instances.value), "instance"),
-                            counted(count, "static IP"),
-                            network_name.value
-                        ),
-                    );
-                }
+            Err(message) => {
+                unreadable = true;
+                cx.error(&entry.span, &entry.path, message);
             }
         }
     }
+    if let (Some(instances), false) = (&group.instances, unreadable || network.static_ips_deferred)
+    {
+        if count != u128::from(instances.value) {
+            cx.error(
+                &instances.span,
+                &instances.path,
+                format!(
+                    "instance group {} has {} but {} on network '{}': give one static IP per instance",
+                    group_name(group),
+                    counted(u128::from(instances.value), "instance"),
+                    counted(count, "static IP"),
+                    network_name.value
+                ),
+            );
+        }
+    }
+}
 
+/// A certificate variable names a CA (warned about when it is not declared) or is one.
+fn check_certificate_variables(cx: &mut Cx, manifest: &DeploymentManifest) {
     let declared: Vec<&str> = manifest
         .variables
         .iter()

@@ -21,7 +21,7 @@ use tempfile::TempDir;
 
 use super::digest::ExpectedDigest;
 use super::graph::{self, GraphProblem, Reference};
-use super::manifest::{CompiledPackageRecord, EntryPlaces, Place, ReleaseManifest};
+use super::manifest::{CompiledPackageRecord, EntryPlaces, ManifestSpans, Place, ReleaseManifest};
 use super::{ReleaseError, display_path, valid_name};
 use crate::archive::{self, EntryKind, Extracted, Limits, TgzEntry, TgzSource, write_tgz};
 use crate::diagnostics::{Diagnostic, Diagnostics};
@@ -155,13 +155,41 @@ struct Listed {
     path: YamlPath,
 }
 
+/// A listed archive whose `release.MF` digest is one the director can compute.
+struct ListedWithDigest {
+    entry: String,
+    sha1: String,
+    digest: ExpectedDigest,
+}
+
+/// What `release.MF` lists, by relation (the same as the manifest's tables of references).
+type References = BTreeMap<String, Vec<Reference<Place>>>;
+
+/// Accepts an unpacked release tarball only when it is what its `release.MF` says.
 fn check(
     extracted: &Extracted,
     name: &str,
     limits: &Limits,
 ) -> Result<(ReleaseManifest, Vec<CompiledPackageRecord>), ReleaseError> {
-    let entries = extracted.entries();
-    if !matches!(entries.get("release.MF"), Some(EntryKind::File { .. })) {
+    let (manifest, compiled, spans) = read_release_manifest(extracted, name)?;
+    let listed = list_archives(&manifest, &compiled, &spans, name)?;
+    check_entries_are_the_listed_ones(extracted, &listed, name)?;
+    check_digests(extracted, &listed, name)?;
+    check_package_graph(&manifest, &compiled, &spans)?;
+    check_job_archives(extracted, &manifest, name, limits)?;
+    check_package_and_license_archives(extracted, &manifest, &compiled, name, limits)?;
+    Ok((manifest, compiled))
+}
+
+/// Reads and parses the tarball's `release.MF`, with where each of its entries was written.
+fn read_release_manifest(
+    extracted: &Extracted,
+    name: &str,
+) -> Result<(ReleaseManifest, Vec<CompiledPackageRecord>, ManifestSpans), ReleaseError> {
+    if !matches!(
+        extracted.entries().get("release.MF"),
+        Some(EntryKind::File { .. })
+    ) {
         return Err(ReleaseError::MissingManifest {
             archive: name.to_string(),
         });
@@ -172,108 +200,138 @@ fn check(
     let text = String::from_utf8(bytes).map_err(|_| {
         ReleaseError::Invalid(Diagnostic::general(format!("{label}: not UTF-8 text")).into())
     })?;
-    let (manifest, compiled, spans) = ReleaseManifest::parse_tarball(&text, &label)?;
-    let document = spans
-        .document
-        .clone()
-        .unwrap_or_else(|| Span::synthetic(&label));
+    Ok(ReleaseManifest::parse_tarball(&text, &label)?)
+}
 
-    // Names become file names: check them, and that none is listed twice.
+/// The archives `release.MF` lists (jobs, packages, compiled packages, license), each with
+/// its digest; every problem with their names or digests comes back at once.
+fn list_archives(
+    manifest: &ReleaseManifest,
+    compiled: &[CompiledPackageRecord],
+    spans: &ManifestSpans,
+    archive_name: &str,
+) -> Result<Vec<ListedWithDigest>, ReleaseError> {
     let mut diagnostics = Diagnostics::new();
-    let mut listed = Vec::new();
-    let mut seen = BTreeSet::new();
-    for (
-        job,
-        EntryPlaces {
-            entry: (span, path),
-            ..
-        },
-    ) in manifest.jobs.iter().zip(&spans.jobs)
-    {
-        check_name(&mut diagnostics, &mut seen, "job", &job.name, span, path);
-        listed.push(Listed {
-            entry: format!("jobs/{}.tgz", job.name),
-            sha1: job.sha1.clone(),
-            span: span.clone(),
-            path: path.clone(),
-        });
-    }
-    seen.clear();
-    for (
-        package,
-        EntryPlaces {
-            entry: (span, path),
-            ..
-        },
-    ) in manifest.packages.iter().zip(&spans.packages)
-    {
-        check_name(
-            &mut diagnostics,
-            &mut seen,
-            "package",
-            &package.name,
-            span,
-            path,
-        );
-        listed.push(Listed {
-            entry: format!("packages/{}.tgz", package.name),
-            sha1: package.sha1.clone(),
-            span: span.clone(),
-            path: path.clone(),
-        });
-    }
-    // A package is listed once, as source or compiled.
-    for (
-        package,
-        EntryPlaces {
-            entry: (span, path),
-            ..
-        },
-    ) in compiled.iter().zip(&spans.compiled_packages)
-    {
-        check_name(
-            &mut diagnostics,
-            &mut seen,
-            "package",
-            &package.name,
-            span,
-            path,
-        );
-        listed.push(Listed {
-            entry: format!("compiled_packages/{}.tgz", package.name),
-            sha1: package.sha1.clone(),
-            span: span.clone(),
-            path: path.clone(),
-        });
-    }
-    if let Some(license) = &manifest.license {
-        listed.push(Listed {
-            entry: "license.tgz".to_string(),
-            sha1: license.sha1.clone(),
-            span: document.clone(),
-            path: YamlPath::root().key("license"),
-        });
-    }
-    for item in &listed {
-        if ExpectedDigest::parse(&item.sha1).is_none() {
-            diagnostics.error(
-                &item.span,
-                item.path.key("sha1"),
-                format!("'{}' is not a sha1, sha256 or sha512 digest", item.sha1),
-            );
-        }
-    }
+    let listed = listed_archives(&mut diagnostics, manifest, compiled, spans, archive_name);
+    let with_digests = parse_digests(&mut diagnostics, listed);
     if diagnostics.has_errors() {
         return Err(ReleaseError::Invalid(diagnostics));
     }
+    Ok(with_digests)
+}
 
-    // Exactly the listed archives, as files, plus their folders.
-    let expected: BTreeMap<&str, &Listed> = listed.iter().map(|l| (l.entry.as_str(), l)).collect();
+/// The archives `release.MF` lists, in its order. Names become file names: each is
+/// checked, and that none is listed twice (a package is listed once, as source or compiled).
+fn listed_archives(
+    diagnostics: &mut Diagnostics,
+    manifest: &ReleaseManifest,
+    compiled: &[CompiledPackageRecord],
+    spans: &ManifestSpans,
+    archive_name: &str,
+) -> Vec<Listed> {
+    let mut listed = Vec::new();
+    let mut seen = BTreeSet::new();
+    for (job, places) in manifest.jobs.iter().zip(&spans.jobs) {
+        let (job_name, sha1) = (&job.name, &job.sha1);
+        listed.push(list_named(
+            diagnostics,
+            &mut seen,
+            "job",
+            "jobs",
+            job_name,
+            sha1,
+            places,
+        ));
+    }
+    seen.clear();
+    let source_packages = manifest
+        .packages
+        .iter()
+        .map(|package| ("packages", &package.name, &package.sha1))
+        .zip(&spans.packages);
+    let compiled_packages = compiled
+        .iter()
+        .map(|package| ("compiled_packages", &package.name, &package.sha1))
+        .zip(&spans.compiled_packages);
+    for ((folder, package_name, sha1), places) in source_packages.chain(compiled_packages) {
+        let kind = "package";
+        listed.push(list_named(
+            diagnostics,
+            &mut seen,
+            kind,
+            folder,
+            package_name,
+            sha1,
+            places,
+        ));
+    }
+    if let Some(license) = &manifest.license {
+        let label = format!("{archive_name}/release.MF");
+        listed.push(Listed {
+            entry: "license.tgz".to_string(),
+            sha1: license.sha1.clone(),
+            span: spans
+                .document
+                .clone()
+                .unwrap_or_else(|| Span::synthetic(&label)),
+            path: YamlPath::root().key("license"),
+        });
+    }
+    listed
+}
+
+/// The listed archives whose digests are sha1, sha256 or sha512; the others are errors.
+fn parse_digests(diagnostics: &mut Diagnostics, listed: Vec<Listed>) -> Vec<ListedWithDigest> {
+    let mut with_digests = Vec::new();
+    for item in listed {
+        match ExpectedDigest::parse(&item.sha1) {
+            Some(digest) => with_digests.push(ListedWithDigest {
+                entry: item.entry,
+                sha1: item.sha1,
+                digest,
+            }),
+            None => diagnostics.error(
+                &item.span,
+                item.path.key("sha1"),
+                format!("'{}' is not a sha1, sha256 or sha512 digest", item.sha1),
+            ),
+        }
+    }
+    with_digests
+}
+
+/// Lists the archive of a job or package, `folder/<name>.tgz`, checking its name against
+/// the names `seen` before it.
+fn list_named(
+    diagnostics: &mut Diagnostics,
+    seen: &mut BTreeSet<String>,
+    kind: &str,
+    folder: &str,
+    name: &str,
+    sha1: &str,
+    places: &EntryPlaces,
+) -> Listed {
+    let (span, path) = &places.entry;
+    check_name(diagnostics, seen, kind, name, span, path);
+    Listed {
+        entry: format!("{folder}/{name}.tgz"),
+        sha1: sha1.to_string(),
+        span: span.clone(),
+        path: path.clone(),
+    }
+}
+
+/// Exactly the listed archives are in the tarball, as files, plus their folders.
+fn check_entries_are_the_listed_ones(
+    extracted: &Extracted,
+    listed: &[ListedWithDigest],
+    name: &str,
+) -> Result<(), ReleaseError> {
+    let entries = extracted.entries();
+    let expected: BTreeSet<&str> = listed.iter().map(|l| l.entry.as_str()).collect();
     for (entry, kind) in entries {
         let allowed = match kind {
-            EntryKind::File { .. } => {
-                entry == "release.MF" || expected.contains_key(entry.as_str())
-            }
+            EntryKind::File { .. } => entry == "release.MF" || expected.contains(entry.as_str()),
             EntryKind::Dir { .. } => {
                 entry == "jobs" || entry == "packages" || entry == "compiled_packages"
             }
@@ -286,23 +344,29 @@ fn check(
             });
         }
     }
-    for entry in expected.keys() {
-        if !entries.contains_key(*entry) {
+    for entry in expected {
+        if !entries.contains_key(entry) {
             return Err(ReleaseError::MissingEntry {
                 archive: name.to_string(),
                 entry: entry.to_string(),
             });
         }
     }
+    Ok(())
+}
 
-    // Digests.
-    for item in &listed {
-        let expected = ExpectedDigest::parse(&item.sha1).expect("checked above");
+/// Every listed archive has the digest `release.MF` gives it.
+fn check_digests(
+    extracted: &Extracted,
+    listed: &[ListedWithDigest],
+    name: &str,
+) -> Result<(), ReleaseError> {
+    for item in listed {
         let path = extracted.dir().join(&item.entry);
         let actual = fs::File::open(&path)
-            .and_then(|mut file| expected.compute(&mut file))
+            .and_then(|mut file| item.digest.compute(&mut file))
             .map_err(|e| ReleaseError::io(&path, e))?;
-        if actual != expected.as_string() {
+        if actual != item.digest.as_string() {
             return Err(ReleaseError::DigestMismatch {
                 archive: name.to_string(),
                 entry: item.entry.clone(),
@@ -311,19 +375,17 @@ fn check(
             });
         }
     }
+    Ok(())
+}
 
-    // The package graph.
-    let references = |names: &[String], places: &[Place]| -> Vec<Reference<Place>> {
-        names
-            .iter()
-            .zip(places)
-            .map(|(package, place)| Reference {
-                package: package.clone(),
-                place: place.clone(),
-            })
-            .collect()
-    };
-    let packages: BTreeMap<String, Vec<Reference<Place>>> = manifest
+/// The package graph: every dependency and job package is a package of the release, and
+/// no dependencies go round in a cycle.
+fn check_package_graph(
+    manifest: &ReleaseManifest,
+    compiled: &[CompiledPackageRecord],
+    spans: &ManifestSpans,
+) -> Result<(), ReleaseError> {
+    let packages: References = manifest
         .packages
         .iter()
         .map(|p| (&p.name, &p.dependencies))
@@ -338,35 +400,62 @@ fn check(
             (name.clone(), references(dependencies, &places.names))
         })
         .collect();
-    let jobs: BTreeMap<String, Vec<Reference<Place>>> = manifest
+    let jobs: References = manifest
         .jobs
         .iter()
         .zip(&spans.jobs)
         .map(|(j, places)| (j.name.clone(), references(&j.packages, &places.names)))
         .collect();
-    if let Err(problems) = graph::check(&packages, &jobs) {
-        let mut diagnostics = Diagnostics::new();
-        for problem in problems {
-            let message = problem.message();
-            match problem {
-                GraphProblem::UnknownDependency { place, .. }
-                | GraphProblem::UnknownJobPackage { place, .. } => {
-                    diagnostics.error(&place.0, &place.1, message);
-                }
-                GraphProblem::Cycle(cycle) => {
-                    // At the first step of the cycle, in the first package's dependencies.
-                    let step = packages[&cycle[0]]
-                        .iter()
-                        .find(|r| r.package == cycle[1])
-                        .expect("a cycle follows dependencies");
-                    diagnostics.error(&step.place.0, &step.place.1, message);
-                }
+    match graph::check(&packages, &jobs) {
+        Ok(_) => Ok(()),
+        Err(problems) => Err(ReleaseError::Invalid(
+            graph_diagnostics(&packages, problems).sorted(),
+        )),
+    }
+}
+
+/// Package names with where each was written.
+fn references(names: &[String], places: &[Place]) -> Vec<Reference<Place>> {
+    names
+        .iter()
+        .zip(places)
+        .map(|(package, place)| Reference {
+            package: package.clone(),
+            place: place.clone(),
+        })
+        .collect()
+}
+
+/// The graph's problems where they were written; a cycle at its first step, in the first
+/// package's dependencies.
+fn graph_diagnostics(packages: &References, problems: Vec<GraphProblem<Place>>) -> Diagnostics {
+    let mut diagnostics = Diagnostics::new();
+    for problem in problems {
+        let message = problem.message();
+        match problem {
+            GraphProblem::UnknownDependency { place, .. }
+            | GraphProblem::UnknownJobPackage { place, .. } => {
+                diagnostics.error(&place.0, &place.1, message);
+            }
+            GraphProblem::Cycle(cycle) => {
+                let step = packages[&cycle[0]]
+                    .iter()
+                    .find(|r| r.package == cycle[1])
+                    .expect("a cycle follows dependencies");
+                diagnostics.error(&step.place.0, &step.place.1, message);
             }
         }
-        return Err(ReleaseError::Invalid(diagnostics.sorted()));
     }
+    diagnostics
+}
 
-    // The archives inside are safe archives too; a job's says which job it is.
+/// Each job archive is a safe archive whose `job.MF` names the job.
+fn check_job_archives(
+    extracted: &Extracted,
+    manifest: &ReleaseManifest,
+    name: &str,
+    limits: &Limits,
+) -> Result<(), ReleaseError> {
     for job in &manifest.jobs {
         let entry = format!("jobs/{}.tgz", job.name);
         let inner = format!("{name}/{entry}");
@@ -393,30 +482,33 @@ fn check(
             None => return Err(bad("job.MF has no name".to_string())),
         }
     }
-    for package in &manifest.packages {
-        let entry = format!("packages/{}.tgz", package.name);
+    Ok(())
+}
+
+/// Each package, compiled package and license archive is a safe archive.
+fn check_package_and_license_archives(
+    extracted: &Extracted,
+    manifest: &ReleaseManifest,
+    compiled: &[CompiledPackageRecord],
+    name: &str,
+    limits: &Limits,
+) -> Result<(), ReleaseError> {
+    let packages = manifest
+        .packages
+        .iter()
+        .map(|package| format!("packages/{}.tgz", package.name));
+    let compiled_packages = compiled
+        .iter()
+        .map(|package| format!("compiled_packages/{}.tgz", package.name));
+    let license = manifest.license.as_ref().map(|_| "license.tgz".to_string());
+    for entry in packages.chain(compiled_packages).chain(license) {
         archive::verify_named(
             &extracted.dir().join(&entry),
             &format!("{name}/{entry}"),
             limits,
         )?;
     }
-    for package in &compiled {
-        let entry = format!("compiled_packages/{}.tgz", package.name);
-        archive::verify_named(
-            &extracted.dir().join(&entry),
-            &format!("{name}/{entry}"),
-            limits,
-        )?;
-    }
-    if manifest.license.is_some() {
-        archive::verify_named(
-            &extracted.dir().join("license.tgz"),
-            &format!("{name}/license.tgz"),
-            limits,
-        )?;
-    }
-    Ok((manifest, compiled))
+    Ok(())
 }
 
 fn check_name(
