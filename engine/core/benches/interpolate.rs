@@ -1,6 +1,6 @@
 //! Benchmark (not a test): interpolate and validate a generated manifest of 2,000 instance
 //! groups with 200 ops files and variables, and compare the time with a plain `serde_yaml`
-//! parse of the same input files. Target: at most 3x. Run with `cargo bench -p engine --bench
+//! parse of the same input files. Target: at most 3x. Run with `cargo bench -p director-core --bench
 //! interpolate`; it prints the times and the ratio.
 
 use std::fmt::Write as _;

@@ -2,7 +2,7 @@
 //! the local CPI (200 VMs, 200 agents, 200 running `hello-server` processes, the embedded
 //! bus, SQLite), timed over several runs; prints the median and the time per instance.
 //! Run as root (local VMs get mount namespaces) with
-//! `cargo bench -p engine --bench noop_deploy` (it builds the release agent when missing).
+//! `cargo bench -p director --bench noop_deploy` (it builds the release agent when missing).
 //! Setting `NOOP_DEPLOY_INSTANCES` changes the size.
 
 use std::path::{Path, PathBuf};

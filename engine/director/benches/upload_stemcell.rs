@@ -1,7 +1,7 @@
 //! Benchmark (not a test): `director upload-stemcell` of a stemcell whose image is 1 GiB,
 //! through a dev director on this machine, timed against `sha256sum` + `cp` of the same
 //! tarball in the same run. Target: at most 1.5x. Run with
-//! `cargo bench -p engine --bench upload_stemcell`; it prints both times and the ratio.
+//! `cargo bench -p director --bench upload_stemcell`; it prints both times and the ratio.
 
 use std::path::Path;
 use std::process::Command;

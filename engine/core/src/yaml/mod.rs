@@ -16,45 +16,7 @@ pub use emit::{emit, emit_to, go_key_order};
 pub use parse::{parse, parse_document};
 pub use path::{PathSegment, YamlPath};
 
-use std::fmt;
-use std::sync::Arc;
-
-/// Where a node came from: a file (or `-v name=…` flag, or generated value), 1-based line and column.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Span {
-    /// The file name as the user gave it, or a description such as `-v internal_ip`.
-    pub file: Arc<str>,
-    /// 1-based line; 0 when the value has no line (a flag, a generated value).
-    pub line: u32,
-    /// 1-based column; 0 when the value has no column.
-    pub col: u32,
-}
-
-impl Span {
-    /// A span for a value that has no position in a file, e.g. a `-v` flag.
-    pub fn synthetic(origin: &str) -> Span {
-        Span {
-            file: Arc::from(origin),
-            line: 0,
-            col: 0,
-        }
-    }
-
-    /// Whether the span points at a line in a file.
-    pub fn has_position(&self) -> bool {
-        self.line > 0
-    }
-}
-
-impl fmt::Display for Span {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.has_position() {
-            write!(f, "{}:{}:{}", self.file, self.line, self.col)
-        } else {
-            write!(f, "{}", self.file)
-        }
-    }
-}
+pub use crate::diagnostics::Span;
 
 /// A YAML value with its origin.
 #[derive(Clone, Debug)]

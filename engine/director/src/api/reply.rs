@@ -8,9 +8,10 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use director_api::TaskState as WireTaskState;
 use director_api::error::LockHolder;
 use director_api::{ApiError, ErrorCode, TaskAccepted};
-use director_state::{NewTask, StateError, Task};
+use director_state::{NewTask, StateError, Task, TaskState};
 
 use super::Director;
 use crate::blobstore::BlobstoreError;
@@ -112,12 +113,40 @@ pub(super) fn internal(error: impl std::fmt::Display) -> Failure {
     Failure::internal(error)
 }
 
+/// A recorded task as the contract shows it.
+pub(super) fn task_view(task: &Task) -> director_api::Task {
+    director_api::Task {
+        id: task.id.0,
+        state: wire_state(task.state),
+        description: task.description.clone(),
+        deployment: task.deployment.clone(),
+        user: task.user.clone(),
+        timestamp: task.created_at,
+        started_at: task.started_at,
+        ended_at: task.ended_at,
+        result: task.result.clone(),
+        context: task.context.clone(),
+    }
+}
+
+fn wire_state(state: TaskState) -> WireTaskState {
+    match state {
+        TaskState::Queued => WireTaskState::Queued,
+        TaskState::Processing => WireTaskState::Processing,
+        TaskState::Done => WireTaskState::Done,
+        TaskState::Error => WireTaskState::Error,
+        TaskState::Cancelling => WireTaskState::Cancelling,
+        TaskState::Cancelled => WireTaskState::Cancelled,
+        TaskState::Timeout => WireTaskState::Timeout,
+    }
+}
+
 /// `202 Accepted` with the queued task: how every mutating call answers.
 pub(super) fn accepted(task: &Task) -> Response {
     (
         StatusCode::ACCEPTED,
         Json(TaskAccepted {
-            task: super::tasks::task_view(task),
+            task: task_view(task),
         }),
     )
         .into_response()

@@ -5,12 +5,12 @@ use axum::extract::{Path, Query, State as AxumState};
 use axum::http::HeaderValue;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use director_api::Message;
 use director_api::tasks::{NEXT_OFFSET_HEADER, OutputQuery, TASK_STATE_HEADER, TasksQuery};
-use director_api::{Message, TaskState as WireTaskState};
 use director_state::{Task, TaskFilter, TaskId, TaskState};
 
 use super::Director;
-use super::reply::{Failure, Reply};
+use super::reply::{Failure, Reply, task_view};
 use crate::tasks::{CancelOutcome, OutputKind};
 
 pub(super) fn routes() -> axum::Router<Director> {
@@ -18,34 +18,6 @@ pub(super) fn routes() -> axum::Router<Director> {
         .route("/tasks", get(tasks))
         .route("/tasks/{id}", get(task).delete(cancel_task))
         .route("/tasks/{id}/output", get(task_output))
-}
-
-/// A recorded task as the contract shows it.
-pub(super) fn task_view(task: &Task) -> director_api::Task {
-    director_api::Task {
-        id: task.id.0,
-        state: wire_state(task.state),
-        description: task.description.clone(),
-        deployment: task.deployment.clone(),
-        user: task.user.clone(),
-        timestamp: task.created_at,
-        started_at: task.started_at,
-        ended_at: task.ended_at,
-        result: task.result.clone(),
-        context: task.context.clone(),
-    }
-}
-
-fn wire_state(state: TaskState) -> WireTaskState {
-    match state {
-        TaskState::Queued => WireTaskState::Queued,
-        TaskState::Processing => WireTaskState::Processing,
-        TaskState::Done => WireTaskState::Done,
-        TaskState::Error => WireTaskState::Error,
-        TaskState::Cancelling => WireTaskState::Cancelling,
-        TaskState::Cancelled => WireTaskState::Cancelled,
-        TaskState::Timeout => WireTaskState::Timeout,
-    }
 }
 
 async fn tasks(
