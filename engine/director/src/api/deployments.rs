@@ -62,10 +62,11 @@ fn check_kind(kind: &str) -> Result<(), (StatusCode, Json<Json_>)> {
 /// `GET /configs/{cloud|runtime}`.
 async fn config(AxumState(director): AxumState<Director>, Path(kind): Path<String>) -> Reply {
     check_kind(&kind)?;
+    let config_kind: director_api::ConfigKind = kind.parse().map_err(internal)?;
     match director
         .state
         .instances()
-        .config(&kind, DEFAULT_CONFIG)
+        .config(config_kind, DEFAULT_CONFIG)
         .await
         .map_err(internal)?
     {
@@ -88,6 +89,7 @@ async fn update_config(
     body: String,
 ) -> Reply {
     check_kind(&kind)?;
+    let config_kind: director_api::ConfigKind = kind.parse().map_err(internal)?;
     let node = director_core::yaml::parse(&body, &format!("{kind} config"))
         .map_err(|d| error(StatusCode::UNPROCESSABLE_ENTITY, d.to_string()))?;
     let checked = match kind.as_str() {
@@ -97,7 +99,7 @@ async fn update_config(
     checked.map_err(|d| error(StatusCode::UNPROCESSABLE_ENTITY, d.to_string()))?;
     let state = director.state.instances();
     if let Some((id, current)) = state
-        .config(&kind, DEFAULT_CONFIG)
+        .config(config_kind, DEFAULT_CONFIG)
         .await
         .map_err(internal)?
     {
@@ -106,7 +108,7 @@ async fn update_config(
         }
     }
     let id = state
-        .set_config(&kind, DEFAULT_CONFIG, &body)
+        .set_config(config_kind, DEFAULT_CONFIG, &body)
         .await
         .map_err(internal)?;
     Ok(Json(json!({"id": id, "changed": true})).into_response())
@@ -192,7 +194,7 @@ async fn deploy(
     Query(query): Query<DeployQuery>,
     body: String,
 ) -> Reply {
-    let name = manifest_name(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e))?;
+    let name = manifest_name(&body).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
     let request = DeployRequest {
         manifest_text: body,
         plan: plan_options(&query)?,
@@ -359,27 +361,20 @@ async fn change_state(
     Path(name): Path<String>,
     Json(change): Json<StateChange>,
 ) -> Reply {
-    if !matches!(
-        change.state.as_str(),
-        "started" | "stopped" | "restart" | "recreate"
-    ) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "unknown state {:?}: expected started, stopped, restart or recreate",
-                change.state
-            ),
-        ));
-    }
+    let state_change: director_api::StateChange =
+        serde_json::from_value(Json_::String(change.state.clone())).map_err(|_| {
+            error(
+                StatusCode::BAD_REQUEST,
+                format!(
+                    "unknown state {:?}: expected started, stopped, restart or recreate",
+                    change.state
+                ),
+            )
+        })?;
     find(&director, &name).await?;
     let services = director.services.clone();
     let staging = director.staging_dir.clone();
-    let description = match change.state.as_str() {
-        "started" => "start instances",
-        "stopped" => "stop instances",
-        "restart" => "restart instances",
-        _ => "recreate instances",
-    };
+    let description = state_change.description();
     let deployment = name.clone();
     submit(
         &director,
@@ -389,7 +384,7 @@ async fn change_state(
                 &services,
                 &context,
                 &deployment,
-                &change.state,
+                state_change,
                 change.target.as_deref(),
                 change.skip_drain,
                 &staging,
@@ -520,7 +515,7 @@ async fn delete_disk(AxumState(director): AxumState<Director>, Path(cid): Path<S
         new_task(&format!("delete disk {cid}"), None, json!({"disk": cid})),
         move |context| async move {
             context
-                .lock(&format!("disk:{cid}"), &format!("disk '{cid}'"))
+                .lock(&crate::tasks::LockKey::Disk(cid.clone()))
                 .await?;
             crate::ops::verbs::delete_orphaned_disk(&services, &cid).await
         },

@@ -264,7 +264,10 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     if dev
         && state
             .instances()
-            .config("cloud", crate::ops::prepare::DEFAULT_CONFIG)
+            .config(
+                director_api::ConfigKind::Cloud,
+                crate::ops::prepare::DEFAULT_CONFIG,
+            )
             .await?
             .is_none()
     {
@@ -273,7 +276,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         state
             .instances()
             .set_config(
-                "cloud",
+                director_api::ConfigKind::Cloud,
                 crate::ops::prepare::DEFAULT_CONFIG,
                 DEV_CLOUD_CONFIG,
             )
