@@ -439,12 +439,13 @@ impl ReleaseImport<'_> {
                 continue;
             }
             self.context.checkpoint()?;
-            let stored = self.store_compiled(&stage, &mut index, package).await?;
+            let (stored, step) = self.store_compiled(&stage, &mut index, package).await?;
             if let Some(wanted) = wanted {
                 if record_build(self.upload, wanted, stored).await? {
                     added += 1;
                 }
             }
+            stage.finished(&step, index);
         }
         let added = match added {
             0 => String::new(),
@@ -479,13 +480,14 @@ impl ReleaseImport<'_> {
         Ok(())
     }
 
-    /// Stores one compiled package's archive as a step of `stage`.
+    /// Starts the next step of `stage` and stores one compiled package's archive in it;
+    /// answers the archive and the step, for the caller to finish.
     async fn store_compiled(
         &self,
         stage: &Stage,
         index: &mut u32,
         package: &CompiledPackageRecord,
-    ) -> Result<Archive, UploadError> {
+    ) -> Result<(Archive, String), UploadError> {
         *index += 1;
         let step = format!("{}/{}", package.name, package.version);
         stage.started(&step, *index);
@@ -496,8 +498,7 @@ impl ReleaseImport<'_> {
             &format!("compiled package {step} for {}", package.stemcell),
         )
         .await?;
-        stage.finished(&step, *index);
-        Ok(stored)
+        Ok((stored, step))
     }
 
     /// A new version: every part stored (the "Uploading release" stage), then the version
@@ -564,7 +565,8 @@ impl ReleaseImport<'_> {
         let mut compiled_archives = Vec::new();
         for package in self.compiled() {
             self.context.checkpoint()?;
-            compiled_archives.push(self.store_compiled(stage, index, package).await?);
+            let (stored, step) = self.store_compiled(stage, index, package).await?;
+            compiled_archives.push(stored);
             packages.push(NewPackage {
                 name: package.name.clone(),
                 version: package.fingerprint.clone(),
@@ -573,6 +575,7 @@ impl ReleaseImport<'_> {
                 archive: None,
                 dependencies: package.dependencies.clone(),
             });
+            stage.finished(&step, *index);
         }
         Ok((packages, compiled_archives))
     }
