@@ -352,3 +352,26 @@ pub async fn prepare_deploy(
         generated,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_problems_are_invalid_input_and_state_failures_are_not() {
+        let invalid = PrepareError::Invalid {
+            problems: vec!["a".to_string(), "b".to_string()],
+        };
+        assert!(invalid.is_invalid_input());
+        assert_eq!(invalid.to_string(), "a\nb");
+        let missing = PrepareError::from(CatalogError::Missing {
+            problems: vec!["release 'x' is not uploaded".to_string()],
+        });
+        assert!(missing.is_invalid_input());
+        let state = PrepareError::from(StateError::Locked {
+            name: "deployment:x".to_string(),
+            by_task: director_state::TaskId(7),
+        });
+        assert!(!state.is_invalid_input());
+    }
+}

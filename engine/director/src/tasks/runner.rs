@@ -349,3 +349,61 @@ async fn renew_locks(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use director_core::stemcell::StemcellKey;
+
+    #[test]
+    fn lock_keys_keep_their_names_and_descriptions() {
+        let cases = [
+            (
+                LockKey::Deployment("shop".to_string()),
+                "deployment:shop",
+                "deployment 'shop'",
+            ),
+            (
+                LockKey::Release("hello".to_string()),
+                "release:hello",
+                "release 'hello'",
+            ),
+            (
+                LockKey::Stemcell(StemcellKey::new("bosh-local", "1.2")),
+                "stemcell:bosh-local:1.2",
+                "stemcell 'bosh-local/1.2'",
+            ),
+            (
+                LockKey::Disk("disk-1".to_string()),
+                "disk:disk-1",
+                "disk 'disk-1'",
+            ),
+            (LockKey::Cleanup, "cleanup", "clean-up"),
+        ];
+        for (key, name, description) in cases {
+            assert_eq!(
+                (key.name().as_str(), key.description().as_str()),
+                (name, description)
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_task_reads_as_its_error_and_keeps_the_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("attaching disk d to VM v failed: {source}")]
+        struct Attach {
+            source: std::io::Error,
+        }
+        let error = TaskError::failed(Attach {
+            source: std::io::Error::other("no such VM"),
+        });
+        assert_eq!(
+            error.to_string(),
+            "attaching disk d to VM v failed: no such VM"
+        );
+        let failed = std::error::Error::source(&error).expect("the job's error");
+        let cause = failed.source().expect("its source");
+        assert_eq!(cause.to_string(), "no such VM");
+    }
+}
