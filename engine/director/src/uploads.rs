@@ -12,17 +12,219 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::blobstore::{BlobId, Blobstore, StoredBlob};
-use crate::tasks::{TaskContext, TaskError};
-use director_core::archive::Limits;
+use crate::blobstore::{BlobId, Blobstore, BlobstoreError, StoredBlob};
+use crate::tasks::{LockKey, Stage, TaskContext, TaskError};
+use director_core::archive::{ArchiveError, Limits};
 use director_core::deploy::{ReleaseFacts, ReleasePackage};
 use director_core::release::manifest::CompiledPackageRecord;
-use director_core::release::{self, ReleaseArchive};
-use director_core::stemcell::{self, StemcellArchive};
+use director_core::release::{self, ReleaseArchive, ReleaseError, ReleaseManifest};
+use director_core::stemcell::{self, StemcellArchive, StemcellError, StemcellKey};
 use director_state::{
     Archive, NewBlob, NewCompiledPackage, NewJob, NewPackage, NewReleaseVersion, NewStemcell,
-    Package, PackageId, State, StateError,
+    Package, PackageId, ReleaseVersion, State, StateError,
 };
+
+/// Why an upload, an export or a blob clean-up failed. Variants name the release, stemcell,
+/// job or package concerned.
+#[derive(Debug, thiserror::Error)]
+pub enum UploadError {
+    /// The release tarball was refused.
+    #[error("{source}")]
+    ReadRelease {
+        /// Why.
+        source: ReleaseError,
+    },
+    /// The stemcell tarball was refused.
+    #[error("{source}")]
+    ReadStemcell {
+        /// Why.
+        source: StemcellError,
+    },
+    /// Work on a blocking thread panicked.
+    #[error("{source}")]
+    Join {
+        /// Why.
+        source: tokio::task::JoinError,
+    },
+    /// A digest in `release.MF` is not a SHA-256 digest.
+    #[error(
+        "{what}: digest {digest:?} is not a sha256 digest (create the release with sha256 digests)"
+    )]
+    NotSha256 {
+        /// The job or package (`package ruby/6f1c…`).
+        what: String,
+        /// The digest given.
+        digest: String,
+    },
+    /// A part could not be stored in the blobstore.
+    #[error("{what}: {source}")]
+    Store {
+        /// The job, package, image or tarball (`package ruby/6f1c…`).
+        what: String,
+        /// Why.
+        source: BlobstoreError,
+    },
+    /// The release version is uploaded with other contents.
+    #[error(
+        "release {release} is already uploaded with other jobs or packages: create the release with a new version"
+    )]
+    ReleaseConflict {
+        /// `name/version`.
+        release: String,
+    },
+    /// A compiled package of the tarball is not one of the release's packages.
+    #[error("compiled package {package}/{fingerprint} is not a package of the release")]
+    ForeignCompiledPackage {
+        /// The package.
+        package: String,
+        /// Its fingerprint.
+        fingerprint: String,
+    },
+    /// A job archive could not be read.
+    #[error("{source}")]
+    ReadJob {
+        /// The job (`name/fingerprint`).
+        job: String,
+        /// Why.
+        source: ArchiveError,
+    },
+    /// A job archive has no `job.MF`.
+    #[error("job {job}: its archive has no job.MF")]
+    NoJobSpec {
+        /// The job (`name/fingerprint`).
+        job: String,
+    },
+    /// A job's `job.MF` is not YAML.
+    #[error("job {job}: job.MF is not YAML: {source}")]
+    JobSpecNotYaml {
+        /// The job (`name/fingerprint`).
+        job: String,
+        /// Why.
+        source: serde_yaml::Error,
+    },
+    /// A staged file could not be read or written.
+    #[error("{source}")]
+    Io {
+        /// Why.
+        #[from]
+        source: std::io::Error,
+    },
+    /// A blob id is not one, or the blobstore failed.
+    #[error("{source}")]
+    Blobstore {
+        /// Why.
+        #[from]
+        source: BlobstoreError,
+    },
+    /// The stemcell version is uploaded with another image.
+    #[error(
+        "stemcell {stemcell} is already uploaded with another image: build the stemcell with a new version"
+    )]
+    StemcellConflict {
+        /// The stemcell.
+        stemcell: StemcellKey,
+    },
+    /// The release version to export is not uploaded.
+    #[error("release {release} is not uploaded (see `director releases`)")]
+    ReleaseNotUploaded {
+        /// `name/version`.
+        release: String,
+    },
+    /// The stemcell to export for is not uploaded.
+    #[error("no stemcell {stemcell} is uploaded (see `director stemcells`)")]
+    StemcellNotUploaded {
+        /// The stemcell's OS and version.
+        stemcell: StemcellKey,
+    },
+    /// Packages of the release to export have no build for the stemcell.
+    #[error(
+        "release {release} has no compiled build for stemcell {stemcell} of package(s) {}: \
+         deploy something that uses it on that stemcell first",
+        packages.join(", ")
+    )]
+    NotCompiled {
+        /// `name/version`.
+        release: String,
+        /// The stemcell's OS and version.
+        stemcell: StemcellKey,
+        /// The packages without a build.
+        packages: Vec<String>,
+    },
+    /// The staging directory of an export could not be made.
+    #[error("creating a staging directory: {source}")]
+    Staging {
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A directory could not be created.
+    #[error("creating {}: {source}", path.display())]
+    CreateDirectory {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The exported tarball could not be written.
+    #[error(transparent)]
+    WriteTarball(#[from] TarballError),
+    /// A stored blob could not be read back.
+    #[error("{what}: reading its archive: {source}")]
+    Fetch {
+        /// The job or package.
+        what: String,
+        /// Why.
+        source: BlobstoreError,
+    },
+    /// A result could not be turned into JSON.
+    #[error("{source}")]
+    Json {
+        /// Why.
+        #[from]
+        source: serde_json::Error,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] Box<StateError>),
+}
+
+impl From<StateError> for UploadError {
+    fn from(error: StateError) -> UploadError {
+        UploadError::State(Box::new(error))
+    }
+}
+
+impl From<UploadError> for TaskError {
+    fn from(error: UploadError) -> TaskError {
+        TaskError::failed(error)
+    }
+}
+
+/// Why an exported release tarball could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum TarballError {
+    /// The file could not be created.
+    #[error("creating {}: {source}", path.display())]
+    Create {
+        /// The tarball.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The archive could not be written.
+    #[error("{source}")]
+    Archive {
+        /// Why.
+        source: ReleaseError,
+    },
+    /// The file could not be synced.
+    #[error("writing {}: {source}", path.display())]
+    Sync {
+        /// The tarball.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
 
 /// What every upload task needs.
 #[derive(Clone)]
@@ -37,36 +239,39 @@ pub struct UploadContext {
     pub limits: Limits,
 }
 
-fn failed(error: impl std::fmt::Display) -> TaskError {
-    TaskError::Failed(error.to_string())
-}
-
 /// Stores a file as a blob whose digest must be `digest` (`sha256:<hex>`), and records it.
 async fn store(
     upload: &UploadContext,
     path: &Path,
     digest: &str,
     what: &str,
-) -> Result<Archive, TaskError> {
-    let expected = BlobId::parse(digest).map_err(|_| {
-        failed(format!("{what}: digest {digest:?} is not a sha256 digest (create the release with sha256 digests)"))
+) -> Result<Archive, UploadError> {
+    let expected = BlobId::parse(digest).map_err(|_| UploadError::NotSha256 {
+        what: what.to_string(),
+        digest: digest.to_string(),
     })?;
     let stored = upload
         .blobstore
         .put_file(path, Some(&expected))
         .await
-        .map_err(|e| failed(format!("{what}: {e}")))?;
+        .map_err(|source| UploadError::Store {
+            what: what.to_string(),
+            source,
+        })?;
     record(upload, &stored).await
 }
 
 /// Records a blob the blobstore just stored; answers it as a release/stemcell archive.
-async fn record(upload: &UploadContext, stored: &StoredBlob) -> Result<Archive, TaskError> {
+async fn record(upload: &UploadContext, stored: &StoredBlob) -> Result<Archive, UploadError> {
     upload.state.blobs().insert(&NewBlob::from(stored)).await?;
     Ok(Archive {
         blob_id: stored.id.as_str().to_string(),
         digest: stored.id.digest_string(),
     })
 }
+
+/// Every package of a release, source or compiled: (name, fingerprint, dependencies).
+type PackageFacts<'a> = Vec<(&'a String, &'a String, &'a Vec<String>)>;
 
 /// Imports a release tarball staged at `tarball`, source or compiled. Uploading a release
 /// that is already uploaded with the same jobs and packages is a no-op that says so, except
@@ -85,50 +290,96 @@ pub async fn import_release(
     tarball: &Path,
     fix: bool,
 ) -> Result<String, TaskError> {
-    let log = &context.log;
-    let stage = log.stage("Extracting release", vec![], 1);
+    let archive = extract_release(context, upload, tarball).await?;
+    context.checkpoint()?;
+    let manifest = &archive.manifest;
+    context
+        .lock(&LockKey::Release(manifest.name.clone()))
+        .await?;
+    let importing = ReleaseImport {
+        context,
+        upload,
+        archive: &archive,
+        label: format!("{}/{}", manifest.name, manifest.version),
+        all_packages: all_packages(&archive),
+    };
+    let existing = upload
+        .state
+        .releases()
+        .find(&manifest.name, &manifest.version)
+        .await?;
+    match existing {
+        Some(existing) => importing.again(&existing, fix).await,
+        None => importing.first_time().await,
+    }
+}
+
+/// Unpacks and checks the tarball (the "Extracting release" stage).
+async fn extract_release(
+    context: &TaskContext,
+    upload: &UploadContext,
+    tarball: &Path,
+) -> Result<ReleaseArchive, UploadError> {
+    let stage = context.log.stage("Extracting release", vec![], 1);
     stage.started("Extracting release", 1);
     let staging = upload.staging_dir.clone();
     let limits = upload.limits.clone();
     let path = tarball.to_path_buf();
-    let archive: ReleaseArchive =
+    let archive =
         tokio::task::spawn_blocking(move || release::read_archive_in(&path, &limits, &staging))
             .await
-            .map_err(failed)?
-            .map_err(|e| {
-                stage.failed("Extracting release", 1, &e.to_string());
-                failed(e)
+            .map_err(|source| UploadError::Join { source })?
+            .map_err(|source| {
+                stage.failed("Extracting release", 1, &source.to_string());
+                UploadError::ReadRelease { source }
             })?;
     stage.finished("Extracting release", 1);
-    context.checkpoint()?;
-    let manifest = &archive.manifest;
-    let compiled = &archive.compiled_packages;
-    let label = format!("{}/{}", manifest.name, manifest.version);
-    context
-        .lock(
-            &format!("release:{}", manifest.name),
-            &format!("release '{}'", manifest.name),
-        )
-        .await?;
-    // Every package of the release, source or compiled: (name, fingerprint, dependencies).
-    let all_packages: Vec<(&String, &String, &Vec<String>)> = manifest
+    Ok(archive)
+}
+
+/// The release's packages, source then compiled.
+fn all_packages(archive: &ReleaseArchive) -> PackageFacts<'_> {
+    archive
+        .manifest
         .packages
         .iter()
         .map(|p| (&p.name, &p.fingerprint, &p.dependencies))
         .chain(
-            compiled
+            archive
+                .compiled_packages
                 .iter()
                 .map(|p| (&p.name, &p.fingerprint, &p.dependencies)),
         )
-        .collect();
-    let facts = release_facts(&manifest.name, &manifest.version, &all_packages);
+        .collect()
+}
 
-    if let Some(existing) = upload
-        .state
-        .releases()
-        .find(&manifest.name, &manifest.version)
-        .await?
-    {
+/// One release tarball being imported, once checked and locked.
+struct ReleaseImport<'a> {
+    context: &'a TaskContext,
+    upload: &'a UploadContext,
+    archive: &'a ReleaseArchive,
+    /// `name/version`.
+    label: String,
+    all_packages: PackageFacts<'a>,
+}
+
+impl ReleaseImport<'_> {
+    fn manifest(&self) -> &ReleaseManifest {
+        &self.archive.manifest
+    }
+
+    fn compiled(&self) -> &[CompiledPackageRecord] {
+        &self.archive.compiled_packages
+    }
+
+    fn facts(&self) -> ReleaseFacts {
+        let manifest = self.manifest();
+        release_facts(&manifest.name, &manifest.version, &self.all_packages)
+    }
+
+    /// Whether the recorded version has exactly the tarball's jobs and packages.
+    fn same_contents(&self, existing: &ReleaseVersion) -> bool {
+        let manifest = self.manifest();
         let same_jobs = existing.jobs.len() == manifest.jobs.len()
             && manifest.jobs.iter().all(|j| {
                 existing
@@ -136,24 +387,36 @@ pub async fn import_release(
                     .iter()
                     .any(|e| e.name == j.name && e.fingerprint == j.fingerprint)
             });
-        let same_packages = existing.packages.len() == all_packages.len()
-            && all_packages.iter().all(|(name, fingerprint, _)| {
+        let same_packages = existing.packages.len() == self.all_packages.len()
+            && self.all_packages.iter().all(|(name, fingerprint, _)| {
                 existing
                     .packages
                     .iter()
                     .any(|e| &e.name == *name && &e.fingerprint == *fingerprint)
             });
-        if !(same_jobs && same_packages) {
-            return Err(failed(format!(
-                "release {label} is already uploaded with other jobs or packages: create the release with a new version"
-            )));
+        same_jobs && same_packages
+    }
+
+    /// The version is uploaded already: add the compiled builds the director lacks, and
+    /// with `fix` store every blob again.
+    async fn again(&self, existing: &ReleaseVersion, fix: bool) -> Result<String, TaskError> {
+        let label = &self.label;
+        if !self.same_contents(existing) {
+            return Err(UploadError::ReleaseConflict {
+                release: label.clone(),
+            }
+            .into());
         }
-        let missing = missing_builds(upload, compiled, &existing.packages, &facts).await?;
+        let compiled = self.compiled();
+        let missing =
+            missing_builds(self.upload, compiled, &existing.packages, &self.facts()).await?;
         if !fix && missing.is_empty() {
             return Ok(format!(
                 "release {label} is already uploaded; nothing changed"
             ));
         }
+        let manifest = self.manifest();
+        let log = &self.context.log;
         let stage = if fix {
             log.stage(
                 "Fixing release",
@@ -165,32 +428,7 @@ pub async fn import_release(
         };
         let mut index = 0;
         if fix {
-            for job in &manifest.jobs {
-                index += 1;
-                let step = format!("{}/{}", job.name, job.fingerprint);
-                stage.started(&step, index);
-                store(
-                    upload,
-                    &archive.job_archive(&job.name),
-                    &job.sha1,
-                    &format!("job {step}"),
-                )
-                .await?;
-                stage.finished(&step, index);
-            }
-            for package in &manifest.packages {
-                index += 1;
-                let step = format!("{}/{}", package.name, package.fingerprint);
-                stage.started(&step, index);
-                store(
-                    upload,
-                    &archive.package_archive(&package.name),
-                    &package.sha1,
-                    &format!("package {step}"),
-                )
-                .await?;
-                stage.finished(&step, index);
-            }
+            self.store_sources_again(&stage, &mut index).await?;
         }
         let mut added = 0;
         for package in compiled {
@@ -198,19 +436,10 @@ pub async fn import_release(
             if !fix && wanted.is_none() {
                 continue;
             }
-            context.checkpoint()?;
-            index += 1;
-            let step = format!("{}/{}", package.name, package.version);
-            stage.started(&step, index);
-            let stored = store(
-                upload,
-                &archive.compiled_package_archive(&package.name),
-                &package.sha1,
-                &format!("compiled package {step} for {}", package.stemcell),
-            )
-            .await?;
+            self.context.checkpoint()?;
+            let (stored, step) = self.store_compiled(&stage, &mut index, package).await?;
             if let Some(wanted) = wanted {
-                if record_build(upload, wanted, stored).await? {
+                if record_build(self.upload, wanted, stored).await? {
                     added += 1;
                 }
             }
@@ -220,143 +449,222 @@ pub async fn import_release(
             0 => String::new(),
             n => format!("; {n} compiled package(s) added"),
         };
-        return Ok(if fix {
+        Ok(if fix {
             format!("release {label} is already uploaded; its blobs were stored again{added}")
         } else {
             format!("release {label} is already uploaded{added}")
-        });
+        })
     }
 
-    let total = (manifest.jobs.len() + manifest.packages.len() + compiled.len()) as u32;
-    let stage = log.stage("Uploading release", vec![], total);
-    let mut index = 0;
-    let mut packages = Vec::new();
-    for package in &manifest.packages {
-        context.checkpoint()?;
-        index += 1;
-        let step = format!("{}/{}", package.name, package.fingerprint);
-        stage.started(&step, index);
-        let stored = store(
-            upload,
-            &archive.package_archive(&package.name),
-            &package.sha1,
-            &format!("package {step}"),
-        )
-        .await?;
-        packages.push(NewPackage {
-            name: package.name.clone(),
-            version: package.fingerprint.clone(),
-            fingerprint: package.fingerprint.clone(),
-            archive: Some(stored),
-            dependencies: package.dependencies.clone(),
-        });
-        stage.finished(&step, index);
+    /// `fix`: the job and source package archives, stored again.
+    async fn store_sources_again(&self, stage: &Stage, index: &mut u32) -> Result<(), UploadError> {
+        let (upload, archive) = (self.upload, self.archive);
+        for job in &self.manifest().jobs {
+            *index += 1;
+            let step = format!("{}/{}", job.name, job.fingerprint);
+            stage.started(&step, *index);
+            let path = archive.job_archive(&job.name);
+            store(upload, &path, &job.sha1, &format!("job {step}")).await?;
+            stage.finished(&step, *index);
+        }
+        for package in &self.manifest().packages {
+            *index += 1;
+            let step = format!("{}/{}", package.name, package.fingerprint);
+            stage.started(&step, *index);
+            let path = archive.package_archive(&package.name);
+            store(upload, &path, &package.sha1, &format!("package {step}")).await?;
+            stage.finished(&step, *index);
+        }
+        Ok(())
     }
-    // Compiled packages: their blobs now (digests verified), their builds once the release
-    // (and so each package's id) is recorded.
-    let mut compiled_archives = Vec::new();
-    for package in compiled {
-        context.checkpoint()?;
-        index += 1;
+
+    /// Starts the next step of `stage` and stores one compiled package's archive in it;
+    /// answers the archive and the step, for the caller to finish.
+    async fn store_compiled(
+        &self,
+        stage: &Stage,
+        index: &mut u32,
+        package: &CompiledPackageRecord,
+    ) -> Result<(Archive, String), UploadError> {
+        *index += 1;
         let step = format!("{}/{}", package.name, package.version);
-        stage.started(&step, index);
+        stage.started(&step, *index);
         let stored = store(
-            upload,
-            &archive.compiled_package_archive(&package.name),
+            self.upload,
+            &self.archive.compiled_package_archive(&package.name),
             &package.sha1,
             &format!("compiled package {step} for {}", package.stemcell),
         )
         .await?;
-        compiled_archives.push(stored);
-        packages.push(NewPackage {
-            name: package.name.clone(),
-            version: package.fingerprint.clone(),
-            fingerprint: package.fingerprint.clone(),
-            // Compiled only; a package recorded with sources keeps them.
-            archive: None,
-            dependencies: package.dependencies.clone(),
-        });
-        stage.finished(&step, index);
+        Ok((stored, step))
     }
-    let mut jobs = Vec::new();
-    for job in &manifest.jobs {
-        context.checkpoint()?;
-        index += 1;
-        let step = format!("{}/{}", job.name, job.fingerprint);
-        stage.started(&step, index);
-        let job_path = archive.job_archive(&job.name);
-        let spec_text = {
-            let (path, limits, name) = (
-                job_path.clone(),
-                upload.limits.clone(),
-                format!("jobs/{}.tgz", job.name),
-            );
-            tokio::task::spawn_blocking(move || {
-                director_core::archive::read_file_named(&path, &name, &limits, "job.MF")
-            })
-            .await
-            .map_err(failed)?
-            .map_err(failed)?
-            .ok_or_else(|| failed(format!("job {step}: its archive has no job.MF")))?
-        };
-        let spec: serde_json::Value = serde_yaml::from_slice(&spec_text)
-            .map_err(|e| failed(format!("job {step}: job.MF is not YAML: {e}")))?;
-        let stored = store(upload, &job_path, &job.sha1, &format!("job {step}")).await?;
-        jobs.push(NewJob {
-            name: job.name.clone(),
-            version: job.fingerprint.clone(),
-            fingerprint: job.fingerprint.clone(),
-            archive: stored,
-            spec,
-        });
-        stage.finished(&step, index);
-    }
-    context.checkpoint()?;
-    let manifest_text =
-        std::fs::read_to_string(archive.dir().join("release.MF")).map_err(failed)?;
-    let commit_hash = Some(manifest.commit_hash.clone()).filter(|c| !c.is_empty());
-    let recorded = upload
-        .state
-        .releases()
-        .insert(&NewReleaseVersion {
-            name: manifest.name.clone(),
-            version: manifest.version.clone(),
-            commit_hash,
-            uncommitted_changes: manifest.uncommitted_changes,
-            manifest: manifest_text,
-            jobs,
-            packages,
-        })
-        .await;
-    let recorded = match recorded {
-        Ok(recorded) => recorded,
-        Err(StateError::AlreadyExists { .. }) => {
+
+    /// A new version: every part stored (the "Uploading release" stage), then the version
+    /// recorded in one transaction, then the compiled builds it brings.
+    async fn first_time(&self) -> Result<String, TaskError> {
+        let manifest = self.manifest();
+        let compiled = self.compiled();
+        let total = (manifest.jobs.len() + manifest.packages.len() + compiled.len()) as u32;
+        let stage = self.context.log.stage("Uploading release", vec![], total);
+        let mut index = 0;
+        let (packages, compiled_archives) = self.store_packages(&stage, &mut index).await?;
+        let jobs = self.store_jobs(&stage, &mut index).await?;
+        self.context.checkpoint()?;
+        let label = &self.label;
+        let Some(recorded) = self.record_version(jobs, packages).await? else {
             return Ok(format!(
                 "release {label} is already uploaded; nothing changed"
             ));
+        };
+        // A package shared with an earlier version may already have a build for the stemcell:
+        // only the missing ones are recorded.
+        let missing =
+            missing_builds(self.upload, compiled, &recorded.packages, &self.facts()).await?;
+        for (package, stored) in compiled.iter().zip(compiled_archives) {
+            if let Some(wanted) = missing.iter().find(|m| m.record.name == package.name) {
+                record_build(self.upload, wanted, stored).await?;
+            }
         }
-        Err(e) => return Err(e.into()),
-    };
-    // A package shared with an earlier version may already have a build for the stemcell:
-    // only the missing ones are recorded.
-    let missing = missing_builds(upload, compiled, &recorded.packages, &facts).await?;
-    for (package, stored) in compiled.iter().zip(compiled_archives) {
-        if let Some(wanted) = missing.iter().find(|m| m.record.name == package.name) {
-            record_build(upload, wanted, stored).await?;
+        Ok(match compiled.len() {
+            0 => format!("uploaded release {label}"),
+            n => format!("uploaded release {label} ({n} compiled package(s))"),
+        })
+    }
+
+    /// Stores the source packages, then the compiled ones (their builds are recorded once
+    /// the release, and so each package's id, is).
+    async fn store_packages(
+        &self,
+        stage: &Stage,
+        index: &mut u32,
+    ) -> Result<(Vec<NewPackage>, Vec<Archive>), TaskError> {
+        let mut packages = Vec::new();
+        for package in &self.manifest().packages {
+            self.context.checkpoint()?;
+            *index += 1;
+            let step = format!("{}/{}", package.name, package.fingerprint);
+            stage.started(&step, *index);
+            let stored = store(
+                self.upload,
+                &self.archive.package_archive(&package.name),
+                &package.sha1,
+                &format!("package {step}"),
+            )
+            .await?;
+            packages.push(NewPackage {
+                name: package.name.clone(),
+                version: package.fingerprint.clone(),
+                fingerprint: package.fingerprint.clone(),
+                archive: Some(stored),
+                dependencies: package.dependencies.clone(),
+            });
+            stage.finished(&step, *index);
+        }
+        let mut compiled_archives = Vec::new();
+        for package in self.compiled() {
+            self.context.checkpoint()?;
+            let (stored, step) = self.store_compiled(stage, index, package).await?;
+            compiled_archives.push(stored);
+            packages.push(NewPackage {
+                name: package.name.clone(),
+                version: package.fingerprint.clone(),
+                fingerprint: package.fingerprint.clone(),
+                // Compiled only; a package recorded with sources keeps them.
+                archive: None,
+                dependencies: package.dependencies.clone(),
+            });
+            stage.finished(&step, *index);
+        }
+        Ok((packages, compiled_archives))
+    }
+
+    /// Stores the jobs, each with the spec read from its `job.MF`.
+    async fn store_jobs(&self, stage: &Stage, index: &mut u32) -> Result<Vec<NewJob>, TaskError> {
+        let mut jobs = Vec::new();
+        for job in &self.manifest().jobs {
+            self.context.checkpoint()?;
+            *index += 1;
+            let step = format!("{}/{}", job.name, job.fingerprint);
+            stage.started(&step, *index);
+            let job_path = self.archive.job_archive(&job.name);
+            let spec = self.job_spec(&job_path, &job.name, &step).await?;
+            let stored = store(self.upload, &job_path, &job.sha1, &format!("job {step}")).await?;
+            jobs.push(NewJob {
+                name: job.name.clone(),
+                version: job.fingerprint.clone(),
+                fingerprint: job.fingerprint.clone(),
+                archive: stored,
+                spec,
+            });
+            stage.finished(&step, *index);
+        }
+        Ok(jobs)
+    }
+
+    /// A job's `job.MF`, read out of its archive.
+    async fn job_spec(
+        &self,
+        job_path: &Path,
+        job_name: &str,
+        step: &str,
+    ) -> Result<serde_json::Value, UploadError> {
+        let (path, limits, name) = (
+            job_path.to_path_buf(),
+            self.upload.limits.clone(),
+            format!("jobs/{job_name}.tgz"),
+        );
+        let spec_text = tokio::task::spawn_blocking(move || {
+            director_core::archive::read_file_named(&path, &name, &limits, "job.MF")
+        })
+        .await
+        .map_err(|source| UploadError::Join { source })?
+        .map_err(|source| UploadError::ReadJob {
+            job: step.to_string(),
+            source,
+        })?
+        .ok_or_else(|| UploadError::NoJobSpec {
+            job: step.to_string(),
+        })?;
+        serde_yaml::from_slice(&spec_text).map_err(|source| UploadError::JobSpecNotYaml {
+            job: step.to_string(),
+            source,
+        })
+    }
+
+    /// Records the version with its jobs and packages; `None` when another upload recorded
+    /// it meanwhile.
+    async fn record_version(
+        &self,
+        jobs: Vec<NewJob>,
+        packages: Vec<NewPackage>,
+    ) -> Result<Option<ReleaseVersion>, UploadError> {
+        let manifest = self.manifest();
+        let manifest_text = std::fs::read_to_string(self.archive.dir().join("release.MF"))?;
+        let commit_hash = Some(manifest.commit_hash.clone()).filter(|c| !c.is_empty());
+        let recorded = self
+            .upload
+            .state
+            .releases()
+            .insert(&NewReleaseVersion {
+                name: manifest.name.clone(),
+                version: manifest.version.clone(),
+                commit_hash,
+                uncommitted_changes: manifest.uncommitted_changes,
+                manifest: manifest_text,
+                jobs,
+                packages,
+            })
+            .await;
+        match recorded {
+            Ok(recorded) => Ok(Some(recorded)),
+            Err(StateError::AlreadyExists { .. }) => Ok(None),
+            Err(e) => Err(e.into()),
         }
     }
-    Ok(match compiled.len() {
-        0 => format!("uploaded release {label}"),
-        n => format!("uploaded release {label} ({n} compiled package(s))"),
-    })
 }
 
 /// The packages of a release as planning sees them, for their dependency keys.
-fn release_facts(
-    name: &str,
-    version: &str,
-    packages: &[(&String, &String, &Vec<String>)],
-) -> ReleaseFacts {
+fn release_facts(name: &str, version: &str, packages: &PackageFacts<'_>) -> ReleaseFacts {
     ReleaseFacts {
         name: name.to_string(),
         version: version.to_string(),
@@ -393,17 +701,15 @@ async fn missing_builds<'a>(
     compiled: &'a [CompiledPackageRecord],
     packages: &[Package],
     facts: &ReleaseFacts,
-) -> Result<Vec<MissingBuild<'a>>, TaskError> {
+) -> Result<Vec<MissingBuild<'a>>, UploadError> {
     let mut missing = Vec::new();
     for record in compiled {
         let package = packages
             .iter()
             .find(|p| p.name == record.name && p.fingerprint == record.fingerprint)
-            .ok_or_else(|| {
-                failed(format!(
-                    "compiled package {}/{} is not a package of the release",
-                    record.name, record.fingerprint
-                ))
+            .ok_or_else(|| UploadError::ForeignCompiledPackage {
+                package: record.name.clone(),
+                fingerprint: record.fingerprint.clone(),
             })?;
         let (os, version) = record.stemcell_os_version();
         let dependency_key = facts.dependency_key(&record.name);
@@ -430,7 +736,7 @@ async fn record_build(
     upload: &UploadContext,
     missing: &MissingBuild<'_>,
     archive: Archive,
-) -> Result<bool, TaskError> {
+) -> Result<bool, UploadError> {
     let next = upload
         .state
         .compiled_packages()
@@ -481,22 +787,18 @@ pub async fn import_stemcell(
     let archive: StemcellArchive =
         tokio::task::spawn_blocking(move || stemcell::read_stemcell_in(&path, &limits, &staging))
             .await
-            .map_err(failed)?
-            .map_err(|e| {
-                stage.failed("Extracting stemcell", 1, &e.to_string());
-                failed(e)
+            .map_err(|source| UploadError::Join { source })?
+            .map_err(|source| {
+                stage.failed("Extracting stemcell", 1, &source.to_string());
+                UploadError::ReadStemcell { source }
             })?;
     stage.finished("Extracting stemcell", 1);
     context.checkpoint()?;
     let manifest = &archive.manifest;
-    let label = format!("{}/{}", manifest.name, manifest.version);
-    context
-        .lock(
-            &format!("stemcell:{}:{}", manifest.name, manifest.version),
-            &format!("stemcell '{label}'"),
-        )
-        .await?;
-    let image_digest = BlobId::parse(archive.image_sha256()).map_err(failed)?;
+    let key = StemcellKey::new(&manifest.name, &manifest.version);
+    let label = key.to_string();
+    context.lock(&LockKey::Stemcell(key.clone())).await?;
+    let image_digest = BlobId::parse(archive.image_sha256()).map_err(UploadError::from)?;
     if let Some(existing) = upload
         .state
         .stemcells()
@@ -504,9 +806,7 @@ pub async fn import_stemcell(
         .await?
     {
         if existing.sha256 != image_digest.as_str() {
-            return Err(failed(format!(
-                "stemcell {label} is already uploaded with another image: build the stemcell with a new version"
-            )));
+            return Err(UploadError::StemcellConflict { stemcell: key }.into());
         }
         if !fix {
             return Ok(format!(
@@ -526,7 +826,10 @@ pub async fn import_stemcell(
             .blobstore
             .adopt_file(&archive.image(), &image_digest)
             .await
-            .map_err(|e| failed(format!("stemcell {label}: {e}")))?;
+            .map_err(|source| UploadError::Store {
+                what: format!("stemcell {label}"),
+                source,
+            })?;
         Some(record(upload, &stored).await?)
     };
     stage.finished(&label, 1);
@@ -582,32 +885,29 @@ pub async fn export_release(
     request: &ExportRequest,
 ) -> Result<String, TaskError> {
     let label = format!("{}/{}", request.release_name, request.release_version);
-    let stemcell = format!("{}/{}", request.stemcell_os, request.stemcell_version);
+    let stemcell_key = StemcellKey::new(&request.stemcell_os, &request.stemcell_version);
+    let stemcell = stemcell_key.to_string();
     context
-        .lock(
-            &format!("release:{}", request.release_name),
-            &format!("release '{}'", request.release_name),
-        )
+        .lock(&LockKey::Release(request.release_name.clone()))
         .await?;
     let version = upload
         .state
         .releases()
         .find(&request.release_name, &request.release_version)
         .await?
-        .ok_or_else(|| {
-            failed(format!(
-                "release {label} is not uploaded (see `director releases`)"
-            ))
+        .ok_or_else(|| UploadError::ReleaseNotUploaded {
+            release: label.clone(),
         })?;
     let uploaded = upload.state.stemcells().list().await?.into_iter().any(|s| {
         s.operating_system == request.stemcell_os && s.version == request.stemcell_version
     });
     if !uploaded {
-        return Err(failed(format!(
-            "no stemcell {stemcell} is uploaded (see `director stemcells`)"
-        )));
+        return Err(UploadError::StemcellNotUploaded {
+            stemcell: stemcell_key,
+        }
+        .into());
     }
-    let all_packages: Vec<(&String, &String, &Vec<String>)> = version
+    let all_packages: PackageFacts<'_> = version
         .packages
         .iter()
         .map(|p| (&p.name, &p.fingerprint, &p.dependencies))
@@ -628,15 +928,16 @@ pub async fn export_release(
             .await?;
         match found {
             Some(build) => builds.push((package, build)),
-            None => missing.push(package.name.as_str()),
+            None => missing.push(package.name.clone()),
         }
     }
     if !missing.is_empty() {
-        return Err(failed(format!(
-            "release {label} has no compiled build for stemcell {stemcell} of package(s) {}: \
-             deploy something that uses it on that stemcell first",
-            missing.join(", ")
-        )));
+        return Err(UploadError::NotCompiled {
+            release: label,
+            stemcell: stemcell_key,
+            packages: missing,
+        }
+        .into());
     }
     context.checkpoint()?;
 
@@ -648,7 +949,7 @@ pub async fn export_release(
     let staging = tempfile::Builder::new()
         .prefix("export-")
         .tempdir_in(&upload.staging_dir)
-        .map_err(|e| failed(format!("creating a staging directory: {e}")))?;
+        .map_err(|source| UploadError::Staging { source })?;
     let mut index = 0;
     let mut jobs = Vec::new();
     for job in &version.jobs {
@@ -724,25 +1025,32 @@ pub async fn export_release(
     let tarball = staging.path().join("release.tgz");
     let dir = staging.path().to_path_buf();
     let target = tarball.clone();
-    tokio::task::spawn_blocking(move || -> Result<(), String> {
-        let file = std::fs::File::create(&target)
-            .map_err(|e| format!("creating {}: {e}", target.display()))?;
+    tokio::task::spawn_blocking(move || -> Result<(), TarballError> {
+        let file = std::fs::File::create(&target).map_err(|source| TarballError::Create {
+            path: target.clone(),
+            source,
+        })?;
         let file = release::archive::write_release_tarball(&manifest, &compiled, &dir, file)
-            .map_err(|e| e.to_string())?;
-        file.sync_all()
-            .map_err(|e| format!("writing {}: {e}", target.display()))
+            .map_err(|source| TarballError::Archive { source })?;
+        file.sync_all().map_err(|source| TarballError::Sync {
+            path: target.clone(),
+            source,
+        })
     })
     .await
-    .map_err(failed)?
+    .map_err(|source| UploadError::Join { source })?
     .map_err(|e| {
-        stage.failed(&step, index, &e);
-        failed(e)
+        stage.failed(&step, index, &e.to_string());
+        UploadError::from(e)
     })?;
     let stored = upload
         .blobstore
         .put_file(&tarball, None)
         .await
-        .map_err(|e| failed(format!("storing the exported tarball: {e}")))?;
+        .map_err(|source| UploadError::Store {
+            what: "storing the exported tarball".to_string(),
+            source,
+        })?;
     upload.state.blobs().insert(&NewBlob::from(&stored)).await?;
     stage.finished(&step, index);
     let exported = ExportedRelease {
@@ -751,7 +1059,7 @@ pub async fn export_release(
         sha256: stored.id.digest_string(),
         size: stored.size,
     };
-    serde_json::to_string(&exported).map_err(failed)
+    Ok(serde_json::to_string(&exported).map_err(UploadError::from)?)
 }
 
 /// Copies blob `blob_id` to `destination` (its folder created), verified.
@@ -760,18 +1068,27 @@ async fn fetch(
     blob_id: &str,
     destination: &Path,
     what: &str,
-) -> Result<(), TaskError> {
-    let id = BlobId::parse(blob_id).map_err(|e| failed(format!("{what}: {e}")))?;
+) -> Result<(), UploadError> {
+    let id = BlobId::parse(blob_id).map_err(|source| UploadError::Store {
+        what: what.to_string(),
+        source,
+    })?;
     if let Some(parent) = destination.parent() {
         tokio::fs::create_dir_all(parent)
             .await
-            .map_err(|e| failed(format!("creating {}: {e}", parent.display())))?;
+            .map_err(|source| UploadError::CreateDirectory {
+                path: parent.to_path_buf(),
+                source,
+            })?;
     }
     upload
         .blobstore
         .get_to_file(&id, destination)
         .await
-        .map_err(|e| failed(format!("{what}: reading its archive: {e}")))?;
+        .map_err(|source| UploadError::Fetch {
+            what: what.to_string(),
+            source,
+        })?;
     Ok(())
 }
 
@@ -781,7 +1098,7 @@ pub async fn remove_unreferenced_blobs(
     state: &State,
     blobstore: &Blobstore,
     grace_seconds: i64,
-) -> Result<Vec<String>, TaskError> {
+) -> Result<Vec<String>, UploadError> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
@@ -792,11 +1109,11 @@ pub async fn remove_unreferenced_blobs(
         .unreferenced(now.saturating_sub(grace_seconds) + 1)
         .await?
     {
-        let id = BlobId::parse(&blob.id).map_err(failed)?;
+        let id = BlobId::parse(&blob.id)?;
         // The row goes first (refused while anything refers to it), then the content.
         match state.blobs().delete(&blob.id).await {
             Ok(_) => {
-                blobstore.delete(&id).await.map_err(failed)?;
+                blobstore.delete(&id).await?;
                 removed.push(blob.id);
             }
             Err(StateError::Referenced { .. }) => {}

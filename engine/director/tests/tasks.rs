@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use director::tasks::{CancelOutcome, OutputKind, TaskError, TaskRunner};
+use director::tasks::{CancelOutcome, LockKey, OutputKind, TaskError, TaskRunner};
 use director_state::{NewTask, State, TaskId, TaskState};
 
 async fn runner() -> (tempfile::TempDir, TaskRunner, Arc<State>) {
@@ -112,7 +112,7 @@ async fn locks_keep_a_second_task_out_and_are_released() {
     let (finish_tx, finish_rx) = tokio::sync::oneshot::channel::<()>();
     let first = runner
         .submit(task("upload release"), move |context| async move {
-            context.lock("release:hello", "release 'hello'").await?;
+            context.lock(&LockKey::Release("hello".to_string())).await?;
             let _ = started_tx.send(());
             let _ = finish_rx.await;
             Ok("done".to_string())
@@ -122,7 +122,7 @@ async fn locks_keep_a_second_task_out_and_are_released() {
     started_rx.await.unwrap();
     let second = runner
         .submit(task("upload release"), |context| async move {
-            context.lock("release:hello", "release 'hello'").await?;
+            context.lock(&LockKey::Release("hello".to_string())).await?;
             Ok("should not get here".to_string())
         })
         .await
@@ -149,7 +149,9 @@ async fn cancelling_stops_a_task_at_its_next_checkpoint() {
     let (_dir, runner, state) = runner().await;
     let queued = runner
         .submit(task("long task"), |context| async move {
-            context.lock("deployment:shop", "deployment 'shop'").await?;
+            context
+                .lock(&LockKey::Deployment("shop".to_string()))
+                .await?;
             loop {
                 context.checkpoint()?;
                 tokio::time::sleep(Duration::from_millis(5)).await;

@@ -6,6 +6,7 @@
 //! "observed" side of the planner; rows of `vms`, `persistent_disks` and `ip_reservations`
 //! hold what must stay unique across deployments (VM and disk ids, addresses).
 
+use director_api::ConfigKind;
 use serde_json::Value;
 
 use super::sql::{Begin, Columns, Conn, params};
@@ -509,12 +510,14 @@ impl Instances<'_> {
         )
     }
 
-    /// The latest content of config `(kind, name)` (`cloud`/`runtime`, `default`).
+    /// The latest content of config `(kind, name)` (`cloud`/`runtime`, `default`); the
+    /// kind is stored as its text.
     pub async fn config(
         &self,
-        kind: &str,
+        kind: ConfigKind,
         name: &str,
     ) -> Result<Option<(i64, String)>, StateError> {
+        let kind = kind.as_str();
         on_pool!(self.state, format!("reading the {kind} config"), |pool| {
             let mut conn = pool.acquire().await?;
             let row = conn
@@ -534,10 +537,11 @@ impl Instances<'_> {
     /// Records a new version of config `(kind, name)`.
     pub async fn set_config(
         &self,
-        kind: &str,
+        kind: ConfigKind,
         name: &str,
         content: &str,
     ) -> Result<i64, StateError> {
+        let kind = kind.as_str();
         let time = now();
         on_pool!(self.state, format!("recording the {kind} config"), |pool| {
             let mut conn = pool.acquire().await?;

@@ -1435,21 +1435,37 @@ async fn check_instances_vms_disks_and_addresses(state: &State) {
 
 async fn check_configs_credentials_and_links(state: &State) {
     let rows = state.instances();
-    assert_eq!(rows.config("cloud", "default").await.unwrap(), None);
+    assert_eq!(
+        rows.config(director_api::ConfigKind::Cloud, "default")
+            .await
+            .unwrap(),
+        None
+    );
     let first = rows
-        .set_config("cloud", "default", "azs: []")
+        .set_config(director_api::ConfigKind::Cloud, "default", "azs: []")
         .await
         .unwrap();
     let second = rows
-        .set_config("cloud", "default", "azs: [{name: z1}]")
+        .set_config(
+            director_api::ConfigKind::Cloud,
+            "default",
+            "azs: [{name: z1}]",
+        )
         .await
         .unwrap();
     assert!(second > first);
     assert_eq!(
-        rows.config("cloud", "default").await.unwrap(),
+        rows.config(director_api::ConfigKind::Cloud, "default")
+            .await
+            .unwrap(),
         Some((second, "azs: [{name: z1}]".to_string()))
     );
-    assert_eq!(rows.config("runtime", "default").await.unwrap(), None);
+    assert_eq!(
+        rows.config(director_api::ConfigKind::Runtime, "default")
+            .await
+            .unwrap(),
+        None
+    );
 
     let deployment = state.deployments().create("web").await.unwrap();
     assert!(

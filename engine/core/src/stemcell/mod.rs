@@ -29,6 +29,33 @@ pub use version::{StemcellVersion, latest, resolve};
 use crate::archive::ArchiveError;
 use crate::diagnostics::{Diagnostic, Diagnostics};
 
+/// Which stemcell: its name (or, where compiled builds are keyed, its operating system) and
+/// its version, as written (`12.10` is not `12.1`).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StemcellKey {
+    /// The stemcell's name, or its operating system.
+    pub name: String,
+    /// The version.
+    pub version: String,
+}
+
+impl StemcellKey {
+    /// The stemcell `name` (or operating system) at `version`.
+    pub fn new(name: impl Into<String>, version: impl Into<String>) -> StemcellKey {
+        StemcellKey {
+            name: name.into(),
+            version: version.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for StemcellKey {
+    /// `name/version`, as messages name stemcells.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.name, self.version)
+    }
+}
+
 /// Why a stemcell tarball was refused. Messages are lowercase and name the tarball and the
 /// entry or `stemcell.MF` field.
 #[derive(Debug, thiserror::Error)]

@@ -62,7 +62,7 @@ async fn config(
     match director
         .state
         .instances()
-        .config(kind.as_str(), DEFAULT_CONFIG)
+        .config(kind, DEFAULT_CONFIG)
         .await?
     {
         Some((id, content)) => Ok(Json(Config {
@@ -93,14 +93,12 @@ async fn update_config(
     };
     checked.map_err(|d| Failure::invalid(d.to_string()))?;
     let state = director.state.instances();
-    if let Some((id, current)) = state.config(kind.as_str(), DEFAULT_CONFIG).await?
+    if let Some((id, current)) = state.config(kind, DEFAULT_CONFIG).await?
         && current == body
     {
         return Ok(Json(ConfigUpdated { id, changed: false }));
     }
-    let id = state
-        .set_config(kind.as_str(), DEFAULT_CONFIG, &body)
-        .await?;
+    let id = state.set_config(kind, DEFAULT_CONFIG, &body).await?;
     Ok(Json(ConfigUpdated { id, changed: true }))
 }
 
@@ -157,7 +155,13 @@ async fn plan(
         &options,
     )
     .await
-    .map_err(|e| Failure::invalid(e.to_string()))?;
+    .map_err(|e| {
+        if e.is_invalid_input() {
+            Failure::invalid(e.to_string())
+        } else {
+            Failure::internal(e)
+        }
+    })?;
     let previous_manifest = match &prepared.deployment {
         Some(deployment) => last_manifest(&director, deployment).await?,
         None => None,
@@ -197,7 +201,7 @@ async fn deploy(
     Query(query): Query<DeployQuery>,
     body: String,
 ) -> Reply<Response> {
-    let name = manifest_name(&body).map_err(Failure::bad_request)?;
+    let name = manifest_name(&body).map_err(|e| Failure::bad_request(e.to_string()))?;
     refuse_if_locked(&director, &name).await?;
     let request = DeployRequest {
         manifest_text: body,
@@ -388,7 +392,7 @@ async fn change_state(
                 &services,
                 &context,
                 &deployment,
-                state_text(change.state),
+                change.state,
                 change.target.as_deref(),
                 change.skip_drain,
                 &staging,
@@ -509,7 +513,7 @@ async fn delete_disk(
         new_task(&format!("delete disk {cid}"), None, json!({"disk": cid})),
         move |context| async move {
             context
-                .lock(&format!("disk:{cid}"), &format!("disk '{cid}'"))
+                .lock(&crate::tasks::LockKey::Disk(cid.clone()))
                 .await?;
             crate::ops::verbs::delete_orphaned_disk(&services, &cid).await
         },
@@ -530,14 +534,4 @@ async fn disks(AxumState(director): AxumState<Director>) -> Reply<Json<Vec<Orpha
             })
             .collect(),
     ))
-}
-
-/// The state's wire name, as `ops::verbs::change_state` takes it.
-fn state_text(state: director_api::StateChange) -> &'static str {
-    match state {
-        director_api::StateChange::Start => "started",
-        director_api::StateChange::Stop => "stopped",
-        director_api::StateChange::Restart => "restart",
-        director_api::StateChange::Recreate => "recreate",
-    }
 }

@@ -303,7 +303,7 @@ async fn delete_release(
             ),
             move |context: TaskContext| async move {
                 context
-                    .lock(&format!("release:{name}"), &format!("release '{name}'"))
+                    .lock(&crate::tasks::LockKey::Release(name.clone()))
                     .await?;
                 let versions: Vec<String> = match &query.version {
                     Some(version) => vec![version.clone()],
@@ -317,7 +317,7 @@ async fn delete_release(
                         .collect(),
                 };
                 if versions.is_empty() {
-                    return Err(TaskError::Failed(format!(
+                    return Err(TaskError::message(format!(
                         "release '{name}' is not uploaded"
                     )));
                 }
@@ -423,10 +423,9 @@ async fn delete_stemcell(
             move |context: TaskContext| async move {
                 let label = format!("{name}/{version}");
                 context
-                    .lock(
-                        &format!("stemcell:{name}:{version}"),
-                        &format!("stemcell '{label}'"),
-                    )
+                    .lock(&crate::tasks::LockKey::Stemcell(
+                        director_core::stemcell::StemcellKey::new(&name, &version),
+                    ))
                     .await?;
                 let cid = state
                     .stemcells()
@@ -468,7 +467,7 @@ async fn cleanup(
         .submit(
             new_task("clean up", None, json!({ "all": all })),
             move |context: TaskContext| async move {
-                context.lock("cleanup", "clean-up").await?;
+                context.lock(&crate::tasks::LockKey::Cleanup).await?;
                 let mut removed = Vec::new();
                 // Unused release versions: all with --all, else all but the two newest of each release.
                 let mut releases: BTreeMap<String, Vec<director_state::ReleaseVersionSummary>> =

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::Router;
+use director_api::ConfigKind;
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -241,13 +242,13 @@ fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, Stri
 async fn set_default_cloud_config(state: &State) -> Result<(), ServeError> {
     let configs = state.instances();
     if configs
-        .config("cloud", crate::ops::prepare::DEFAULT_CONFIG)
+        .config(ConfigKind::Cloud, crate::ops::prepare::DEFAULT_CONFIG)
         .await?
         .is_none()
     {
         configs
             .set_config(
-                "cloud",
+                ConfigKind::Cloud,
                 crate::ops::prepare::DEFAULT_CONFIG,
                 DEV_CLOUD_CONFIG,
             )

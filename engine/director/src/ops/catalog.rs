@@ -6,14 +6,104 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 use std::sync::{Arc, Mutex};
 
-use crate::blobstore::{BlobId, Blobstore};
+use crate::blobstore::{BlobId, Blobstore, BlobstoreError};
 use director_core::deploy::{Catalog, ReleaseFacts, ReleaseJob, ReleasePackage, StemcellFacts};
 use director_core::manifest::{DeploymentManifest, ReleaseRef, RuntimeConfig};
 use director_core::release::version::Version;
-use director_state::{ReleaseVersion, ReleaseVersionId, State, StemcellId};
+use director_state::{ReleaseVersion, ReleaseVersionId, State, StateError, StemcellId};
+
+/// Why a job archive's templates could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateArchiveError {
+    /// The archive is not a readable `.tgz`.
+    #[error("{0}")]
+    Read(#[from] std::io::Error),
+    /// A template, or all of them, is too large.
+    #[error("template '{name}' is larger than {MAX_TEMPLATE} bytes")]
+    TooLarge {
+        /// The template (under `templates/`).
+        name: String,
+    },
+    /// A template is not UTF-8 text.
+    #[error("template '{name}' is not UTF-8 text: {source}")]
+    NotText {
+        /// The template (under `templates/`).
+        name: String,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+/// Why the template sources of a job could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The job's recorded archive id is not a blob id.
+    #[error("job '{job}' of release '{release}': {source}")]
+    BlobId {
+        /// The job.
+        job: String,
+        /// Its release.
+        release: String,
+        /// Why.
+        source: BlobstoreError,
+    },
+    /// The blobstore could not give the archive.
+    #[error("job '{job}' of release '{release}': reading its archive: {source}")]
+    Blobstore {
+        /// The job.
+        job: String,
+        /// Its release.
+        release: String,
+        /// Why.
+        source: BlobstoreError,
+    },
+    /// The archive is not what a job archive should be.
+    #[error("job '{job}' of release '{release}': reading its archive: {source}")]
+    Archive {
+        /// The job.
+        job: String,
+        /// Its release.
+        release: String,
+        /// Why.
+        source: TemplateArchiveError,
+    },
+    /// Reading the archive panicked.
+    #[error("job '{job}' of release '{release}': {source}")]
+    Join {
+        /// The job.
+        job: String,
+        /// Its release.
+        release: String,
+        /// Why.
+        source: tokio::task::JoinError,
+    },
+}
+
+/// Why the releases and stemcells of a manifest could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    /// What the manifest names is not uploaded: every problem, one a line.
+    #[error("{}", .problems.join("\n"))]
+    Missing {
+        /// The problems, each with its YAML path.
+        problems: Vec<String>,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] Box<StateError>),
+}
+
+impl From<StateError> for CatalogError {
+    fn from(error: StateError) -> CatalogError {
+        CatalogError::State(Box::new(error))
+    }
+}
+
+/// Template texts by file under `templates/`.
+pub type TemplateTexts = BTreeMap<String, String>;
 
 /// A job's template sources: file under `templates/` → text.
-pub type Sources = Arc<BTreeMap<String, String>>;
+pub type Sources = Arc<TemplateTexts>;
 
 /// Template sources by job fingerprint, shared by deploys.
 #[derive(Clone, Debug, Default)]
@@ -51,35 +141,34 @@ impl LoadedCatalog {
 const MAX_JOB_ARCHIVE: u64 = 256 << 20;
 const MAX_TEMPLATE: u64 = 16 << 20;
 
-fn read_templates(archive: &[u8]) -> Result<BTreeMap<String, String>, String> {
+fn read_templates(archive: &[u8]) -> Result<TemplateTexts, TemplateArchiveError> {
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
     let mut sources = BTreeMap::new();
     let mut total = 0u64;
-    for entry in tar.entries().map_err(|e| e.to_string())? {
-        let mut entry = entry.map_err(|e| e.to_string())?;
+    for entry in tar.entries()? {
+        let mut entry = entry?;
         if !entry.header().entry_type().is_file() {
             continue;
         }
-        let path = entry
-            .path()
-            .map_err(|e| e.to_string())?
-            .to_string_lossy()
-            .into_owned();
+        let path = entry.path()?.to_string_lossy().into_owned();
         let path = path.trim_start_matches("./");
         let Some(name) = path.strip_prefix("templates/") else {
             continue;
         };
-        let size = entry.header().size().map_err(|e| e.to_string())?;
+        let size = entry.header().size()?;
         total = total.saturating_add(size);
         if size > MAX_TEMPLATE || total > MAX_JOB_ARCHIVE {
-            return Err(format!(
-                "template '{name}' is larger than {MAX_TEMPLATE} bytes"
-            ));
+            return Err(TemplateArchiveError::TooLarge {
+                name: name.to_string(),
+            });
         }
         let mut text = String::new();
         entry
             .read_to_string(&mut text)
-            .map_err(|e| format!("template '{name}' is not UTF-8 text: {e}"))?;
+            .map_err(|source| TemplateArchiveError::NotText {
+                name: name.to_string(),
+                source,
+            })?;
         sources.insert(name.to_string(), text);
     }
     Ok(sources)
@@ -92,7 +181,7 @@ impl TemplateCache {
         blobstore: &Blobstore,
         release: &str,
         job: &director_state::Job,
-    ) -> Result<Sources, String> {
+    ) -> Result<Sources, TemplateError> {
         if let Some(found) = self
             .inner
             .lock()
@@ -101,16 +190,32 @@ impl TemplateCache {
         {
             return Ok(found);
         }
-        let what = format!("job '{}' of release '{release}'", job.name);
-        let id = BlobId::parse(&job.archive.blob_id).map_err(|e| format!("{what}: {e}"))?;
+        let (job_name, release) = (job.name.clone(), release.to_string());
+        let id = BlobId::parse(&job.archive.blob_id).map_err(|source| TemplateError::BlobId {
+            job: job_name.clone(),
+            release: release.clone(),
+            source,
+        })?;
         let bytes = blobstore
             .get_bytes(&id)
             .await
-            .map_err(|e| format!("{what}: reading its archive: {e}"))?;
+            .map_err(|source| TemplateError::Blobstore {
+                job: job_name.clone(),
+                release: release.clone(),
+                source,
+            })?;
         let sources = tokio::task::spawn_blocking(move || read_templates(&bytes))
             .await
-            .map_err(|e| format!("{what}: {e}"))?
-            .map_err(|e| format!("{what}: reading its archive: {e}"))?;
+            .map_err(|source| TemplateError::Join {
+                job: job_name.clone(),
+                release: release.clone(),
+                source,
+            })?
+            .map_err(|source| TemplateError::Archive {
+                job: job_name.clone(),
+                release: release.clone(),
+                source,
+            })?;
         let sources = Arc::new(sources);
         if let Ok(mut cache) = self.inner.lock() {
             cache.insert(job.fingerprint.clone(), sources.clone());
@@ -156,14 +261,10 @@ pub async fn load(
     state: &State,
     manifest: &DeploymentManifest,
     runtime: Option<&RuntimeConfig>,
-) -> Result<LoadedCatalog, Vec<String>> {
+) -> Result<LoadedCatalog, CatalogError> {
     let mut errors = Vec::new();
     let mut loaded = LoadedCatalog::default();
-    let summaries = state
-        .releases()
-        .list()
-        .await
-        .map_err(|e| vec![e.to_string()])?;
+    let summaries = state.releases().list().await?;
     let mut refs: Vec<&ReleaseRef> = manifest.releases.iter().collect();
     if let Some(runtime) = runtime {
         refs.extend(runtime.releases.iter());
@@ -209,26 +310,21 @@ pub async fn load(
             });
             continue;
         };
-        match state.releases().find(name, &version).await {
-            Ok(Some(release)) => {
+        match state.releases().find(name, &version).await? {
+            Some(release) => {
                 loaded
                     .catalog
                     .releases
                     .insert(name.clone(), facts(&release));
                 loaded.releases.push(release);
             }
-            Ok(None) => errors.push(format!(
+            None => errors.push(format!(
                 "release '{name}/{version}' was deleted while the deploy started"
             )),
-            Err(e) => errors.push(e.to_string()),
         }
     }
 
-    let stemcells = state
-        .stemcells()
-        .list()
-        .await
-        .map_err(|e| vec![e.to_string()])?;
+    let stemcells = state.stemcells().list().await?;
     for reference in &manifest.stemcells {
         let alias = &reference.alias.value;
         let candidates: Vec<&director_state::Stemcell> = stemcells
@@ -294,7 +390,7 @@ pub async fn load(
     if errors.is_empty() {
         Ok(loaded)
     } else {
-        Err(errors)
+        Err(CatalogError::Missing { problems: errors })
     }
 }
 

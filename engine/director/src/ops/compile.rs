@@ -19,12 +19,177 @@ use tokio::task::JoinSet;
 
 use super::Services;
 use super::prepare::PreparedDeploy;
-use super::vms::{CreatedVm, VmRequest, create_vm, delete_vm};
-use crate::blobstore::BlobId;
+use super::stemcells::{StemcellCids, stemcell_key};
+use super::vms::{CreatedVm, VmError, VmRequest, create_vm, delete_vm};
+use crate::blobstore::{BlobId, BlobstoreError};
 use crate::tasks::{Stage, TaskContext, TaskError};
+use director_bus::BusError;
 use director_core::manifest::ip::from_number;
 use director_core::manifest::{CloudConfig, Compilation};
+use director_core::stemcell::StemcellKey;
 use director_state::{Archive, DeploymentId, NewCompiledPackage, Package, StateError};
+
+/// Why the packages of a deploy could not be compiled.
+#[derive(Debug, thiserror::Error)]
+pub enum CompileError {
+    /// An instance uses a release the deploy's catalog lacks.
+    #[error("release '{release}' is not in the deploy's catalog")]
+    ReleaseNotInCatalog {
+        /// The release.
+        release: String,
+    },
+    /// An instance uses a package its release lacks.
+    #[error("release '{release}' has no package '{package}'")]
+    NoPackage {
+        /// The release.
+        release: String,
+        /// The package.
+        package: String,
+    },
+    /// The package graph has a cycle.
+    #[error(
+        "package '{package}' depends on itself through its dependencies; a cycle cannot be compiled"
+    )]
+    Cycle {
+        /// A package on the cycle.
+        package: String,
+    },
+    /// Packages need compiling and the cloud config cannot say where.
+    #[error(
+        "{count} package(s) need compiling but the cloud config has no compilation section (workers, network, vm_type)"
+    )]
+    NoCompilationSection {
+        /// How many packages need compiling.
+        count: usize,
+    },
+    /// The compilation section names no network.
+    #[error("the cloud config's compilation section names no network")]
+    NoCompilationNetwork,
+    /// The compilation network is not in the cloud config.
+    #[error("compilation network '{network}' is not in the cloud config")]
+    UnknownNetwork {
+        /// The network.
+        network: String,
+    },
+    /// Every address of the compilation network is taken.
+    #[error("no free IP on compilation network '{network}'")]
+    NoFreeAddress {
+        /// The network.
+        network: String,
+    },
+    /// Other deploys kept taking the addresses found free.
+    #[error("could not reserve an address on compilation network '{network}'")]
+    NoAddressReserved {
+        /// The network.
+        network: String,
+    },
+    /// A compiled-only package lacks a build for the stemcell.
+    #[error(
+        "package '{package}' of release '{release}' comes compiled only, and not for stemcell {stemcell}; \
+         upload a release with its sources, or one compiled for this stemcell"
+    )]
+    NoSources {
+        /// The package.
+        package: String,
+        /// Its release.
+        release: String,
+        /// The stemcell's OS and version.
+        stemcell: StemcellKey,
+    },
+    /// The CPI has no stemcell to make a compilation VM from.
+    #[error("no stemcell {stemcell} to compile '{package}' on")]
+    NoStemcell {
+        /// The package.
+        package: String,
+        /// The stemcell's OS and version.
+        stemcell: StemcellKey,
+    },
+    /// The agent failed compiling the package.
+    #[error("compiling package '{package}/{fingerprint}' for {stemcell}: {source}")]
+    Agent {
+        /// The package.
+        package: String,
+        /// Its fingerprint.
+        fingerprint: String,
+        /// The stemcell's OS and version.
+        stemcell: StemcellKey,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// The agent's answer is not a compile result.
+    #[error("compiling package '{package}': the agent's answer is not a compile result: {source}")]
+    NotACompileResult {
+        /// The package.
+        package: String,
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The agent reported a blob the blobstore does not have.
+    #[error(
+        "compiling package '{package}': the agent reported blob {blob_id} but the blobstore does not have it"
+    )]
+    BlobMissing {
+        /// The package.
+        package: String,
+        /// The blob reported.
+        blob_id: String,
+    },
+    /// A build recorded by another deploy could not be read back.
+    #[error("a compiled build vanished while recording it")]
+    BuildVanished {
+        /// The package.
+        package: String,
+    },
+    /// Packages wait on builds nothing will make.
+    #[error("packages wait on dependencies that are not part of the deploy")]
+    UnmetDependencies,
+    /// A compilation panicked or was aborted.
+    #[error("a compilation failed: {source}")]
+    Join {
+        /// Why.
+        source: tokio::task::JoinError,
+    },
+    /// A blob id is not one, or the blobstore failed.
+    #[error("{source}")]
+    Blobstore {
+        /// Why.
+        source: BlobstoreError,
+    },
+    /// The compile request could not be turned into JSON.
+    #[error("{source}")]
+    Json {
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// Making or deleting a compilation VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] Box<StateError>),
+    /// The task was cancelled.
+    #[error("task cancelled")]
+    Cancelled,
+}
+
+impl From<StateError> for CompileError {
+    fn from(error: StateError) -> CompileError {
+        CompileError::State(Box::new(error))
+    }
+}
+
+impl From<CompileError> for TaskError {
+    fn from(error: CompileError) -> TaskError {
+        match error {
+            CompileError::Cancelled => TaskError::Cancelled,
+            other => TaskError::failed(other),
+        }
+    }
+}
+
+fn blobstore(source: BlobstoreError) -> CompileError {
+    CompileError::Blobstore { source }
+}
 
 /// A compiled package an instance can install.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +200,16 @@ pub struct CompiledBuild {
     pub blob_id: String,
 }
 
-/// What an instance's stemcell needs: `(release, package, os, stemcell version)`.
-pub type BuildKey = (String, String, String, String);
+/// Which build an instance needs: a release's package for a stemcell OS and version.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct BuildKey {
+    /// The release.
+    pub release: String,
+    /// The package.
+    pub package: String,
+    /// The stemcell's operating system and version.
+    pub stemcell: StemcellKey,
+}
 
 /// Every compiled build the deploy uses.
 pub type Builds = BTreeMap<BuildKey, CompiledBuild>;
@@ -50,22 +223,17 @@ struct Requirement {
     dependencies: Vec<BuildKey>,
 }
 
-fn failed(message: impl Into<String>) -> TaskError {
-    TaskError::Failed(message.into())
-}
-
 /// Collects what the deploy needs compiled, with the package rows.
-fn requirements(prepared: &PreparedDeploy) -> Result<Vec<Requirement>, TaskError> {
+fn requirements(prepared: &PreparedDeploy) -> Result<Vec<Requirement>, CompileError> {
     let mut wanted: BTreeMap<BuildKey, Requirement> = BTreeMap::new();
     for work in prepared.prepared.planned.work.values() {
-        let stemcell = &work.spec.stemcell;
+        let stemcell = StemcellKey::new(&work.spec.stemcell.os, &work.spec.stemcell.version);
         for (name, state) in &work.spec.packages {
-            let key = (
-                state.release.clone(),
-                name.clone(),
-                stemcell.os.clone(),
-                stemcell.version.clone(),
-            );
+            let key = BuildKey {
+                release: state.release.clone(),
+                package: name.clone(),
+                stemcell: stemcell.clone(),
+            };
             if wanted.contains_key(&key) {
                 continue;
             }
@@ -74,21 +242,16 @@ fn requirements(prepared: &PreparedDeploy) -> Result<Vec<Requirement>, TaskError
                 .releases
                 .iter()
                 .find(|r| r.name == state.release)
-                .ok_or_else(|| {
-                    failed(format!(
-                        "release '{}' is not in the deploy's catalog",
-                        state.release
-                    ))
+                .ok_or_else(|| CompileError::ReleaseNotInCatalog {
+                    release: state.release.clone(),
                 })?;
             let package = release
                 .packages
                 .iter()
                 .find(|p| &p.name == name)
-                .ok_or_else(|| {
-                    failed(format!(
-                        "release '{}' has no package '{name}'",
-                        release.name
-                    ))
+                .ok_or_else(|| CompileError::NoPackage {
+                    release: release.name.clone(),
+                    package: name.clone(),
                 })?
                 .clone();
             let facts = &prepared.catalog.catalog.releases[&release.name];
@@ -101,13 +264,10 @@ fn requirements(prepared: &PreparedDeploy) -> Result<Vec<Requirement>, TaskError
                     dependency_key: state.dependency_key.clone(),
                     dependencies: closure
                         .into_iter()
-                        .map(|dep| {
-                            (
-                                state.release.clone(),
-                                dep,
-                                stemcell.os.clone(),
-                                stemcell.version.clone(),
-                            )
+                        .map(|dep| BuildKey {
+                            release: state.release.clone(),
+                            package: dep,
+                            stemcell: stemcell.clone(),
                         })
                         .collect(),
                 },
@@ -122,18 +282,18 @@ fn requirements(prepared: &PreparedDeploy) -> Result<Vec<Requirement>, TaskError
 async fn split(
     services: &Services,
     requirements: Vec<Requirement>,
-) -> Result<(Builds, Vec<Requirement>), TaskError> {
+) -> Result<(Builds, Vec<Requirement>), CompileError> {
     let mut builds = Builds::new();
     let mut missing = Vec::new();
     for requirement in requirements {
-        let (_, _, os, version) = &requirement.key;
+        let stemcell = &requirement.key.stemcell;
         let found = services
             .state
             .compiled_packages()
             .find(
                 requirement.package.id,
-                os,
-                version,
+                &stemcell.name,
+                &stemcell.version,
                 &requirement.dependency_key,
             )
             .await?;
@@ -165,9 +325,8 @@ async fn split(
             }
         }
     }
-    let order = petgraph::algo::toposort(&graph, None).map_err(|cycle| {
-        let package = &missing[cycle.node_id()].package.name;
-        failed(format!("package '{package}' depends on itself through its dependencies; a cycle cannot be compiled"))
+    let order = petgraph::algo::toposort(&graph, None).map_err(|cycle| CompileError::Cycle {
+        package: missing[cycle.node_id()].package.name.clone(),
     })?;
     let mut slots: Vec<Option<Requirement>> = missing.into_iter().map(Some).collect();
     let ordered = order.into_iter().filter_map(|i| slots[i].take()).collect();
@@ -193,16 +352,19 @@ struct Pool {
 
 impl Pool {
     /// A free address on the compilation network, reserved in the state.
-    async fn reserve_address(&self) -> Result<(String, IpAddr, Json), String> {
+    async fn reserve_address(&self) -> Result<(String, IpAddr, Json), CompileError> {
         let network_name = self
             .compilation
             .network
             .as_ref()
             .map(|n| n.value.clone())
-            .ok_or("the cloud config's compilation section names no network")?;
-        let network = self.cloud.network(&network_name).ok_or_else(|| {
-            format!("compilation network '{network_name}' is not in the cloud config")
-        })?;
+            .ok_or(CompileError::NoCompilationNetwork)?;
+        let network =
+            self.cloud
+                .network(&network_name)
+                .ok_or_else(|| CompileError::UnknownNetwork {
+                    network: network_name.clone(),
+                })?;
         let az = self.compilation.az.as_ref().map(|a| a.value.as_str());
         for _ in 0..8 {
             let taken: BTreeSet<String> = self
@@ -210,8 +372,7 @@ impl Pool {
                 .state
                 .instances()
                 .all_addresses()
-                .await
-                .map_err(|e| e.to_string())?
+                .await?
                 .into_iter()
                 .filter(|(n, _)| *n == network_name)
                 .map(|(_, a)| a)
@@ -241,9 +402,9 @@ impl Pool {
                 }
             }
             let Some((subnet, ip)) = candidate else {
-                return Err(format!(
-                    "no free IP on compilation network '{network_name}'"
-                ));
+                return Err(CompileError::NoFreeAddress {
+                    network: network_name,
+                });
             };
             match self
                 .services
@@ -265,15 +426,15 @@ impl Pool {
                     return Ok((network_name, ip, settings));
                 }
                 Err(StateError::AlreadyExists { .. }) => continue, // someone was faster
-                Err(e) => return Err(e.to_string()),
+                Err(e) => return Err(e.into()),
             }
         }
-        Err(format!(
-            "could not reserve an address on compilation network '{network_name}'"
-        ))
+        Err(CompileError::NoAddressReserved {
+            network: network_name,
+        })
     }
 
-    async fn take(&self, package: &str, stemcell_cid: &str) -> Result<Worker, String> {
+    async fn take(&self, package: &str, stemcell_cid: &str) -> Result<Worker, CompileError> {
         if self.compilation.reuse_compilation_vms {
             if let Some(worker) = self.idle.lock().ok().and_then(|mut idle| idle.pop()) {
                 return Ok(worker);
@@ -333,7 +494,7 @@ impl Pool {
                     .instances()
                     .release_address(&network, &address.to_string())
                     .await;
-                Err(e)
+                Err(e.into())
             }
         }
     }
@@ -386,24 +547,26 @@ async fn compile_one(
     requirement: &Requirement,
     stemcell_cid: &str,
     dependencies: BTreeMap<String, agent_protocol::PackageSpec>,
-) -> Result<CompiledBuild, String> {
+) -> Result<CompiledBuild, CompileError> {
     let services = &pool.services;
     let package = &requirement.package;
-    let (release, _, os, stemcell_version) = &requirement.key;
-    let source = package.archive.as_ref().ok_or_else(|| {
-        format!(
-            "package '{}' of release '{release}' comes compiled only, and not for stemcell {os}/{stemcell_version}; \
-             upload a release with its sources, or one compiled for this stemcell",
-            package.name
-        )
-    })?;
-    let source_id = BlobId::parse(&source.blob_id).map_err(|e| e.to_string())?;
+    let release = &requirement.key.release;
+    let stemcell = &requirement.key.stemcell;
+    let (os, stemcell_version) = (&stemcell.name, &stemcell.version);
+    let source = package
+        .archive
+        .as_ref()
+        .ok_or_else(|| CompileError::NoSources {
+            package: package.name.clone(),
+            release: release.clone(),
+            stemcell: stemcell.clone(),
+        })?;
+    let source_id = BlobId::parse(&source.blob_id).map_err(blobstore)?;
     let build = services
         .state
         .compiled_packages()
         .next_build(package.id, os, stemcell_version)
-        .await
-        .map_err(|e| e.to_string())?;
+        .await?;
     let version = format!("{}.{build}", package.fingerprint);
     let request = agent_protocol::CompileRequest {
         name: package.name.clone(),
@@ -418,7 +581,7 @@ async fn compile_one(
         .run_task(
             &worker.vm.agent_id,
             "compile_package",
-            vec![serde_json::to_value(&request).map_err(|e| e.to_string())?],
+            vec![serde_json::to_value(&request).map_err(|source| CompileError::Json { source })?],
             Duration::from_secs(1),
             services.timeouts.agent_task,
         )
@@ -427,23 +590,18 @@ async fn compile_one(
         Ok(value) => {
             pool.give_back(worker).await;
             let result: agent_protocol::CompileResult =
-                serde_json::from_value(value).map_err(|e| {
-                    format!(
-                        "compiling package '{}': the agent's answer is not a compile result: {e}",
-                        package.name
-                    )
+                serde_json::from_value(value).map_err(|source| {
+                    CompileError::NotACompileResult {
+                        package: package.name.clone(),
+                        source,
+                    }
                 })?;
-            let blob = BlobId::parse(&result.blob_id).map_err(|e| e.to_string())?;
-            if !services
-                .blobstore
-                .exists(&blob)
-                .await
-                .map_err(|e| e.to_string())?
-            {
-                return Err(format!(
-                    "compiling package '{}': the agent reported blob {} but the blobstore does not have it",
-                    package.name, result.blob_id
-                ));
+            let blob = BlobId::parse(&result.blob_id).map_err(blobstore)?;
+            if !services.blobstore.exists(&blob).await.map_err(blobstore)? {
+                return Err(CompileError::BlobMissing {
+                    package: package.name.clone(),
+                    blob_id: result.blob_id,
+                });
             }
             let recorded = services
                 .state
@@ -476,18 +634,19 @@ async fn compile_one(
                             stemcell_version,
                             &requirement.dependency_key,
                         )
-                        .await
-                        .map_err(|e| e.to_string())?
-                        .ok_or("a compiled build vanished while recording it")?;
+                        .await?
+                        .ok_or_else(|| CompileError::BuildVanished {
+                            package: package.name.clone(),
+                        })?;
                     Ok(CompiledBuild {
                         version: format!("{}.{}", package.fingerprint, theirs.build),
                         blob_id: theirs.archive.blob_id,
                     })
                 }
-                Err(e) => Err(e.to_string()),
+                Err(e) => Err(e.into()),
             }
         }
-        Err(e) => {
+        Err(source) => {
             pool.discard(
                 &worker.vm.cid,
                 &worker.vm.agent_id,
@@ -495,10 +654,12 @@ async fn compile_one(
                 worker.address,
             )
             .await;
-            Err(format!(
-                "compiling package '{}/{}' for {os}/{stemcell_version}: {e}",
-                package.name, package.fingerprint
-            ))
+            Err(CompileError::Agent {
+                package: package.name.clone(),
+                fingerprint: package.fingerprint.clone(),
+                stemcell: stemcell.clone(),
+                source: Box::new(source),
+            })
         }
     }
 }
@@ -509,27 +670,32 @@ pub async fn compile(
     context: &TaskContext,
     prepared: &PreparedDeploy,
     deployment: DeploymentId,
-    cids: &super::update::StemcellCids,
-) -> Result<Builds, TaskError> {
+    cids: &StemcellCids,
+) -> Result<Builds, CompileError> {
     let (mut builds, missing) = split(services, requirements(prepared)?).await?;
     if missing.is_empty() {
         return Ok(builds);
     }
     let cloud = prepared.validated.cloud_config.clone().unwrap_or_default();
-    let compilation = cloud.compilation.clone().ok_or_else(|| {
-        failed(format!(
-            "{} package(s) need compiling but the cloud config has no compilation section (workers, network, vm_type)",
-            missing.len()
-        ))
-    })?;
+    let compilation =
+        cloud
+            .compilation
+            .clone()
+            .ok_or_else(|| CompileError::NoCompilationSection {
+                count: missing.len(),
+            })?;
     let workers = compilation.workers.unwrap_or(1).max(1) as usize;
-    let stemcell_cids: BTreeMap<(String, String), String> = prepared
+    // Compilation VMs are made from a stemcell of the OS and version the builds are for.
+    let stemcell_cids: BTreeMap<StemcellKey, String> = prepared
         .catalog
         .stemcells
         .values()
         .filter_map(|s| {
-            let cid = cids.get(&(s.name.clone(), s.version.clone()))?;
-            Some(((s.operating_system.clone(), s.version.clone()), cid.clone()))
+            let cid = cids.get(&stemcell_key(s))?;
+            Some((
+                StemcellKey::new(&s.operating_system, &s.version),
+                cid.clone(),
+            ))
         })
         .collect();
     let pool = Arc::new(Pool {
@@ -564,19 +730,20 @@ async fn run_schedule(
     stage: &Stage,
     missing: Vec<Requirement>,
     builds: &mut Builds,
-    stemcell_cids: &BTreeMap<(String, String), String>,
+    stemcell_cids: &BTreeMap<StemcellKey, String>,
     workers: usize,
-) -> Result<(), TaskError> {
+) -> Result<(), CompileError> {
     let mut waiting: Vec<(u32, Requirement)> = missing
         .into_iter()
         .enumerate()
         .map(|(i, r)| (i as u32 + 1, r))
         .collect();
-    let mut running: JoinSet<(u32, Requirement, Result<CompiledBuild, String>)> = JoinSet::new();
-    let mut first_error: Option<String> = None;
+    let mut running: JoinSet<(u32, Requirement, Result<CompiledBuild, CompileError>)> =
+        JoinSet::new();
+    let mut first_error: Option<CompileError> = None;
     loop {
         if first_error.is_none() && context.checkpoint().is_err() {
-            first_error = Some("task cancelled".to_string());
+            first_error = Some(CompileError::Cancelled);
         }
         while first_error.is_none() && running.len() < workers {
             let Some(position) = waiting
@@ -586,13 +753,13 @@ async fn run_schedule(
                 break;
             };
             let (index, requirement) = waiting.remove(position);
-            let (_, name, os, version) = &requirement.key;
+            let name = &requirement.key.package;
             let step = format!("{name}/{}", requirement.package.fingerprint);
-            let Some(stemcell_cid) = stemcell_cids.get(&(os.clone(), version.clone())).cloned()
-            else {
-                return Err(failed(format!(
-                    "no stemcell {os}/{version} to compile '{name}' on"
-                )));
+            let Some(stemcell_cid) = stemcell_cids.get(&requirement.key.stemcell).cloned() else {
+                return Err(CompileError::NoStemcell {
+                    package: name.clone(),
+                    stemcell: requirement.key.stemcell.clone(),
+                });
             };
             let dependencies = requirement
                 .dependencies
@@ -601,9 +768,9 @@ async fn run_schedule(
                     let build = builds.get(dep)?;
                     let id = BlobId::parse(&build.blob_id).ok()?;
                     Some((
-                        dep.1.clone(),
+                        dep.package.clone(),
                         agent_protocol::PackageSpec {
-                            name: dep.1.clone(),
+                            name: dep.package.clone(),
                             version: build.version.clone(),
                             blob: pool.services.blob_ref(&id),
                         },
@@ -621,7 +788,7 @@ async fn run_schedule(
             break;
         };
         let (index, requirement, result) =
-            joined.map_err(|e| failed(format!("a compilation failed: {e}")))?;
+            joined.map_err(|source| CompileError::Join { source })?;
         let step = format!(
             "{}/{}",
             requirement.package.name, requirement.package.fingerprint
@@ -631,9 +798,9 @@ async fn run_schedule(
                 stage.finished(&step, index);
                 builds.insert(requirement.key.clone(), build);
             }
-            Err(message) => {
-                stage.failed(&step, index, &message);
-                first_error.get_or_insert(message);
+            Err(error) => {
+                stage.failed(&step, index, &error.to_string());
+                first_error.get_or_insert(error);
             }
         }
         if first_error.is_none()
@@ -643,14 +810,11 @@ async fn run_schedule(
                 .iter()
                 .any(|(_, r)| r.dependencies.iter().all(|d| builds.contains_key(d)))
         {
-            return Err(failed(
-                "packages wait on dependencies that are not part of the deploy",
-            ));
+            return Err(CompileError::UnmetDependencies);
         }
     }
     match first_error {
-        Some(message) if message == "task cancelled" => Err(TaskError::Cancelled),
-        Some(message) => Err(failed(message)),
+        Some(error) => Err(error),
         None => Ok(()),
     }
 }

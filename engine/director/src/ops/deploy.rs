@@ -16,15 +16,123 @@ use futures::future::join_all;
 use serde_json::json;
 
 use super::compile::{Builds, compile};
-use super::prepare::{PreparedDeploy, prepare_deploy};
+use super::prepare::{PrepareError, PreparedDeploy, prepare_deploy};
+use super::stemcells::{StemcellCidError, StemcellCids, ensure_stemcells};
 use super::update::{
-    InstanceUpdate, StemcellCids, UpdateOptions, create_missing_vm, delete_instance,
+    InstanceUpdate, UpdateError, UpdateOptions, create_missing_vm, delete_instance,
 };
 use super::{Services, run_steps};
-use crate::blobstore::BlobId;
-use crate::tasks::{TaskContext, TaskError};
+use crate::tasks::{LockKey, TaskContext, TaskError};
+use director_bus::BusError;
 use director_core::deploy::{Action, GroupPlan, InstancePlan, PlanOptions};
-use director_state::{Deployment, Instance, NewEvent, NewInstance, StateError, Stemcell};
+use director_state::{Deployment, Instance, NewEvent, NewInstance, StateError};
+
+/// Why a deploy failed (besides what compiling and updating instances say).
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The manifest is not YAML.
+    #[error("{source}")]
+    ManifestYaml {
+        /// Why.
+        source: director_core::diagnostics::Diagnostic,
+    },
+    /// The manifest names no deployment.
+    #[error("the manifest has no 'name' (expected the deployment's name)")]
+    NoName,
+    /// The deploy could not be prepared.
+    #[error(transparent)]
+    Prepare(Box<PrepareError>),
+    /// A stemcell could not be given to the CPI.
+    #[error(transparent)]
+    Stemcell(Box<StemcellCidError>),
+    /// An address was taken meanwhile.
+    #[error(
+        "{object} was taken by another deployment while this one was being planned; deploy again"
+    )]
+    AddressTaken {
+        /// The deployment.
+        deployment: String,
+        /// The address.
+        object: director_state::Object,
+    },
+    /// The deployment record disappeared under the deploy.
+    #[error("the deployment vanished")]
+    Vanished {
+        /// The deployment.
+        deployment: String,
+    },
+    /// The deployment was not recorded before its instances were updated.
+    #[error("the deployment was not recorded")]
+    NotRecorded {
+        /// The deployment.
+        deployment: String,
+    },
+    /// A planned group is not in the desired deployment.
+    #[error("group '{group}' is not in the plan")]
+    GroupNotPlanned {
+        /// The group.
+        group: String,
+    },
+    /// A phase names an instance the group does not plan.
+    #[error("instance {instance} is not planned")]
+    InstanceNotPlanned {
+        /// The instance's uuid.
+        instance: String,
+    },
+    /// A planned instance has no work.
+    #[error("no work")]
+    NoWork {
+        /// The instance.
+        instance: String,
+    },
+    /// A planned instance was not recorded.
+    #[error("the instance was not recorded")]
+    InstanceNotRecorded {
+        /// The instance.
+        instance: String,
+    },
+    /// An instance to run post-deploy on has no VM.
+    #[error("no VM")]
+    NoVm {
+        /// The instance.
+        instance: String,
+    },
+    /// post-deploy failed.
+    #[error("post-deploy failed: {source}")]
+    PostDeploy {
+        /// The instance.
+        instance: String,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// Updating (or making, deleting) an instance failed.
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+}
+
+impl From<PrepareError> for DeployError {
+    fn from(error: PrepareError) -> DeployError {
+        DeployError::Prepare(Box::new(error))
+    }
+}
+
+impl From<StemcellCidError> for DeployError {
+    fn from(error: StemcellCidError) -> DeployError {
+        DeployError::Stemcell(Box::new(error))
+    }
+}
+
+impl From<DeployError> for TaskError {
+    fn from(error: DeployError) -> TaskError {
+        TaskError::failed(error)
+    }
+}
+
+impl From<StemcellCidError> for TaskError {
+    fn from(error: StemcellCidError) -> TaskError {
+        TaskError::failed(error)
+    }
+}
 
 /// What `POST /deployments` asks for.
 #[derive(Clone, Debug, Default)]
@@ -40,73 +148,14 @@ pub struct DeployRequest {
 /// How many VMs are created or deleted at once outside of updates (BOSH's `max_threads` is 32).
 const PARALLEL_VMS: usize = 8;
 
-fn failed(message: impl Into<String>) -> TaskError {
-    TaskError::Failed(message.into())
-}
-
 /// The deployment name a manifest declares.
-pub fn manifest_name(text: &str) -> Result<String, String> {
-    let doc = director_core::yaml::parse(text, "manifest").map_err(|d| d.to_string())?;
+pub fn manifest_name(text: &str) -> Result<String, DeployError> {
+    let doc = director_core::yaml::parse(text, "manifest")
+        .map_err(|source| DeployError::ManifestYaml { source })?;
     doc.get("name")
         .and_then(director_core::yaml::Node::as_str)
         .map(str::to_string)
-        .ok_or_else(|| "the manifest has no 'name' (expected the deployment's name)".to_string())
-}
-
-/// Makes sure the CPI has every stemcell the deploy uses; returns their ids.
-pub async fn ensure_stemcells(
-    services: &Services,
-    stemcells: impl IntoIterator<Item = &Stemcell>,
-    staging: &std::path::Path,
-) -> Result<StemcellCids, TaskError> {
-    let mut cids = StemcellCids::new();
-    for stemcell in stemcells {
-        let key = (stemcell.name.clone(), stemcell.version.clone());
-        if cids.contains_key(&key) {
-            continue;
-        }
-        let cid = if stemcell.cid.is_empty() {
-            let blob = stemcell.image_blob_id.as_ref().ok_or_else(|| {
-                failed(format!(
-                    "stemcell {}/{} has no image to give the CPI (a light stemcell for another IaaS?)",
-                    stemcell.name, stemcell.version
-                ))
-            })?;
-            let id = BlobId::parse(blob).map_err(|e| failed(e.to_string()))?;
-            let path: PathBuf = staging.join(format!("stemcell-{}", uuid::Uuid::new_v4()));
-            services
-                .blobstore
-                .get_to_file(&id, &path)
-                .await
-                .map_err(|e| {
-                    failed(format!(
-                        "reading the image of stemcell {}/{}: {e}",
-                        stemcell.name, stemcell.version
-                    ))
-                })?;
-            let (image, properties) = (path.clone(), stemcell.cloud_properties.clone());
-            let created = services
-                .cpi_call(move |cpi| cpi.create_stemcell(&image, &properties))
-                .await;
-            let _ = tokio::fs::remove_file(&path).await;
-            let cid = created.map_err(|e| {
-                failed(format!(
-                    "the CPI could not take stemcell {}/{}: {e}",
-                    stemcell.name, stemcell.version
-                ))
-            })?;
-            services
-                .state
-                .stemcells()
-                .set_cid(stemcell.id, &cid)
-                .await?;
-            cid
-        } else {
-            stemcell.cid.clone()
-        };
-        cids.insert(key, cid);
-    }
-    Ok(cids)
+        .ok_or(DeployError::NoName)
 }
 
 /// Records new instances and every instance's addresses before anything is built, so that
@@ -152,12 +201,18 @@ async fn record_instances(
                 ))
             })
             .collect();
-        state.set_ips(deployment.id, id, &ips).await.map_err(|e| match e {
-            StateError::AlreadyExists { object } => failed(format!(
-                "{object} was taken by another deployment while this one was being planned; deploy again"
-            )),
-            other => other.into(),
-        })?;
+        state
+            .set_ips(deployment.id, id, &ips)
+            .await
+            .map_err(|e| match e {
+                StateError::AlreadyExists { object } => {
+                    TaskError::from(DeployError::AddressTaken {
+                        deployment: deployment.name.clone(),
+                        object,
+                    })
+                }
+                other => other.into(),
+            })?;
     }
     Ok(state
         .list(deployment.id)
@@ -190,7 +245,9 @@ async fn delete_unneeded(
         .map(|plan| {
             let work = move |_| async move {
                 match prepared.instances.get(&plan.id) {
-                    Some(instance) => delete_instance(services, instance, skip_drain).await,
+                    Some(instance) => {
+                        delete_instance(services, context, instance, skip_drain).await
+                    }
                     None => Ok(()),
                 }
             };
@@ -231,11 +288,16 @@ async fn create_missing_vms(
                     prepared.prepared.planned.work.get(&plan.id),
                     instances.get(&plan.id),
                 ) {
-                    (Some(work), Some(instance)) => {
-                        create_missing_vm(services, &prepared.name, &step, work, instance, cids)
-                            .await
-                    }
-                    _ => Err("the instance was not recorded".to_string()),
+                    (Some(work), Some(instance)) => Ok(create_missing_vm(
+                        services,
+                        &prepared.name,
+                        &step,
+                        work,
+                        instance,
+                        cids,
+                    )
+                    .await?),
+                    _ => Err(DeployError::InstanceNotRecorded { instance: step }),
                 }
             };
             (label, work)
@@ -268,7 +330,9 @@ impl Updater<'_> {
             .groups
             .iter()
             .find(|g| g.name == group.name)
-            .ok_or_else(|| failed(format!("group '{}' is not in the plan", group.name)))?;
+            .ok_or_else(|| DeployError::GroupNotPlanned {
+                group: group.name.clone(),
+            })?;
         let stage = self.context.log.stage(
             "Updating instance",
             vec![group.name.clone()],
@@ -298,7 +362,9 @@ impl Updater<'_> {
                     .instances
                     .iter()
                     .find(|i| &i.id == uuid)
-                    .ok_or_else(|| failed(format!("instance {uuid} is not planned")))?;
+                    .ok_or_else(|| DeployError::InstanceNotPlanned {
+                        instance: uuid.clone(),
+                    })?;
                 let step = if phase.canary {
                     format!("{} (canary)", plan.label())
                 } else {
@@ -313,10 +379,14 @@ impl Updater<'_> {
                         .planned
                         .work
                         .get(&plan.id)
-                        .ok_or("no work")?;
-                    let instance = instances
-                        .get(&plan.id)
-                        .ok_or("the instance was not recorded")?;
+                        .ok_or_else(|| DeployError::NoWork {
+                            instance: plan.label(),
+                        })?;
+                    let instance = instances.get(&plan.id).ok_or_else(|| {
+                        DeployError::InstanceNotRecorded {
+                            instance: plan.label(),
+                        }
+                    })?;
                     let update = InstanceUpdate {
                         services: self.services,
                         deployment: &self.prepared.name,
@@ -326,8 +396,9 @@ impl Updater<'_> {
                         index,
                         step,
                         stemcell_cids: self.cids,
+                        cancellation: self.context.cancellation(),
                     };
-                    update.run(plan, work, instance, watch).await
+                    Ok::<(), DeployError>(update.run(plan, work, instance, watch).await?)
                 };
                 steps.push((label, work));
             }
@@ -361,10 +432,12 @@ impl Updater<'_> {
 
 impl PreparedDeploy {
     fn deployment_id(&self) -> Result<director_state::DeploymentId, TaskError> {
-        self.deployment
-            .as_ref()
-            .map(|d| d.id)
-            .ok_or_else(|| failed("the deployment was not recorded"))
+        self.deployment.as_ref().map(|d| d.id).ok_or_else(|| {
+            DeployError::NotRecorded {
+                deployment: self.name.clone(),
+            }
+            .into()
+        })
     }
 }
 
@@ -403,10 +476,11 @@ async fn record_errands(
             let (spec, rendered) =
                 super::update::apply_spec(services, &prepared.name, work, builds)
                     .await
-                    .map_err(failed)?;
+                    .map_err(DeployError::from)?;
             let rows = services.state.instances();
             rows.set_rendered(instance.id, &rendered).await?;
-            let observed = super::update::observed_document(work, &spec).map_err(failed)?;
+            let observed =
+                super::update::observed_document(work, &spec).map_err(DeployError::from)?;
             rows.set_observed(instance.id, &observed, true).await?;
         }
     }
@@ -434,7 +508,9 @@ async fn post_deploy(
         .iter()
         .map(|instance| {
             let work = move |_| async move {
-                let vm = instance.vm.as_ref().ok_or("no VM")?;
+                let vm = instance.vm.as_ref().ok_or_else(|| DeployError::NoVm {
+                    instance: instance.label(),
+                })?;
                 services
                     .bus
                     .run_task(
@@ -446,7 +522,10 @@ async fn post_deploy(
                     )
                     .await
                     .map(|_| ())
-                    .map_err(|e| format!("post-deploy failed: {e}"))
+                    .map_err(|source| DeployError::PostDeploy {
+                        instance: instance.label(),
+                        source: Box::new(source),
+                    })
             };
             (instance.label(), work)
         })
@@ -483,13 +562,8 @@ pub async fn run_deploy(
     request: DeployRequest,
     staging: PathBuf,
 ) -> Result<String, TaskError> {
-    let name = manifest_name(&request.manifest_text).map_err(failed)?;
-    context
-        .lock(
-            &format!("deployment:{name}"),
-            &format!("deployment '{name}'"),
-        )
-        .await?;
+    let name = manifest_name(&request.manifest_text)?;
+    context.lock(&LockKey::Deployment(name.clone())).await?;
     let preparing = context.log.stage("Preparing deployment", vec![], 1);
     preparing.started("Preparing deployment", 1);
     let prepared = prepare_deploy(
@@ -504,7 +578,7 @@ pub async fn run_deploy(
         Ok(prepared) => prepared,
         Err(e) => {
             preparing.failed("Preparing deployment", 1, &e.to_string());
-            return Err(failed(e.to_string()));
+            return Err(DeployError::from(e).into());
         }
     };
     preparing.finished("Preparing deployment", 1);
@@ -552,7 +626,9 @@ async fn execute(
                 .deployments()
                 .find(&prepared.name)
                 .await?
-                .ok_or_else(|| failed("the deployment vanished"))?,
+                .ok_or_else(|| DeployError::Vanished {
+                    deployment: prepared.name.clone(),
+                })?,
             Err(e) => return Err(e.into()),
         },
     };

@@ -1,12 +1,18 @@
 //! The director's side of deploys: preparing a plan from its state ([`prepare`]), making
 //! and removing VMs through the CPI and the bus ([`vms`]), compiling packages
-//! ([`compile`]), updating instances ([`update`]), and the deploy task and the day-to-day
-//! verbs around it ([`deploy`]).
+//! ([`compile`]), updating instances ([`update`], draining them through [`drain`]), giving
+//! stemcells to the CPI ([`stemcells`]), and the deploy task ([`deploy`]) and the
+//! day-to-day verbs around it ([`verbs`]).
+//!
+//! The modules depend one way: `deploy` and `verbs` use `update`, which uses `compile`
+//! (the builds), `drain`, `stemcells` and `vms`; `compile` uses `stemcells` and `vms`.
 
 pub mod catalog;
 pub mod compile;
 pub mod deploy;
+pub mod drain;
 pub mod prepare;
+pub mod stemcells;
 pub mod update;
 pub mod verbs;
 pub mod vms;
@@ -121,12 +127,50 @@ impl Services {
     }
 }
 
+/// One step of [`run_steps`] that failed: its label and its error.
+#[derive(Debug, thiserror::Error)]
+#[error("{label}: {source}")]
+pub struct StepFailure {
+    /// The step (`web/0 (6f1c…)`).
+    pub label: String,
+    /// Why it failed.
+    pub source: Box<dyn std::error::Error + Send + Sync>,
+}
+
+/// Every step of a [`run_steps`] call that failed, one a line.
+#[derive(Debug)]
+pub struct StepsFailed {
+    /// The failures, in the order they ended.
+    pub failures: Vec<StepFailure>,
+}
+
+impl std::fmt::Display for StepsFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (n, failure) in self.failures.iter().enumerate() {
+            if n > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{failure}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for StepsFailed {
+    /// The first failure (the others are in [`StepsFailed::failures`]).
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.failures
+            .first()
+            .map(|failure| failure as &(dyn std::error::Error + 'static))
+    }
+}
+
 /// Runs `steps` (a label and its work, given its step index, each) as steps of `stage`, at most `parallel` at a
 /// time: as one ends the next starts (BOSH's thread pools). After a failure, or once the
 /// task is cancelled, no new step starts; the ones running finish. Step indexes come from
 /// `started`, so several calls can share one stage. Answers every failure, `label: error`,
-/// one a line.
-pub async fn run_steps<W, F>(
+/// one a line ([`StepsFailed`]); a task cancelled meanwhile ends cancelled.
+pub async fn run_steps<W, F, E>(
     context: &crate::tasks::TaskContext,
     stage: &crate::tasks::Stage,
     steps: Vec<(String, W)>,
@@ -135,7 +179,8 @@ pub async fn run_steps<W, F>(
 ) -> Result<(), crate::tasks::TaskError>
 where
     W: FnOnce(u32) -> F,
-    F: std::future::Future<Output = Result<(), String>>,
+    F: std::future::Future<Output = Result<(), E>>,
+    E: std::error::Error + Send + Sync + 'static,
 {
     use futures::stream::{self, StreamExt};
     use std::sync::atomic::{AtomicBool, Ordering};
@@ -151,25 +196,32 @@ where
                 }
                 let index = started.fetch_add(1, Ordering::SeqCst) + 1;
                 stage.started(&label, index);
-                let result = work(index).await;
-                match &result {
-                    Ok(()) => stage.finished(&label, index),
-                    Err(e) => {
+                match work(index).await {
+                    Ok(()) => {
+                        stage.finished(&label, index);
+                        Ok(())
+                    }
+                    Err(error) => {
                         stop.store(true, Ordering::SeqCst);
-                        stage.failed(&label, index, e);
+                        stage.failed(&label, index, &error.to_string());
+                        Err(StepFailure {
+                            label,
+                            source: Box::new(error),
+                        })
                     }
                 }
-                result.map_err(|e| format!("{label}: {e}"))
             }
         })
         .collect();
-    let results: Vec<Result<(), String>> = stream::iter(guarded)
+    let results: Vec<Result<(), StepFailure>> = stream::iter(guarded)
         .buffer_unordered(parallel.max(1))
         .collect()
         .await;
-    let errors: Vec<String> = results.into_iter().filter_map(Result::err).collect();
-    if !errors.is_empty() {
-        return Err(crate::tasks::TaskError::Failed(errors.join("\n")));
+    let failures: Vec<StepFailure> = results.into_iter().filter_map(Result::err).collect();
+    if !failures.is_empty() {
+        // A drain interrupted by the cancel fails its step; the task was cancelled.
+        context.checkpoint()?;
+        return Err(crate::tasks::TaskError::failed(StepsFailed { failures }));
     }
     // A cancel skips what had not started; say so rather than finish quietly.
     context.checkpoint()

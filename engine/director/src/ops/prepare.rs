@@ -7,8 +7,9 @@ use std::net::IpAddr;
 
 use serde_json::Value as Json;
 
-use super::catalog::{self, LoadedCatalog, TemplateCache};
+use super::catalog::{self, CatalogError, LoadedCatalog, TemplateCache, TemplateError};
 use crate::blobstore::Blobstore;
+use director_api::ConfigKind;
 use director_core::deploy::{
     ExistingInstance, ObservedInstance, PlanOptions, Prepared, ProvidedLink, Surroundings,
 };
@@ -16,7 +17,7 @@ use director_core::interpolate::{Expectations, Ops, VarSources, evaluate};
 use director_core::manifest::{Documents, ValidatedManifest};
 use director_core::variables::VarsStore;
 use director_core::yaml::{Map, Node, Span};
-use director_state::{Deployment, Instance, State};
+use director_state::{Deployment, Instance, State, StateError};
 
 /// The name under which configs are stored (BOSH's default config name).
 pub const DEFAULT_CONFIG: &str = "default";
@@ -42,23 +43,75 @@ pub struct PreparedDeploy {
     pub generated: Vec<(String, Json)>,
 }
 
-/// Why a deploy cannot be prepared: lines for the user.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{}", .0.join("\n"))]
-pub struct PrepareError(pub Vec<String>);
+/// Why a deploy cannot be prepared. [`PrepareError::is_invalid_input`] tells the problems
+/// of what was sent (the manifest, the configs, what they name) from the director's own
+/// failures.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Problems of the manifest, the configs or what they name: lines for the user, all of
+    /// them.
+    #[error("{}", .problems.join("\n"))]
+    Invalid {
+        /// The problems, each with its place where it has one.
+        problems: Vec<String>,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] Box<StateError>),
+    /// The template sources of jobs could not be read: every failure, one a line.
+    #[error("{}", templates_message(.first, .others))]
+    Templates {
+        /// The first failure.
+        #[source]
+        first: TemplateError,
+        /// The others.
+        others: Vec<TemplateError>,
+    },
+}
 
-impl From<director_state::StateError> for PrepareError {
-    fn from(error: director_state::StateError) -> PrepareError {
-        PrepareError(vec![error.to_string()])
+impl From<StateError> for PrepareError {
+    fn from(error: StateError) -> PrepareError {
+        PrepareError::State(Box::new(error))
     }
 }
 
-fn one(message: impl Into<String>) -> PrepareError {
-    PrepareError(vec![message.into()])
+impl PrepareError {
+    /// Whether the manifest or configs are at fault (an API answers 422), rather than the
+    /// director (500).
+    pub fn is_invalid_input(&self) -> bool {
+        matches!(self, PrepareError::Invalid { .. })
+    }
+
+    fn invalid(message: impl Into<String>) -> PrepareError {
+        PrepareError::Invalid {
+            problems: vec![message.into()],
+        }
+    }
 }
 
-/// Reads the current config of a kind (`cloud`, `runtime`), parsed.
-pub async fn current_config(state: &State, kind: &str) -> Result<Option<Node>, PrepareError> {
+impl From<CatalogError> for PrepareError {
+    fn from(error: CatalogError) -> PrepareError {
+        match error {
+            CatalogError::Missing { problems } => PrepareError::Invalid { problems },
+            CatalogError::State(error) => PrepareError::State(error),
+        }
+    }
+}
+
+fn templates_message(first: &TemplateError, others: &[TemplateError]) -> String {
+    std::iter::once(first)
+        .chain(others)
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn one(message: impl Into<String>) -> PrepareError {
+    PrepareError::invalid(message)
+}
+
+/// Reads the current config of a kind, parsed.
+pub async fn current_config(state: &State, kind: ConfigKind) -> Result<Option<Node>, PrepareError> {
     let Some((id, text)) = state.instances().config(kind, DEFAULT_CONFIG).await? else {
         return Ok(None);
     };
@@ -149,13 +202,13 @@ pub async fn prepare_deploy(
         .map(str::to_string)
         .ok_or_else(|| one("the manifest has no 'name' (expected the deployment's name)"))?;
     let deployment = state.deployments().find(&name).await?;
-    let cloud = current_config(state, "cloud").await?;
+    let cloud = current_config(state, ConfigKind::Cloud).await?;
     if cloud.is_none() {
         return Err(one(
             "the director has no cloud config: set one with `director update-cloud-config FILE`",
         ));
     }
-    let runtime = current_config(state, "runtime").await?;
+    let runtime = current_config(state, ConfigKind::Runtime).await?;
 
     // The director's variables: placeholders the CLI left are looked up in (or generated
     // into) the director's store of this deployment.
@@ -196,21 +249,19 @@ pub async fn prepare_deploy(
         cloud_config: cloud.as_ref(),
         runtime_config: runtime.as_ref(),
     })
-    .map_err(|d| {
-        PrepareError(
-            d.iter()
-                .filter(|d| d.is_error())
-                .map(ToString::to_string)
-                .collect(),
-        )
+    .map_err(|d| PrepareError::Invalid {
+        problems: d
+            .iter()
+            .filter(|d| d.is_error())
+            .map(ToString::to_string)
+            .collect(),
     })?;
     let catalog = catalog::load(
         state,
         &validated.manifest,
         validated.runtime_config.as_ref(),
     )
-    .await
-    .map_err(PrepareError)?;
+    .await?;
 
     let mut surroundings = Surroundings::default();
     let recorded = match &deployment {
@@ -261,8 +312,12 @@ pub async fn prepare_deploy(
             surroundings.external_links.insert(other, links);
         }
     }
-    if !errors.is_empty() {
-        return Err(PrepareError(errors));
+    let mut errors = errors.into_iter();
+    if let Some(first) = errors.next() {
+        return Err(PrepareError::Templates {
+            first,
+            others: errors.collect(),
+        });
     }
     let mut new_uuid = || uuid::Uuid::new_v4().to_string();
     let mut prepared = director_core::deploy::prepare(
@@ -272,7 +327,7 @@ pub async fn prepare_deploy(
         options,
         &mut new_uuid,
     )
-    .map_err(PrepareError)?;
+    .map_err(|problems| PrepareError::Invalid { problems })?;
     let previous_text = match &deployment {
         Some(d) => state
             .deployments()
@@ -296,4 +351,27 @@ pub async fn prepare_deploy(
         instances: recorded.into_iter().map(|i| (i.uuid.clone(), i)).collect(),
         generated,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn manifest_problems_are_invalid_input_and_state_failures_are_not() {
+        let invalid = PrepareError::Invalid {
+            problems: vec!["a".to_string(), "b".to_string()],
+        };
+        assert!(invalid.is_invalid_input());
+        assert_eq!(invalid.to_string(), "a\nb");
+        let missing = PrepareError::from(CatalogError::Missing {
+            problems: vec!["release 'x' is not uploaded".to_string()],
+        });
+        assert!(missing.is_invalid_input());
+        let state = PrepareError::from(StateError::Locked {
+            name: "deployment:x".to_string(),
+            by_task: director_state::TaskId(7),
+        });
+        assert!(!state.is_invalid_input());
+    }
 }

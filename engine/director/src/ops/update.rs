@@ -7,22 +7,198 @@
 //! and the last lines of its stderr.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value as Json, json};
+use tokio_util::sync::CancellationToken;
 
 use super::Services;
-use super::compile::Builds;
+use super::compile::{BuildKey, Builds};
+use super::drain::{AgentTasks, DrainError, DrainKind, DrainLimits, drain, stop_for_delete};
+use super::stemcells::StemcellCids;
 use super::vms::{
-    CreatedVm, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach,
+    CreatedVm, VmError, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach,
 };
-use crate::blobstore::BlobId;
-use crate::tasks::Stage;
+use crate::blobstore::{BlobId, BlobstoreError};
+use crate::tasks::{Stage, TaskContext};
 use agent_protocol::{AgentState, ApplySpec, JobSpec, PackageSpec};
+use director_bus::BusError;
 use director_core::deploy::plan::DiskState;
 use director_core::deploy::{Action, InstancePlan, InstanceWork};
 use director_core::manifest::WatchTime;
-use director_state::{Disk, Instance, InstanceId, NewBlob, Vm};
+use director_core::stemcell::StemcellKey;
+use director_state::{Disk, Instance, InstanceId, NewBlob, StateError, Vm};
+
+/// Why updating, starting, stopping or deleting an instance failed. The instance is named
+/// by the step that reports the error (`web/0 (6f1c…)`).
+#[derive(Debug, thiserror::Error)]
+pub enum UpdateError {
+    /// A package the instance needs has no compiled build for its stemcell.
+    #[error("package '{package}' has no compiled build for {stemcell}")]
+    NoBuild {
+        /// The package.
+        package: String,
+        /// The stemcell's OS and version.
+        stemcell: StemcellKey,
+    },
+    /// A recorded blob id is not one.
+    #[error("{source}")]
+    BlobId {
+        /// Why.
+        source: BlobstoreError,
+    },
+    /// A job's rendered templates could not be archived.
+    #[error("archiving the rendered templates of job '{job}': {source}")]
+    ArchiveRendered {
+        /// The job.
+        job: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// A job's rendered templates could not be stored.
+    #[error("storing the rendered templates of job '{job}': {source}")]
+    StoreRendered {
+        /// The job.
+        job: String,
+        /// Why.
+        source: BlobstoreError,
+    },
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] Box<StateError>),
+    /// An agent task failed or timed out.
+    #[error("{source}")]
+    Agent {
+        /// The agent method (`apply`, `start`, `get_state`).
+        method: &'static str,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// Creating, deleting or attaching to a VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Draining or stopping the jobs failed.
+    #[error(transparent)]
+    Drain(#[from] DrainError),
+    /// The instance's agent does not answer.
+    #[error("{explanation}\n({advice})")]
+    SilentAgent {
+        /// The VM.
+        vm_cid: String,
+        /// What the CPI, the bus and the agent's log say.
+        explanation: String,
+        /// What to do about it.
+        advice: &'static str,
+    },
+    /// The instance has no VM where it needs one.
+    #[error("the instance has no VM")]
+    NoVm {
+        /// The instance (`group/uuid`).
+        instance: String,
+    },
+    /// A lifecycle script failed (`pre-start`, `post-start`).
+    #[error("{script} failed: {source}")]
+    Script {
+        /// The script.
+        script: &'static str,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// The agent's `get_state` answer is not a state.
+    #[error("the agent's state is not readable: {source}")]
+    AgentState {
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The jobs did not reach `running` in the watch time: which job and process, how it
+    /// ended and what it printed last.
+    #[error("{report}")]
+    NotRunning {
+        /// The report ([`not_running`]).
+        report: String,
+    },
+    /// The CPI has not been given the instance's stemcell.
+    #[error("stemcell {stemcell} is not in the CPI")]
+    StemcellNotInCpi {
+        /// The stemcell.
+        stemcell: StemcellKey,
+    },
+    /// The CPI's `create_disk` failed.
+    #[error("creating a {size} MB disk failed: {source}")]
+    CreateDisk {
+        /// The size asked for.
+        size: u64,
+        /// Why.
+        source: cpi::CpiError,
+    },
+    /// The agent could not move a persistent disk's data to a new disk.
+    #[error(
+        "moving the data of disk {old_cid} ({old_size} MB) to disk {new_cid} ({new_size} MB) failed: {source}"
+    )]
+    MigrateDisk {
+        /// The disk in use.
+        old_cid: String,
+        /// Its size.
+        old_size: u64,
+        /// The new disk.
+        new_cid: String,
+        /// Its size.
+        new_size: u64,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// A spec could not be turned into JSON.
+    #[error("{source}")]
+    Json {
+        /// Why.
+        source: serde_json::Error,
+    },
+}
+
+impl From<StateError> for UpdateError {
+    fn from(error: StateError) -> UpdateError {
+        UpdateError::State(Box::new(error))
+    }
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<Json, UpdateError> {
+    serde_json::to_value(value).map_err(|source| UpdateError::Json { source })
+}
+
+fn blob_id(text: &str) -> Result<BlobId, UpdateError> {
+    BlobId::parse(text).map_err(|source| UpdateError::BlobId { source })
+}
+
+/// An agent on the bus, for the drain loop.
+struct BusAgent<'a> {
+    services: &'a Services,
+    agent_id: &'a str,
+}
+
+impl AgentTasks for BusAgent<'_> {
+    fn run_task(
+        &self,
+        method: &'static str,
+        arguments: Vec<Json>,
+    ) -> impl Future<Output = Result<Json, BusError>> + Send {
+        self.services.bus.run_task(
+            self.agent_id,
+            method,
+            arguments,
+            POLL,
+            self.services.timeouts.agent_task,
+        )
+    }
+}
+
+/// The drain deadline: the agent task timeout, as the updater has always bounded drains.
+fn drain_limits(services: &Services, cancellation: CancellationToken) -> DrainLimits {
+    DrainLimits {
+        deadline: services.timeouts.agent_task,
+        cancellation,
+    }
+}
 
 /// How a deploy touches instances.
 #[derive(Clone, Debug, Default)]
@@ -49,12 +225,11 @@ pub struct InstanceUpdate<'a> {
     pub index: u32,
     /// Event task name.
     pub step: String,
-    /// The CPI's ids of the stemcells, by (name, version).
+    /// The CPI's ids of the stemcells, by name and version.
     pub stemcell_cids: &'a StemcellCids,
+    /// The task's cancellation (drains stop waiting when it fires).
+    pub cancellation: CancellationToken,
 }
-
-/// The CPI's ids of stemcells, by (name, version).
-pub type StemcellCids = BTreeMap<(String, String), String>;
 
 const QUICK: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(500);
@@ -82,23 +257,20 @@ pub async fn apply_spec(
     deployment: &str,
     work: &InstanceWork,
     builds: &Builds,
-) -> Result<(ApplySpec, Vec<(String, String)>), String> {
-    let stemcell = &work.spec.stemcell;
+) -> Result<(ApplySpec, Vec<(String, String)>), UpdateError> {
+    let stemcell = StemcellKey::new(&work.spec.stemcell.os, &work.spec.stemcell.version);
     let mut packages = BTreeMap::new();
     for (name, state) in &work.spec.packages {
-        let key = (
-            state.release.clone(),
-            name.clone(),
-            stemcell.os.clone(),
-            stemcell.version.clone(),
-        );
-        let build = builds.get(&key).ok_or_else(|| {
-            format!(
-                "package '{name}' has no compiled build for {}/{}",
-                stemcell.os, stemcell.version
-            )
+        let key = BuildKey {
+            release: state.release.clone(),
+            package: name.clone(),
+            stemcell: stemcell.clone(),
+        };
+        let build = builds.get(&key).ok_or_else(|| UpdateError::NoBuild {
+            package: name.clone(),
+            stemcell: stemcell.clone(),
         })?;
-        let id = BlobId::parse(&build.blob_id).map_err(|e| e.to_string())?;
+        let id = blob_id(&build.blob_id)?;
         packages.insert(
             name.clone(),
             PackageSpec {
@@ -111,23 +283,25 @@ pub async fn apply_spec(
     let mut jobs = Vec::new();
     let mut rendered_blobs = Vec::new();
     for (rendered, job) in work.rendered.iter().zip(&work.spec.jobs) {
-        let bytes = rendered.archive().map_err(|e| {
-            format!(
-                "archiving the rendered templates of job '{}': {e}",
-                job.name
-            )
-        })?;
+        let bytes = rendered
+            .archive()
+            .map_err(|source| UpdateError::ArchiveRendered {
+                job: job.name.clone(),
+                source,
+            })?;
         let stored = services
             .blobstore
             .put_bytes(bytes.into())
             .await
-            .map_err(|e| format!("storing the rendered templates of job '{}': {e}", job.name))?;
+            .map_err(|source| UpdateError::StoreRendered {
+                job: job.name.clone(),
+                source,
+            })?;
         services
             .state
             .blobs()
             .insert(&NewBlob::from(&stored))
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         rendered_blobs.push((job.name.clone(), stored.id.as_str().to_string()));
         jobs.push(JobSpec {
             name: job.name.clone(),
@@ -162,9 +336,9 @@ impl InstanceUpdate<'_> {
     async fn agent_task(
         &self,
         agent_id: &str,
-        method: &str,
+        method: &'static str,
         arguments: Vec<Json>,
-    ) -> Result<Json, String> {
+    ) -> Result<Json, BusError> {
         self.services
             .bus
             .run_task(
@@ -175,7 +349,20 @@ impl InstanceUpdate<'_> {
                 self.services.timeouts.agent_task,
             )
             .await
-            .map_err(|e| e.to_string())
+    }
+
+    async fn agent_call(
+        &self,
+        agent_id: &str,
+        method: &'static str,
+        arguments: Vec<Json>,
+    ) -> Result<Json, UpdateError> {
+        self.agent_task(agent_id, method, arguments)
+            .await
+            .map_err(|source| UpdateError::Agent {
+                method,
+                source: Box::new(source),
+            })
     }
 
     async fn answers(&self, agent_id: &str) -> bool {
@@ -187,33 +374,30 @@ impl InstanceUpdate<'_> {
     }
 
     /// Drain (unless skipped) and stop the jobs of a running VM.
+    /// (A drain still running at its deadline fails the update.)
     pub async fn drain_and_stop(
         &self,
         vm: &Vm,
-        kind: &str,
+        kind: DrainKind,
         next: Option<&ApplySpec>,
-    ) -> Result<(), String> {
+    ) -> Result<(), UpdateError> {
+        let agent = BusAgent {
+            services: self.services,
+            agent_id: &vm.agent_id,
+        };
         if !self.options.skip_drain {
             self.status("executing drain");
-            let mut args = vec![Json::from(kind)];
-            if let Some(next) = next {
-                args.push(serde_json::to_value(next).map_err(|e| e.to_string())?);
-            }
-            let mut wait = self.agent_task(&vm.agent_id, "drain", args).await?;
-            // Negative: dynamic drain, ask again after that many seconds.
-            let started = Instant::now();
-            while let Some(seconds) = wait.as_i64().filter(|s| *s < 0) {
-                if started.elapsed() > self.services.timeouts.agent_task {
-                    return Err("the drain script did not finish".to_string());
-                }
-                tokio::time::sleep(Duration::from_secs(seconds.unsigned_abs())).await;
-                wait = self
-                    .agent_task(&vm.agent_id, "drain", vec![Json::from("status")])
-                    .await?;
-            }
+            let next = match next {
+                Some(next) => Some(
+                    serde_json::to_value(next).map_err(|source| DrainError::NextSpec { source })?,
+                ),
+                None => None,
+            };
+            let limits = drain_limits(self.services, self.cancellation.clone());
+            drain(&agent, kind, next, &limits).await?;
         }
         self.status("stopping jobs");
-        self.agent_task(&vm.agent_id, "stop", vec![]).await?;
+        self.agent_call(&vm.agent_id, "stop", vec![]).await?;
         Ok(())
     }
 
@@ -223,7 +407,7 @@ impl InstanceUpdate<'_> {
         instance: &Instance,
         work: &InstanceWork,
         alive: bool,
-    ) -> Result<CreatedVm, String> {
+    ) -> Result<CreatedVm, UpdateError> {
         let state = self.services.state.instances();
         if let Some(vm) = &instance.vm {
             self.status("deleting VM");
@@ -231,10 +415,7 @@ impl InstanceUpdate<'_> {
                 unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &disk.cid, alive).await?;
             }
             delete_vm(self.services, &vm.cid, &vm.agent_id).await?;
-            state
-                .clear_vm(instance.id)
-                .await
-                .map_err(|e| e.to_string())?;
+            state.clear_vm(instance.id).await?;
         }
         self.status("creating VM");
         let created = create_vm(
@@ -265,20 +446,17 @@ impl InstanceUpdate<'_> {
         instance: &Instance,
         work: &InstanceWork,
         vm: &CreatedVm,
-    ) -> Result<(), String> {
+    ) -> Result<(), UpdateError> {
         let state = self.services.state.instances();
         match (&instance.disk, &work.spec.persistent_disk) {
             (None, Some(wanted)) => {
                 let cid = self.create_disk(instance, wanted, vm, true).await?;
-                attach_and_mount(self.services, &vm.cid, &vm.agent_id, &cid).await
+                Ok(attach_and_mount(self.services, &vm.cid, &vm.agent_id, &cid).await?)
             }
             (Some(disk), None) => {
                 self.status("detaching disk");
                 unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &disk.cid, true).await?;
-                state
-                    .orphan_disk(&disk.cid)
-                    .await
-                    .map_err(|e| e.to_string())
+                Ok(state.orphan_disk(&disk.cid).await?)
             }
             (Some(disk), Some(wanted))
                 if disk.size != wanted.size || disk.cloud_properties != wanted.cloud_properties =>
@@ -297,7 +475,7 @@ impl InstanceUpdate<'_> {
         wanted: &DiskState,
         vm: &CreatedVm,
         active: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, UpdateError> {
         self.status("creating disk");
         let (size, properties, vm_cid) =
             (wanted.size, wanted.cloud_properties.clone(), vm.cid.clone());
@@ -305,13 +483,12 @@ impl InstanceUpdate<'_> {
             .services
             .cpi_call(move |cpi| cpi.create_disk(size, &properties, Some(&vm_cid)))
             .await
-            .map_err(|e| format!("creating a {size} MB disk failed: {e}"))?;
+            .map_err(|source| UpdateError::CreateDisk { size, source })?;
         self.services
             .state
             .instances()
             .add_disk(instance.id, &cid, size, &wanted.cloud_properties, active)
-            .await
-            .map_err(|e| e.to_string())?;
+            .await?;
         Ok(cid)
     }
 
@@ -326,7 +503,7 @@ impl InstanceUpdate<'_> {
         old: &Disk,
         wanted: &DiskState,
         vm: &CreatedVm,
-    ) -> Result<(), String> {
+    ) -> Result<(), UpdateError> {
         let state = self.services.state.instances();
         orphan_inactive_disks(self.services, instance, Some(vm)).await?;
         let cid = self.create_disk(instance, wanted, vm, false).await?;
@@ -336,18 +513,23 @@ impl InstanceUpdate<'_> {
             self.services
                 .cpi_call(move |cpi| cpi.attach_disk(&vm_cid, &new_cid))
                 .await
-                .map_err(|e| format!("attaching disk {cid} to VM {} failed: {e}", vm.cid))?;
+                .map_err(|source| VmError::AttachDisk {
+                    disk_cid: cid.clone(),
+                    vm_cid: vm.cid.clone(),
+                    source,
+                })?;
             self.agent_task(
                 &vm.agent_id,
                 "migrate_disk",
                 vec![Json::from(old.cid.as_str()), Json::from(cid.as_str())],
             )
             .await
-            .map_err(|e| {
-                format!(
-                    "moving the data of disk {} ({} MB) to disk {cid} ({} MB) failed: {e}",
-                    old.cid, old.size, wanted.size
-                )
+            .map_err(|source| UpdateError::MigrateDisk {
+                old_cid: old.cid.clone(),
+                old_size: old.size,
+                new_cid: cid.clone(),
+                new_size: wanted.size,
+                source: Box::new(source),
             })
         }
         .await;
@@ -357,11 +539,8 @@ impl InstanceUpdate<'_> {
             let _ = state.orphan_disk(&cid).await;
             return Err(e);
         }
-        state
-            .activate_disk(instance.id, &cid)
-            .await
-            .map_err(|e| e.to_string())?;
-        unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &old.cid, false).await
+        state.activate_disk(instance.id, &cid).await?;
+        Ok(unmount_and_detach(self.services, &vm.cid, &vm.agent_id, &old.cid, false).await?)
     }
 
     /// Updates one instance as planned.
@@ -371,12 +550,9 @@ impl InstanceUpdate<'_> {
         work: &InstanceWork,
         instance: &Instance,
         watch: WatchTime,
-    ) -> Result<(), String> {
+    ) -> Result<(), UpdateError> {
         let state = self.services.state.instances();
-        state
-            .set_update_completed(instance.id, false)
-            .await
-            .map_err(|e| e.to_string())?;
+        state.set_update_completed(instance.id, false).await?;
         let (spec, rendered_blobs) =
             apply_spec(self.services, self.deployment, work, self.builds).await?;
         let alive = match &instance.vm {
@@ -395,9 +571,11 @@ impl InstanceUpdate<'_> {
                     QUICK,
                 )
                 .await;
-                return Err(format!(
-                    "{explained}\n(deploy with --fix to recreate instances whose agents do not answer)"
-                ));
+                return Err(UpdateError::SilentAgent {
+                    vm_cid: cid,
+                    explanation: explained,
+                    advice: "deploy with --fix to recreate instances whose agents do not answer",
+                });
             }
             recreate = true;
         }
@@ -410,16 +588,18 @@ impl InstanceUpdate<'_> {
                 (had, wants) => had.is_some() != wants.is_some(),
             };
             let kind = if recreate || disk_changes {
-                "shutdown"
+                DrainKind::Shutdown
             } else {
-                "update"
+                DrainKind::Update
             };
             self.drain_and_stop(vm, kind, Some(&spec)).await?;
         }
         let vm = if recreate {
             self.recreate_vm(instance, work, alive).await?
         } else {
-            let vm = instance.vm.as_ref().ok_or("the instance has no VM")?;
+            let vm = instance.vm.as_ref().ok_or_else(|| UpdateError::NoVm {
+                instance: format!("{}/{}", instance.instance_group, instance.uuid),
+            })?;
             CreatedVm {
                 cid: vm.cid.clone(),
                 agent_id: vm.agent_id.clone(),
@@ -428,52 +608,42 @@ impl InstanceUpdate<'_> {
         };
         self.converge_disk(instance, work, &vm).await?;
         self.status("installing packages and configuring jobs");
-        self.agent_task(
-            &vm.agent_id,
-            "apply",
-            vec![serde_json::to_value(&spec).map_err(|e| e.to_string())?],
-        )
-        .await?;
-        state
-            .set_rendered(instance.id, &rendered_blobs)
-            .await
-            .map_err(|e| e.to_string())?;
+        self.agent_call(&vm.agent_id, "apply", vec![to_json(&spec)?])
+            .await?;
+        state.set_rendered(instance.id, &rendered_blobs).await?;
         if instance.state == "started" {
             self.start(&vm.agent_id, watch).await?;
         }
-        state
+        Ok(state
             .set_observed(instance.id, &observed_document(work, &spec)?, true)
-            .await
-            .map_err(|e| e.to_string())
+            .await?)
     }
 
     /// pre-start, start, wait until running, post-start.
-    pub async fn start(&self, agent_id: &str, watch: WatchTime) -> Result<(), String> {
+    pub async fn start(&self, agent_id: &str, watch: WatchTime) -> Result<(), UpdateError> {
         self.status("executing pre-start");
-        self.agent_task(
-            agent_id,
-            "run_script",
-            vec![Json::from("pre-start"), json!({})],
-        )
-        .await
-        .map_err(|e| format!("pre-start failed: {e}"))?;
+        self.run_script(agent_id, "pre-start").await?;
         self.status("starting jobs");
-        self.agent_task(agent_id, "start", vec![]).await?;
+        self.agent_call(agent_id, "start", vec![]).await?;
         self.status("waiting until running");
         self.watch(agent_id, watch).await?;
         self.status("executing post-start");
-        self.agent_task(
-            agent_id,
-            "run_script",
-            vec![Json::from("post-start"), json!({})],
-        )
-        .await
-        .map_err(|e| format!("post-start failed: {e}"))?;
+        self.run_script(agent_id, "post-start").await?;
+        Ok(())
+    }
+
+    async fn run_script(&self, agent_id: &str, script: &'static str) -> Result<(), UpdateError> {
+        self.agent_task(agent_id, "run_script", vec![Json::from(script), json!({})])
+            .await
+            .map_err(|source| UpdateError::Script {
+                script,
+                source: Box::new(source),
+            })?;
         Ok(())
     }
 
     /// Waits until every process runs: first after `min_ms`, then polling until `max_ms`.
-    async fn watch(&self, agent_id: &str, watch: WatchTime) -> Result<(), String> {
+    async fn watch(&self, agent_id: &str, watch: WatchTime) -> Result<(), UpdateError> {
         let started = Instant::now();
         tokio::time::sleep(Duration::from_millis(watch.min_ms.min(watch.max_ms))).await;
         let deadline = Duration::from_millis(watch.max_ms.max(watch.min_ms));
@@ -483,14 +653,19 @@ impl InstanceUpdate<'_> {
                 .bus
                 .request(agent_id, "get_state", vec![], QUICK)
                 .await
-                .map_err(|e| e.to_string())?;
+                .map_err(|source| UpdateError::Agent {
+                    method: "get_state",
+                    source: Box::new(source),
+                })?;
             let state: AgentState = serde_json::from_value(answer)
-                .map_err(|e| format!("the agent's state is not readable: {e}"))?;
+                .map_err(|source| UpdateError::AgentState { source })?;
             if state.job_state == "running" {
                 return Ok(());
             }
             if started.elapsed() >= deadline {
-                return Err(not_running(&state, started.elapsed()));
+                return Err(UpdateError::NotRunning {
+                    report: not_running(&state, started.elapsed()),
+                });
             }
             tokio::time::sleep(Duration::from_secs(1).min(deadline - started.elapsed())).await;
         }
@@ -499,9 +674,9 @@ impl InstanceUpdate<'_> {
 
 /// What is recorded as applied: the compared spec, and the apply spec (blob ids; URLs are
 /// signed again whenever it is used).
-pub fn observed_document(work: &InstanceWork, apply: &ApplySpec) -> Result<Json, String> {
-    let mut observed = serde_json::to_value(&work.spec).map_err(|e| e.to_string())?;
-    observed["apply"] = serde_json::to_value(apply).map_err(|e| e.to_string())?;
+pub fn observed_document(work: &InstanceWork, apply: &ApplySpec) -> Result<Json, UpdateError> {
+    let mut observed = to_json(&work.spec)?;
+    observed["apply"] = to_json(apply)?;
     Ok(observed)
 }
 
@@ -565,16 +740,12 @@ pub fn not_running(state: &AgentState, waited: Duration) -> String {
     lines.join("\n")
 }
 
-fn stemcell_cid(work: &InstanceWork, cids: &StemcellCids) -> Result<String, String> {
-    let stemcell = &work.spec.stemcell;
-    cids.get(&(stemcell.name.clone(), stemcell.version.clone()))
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "stemcell {}/{} is not in the CPI",
-                stemcell.name, stemcell.version
-            )
-        })
+fn stemcell_cid(work: &InstanceWork, cids: &StemcellCids) -> Result<String, UpdateError> {
+    let stemcell = StemcellKey::new(&work.spec.stemcell.name, &work.spec.stemcell.version);
+    match cids.get(&stemcell) {
+        Some(cid) => Ok(cid.clone()),
+        None => Err(UpdateError::StemcellNotInCpi { stemcell }),
+    }
 }
 
 /// Records a new VM of an instance.
@@ -582,7 +753,7 @@ pub async fn record_vm(
     services: &Services,
     instance: InstanceId,
     vm: &CreatedVm,
-) -> Result<(), String> {
+) -> Result<(), StateError> {
     services
         .state
         .instances()
@@ -596,7 +767,6 @@ pub async fn record_vm(
             },
         )
         .await
-        .map_err(|e| e.to_string())
 }
 
 /// Creates the VM of a new instance (before its group is updated).
@@ -607,7 +777,7 @@ pub async fn create_missing_vm(
     work: &InstanceWork,
     instance: &Instance,
     cids: &StemcellCids,
-) -> Result<(), String> {
+) -> Result<(), UpdateError> {
     let created = create_vm(
         services,
         &VmRequest {
@@ -621,16 +791,18 @@ pub async fn create_missing_vm(
         },
     )
     .await?;
-    record_vm(services, instance.id, &created).await
+    Ok(record_vm(services, instance.id, &created).await?)
 }
 
 /// Deletes an instance: drain and stop it, delete its VM, orphan its disk, drop its record
-/// and addresses.
+/// and addresses. A drain still running at its deadline is a warning of the task: the jobs
+/// are stopped anyway, as BOSH does.
 pub async fn delete_instance(
     services: &Services,
+    context: &TaskContext,
     instance: &Instance,
     skip_drain: bool,
-) -> Result<(), String> {
+) -> Result<(), UpdateError> {
     let state = services.state.instances();
     if let Some(vm) = &instance.vm {
         let alive = services
@@ -639,45 +811,28 @@ pub async fn delete_instance(
             .await
             .is_ok();
         if alive {
-            let run = |method: &'static str, args: Vec<Json>| {
-                services.bus.run_task(
-                    &vm.agent_id,
-                    method,
-                    args,
-                    POLL,
-                    services.timeouts.agent_task,
-                )
+            let agent = BusAgent {
+                services,
+                agent_id: &vm.agent_id,
             };
-            if !skip_drain {
-                let mut wait = run("drain", vec![Json::from("shutdown")])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                while let Some(seconds) = wait.as_i64().filter(|s| *s < 0) {
-                    tokio::time::sleep(Duration::from_secs(seconds.unsigned_abs())).await;
-                    wait = run("drain", vec![Json::from("status")])
-                        .await
-                        .map_err(|e| e.to_string())?;
-                }
+            let limits = drain_limits(services, context.cancellation());
+            if let Some(warning) = stop_for_delete(&agent, skip_drain, &limits).await? {
+                context
+                    .log
+                    .warning(format!("{}: {warning}", instance.label()));
             }
-            run("stop", vec![]).await.map_err(|e| e.to_string())?;
         }
         if let Some(disk) = &instance.disk {
             unmount_and_detach(services, &vm.cid, &vm.agent_id, &disk.cid, alive).await?;
         }
         delete_vm(services, &vm.cid, &vm.agent_id).await?;
-        state
-            .clear_vm(instance.id)
-            .await
-            .map_err(|e| e.to_string())?;
+        state.clear_vm(instance.id).await?;
     }
     if let Some(disk) = &instance.disk {
-        state
-            .orphan_disk(&disk.cid)
-            .await
-            .map_err(|e| e.to_string())?;
+        state.orphan_disk(&disk.cid).await?;
     }
     orphan_inactive_disks(services, instance, None).await?;
-    state.delete(instance.id).await.map_err(|e| e.to_string())
+    Ok(state.delete(instance.id).await?)
 }
 
 /// Orphans the disks recorded for an instance that it does not use (what an interrupted
@@ -686,20 +841,14 @@ async fn orphan_inactive_disks(
     services: &Services,
     instance: &Instance,
     vm: Option<&CreatedVm>,
-) -> Result<(), String> {
+) -> Result<(), UpdateError> {
     let state = services.state.instances();
-    let leftovers = state
-        .inactive_disks(instance.id)
-        .await
-        .map_err(|e| e.to_string())?;
+    let leftovers = state.inactive_disks(instance.id).await?;
     for disk in leftovers {
         if let Some(vm) = vm {
             unmount_and_detach(services, &vm.cid, &vm.agent_id, &disk.cid, false).await?;
         }
-        state
-            .orphan_disk(&disk.cid)
-            .await
-            .map_err(|e| e.to_string())?;
+        state.orphan_disk(&disk.cid).await?;
     }
     Ok(())
 }

@@ -8,19 +8,226 @@ use std::path::Path;
 use futures::future::join_all;
 use serde_json::{Value as Json, json};
 
-use super::Services;
+use super::drain::DrainKind;
+use super::stemcells::{StemcellCids, uploaded_stemcell_cids};
 use super::update::{
-    InstanceUpdate, StemcellCids, UpdateOptions, delete_instance, record_vm, recorded_apply_spec,
+    InstanceUpdate, UpdateError, UpdateOptions, delete_instance, record_vm, recorded_apply_spec,
 };
-use super::vms::{VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach};
-use crate::tasks::{TaskContext, TaskError};
+use super::vms::{VmError, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach};
+use super::{Services, StepFailure, StepsFailed};
+use crate::tasks::{LockKey, TaskContext, TaskError};
 use agent_protocol::{ErrandResult, UploadedBlob};
+use director_api::StateChange;
+use director_bus::BusError;
 use director_core::deploy::InstanceSpec;
 use director_core::manifest::{Documents, Lifecycle, WatchTime};
-use director_state::{Deployment, Instance, NewEvent};
+use director_core::stemcell::StemcellKey;
+use director_state::{Deployment, Instance, NewEvent, StateError};
 
-fn failed(message: impl Into<String>) -> TaskError {
-    TaskError::Failed(message.into())
+/// Why a day-to-day verb failed. Per-instance errors are named by their instance
+/// ([`VerbError::Instance`]).
+#[derive(Debug, thiserror::Error)]
+pub enum VerbError {
+    /// The deployment is not recorded.
+    #[error("deployment '{deployment}' not found")]
+    DeploymentNotFound {
+        /// The deployment.
+        deployment: String,
+    },
+    /// The target names no instance.
+    #[error(
+        "no instance of deployment '{deployment}' matches {target:?} (expected GROUP or GROUP/ID or GROUP/INDEX)"
+    )]
+    NoInstanceMatches {
+        /// The deployment.
+        deployment: String,
+        /// The target as given.
+        target: String,
+    },
+    /// The target names no instance that has a VM.
+    #[error(
+        "no instance of deployment '{deployment}' with a VM matches {target:?} (expected GROUP, GROUP/ID or GROUP/INDEX; errands have no VM between runs)"
+    )]
+    NoInstanceWithVmMatches {
+        /// The deployment.
+        deployment: String,
+        /// The target as given.
+        target: String,
+    },
+    /// One instance failed.
+    #[error("{instance}: {source}")]
+    Instance {
+        /// The instance (`web/0 (6f1c…)`).
+        instance: String,
+        /// Why.
+        source: Box<VerbError>,
+    },
+    /// An instance to start or restart has no VM.
+    #[error("the instance has no VM (deploy again, or recreate it)")]
+    NoVmToStart {
+        /// The instance.
+        instance: String,
+    },
+    /// An instance to recreate has no VM.
+    #[error("the instance has no VM")]
+    NoVm {
+        /// The instance.
+        instance: String,
+    },
+    /// Nothing was applied to the instance yet.
+    #[error("nothing was applied to the instance yet: deploy it")]
+    NothingApplied {
+        /// The instance.
+        instance: String,
+    },
+    /// The instance's stemcell was deleted.
+    #[error("stemcell {stemcell} is not uploaded any more")]
+    StemcellGone {
+        /// The stemcell.
+        stemcell: StemcellKey,
+    },
+    /// The deployment has no such errand.
+    #[error(
+        "deployment '{deployment}' has no errand '{errand}' (errands: {})",
+        if errands.is_empty() { "none".to_string() } else { errands.join(", ") }
+    )]
+    NoErrand {
+        /// The deployment.
+        deployment: String,
+        /// The errand asked for.
+        errand: String,
+        /// The errands it has.
+        errands: Vec<String>,
+    },
+    /// An errand could not run on one of its instances.
+    #[error("errand '{errand}' could not run on {instance}: {source}")]
+    Errand {
+        /// The errand.
+        errand: String,
+        /// The instance.
+        instance: String,
+        /// Why.
+        source: Box<VerbError>,
+    },
+    /// The errand's instance was never deployed.
+    #[error("the errand was not deployed yet: deploy first")]
+    ErrandNotDeployed {
+        /// The instance.
+        instance: String,
+    },
+    /// The errand's stemcell was deleted.
+    #[error("its stemcell is not uploaded any more")]
+    ErrandStemcellGone {
+        /// The stemcell.
+        stemcell: StemcellKey,
+    },
+    /// The agent's `run_errand` answer is not a result.
+    #[error("the agent's answer to run_errand is not a result: {source}")]
+    NotAnErrandResult {
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// The agent's `fetch_logs` answer is not a blob.
+    #[error("the agent's answer is not a blob: {source}")]
+    NotABlob {
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// Fetching the logs of some instances failed.
+    #[error("fetching logs failed:\n{source}")]
+    FetchLogs {
+        /// Every instance that failed.
+        source: StepsFailed,
+    },
+    /// An instance could not be deleted cleanly.
+    #[error(
+        "{instance}: {source}\n(delete with --force to go on past instances that cannot be deleted cleanly)"
+    )]
+    Delete {
+        /// The instance.
+        instance: String,
+        /// Why.
+        source: Box<UpdateError>,
+    },
+    /// The disk is not an orphaned disk.
+    #[error(
+        "disk '{disk_cid}' is not an orphaned disk (see `director orphaned-disks`; a disk an \
+         instance uses is orphaned first, by scaling down or deleting its deployment)"
+    )]
+    NotOrphaned {
+        /// The disk.
+        disk_cid: String,
+    },
+    /// The CPI's `delete_disk` failed.
+    #[error("the CPI could not delete disk {disk_cid}: {source}")]
+    DeleteDisk {
+        /// The disk.
+        disk_cid: String,
+        /// Why.
+        source: cpi::CpiError,
+    },
+    /// An agent task failed.
+    #[error("{source}")]
+    Agent {
+        /// The agent method.
+        method: &'static str,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// A spec could not be turned into JSON.
+    #[error("{source}")]
+    Json {
+        /// Why.
+        source: serde_json::Error,
+    },
+    /// Updating, starting or stopping the instance failed.
+    #[error(transparent)]
+    Update(#[from] UpdateError),
+    /// Making or deleting a VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// The state database failed.
+    #[error(transparent)]
+    State(#[from] Box<StateError>),
+}
+
+impl From<StateError> for VerbError {
+    fn from(error: StateError) -> VerbError {
+        VerbError::State(Box::new(error))
+    }
+}
+
+impl From<VerbError> for TaskError {
+    fn from(error: VerbError) -> TaskError {
+        TaskError::failed(error)
+    }
+}
+
+/// Runs agent task `method` on `agent_id`.
+async fn agent_task(
+    services: &Services,
+    agent_id: &str,
+    method: &'static str,
+    arguments: Vec<Json>,
+) -> Result<Json, VerbError> {
+    services
+        .bus
+        .run_task(
+            agent_id,
+            method,
+            arguments,
+            std::time::Duration::from_millis(500),
+            services.timeouts.agent_task,
+        )
+        .await
+        .map_err(|source| VerbError::Agent {
+            method,
+            source: Box::new(source),
+        })
+}
+
+fn instance_name(instance: &Instance) -> String {
+    format!("{}/{}", instance.instance_group, instance.uuid)
 }
 
 const DEFAULT_WATCH: WatchTime = WatchTime {
@@ -41,7 +248,9 @@ async fn deployed(services: &Services, name: &str) -> Result<Deployed, TaskError
         .deployments()
         .find(name)
         .await?
-        .ok_or_else(|| failed(format!("deployment '{name}' not found")))?;
+        .ok_or_else(|| VerbError::DeploymentNotFound {
+            deployment: name.to_string(),
+        })?;
     let text = services
         .state
         .deployments()
@@ -107,33 +316,17 @@ impl Deployed {
     }
 }
 
-async fn stemcell_cids(services: &Services) -> Result<StemcellCids, TaskError> {
-    Ok(services
-        .state
-        .stemcells()
-        .list()
-        .await?
-        .into_iter()
-        .map(|s| ((s.name, s.version), s.cid))
-        .collect())
-}
-
 /// `start`, `stop`, `restart` or `recreate` (`state`) the targeted instances, one at a time.
 pub async fn change_state(
     services: &Services,
     context: &TaskContext,
     name: &str,
-    state: &str,
+    state: StateChange,
     target: Option<&str>,
     skip_drain: bool,
     _staging: &Path,
 ) -> Result<String, TaskError> {
-    context
-        .lock(
-            &format!("deployment:{name}"),
-            &format!("deployment '{name}'"),
-        )
-        .await?;
+    context.lock(&LockKey::Deployment(name.to_string())).await?;
     let deployed = deployed(services, name).await?;
     let instances: Vec<Instance> = deployed
         .instances(services, |i| {
@@ -141,22 +334,23 @@ pub async fn change_state(
         })
         .await?;
     if instances.is_empty() {
-        return Err(failed(format!(
-            "no instance of deployment '{name}' matches {:?} (expected GROUP or GROUP/ID or GROUP/INDEX)",
-            target.unwrap_or("")
-        )));
+        return Err(VerbError::NoInstanceMatches {
+            deployment: name.to_string(),
+            target: target.unwrap_or("").to_string(),
+        }
+        .into());
     }
-    let cids = stemcell_cids(services).await?;
+    let cids = uploaded_stemcell_cids(services).await?;
     let builds = BTreeMap::new();
     let options = UpdateOptions {
         skip_drain,
         fix: false,
     };
     let verb = match state {
-        "started" => "Starting instance",
-        "stopped" => "Stopping instance",
-        "restart" => "Restarting instance",
-        _ => "Recreating instance",
+        StateChange::Start => "Starting instance",
+        StateChange::Stop => "Stopping instance",
+        StateChange::Restart => "Restarting instance",
+        StateChange::Recreate => "Recreating instance",
     };
     let stage = context.log.stage(verb, vec![], instances.len() as u32);
     for (n, instance) in instances.iter().enumerate() {
@@ -173,6 +367,7 @@ pub async fn change_state(
             index,
             step: step.clone(),
             stemcell_cids: &cids,
+            cancellation: context.cancellation(),
         };
         let watch = deployed
             .watch
@@ -180,11 +375,15 @@ pub async fn change_state(
             .copied()
             .unwrap_or(DEFAULT_WATCH);
         let result = one(services, &update, instance, state, watch).await;
-        match &result {
+        match result {
             Ok(()) => stage.finished(&step, index),
             Err(e) => {
-                stage.failed(&step, index, e);
-                return Err(failed(format!("{step}: {e}")));
+                stage.failed(&step, index, &e.to_string());
+                return Err(VerbError::Instance {
+                    instance: step,
+                    source: Box::new(e),
+                }
+                .into());
             }
         }
     }
@@ -194,9 +393,10 @@ pub async fn change_state(
         .insert(&NewEvent {
             user: "admin".to_string(),
             action: match state {
-                "started" => "start",
-                "stopped" => "stop",
-                other => other,
+                StateChange::Start => "start",
+                StateChange::Stop => "stop",
+                StateChange::Restart => "restart",
+                StateChange::Recreate => "recreate",
             }
             .to_string(),
             object_type: "instance".to_string(),
@@ -218,18 +418,19 @@ async fn one(
     services: &Services,
     update: &InstanceUpdate<'_>,
     instance: &Instance,
-    state: &str,
+    state: StateChange,
     watch: WatchTime,
-) -> Result<(), String> {
+) -> Result<(), VerbError> {
     let rows = services.state.instances();
     let Some(vm) = &instance.vm else {
-        if state == "stopped" {
-            return rows
+        if state == StateChange::Stop {
+            return Ok(rows
                 .set_state(instance.id, "stopped", instance.bootstrap)
-                .await
-                .map_err(|e| e.to_string());
+                .await?);
         }
-        return Err("the instance has no VM (deploy again, or recreate it)".to_string());
+        return Err(VerbError::NoVmToStart {
+            instance: instance_name(instance),
+        });
     };
     let alive = services
         .bus
@@ -242,15 +443,15 @@ async fn one(
         .await
         .is_ok();
     match state {
-        "stopped" => {
+        StateChange::Stop => {
             if alive {
-                update.drain_and_stop(vm, "shutdown", None).await?;
+                update.drain_and_stop(vm, DrainKind::Shutdown, None).await?;
             }
-            rows.set_state(instance.id, "stopped", instance.bootstrap)
-                .await
-                .map_err(|e| e.to_string())
+            Ok(rows
+                .set_state(instance.id, "stopped", instance.bootstrap)
+                .await?)
         }
-        "started" | "restart" => {
+        StateChange::Start | StateChange::Restart => {
             if !alive {
                 let explained = super::vms::explain_silent_agent(
                     services,
@@ -260,19 +461,22 @@ async fn one(
                     std::time::Duration::from_secs(10),
                 )
                 .await;
-                return Err(format!(
-                    "{explained}\n(recreate the instance to replace its VM)"
-                ));
+                return Err(UpdateError::SilentAgent {
+                    vm_cid: vm.cid.clone(),
+                    explanation: explained,
+                    advice: "recreate the instance to replace its VM",
+                }
+                .into());
             }
-            if state == "restart" {
-                update.drain_and_stop(vm, "update", None).await?;
+            if state == StateChange::Restart {
+                update.drain_and_stop(vm, DrainKind::Update, None).await?;
             }
             update.start(&vm.agent_id, watch).await?;
-            rows.set_state(instance.id, "started", instance.bootstrap)
-                .await
-                .map_err(|e| e.to_string())
+            Ok(rows
+                .set_state(instance.id, "started", instance.bootstrap)
+                .await?)
         }
-        _ => recreate(services, update, instance, alive, watch).await,
+        StateChange::Recreate => recreate(services, update, instance, alive, watch).await,
     }
 }
 
@@ -282,38 +486,32 @@ async fn recreate(
     instance: &Instance,
     alive: bool,
     watch: WatchTime,
-) -> Result<(), String> {
-    let vm = instance.vm.as_ref().ok_or("the instance has no VM")?;
+) -> Result<(), VerbError> {
+    let vm = instance.vm.as_ref().ok_or_else(|| VerbError::NoVm {
+        instance: instance_name(instance),
+    })?;
+    let nothing_applied = || VerbError::NothingApplied {
+        instance: instance_name(instance),
+    };
     let spec: InstanceSpec = instance
         .observed
         .clone()
         .and_then(|o| serde_json::from_value(o).ok())
-        .ok_or("nothing was applied to the instance yet: deploy it")?;
-    let apply = recorded_apply_spec(services, instance)
-        .ok_or("nothing was applied to the instance yet: deploy it")?;
+        .ok_or_else(nothing_applied)?;
+    let apply = recorded_apply_spec(services, instance).ok_or_else(nothing_applied)?;
     if alive {
-        update.drain_and_stop(vm, "shutdown", None).await?;
+        update.drain_and_stop(vm, DrainKind::Shutdown, None).await?;
     }
     if let Some(disk) = &instance.disk {
         unmount_and_detach(services, &vm.cid, &vm.agent_id, &disk.cid, alive).await?;
     }
     delete_vm(services, &vm.cid, &vm.agent_id).await?;
-    services
-        .state
-        .instances()
-        .clear_vm(instance.id)
-        .await
-        .map_err(|e| e.to_string())?;
-    let stemcell_cid = update
-        .stemcell_cids
-        .get(&(spec.stemcell.name.clone(), spec.stemcell.version.clone()))
-        .cloned()
-        .ok_or_else(|| {
-            format!(
-                "stemcell {}/{} is not uploaded any more",
-                spec.stemcell.name, spec.stemcell.version
-            )
-        })?;
+    services.state.instances().clear_vm(instance.id).await?;
+    let stemcell = StemcellKey::new(&spec.stemcell.name, &spec.stemcell.version);
+    let stemcell_cid = match update.stemcell_cids.get(&stemcell) {
+        Some(cid) => cid.clone(),
+        None => return Err(VerbError::StemcellGone { stemcell }),
+    };
     let created = create_vm(
         services,
         &VmRequest {
@@ -331,21 +529,15 @@ async fn recreate(
     if let Some(disk) = &instance.disk {
         attach_and_mount(services, &created.cid, &created.agent_id, &disk.cid).await?;
     }
-    services
-        .bus
-        .run_task(
-            &created.agent_id,
-            "apply",
-            vec![serde_json::to_value(&apply).map_err(|e| e.to_string())?],
-            std::time::Duration::from_millis(500),
-            services.timeouts.agent_task,
-        )
-        .await
-        .map_err(|e| e.to_string())?;
+    agent_task(services, &created.agent_id, "apply", vec![to_json(&apply)?]).await?;
     if instance.state == "started" {
         update.start(&created.agent_id, watch).await?;
     }
     Ok(())
+}
+
+fn to_json(value: &impl serde::Serialize) -> Result<Json, VerbError> {
+    serde_json::to_value(value).map_err(|source| VerbError::Json { source })
 }
 
 /// Runs errand `errand`: for each instance of that errand group, a VM is made, the errand's
@@ -357,27 +549,20 @@ pub async fn run_errand(
     errand: &str,
     _staging: &Path,
 ) -> Result<String, TaskError> {
-    context
-        .lock(
-            &format!("deployment:{name}"),
-            &format!("deployment '{name}'"),
-        )
-        .await?;
+    context.lock(&LockKey::Deployment(name.to_string())).await?;
     let deployed = deployed(services, name).await?;
     if !deployed.errands.contains(&errand.to_string()) {
-        return Err(failed(format!(
-            "deployment '{name}' has no errand '{errand}' (errands: {})",
-            if deployed.errands.is_empty() {
-                "none".to_string()
-            } else {
-                deployed.errands.join(", ")
-            }
-        )));
+        return Err(VerbError::NoErrand {
+            deployment: name.to_string(),
+            errand: errand.to_string(),
+            errands: deployed.errands.clone(),
+        }
+        .into());
     }
     let instances: Vec<Instance> = deployed
         .instances(services, |i| i.instance_group == errand)
         .await?;
-    let cids = stemcell_cids(services).await?;
+    let cids = uploaded_stemcell_cids(services).await?;
     let stage = context.log.stage(
         "Running errand",
         vec![errand.to_string()],
@@ -404,10 +589,13 @@ pub async fn run_errand(
                 }));
             }
             Err(e) => {
-                stage.failed(&step, index, &e);
-                return Err(failed(format!(
-                    "errand '{errand}' could not run on {step}: {e}"
-                )));
+                stage.failed(&step, index, &e.to_string());
+                return Err(VerbError::Errand {
+                    errand: errand.to_string(),
+                    instance: step,
+                    source: Box::new(e),
+                }
+                .into());
             }
         }
     }
@@ -421,18 +609,21 @@ async fn errand_on(
     instance: &Instance,
     cids: &StemcellCids,
     step: &str,
-) -> Result<ErrandResult, String> {
+) -> Result<ErrandResult, VerbError> {
+    let not_deployed = || VerbError::ErrandNotDeployed {
+        instance: instance_name(instance),
+    };
     let spec: InstanceSpec = instance
         .observed
         .clone()
         .and_then(|o| serde_json::from_value(o).ok())
-        .ok_or("the errand was not deployed yet: deploy first")?;
-    let apply = recorded_apply_spec(services, instance)
-        .ok_or("the errand was not deployed yet: deploy first")?;
-    let stemcell_cid = cids
-        .get(&(spec.stemcell.name.clone(), spec.stemcell.version.clone()))
-        .cloned()
-        .ok_or("its stemcell is not uploaded any more")?;
+        .ok_or_else(not_deployed)?;
+    let apply = recorded_apply_spec(services, instance).ok_or_else(not_deployed)?;
+    let stemcell = StemcellKey::new(&spec.stemcell.name, &spec.stemcell.version);
+    let stemcell_cid = match cids.get(&stemcell) {
+        Some(cid) => cid.clone(),
+        None => return Err(VerbError::ErrandStemcellGone { stemcell }),
+    };
     let created = create_vm(
         services,
         &VmRequest {
@@ -447,30 +638,10 @@ async fn errand_on(
     )
     .await?;
     let run = async {
-        services
-            .bus
-            .run_task(
-                &created.agent_id,
-                "apply",
-                vec![serde_json::to_value(&apply).map_err(|e| e.to_string())?],
-                std::time::Duration::from_millis(500),
-                services.timeouts.agent_task,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
-        let run = services
-            .bus
-            .run_task(
-                &created.agent_id,
-                "run_errand",
-                vec![],
-                std::time::Duration::from_millis(500),
-                services.timeouts.agent_task,
-            )
-            .await
-            .map_err(|e| e.to_string())?;
+        agent_task(services, &created.agent_id, "apply", vec![to_json(&apply)?]).await?;
+        let run = agent_task(services, &created.agent_id, "run_errand", vec![]).await?;
         serde_json::from_value::<ErrandResult>(run)
-            .map_err(|e| format!("the agent's answer to run_errand is not a result: {e}"))
+            .map_err(|source| VerbError::NotAnErrandResult { source })
     };
     let outcome = run.await;
     delete_vm(services, &created.cid, &created.agent_id).await?;
@@ -485,18 +656,15 @@ pub async fn delete_deployment(
     name: &str,
     force: bool,
 ) -> Result<String, TaskError> {
-    context
-        .lock(
-            &format!("deployment:{name}"),
-            &format!("deployment '{name}'"),
-        )
-        .await?;
+    context.lock(&LockKey::Deployment(name.to_string())).await?;
     let deployment = services
         .state
         .deployments()
         .find(name)
         .await?
-        .ok_or_else(|| failed(format!("deployment '{name}' not found")))?;
+        .ok_or_else(|| VerbError::DeploymentNotFound {
+            deployment: name.to_string(),
+        })?;
     let instances = services.state.instances().list(deployment.id).await?;
     let stage = context
         .log
@@ -507,10 +675,10 @@ pub async fn delete_deployment(
         let step = instance.label();
         let index = n as u32 + 1;
         stage.started(&step, index);
-        match delete_instance(services, instance, force).await {
+        match delete_instance(services, context, instance, force).await {
             Ok(()) => stage.finished(&step, index),
             Err(e) if force => {
-                stage.failed(&step, index, &e);
+                stage.failed(&step, index, &e.to_string());
                 problems.push(format!("{step}: {e}"));
                 if let Some(disk) = &instance.disk {
                     let _ = services.state.instances().orphan_disk(&disk.cid).await;
@@ -519,10 +687,12 @@ pub async fn delete_deployment(
                 let _ = services.state.instances().delete(instance.id).await;
             }
             Err(e) => {
-                stage.failed(&step, index, &e);
-                return Err(failed(format!(
-                    "{step}: {e}\n(delete with --force to go on past instances that cannot be deleted cleanly)"
-                )));
+                stage.failed(&step, index, &e.to_string());
+                return Err(VerbError::Delete {
+                    instance: step,
+                    source: Box::new(e),
+                }
+                .into());
             }
         }
     }
@@ -560,16 +730,22 @@ pub async fn delete_deployment(
 pub async fn delete_orphaned_disk(services: &Services, cid: &str) -> Result<String, TaskError> {
     let orphaned = services.state.instances().orphaned_disks().await?;
     let Some(disk) = orphaned.iter().find(|d| d.cid == cid) else {
-        return Err(failed(format!(
-            "disk '{cid}' is not an orphaned disk (see `director orphaned-disks`; a disk an \
-             instance uses is orphaned first, by scaling down or deleting its deployment)"
-        )));
+        return Err(VerbError::NotOrphaned {
+            disk_cid: cid.to_string(),
+        }
+        .into());
     };
     let target = cid.to_string();
     match services.cpi_call(move |cpi| cpi.delete_disk(&target)).await {
         Ok(()) => {}
         Err(e) if e.kind == cpi::ErrorKind::DiskNotFound => {}
-        Err(e) => return Err(failed(format!("the CPI could not delete disk {cid}: {e}"))),
+        Err(source) => {
+            return Err(VerbError::DeleteDisk {
+                disk_cid: cid.to_string(),
+                source,
+            }
+            .into());
+        }
     }
     services.state.instances().delete_disk(cid).await?;
     Ok(format!("deleted orphaned disk {cid} ({} MB)", disk.size))
@@ -608,10 +784,11 @@ pub async fn fetch_logs(
         .instances(services, |i| targeted(i, target) && i.vm.is_some())
         .await?;
     if instances.is_empty() {
-        return Err(failed(format!(
-            "no instance of deployment '{name}' with a VM matches {:?} (expected GROUP, GROUP/ID or GROUP/INDEX; errands have no VM between runs)",
-            target.unwrap_or("")
-        )));
+        return Err(VerbError::NoInstanceWithVmMatches {
+            deployment: name.to_string(),
+            target: target.unwrap_or("").to_string(),
+        }
+        .into());
     }
     let stage = context
         .log
@@ -624,26 +801,24 @@ pub async fn fetch_logs(
             stage.started(&step, index);
             let agent_id = instance.vm.as_ref().map(|vm| vm.agent_id.as_str());
             let result = match agent_id {
-                Some(agent_id) => services
-                    .bus
-                    .run_task(
-                        agent_id,
-                        "fetch_logs",
-                        vec![Json::from(services.upload_url())],
-                        std::time::Duration::from_millis(500),
-                        services.timeouts.agent_task,
-                    )
-                    .await
-                    .map_err(|e| e.to_string())
-                    .and_then(|value| {
-                        serde_json::from_value::<UploadedBlob>(value)
-                            .map_err(|e| format!("the agent's answer is not a blob: {e}"))
-                    }),
-                None => Err("the instance has no VM".to_string()),
+                Some(agent_id) => agent_task(
+                    services,
+                    agent_id,
+                    "fetch_logs",
+                    vec![Json::from(services.upload_url())],
+                )
+                .await
+                .and_then(|value| {
+                    serde_json::from_value::<UploadedBlob>(value)
+                        .map_err(|source| VerbError::NotABlob { source })
+                }),
+                None => Err(VerbError::NoVm {
+                    instance: instance_name(instance),
+                }),
             };
             match &result {
                 Ok(_) => stage.finished(&step, index),
-                Err(e) => stage.failed(&step, index, e),
+                Err(e) => stage.failed(&step, index, &e.to_string()),
             }
             result
                 .map(|blob| {
@@ -656,23 +831,26 @@ pub async fn fetch_logs(
                         "size": blob.size,
                     })
                 })
-                .map_err(|e| format!("{step}: {e}"))
+                .map_err(|e| StepFailure {
+                    label: step,
+                    source: Box::new(e),
+                })
         }
     }))
     .await;
     let mut blobs = Vec::new();
-    let mut errors = Vec::new();
+    let mut failures = Vec::new();
     for result in fetched {
         match result {
             Ok(blob) => blobs.push(blob),
-            Err(e) => errors.push(e),
+            Err(e) => failures.push(e),
         }
     }
-    if !errors.is_empty() {
-        return Err(failed(format!(
-            "fetching logs failed:\n{}",
-            errors.join("\n")
-        )));
+    if !failures.is_empty() {
+        return Err(VerbError::FetchLogs {
+            source: StepsFailed { failures },
+        }
+        .into());
     }
     Ok(Json::from(blobs).to_string())
 }

@@ -7,7 +7,99 @@ use std::time::Duration;
 use serde_json::{Value as Json, json};
 
 use super::Services;
+use director_bus::BusError;
 use director_core::deploy::desired::deep_merge;
+
+/// Why a VM or a disk could not be made, removed, attached or detached.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    /// The bus refused an account for the new VM's agent.
+    #[error("{label}: cannot make a bus account for its agent: {source}")]
+    AgentAccount {
+        /// What the VM is for.
+        label: String,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// The CPI's `create_vm` failed.
+    #[error("{label}: creating its VM failed: {source}")]
+    Create {
+        /// What the VM is for.
+        label: String,
+        /// Why.
+        source: cpi::CpiError,
+    },
+    /// The CPI's `set_vm_metadata` failed.
+    #[error("{label}: setting the metadata of VM {vm_cid} failed: {source}")]
+    Metadata {
+        /// What the VM is for.
+        label: String,
+        /// The VM.
+        vm_cid: String,
+        /// Why.
+        source: cpi::CpiError,
+    },
+    /// The new VM's agent never answered; the explanation says what is known.
+    #[error("{explanation}")]
+    AgentSilent {
+        /// The VM.
+        vm_cid: String,
+        /// What the CPI, the bus and the agent's start-up log say.
+        explanation: String,
+    },
+    /// Waiting for the new VM's agent failed otherwise.
+    #[error("{label}: {source}")]
+    AgentNotReady {
+        /// What the VM is for.
+        label: String,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// The CPI's `delete_vm` failed.
+    #[error("deleting VM {vm_cid} failed: {source}")]
+    Delete {
+        /// The VM.
+        vm_cid: String,
+        /// Why.
+        source: cpi::CpiError,
+    },
+    /// The CPI's `attach_disk` failed.
+    #[error("attaching disk {disk_cid} to VM {vm_cid} failed: {source}")]
+    AttachDisk {
+        /// The disk.
+        disk_cid: String,
+        /// The VM.
+        vm_cid: String,
+        /// Why.
+        source: cpi::CpiError,
+    },
+    /// The agent could not mount a disk.
+    #[error("mounting disk {disk_cid}: {source}")]
+    MountDisk {
+        /// The disk.
+        disk_cid: String,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// The agent could not unmount a disk.
+    #[error("unmounting disk {disk_cid}: {source}")]
+    UnmountDisk {
+        /// The disk.
+        disk_cid: String,
+        /// Why.
+        source: Box<BusError>,
+    },
+    /// The CPI's `detach_disk` failed.
+    #[error("detaching disk {disk_cid} from VM {vm_cid} failed: {source}")]
+    DetachDisk {
+        /// The disk.
+        disk_cid: String,
+        /// The VM.
+        vm_cid: String,
+        /// Why.
+        source: cpi::CpiError,
+    },
+}
 
 /// A VM to create.
 #[derive(Clone, Debug)]
@@ -98,14 +190,16 @@ pub async fn explain_silent_agent(
 
 /// Creates a VM and waits for its agent. On failure nothing is left behind (the VM is
 /// deleted, the account removed) and the error says what is known.
-pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<CreatedVm, String> {
+pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<CreatedVm, VmError> {
     let agent_id = uuid::Uuid::new_v4().to_string();
-    let credentials = services.accounts.add_agent(&agent_id).await.map_err(|e| {
-        format!(
-            "{}: cannot make a bus account for its agent: {e}",
-            request.label
-        )
-    })?;
+    let credentials = services
+        .accounts
+        .add_agent(&agent_id)
+        .await
+        .map_err(|source| VmError::AgentAccount {
+            label: request.label.clone(),
+            source: Box::new(source),
+        })?;
     let mut env = request.env.clone();
     if !env.is_object() {
         env = json!({});
@@ -152,25 +246,29 @@ pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<Creat
     };
     let vm_cid = match created {
         Ok((cid, _)) => cid,
-        Err(e) => {
+        Err(source) => {
             let _ = services.accounts.remove_agent(&agent_id).await;
-            return Err(format!("{}: creating its VM failed: {e}", request.label));
+            return Err(VmError::Create {
+                label: request.label.clone(),
+                source,
+            });
         }
     };
     let (cid, metadata) = (vm_cid.clone(), request.metadata.clone());
-    if let Err(e) = services
+    if let Err(source) = services
         .cpi_call(move |cpi| cpi.set_vm_metadata(&cid, &metadata))
         .await
     {
         if !matches!(
-            e.kind,
+            source.kind,
             cpi::ErrorKind::NotImplemented | cpi::ErrorKind::NotSupported
         ) {
             let _ = delete_vm(services, &vm_cid, &agent_id).await;
-            return Err(format!(
-                "{}: setting the metadata of VM {vm_cid} failed: {e}",
-                request.label
-            ));
+            return Err(VmError::Metadata {
+                label: request.label.clone(),
+                vm_cid,
+                source,
+            });
         }
     }
     if let Err(e) = services
@@ -178,21 +276,25 @@ pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<Creat
         .wait_until_ready(&agent_id, services.timeouts.agent_wait)
         .await
     {
-        let explained = match e {
-            director_bus::BusError::Timeout { .. } => {
-                explain_silent_agent(
+        let error = match e {
+            BusError::Timeout { .. } => VmError::AgentSilent {
+                explanation: explain_silent_agent(
                     services,
                     &request.label,
                     &vm_cid,
                     &agent_id,
                     services.timeouts.agent_wait,
                 )
-                .await
-            }
-            other => format!("{}: {other}", request.label),
+                .await,
+                vm_cid: vm_cid.clone(),
+            },
+            source => VmError::AgentNotReady {
+                label: request.label.clone(),
+                source: Box::new(source),
+            },
         };
         let _ = delete_vm(services, &vm_cid, &agent_id).await;
-        return Err(explained);
+        return Err(error);
     }
     Ok(CreatedVm {
         cid: vm_cid,
@@ -202,12 +304,17 @@ pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<Creat
 }
 
 /// Deletes a VM (a VM already gone is fine) and its agent's account.
-pub async fn delete_vm(services: &Services, vm_cid: &str, agent_id: &str) -> Result<(), String> {
+pub async fn delete_vm(services: &Services, vm_cid: &str, agent_id: &str) -> Result<(), VmError> {
     let cid = vm_cid.to_string();
     match services.cpi_call(move |cpi| cpi.delete_vm(&cid)).await {
         Ok(()) => {}
         Err(e) if already_gone(&e) => {}
-        Err(e) => return Err(format!("deleting VM {vm_cid} failed: {e}")),
+        Err(source) => {
+            return Err(VmError::Delete {
+                vm_cid: vm_cid.to_string(),
+                source,
+            });
+        }
     }
     let _ = services.accounts.remove_agent(agent_id).await;
     services.bus.forget_agent(agent_id);
@@ -220,12 +327,16 @@ pub async fn attach_and_mount(
     vm_cid: &str,
     agent_id: &str,
     disk_cid: &str,
-) -> Result<(), String> {
+) -> Result<(), VmError> {
     let (vm, disk) = (vm_cid.to_string(), disk_cid.to_string());
     services
         .cpi_call(move |cpi| cpi.attach_disk(&vm, &disk))
         .await
-        .map_err(|e| format!("attaching disk {disk_cid} to VM {vm_cid} failed: {e}"))?;
+        .map_err(|source| VmError::AttachDisk {
+            disk_cid: disk_cid.to_string(),
+            vm_cid: vm_cid.to_string(),
+            source,
+        })?;
     services
         .bus
         .run_task(
@@ -236,7 +347,10 @@ pub async fn attach_and_mount(
             services.timeouts.agent_task,
         )
         .await
-        .map_err(|e| format!("mounting disk {disk_cid}: {e}"))?;
+        .map_err(|source| VmError::MountDisk {
+            disk_cid: disk_cid.to_string(),
+            source: Box::new(source),
+        })?;
     Ok(())
 }
 
@@ -247,7 +361,7 @@ pub async fn unmount_and_detach(
     agent_id: &str,
     disk_cid: &str,
     agent_answers: bool,
-) -> Result<(), String> {
+) -> Result<(), VmError> {
     if agent_answers {
         services
             .bus
@@ -259,7 +373,10 @@ pub async fn unmount_and_detach(
                 services.timeouts.agent_task,
             )
             .await
-            .map_err(|e| format!("unmounting disk {disk_cid}: {e}"))?;
+            .map_err(|source| VmError::UnmountDisk {
+                disk_cid: disk_cid.to_string(),
+                source: Box::new(source),
+            })?;
     }
     let (vm, disk) = (vm_cid.to_string(), disk_cid.to_string());
     match services
@@ -268,8 +385,10 @@ pub async fn unmount_and_detach(
     {
         Ok(()) => Ok(()),
         Err(e) if already_gone(&e) || e.kind == cpi::ErrorKind::DiskNotAttached => Ok(()),
-        Err(e) => Err(format!(
-            "detaching disk {disk_cid} from VM {vm_cid} failed: {e}"
-        )),
+        Err(source) => Err(VmError::DetachDisk {
+            disk_cid: disk_cid.to_string(),
+            vm_cid: vm_cid.to_string(),
+            source,
+        }),
     }
 }

@@ -5,4 +5,4 @@ mod log;
 mod runner;
 
 pub use log::{Event, EventError, EventState, OutputKind, Stage, TaskFiles, TaskLog};
-pub use runner::{CancelOutcome, RunnerError, TaskContext, TaskError, TaskRunner};
+pub use runner::{CancelOutcome, LockKey, RunnerError, TaskContext, TaskError, TaskRunner};

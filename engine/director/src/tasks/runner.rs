@@ -35,14 +35,66 @@ pub enum TaskError {
         /// The holder.
         by_task: TaskId,
     },
-    /// The job failed; the message is what the user reads.
+    /// The job failed: its error (with its sources) says why; its message is what the user
+    /// reads.
     #[error("{0}")]
-    Failed(String),
+    Failed(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl TaskError {
+    /// A failure that is only a message (no error underneath).
+    pub fn message(message: impl Into<String>) -> TaskError {
+        TaskError::Failed(message.into().into())
+    }
+
+    /// A failure of the job, keeping `error` and its sources.
+    pub fn failed(error: impl std::error::Error + Send + Sync + 'static) -> TaskError {
+        TaskError::Failed(Box::new(error))
+    }
 }
 
 impl From<StateError> for TaskError {
     fn from(error: StateError) -> TaskError {
-        TaskError::Failed(error.to_string())
+        TaskError::failed(error)
+    }
+}
+
+/// What a task locks: one deployment, release, stemcell or disk, or the clean-up.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum LockKey {
+    /// A deployment, by name (deploys and the day-to-day verbs).
+    Deployment(String),
+    /// A release, by name (uploads, exports, deletes of any of its versions).
+    Release(String),
+    /// One stemcell version.
+    Stemcell(director_core::stemcell::StemcellKey),
+    /// An orphaned disk, by CPI id.
+    Disk(String),
+    /// `clean-up`.
+    Cleanup,
+}
+
+impl LockKey {
+    /// The lock's name in the state (`deployment:shop`, `stemcell:NAME:VERSION`).
+    pub fn name(&self) -> String {
+        match self {
+            LockKey::Deployment(name) => format!("deployment:{name}"),
+            LockKey::Release(name) => format!("release:{name}"),
+            LockKey::Stemcell(key) => format!("stemcell:{}:{}", key.name, key.version),
+            LockKey::Disk(cid) => format!("disk:{cid}"),
+            LockKey::Cleanup => "cleanup".to_string(),
+        }
+    }
+
+    /// What the lock protects, for the user (`deployment 'shop'`).
+    pub fn description(&self) -> String {
+        match self {
+            LockKey::Deployment(name) => format!("deployment '{name}'"),
+            LockKey::Release(name) => format!("release '{name}'"),
+            LockKey::Stemcell(key) => format!("stemcell '{key}'"),
+            LockKey::Disk(cid) => format!("disk '{cid}'"),
+            LockKey::Cleanup => "clean-up".to_string(),
+        }
     }
 }
 
@@ -89,18 +141,20 @@ impl TaskContext {
         self.cancel.clone()
     }
 
-    /// Takes lock `name` (`release:hello`); `what` names it for the user (`release 'hello'`).
-    pub async fn lock(&self, name: &str, what: &str) -> Result<(), TaskError> {
-        match self.state.locks().acquire(name, self.id, LOCK_TTL).await {
+    /// Takes the lock `key` (`release:hello`); a lock another task holds fails with
+    /// [`TaskError::Locked`] naming it for the user (`release 'hello'`).
+    pub async fn lock(&self, key: &LockKey) -> Result<(), TaskError> {
+        let name = key.name();
+        match self.state.locks().acquire(&name, self.id, LOCK_TTL).await {
             Ok(_) => {
-                if let Ok(mut locks) = self.locks.lock() {
-                    locks.push(name.to_string());
-                }
                 self.log.debug(format!("acquired lock {name}"));
+                if let Ok(mut locks) = self.locks.lock() {
+                    locks.push(name);
+                }
                 Ok(())
             }
             Err(StateError::Locked { by_task, .. }) => Err(TaskError::Locked {
-                what: what.to_string(),
+                what: key.description(),
                 by_task,
             }),
             Err(other) => Err(other.into()),
@@ -293,5 +347,63 @@ async fn renew_locks(
         for name in names {
             let _ = state.locks().renew(&name, id, LOCK_TTL).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use director_core::stemcell::StemcellKey;
+
+    #[test]
+    fn lock_keys_keep_their_names_and_descriptions() {
+        let cases = [
+            (
+                LockKey::Deployment("shop".to_string()),
+                "deployment:shop",
+                "deployment 'shop'",
+            ),
+            (
+                LockKey::Release("hello".to_string()),
+                "release:hello",
+                "release 'hello'",
+            ),
+            (
+                LockKey::Stemcell(StemcellKey::new("bosh-local", "1.2")),
+                "stemcell:bosh-local:1.2",
+                "stemcell 'bosh-local/1.2'",
+            ),
+            (
+                LockKey::Disk("disk-1".to_string()),
+                "disk:disk-1",
+                "disk 'disk-1'",
+            ),
+            (LockKey::Cleanup, "cleanup", "clean-up"),
+        ];
+        for (key, name, description) in cases {
+            assert_eq!(
+                (key.name().as_str(), key.description().as_str()),
+                (name, description)
+            );
+        }
+    }
+
+    #[test]
+    fn a_failed_task_reads_as_its_error_and_keeps_the_source() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("attaching disk d to VM v failed: {source}")]
+        struct Attach {
+            source: std::io::Error,
+        }
+        let error = TaskError::failed(Attach {
+            source: std::io::Error::other("no such VM"),
+        });
+        assert_eq!(
+            error.to_string(),
+            "attaching disk d to VM v failed: no such VM"
+        );
+        let failed = std::error::Error::source(&error).expect("the job's error");
+        let cause = failed.source().expect("its source");
+        assert_eq!(cause.to_string(), "no such VM");
     }
 }
