@@ -58,12 +58,12 @@ fn the_dev_director_starts_on_demand_and_stops() {
     let anonymous = director::client::Client::new(&url, None, None).unwrap();
     assert!(runtime.block_on(anonymous.info()).is_ok());
     let refused = runtime
-        .block_on(anonymous.get("/releases"))
+        .block_on(anonymous.releases())
         .unwrap_err()
         .to_string();
     assert!(refused.starts_with("missing or wrong token"), "{refused}");
     let wrong = director::client::Client::new(&url, Some("wrong".into()), None).unwrap();
-    assert!(runtime.block_on(wrong.get("/tasks")).is_err());
+    assert!(runtime.block_on(wrong.tasks(&Default::default())).is_err());
 
     let stop = user.run(&["stop-server"]);
     assert_eq!(stop.code, 0, "{}", stop.stderr);
