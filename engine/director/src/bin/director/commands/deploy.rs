@@ -9,14 +9,17 @@
 use std::io::{BufRead, IsTerminal};
 use std::path::Path;
 
-use director::client::Client;
+use director::client::{self as cli_client, Client, UploadKind};
+use director_api::ConfigKind;
+use director_api::deployments::DeployQuery;
 use director_core::deploy::{Action, GroupPlan, Plan};
 use director_core::diff::{self, DiffOptions};
 use director_core::interpolate::Expectations;
 use director_core::release::{self, CreateOptions};
 use director_core::yaml::{self, Node, Value};
+use serde::Serialize;
 
-use super::director::{connect, fail, follow, percent_encode, runtime};
+use super::director::{connect, fail, follow, runtime};
 use crate::cli::{DeployArgs, GlobalArgs};
 use crate::ui::{Ui, columns};
 
@@ -101,16 +104,11 @@ fn set_version(item: &mut Node, version: &str) {
 
 /// Creates and uploads what `releases[].url` and `stemcells[].url` name with `file://`.
 async fn upload_local(client: &Client, doc: &mut Node, base: &Path, ui: &mut Ui) -> Result<(), u8> {
-    let uploaded_releases = client.get("/releases").await.map_err(|e| fail(ui, e))?;
+    let uploaded_releases = client.releases().await.map_err(|e| fail(ui, e))?;
     let has_release = |name: &str, version: &str| {
-        uploaded_releases.as_array().into_iter().flatten().any(|r| {
-            r["name"] == name
-                && r["release_versions"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .any(|v| v["version"] == version)
-        })
+        uploaded_releases
+            .iter()
+            .any(|r| r.name == name && r.release_versions.iter().any(|v| v.version == version))
     };
     let mut uploads = Vec::new();
     if let Some(items) = doc
@@ -153,11 +151,15 @@ async fn upload_local(client: &Client, doc: &mut Node, base: &Path, ui: &mut Ui)
                 set_version(item, &version);
             }
             if !has_release(&name, &version) {
-                uploads.push(("/releases", tarball, format!("release {name}/{version}")));
+                uploads.push((
+                    UploadKind::Release,
+                    tarball,
+                    format!("release {name}/{version}"),
+                ));
             }
         }
     }
-    let stemcells = client.get("/stemcells").await.map_err(|e| fail(ui, e))?;
+    let stemcells = client.stemcells().await.map_err(|e| fail(ui, e))?;
     if let Some(items) = doc
         .as_map_mut()
         .and_then(|m| m.get_mut("stemcells"))
@@ -178,19 +180,20 @@ async fn upload_local(client: &Client, doc: &mut Node, base: &Path, ui: &mut Ui)
                 (path, name, version)
             };
             let present = stemcells
-                .as_array()
-                .into_iter()
-                .flatten()
-                .any(|s| s["name"] == name.as_str() && s["version"] == version.as_str());
+                .iter()
+                .any(|s| s.name == name && s.version == version);
             if !present {
-                uploads.push(("/stemcells", path, format!("stemcell {name}/{version}")));
+                uploads.push((
+                    UploadKind::Stemcell,
+                    path,
+                    format!("stemcell {name}/{version}"),
+                ));
             }
         }
     }
-    for (endpoint, file, what) in uploads {
+    for (kind, file, what) in uploads {
         ui.say(&format!("uploading {what}"));
-        let task = client
-            .upload(endpoint, &file, None, false, true)
+        let task = cli_client::upload(client, kind, &file, None, false)
             .await
             .map_err(|e| fail(ui, e))?;
         let code = follow(client, &task, ui).await;
@@ -314,19 +317,23 @@ fn confirm(ui: &mut Ui) -> bool {
     matches!(line.trim().to_lowercase().as_str(), "y" | "yes")
 }
 
-fn query(args: &DeployArgs) -> String {
-    let mut query = vec![
-        format!("recreate={}", args.recreate),
-        format!("skip_drain={}", args.skip_drain),
-        format!("fix={}", args.fix),
-    ];
-    if let Some(n) = &args.canaries {
-        query.push(format!("canaries={}", percent_encode(n)));
+fn query(args: &DeployArgs) -> DeployQuery {
+    DeployQuery {
+        recreate: args.recreate,
+        skip_drain: args.skip_drain,
+        fix: args.fix,
+        canaries: args.canaries.clone(),
+        max_in_flight: args.max_in_flight.clone(),
     }
-    if let Some(n) = &args.max_in_flight {
-        query.push(format!("max_in_flight={}", percent_encode(n)));
-    }
-    query.join("&")
+}
+
+/// `director deploy --dry-run --json`: the plan, and the manifest diff it comes from.
+#[derive(Serialize)]
+struct DryRun<'a> {
+    deployment: &'a str,
+    changes: bool,
+    diff: serde_json::Value,
+    plan: &'a Plan,
 }
 
 /// `director deploy`.
@@ -383,12 +390,12 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, ui: &mut Ui) -> u8 {
             return code;
         }
         // Check here first: problems then point into the user's own files.
-        let cloud = match client.get_optional("/configs/cloud").await {
-            Ok(found) => found.and_then(|c| c["content"].as_str().map(str::to_string)),
+        let cloud = match client.config(ConfigKind::Cloud).await {
+            Ok(found) => found.map(|config| config.content),
             Err(e) => return fail(ui, e),
         };
-        let runtime_config = match client.get_optional("/configs/runtime").await {
-            Ok(found) => found.and_then(|c| c["content"].as_str().map(str::to_string)),
+        let runtime_config = match client.config(ConfigKind::Runtime).await {
+            Ok(found) => found.map(|config| config.content),
             Err(e) => return fail(ui, e),
         };
         let Some(cloud) = cloud else {
@@ -406,26 +413,24 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, ui: &mut Ui) -> u8 {
         }
         let text = yaml::emit(&doc);
         let query = query(&args);
-        let answer = match client.post_text(&format!("/deployments/plan?{query}"), &text).await {
+        let answer = match client.plan(&text, &query).await {
             Ok(answer) => answer,
             Err(e) => return fail(ui, e),
         };
-        let plan: Plan = match serde_json::from_value(answer["plan"].clone()) {
-            Ok(plan) => plan,
-            Err(e) => return fail(ui, format!("unexpected plan from the director: {e}")),
-        };
-        let previous = answer["previous_manifest"]
-            .as_str()
+        let plan = &answer.plan;
+        let previous = answer
+            .previous_manifest
+            .as_deref()
             .and_then(|text| yaml::parse(text, "deployed manifest").ok())
             .unwrap_or_else(|| Node::new(Value::Map(director_core::yaml::Map::new()), director_core::yaml::Span::synthetic("none")));
         let manifest_diff = diff::diff(&previous, &doc, &DiffOptions { redact: !args.no_redact });
         if ui.json && args.dry_run {
-            let out = serde_json::json!({
-                "deployment": answer["deployment"],
-                "changes": plan.has_changes(),
-                "diff": manifest_diff.to_json(),
-                "plan": plan,
-            });
+            let out = DryRun {
+                deployment: &answer.deployment,
+                changes: plan.has_changes(),
+                diff: manifest_diff.to_json(),
+                plan,
+            };
             ui.data(&format!("{}\n", serde_json::to_string_pretty(&out).unwrap_or_default()));
             return if plan.has_changes() { 2 } else { 0 };
         }
@@ -436,15 +441,14 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, ui: &mut Ui) -> u8 {
                 ui.data(text);
             }
         };
-        let deployment = answer["deployment"].as_str().unwrap_or("").to_string();
-        shown_to(ui, &format!("Using deployment '{deployment}'\n\n"));
+        shown_to(ui, &format!("Using deployment '{}'\n\n", answer.deployment));
         if manifest_diff.is_empty() {
             shown_to(ui, "Manifest: no changes\n\n");
         } else {
             shown_to(ui, &manifest_diff.render_text(ui.color_stdout && !ui.json));
             shown_to(ui, "\n");
         }
-        shown_to(ui, &render_plan(&plan));
+        shown_to(ui, &render_plan(plan));
         if args.dry_run {
             return if plan.has_changes() { 2 } else { 0 };
         }
@@ -457,8 +461,8 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, ui: &mut Ui) -> u8 {
                 return 1;
             }
         }
-        let task = match client.post_text(&format!("/deployments?{query}"), &text).await {
-            Ok(answer) => answer["task"].clone(),
+        let task = match client.deploy(&text, &query).await {
+            Ok(task) => task,
             Err(e) => return fail(ui, e),
         };
         follow(&client, &task, ui).await

@@ -6,12 +6,20 @@
 use std::io::BufRead;
 
 use director::client::Client;
+use director_api::client::{ClientError as CallError, task_result};
+use director_api::deployments::{
+    ErrandRun, Event, EventsQuery, Instance, LogTarball, LogsRequest, NameVersion,
+    StateChangeRequest,
+};
+use director_api::tasks::{Task, TaskState};
+use director_api::{ConfigKind, StateChange};
 use director_core::diff::{self, DiffOptions};
 use director_core::interpolate::Expectations;
 use director_core::yaml::{self, Node, Value};
-use serde_json::{Value as Json, json};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
-use super::director::{connect, fail, follow, follow_to_end, percent_encode, runtime};
+use super::director::{connect, fail, follow_to_end, print_json, run_task, runtime, say_ended};
 use crate::cli::{
     ConfigArgs, DeleteDeploymentArgs, DeleteDiskArgs, ErrandArgs, EventsArgs, GlobalArgs,
     InstancesArgs, LogsArgs, TargetArgs, VmsArgs,
@@ -25,13 +33,6 @@ fn deployment_name(global: &GlobalArgs, ui: &mut Ui) -> Result<String, u8> {
             "which deployment? give it with -d NAME (or set DIRECTOR_DEPLOYMENT)",
         )
     })
-}
-
-fn print_json(ui: &mut Ui, value: &Json) {
-    ui.data(&format!(
-        "{}\n",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    ));
 }
 
 /// Runs `body` with a connected client.
@@ -59,7 +60,7 @@ fn confirm() -> bool {
 }
 
 /// `director update-cloud-config|update-runtime-config FILE [-o…] [-v…]`.
-pub fn update_config(global: &GlobalArgs, kind: &str, args: ConfigArgs, ui: &mut Ui) -> u8 {
+pub fn update_config(global: &GlobalArgs, kind: ConfigKind, args: ConfigArgs, ui: &mut Ui) -> u8 {
     let inputs = super::template_inputs(&args.ops, &args.vars, None, Expectations::default());
     let mut prepared = match inputs.prepare() {
         Ok(p) => p,
@@ -82,7 +83,7 @@ pub fn update_config(global: &GlobalArgs, kind: &str, args: ConfigArgs, ui: &mut
             return 1;
         }
     };
-    let checked = if kind == "cloud" {
+    let checked = if kind == ConfigKind::Cloud {
         director_core::manifest::validate_cloud_config(&doc).map(|(_, warnings)| warnings)
     } else {
         director_core::manifest::validate_runtime_config(&doc).map(|(_, warnings)| warnings)
@@ -100,8 +101,8 @@ pub fn update_config(global: &GlobalArgs, kind: &str, args: ConfigArgs, ui: &mut
     }
     let text = yaml::emit(&doc);
     with_client(global, ui, async |client, ui| {
-        let current = match client.get_optional(&format!("/configs/{kind}")).await {
-            Ok(found) => found.and_then(|c| c["content"].as_str().map(str::to_string)),
+        let current = match client.config(kind).await {
+            Ok(found) => found.map(|config| config.content),
             Err(e) => return fail(ui, e),
         };
         let old = current
@@ -120,11 +121,11 @@ pub fn update_config(global: &GlobalArgs, kind: &str, args: ConfigArgs, ui: &mut
             ui.say("not updated");
             return 1;
         }
-        match client.put_text(&format!("/configs/{kind}"), &text).await {
-            Ok(answer) => {
+        match client.update_config(kind, &text).await {
+            Ok(updated) => {
                 ui.say(&format!(
                     "updated the {kind} config (version {})",
-                    answer["id"]
+                    updated.id
                 ));
                 0
             }
@@ -134,33 +135,31 @@ pub fn update_config(global: &GlobalArgs, kind: &str, args: ConfigArgs, ui: &mut
 }
 
 /// `director cloud-config|runtime-config`.
-pub fn config(global: &GlobalArgs, kind: &str, ui: &mut Ui) -> u8 {
+pub fn config(global: &GlobalArgs, kind: ConfigKind, ui: &mut Ui) -> u8 {
     with_client(global, ui, async |client, ui| {
-        match client.get(&format!("/configs/{kind}")).await {
-            Ok(answer) => {
+        match client.config(kind).await {
+            Ok(Some(config)) => {
                 if ui.json {
-                    print_json(ui, &answer);
+                    print_json(ui, &config);
                 } else {
-                    ui.data(answer["content"].as_str().unwrap_or(""));
+                    ui.data(&config.content);
                 }
                 0
             }
+            Ok(None) => fail(
+                ui,
+                format!(
+                    "no {kind} config is set (set one with `director update-{kind}-config FILE`)"
+                ),
+            ),
             Err(e) => fail(ui, e),
         }
     })
 }
 
-fn names(list: &Json) -> String {
-    list.as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| {
-            format!(
-                "{}/{}",
-                r["name"].as_str().unwrap_or(""),
-                r["version"].as_str().unwrap_or("")
-            )
-        })
+fn names(list: &[NameVersion]) -> String {
+    list.iter()
+        .map(|r| format!("{}/{}", r.name, r.version))
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -168,7 +167,7 @@ fn names(list: &Json) -> String {
 /// `director deployments`.
 pub fn deployments(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     with_client(global, ui, async |client, ui| {
-        let list = match client.get("/deployments").await {
+        let list = match client.deployments().await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
@@ -182,67 +181,39 @@ pub fn deployments(global: &GlobalArgs, ui: &mut Ui) -> u8 {
             "Stemcell(s)".to_string(),
             "Instances".to_string(),
         ]];
-        for d in list.as_array().into_iter().flatten() {
+        for d in &list {
             rows.push(vec![
-                d["name"].as_str().unwrap_or("").to_string(),
-                names(&d["releases"]),
-                names(&d["stemcells"]),
-                d["instances"].to_string(),
+                d.name.clone(),
+                names(&d.releases),
+                names(&d.stemcells),
+                d.instances.to_string(),
             ]);
         }
         ui.data(&columns(&rows));
-        ui.say(&format!("{} deployment(s)", rows.len() - 1));
+        ui.say(&format!("{} deployment(s)", list.len()));
         0
     })
 }
 
-fn instance_name(i: &Json) -> String {
-    format!(
-        "{}/{}",
-        i["instance_group"].as_str().unwrap_or(""),
-        i["id"].as_str().unwrap_or("")
-    )
+fn instance_name(i: &Instance) -> String {
+    format!("{}/{}", i.instance_group, i.id)
 }
 
-fn process_state(i: &Json) -> String {
-    if i["vm_cid"].is_null() {
+fn process_state(i: &Instance) -> String {
+    if i.vm_cid.is_none() {
         return "-".to_string();
     }
-    if i["state"] == "stopped" {
+    if i.state == "stopped" {
         return "stopped".to_string();
     }
-    i["agent"]["job_state"].as_str().unwrap_or("-").to_string()
+    i.agent
+        .as_ref()
+        .map_or_else(|| "-".to_string(), |agent| agent.job_state.clone())
 }
 
-fn ips(i: &Json) -> String {
-    i["ips"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(Json::as_str)
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
-fn text(value: &Json) -> String {
-    match value {
-        Json::Null => "-".to_string(),
-        Json::String(s) => s.clone(),
-        other => other.to_string(),
-    }
-}
-
-async fn instances_of(
-    client: &Client,
-    name: &str,
-    live: bool,
-) -> Result<Json, director::client::ClientError> {
-    client
-        .get(&format!(
-            "/deployments/{}/instances?live={live}",
-            percent_encode(name)
-        ))
-        .await
+/// An optional value, `-` when absent.
+fn text(value: Option<&str>) -> String {
+    value.unwrap_or("-").to_string()
 }
 
 /// `director instances [--ps] [--details]`.
@@ -252,7 +223,7 @@ pub fn instances(global: &GlobalArgs, args: InstancesArgs, ui: &mut Ui) -> u8 {
         Err(code) => return code,
     };
     with_client(global, ui, async |client, ui| {
-        let list = match instances_of(client, &name, true).await {
+        let list = match client.instances(&name, true).await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
@@ -268,35 +239,32 @@ pub fn instances(global: &GlobalArgs, args: InstancesArgs, ui: &mut Ui) -> u8 {
             header.extend(["VM CID", "Agent ID", "Index", "Bootstrap", "Disk CID"]);
         }
         let mut rows = vec![header.iter().map(|h| h.to_string()).collect::<Vec<_>>()];
-        for i in list.as_array().into_iter().flatten() {
-            let mut row = vec![instance_name(i), process_state(i), text(&i["az"]), ips(i)];
+        for i in &list {
+            let mut row = vec![
+                instance_name(i),
+                process_state(i),
+                text(i.az.as_deref()),
+                i.ips.join(", "),
+            ];
             if args.ps {
                 row.insert(1, String::new());
             }
             if args.details {
                 row.extend([
-                    text(&i["vm_cid"]),
-                    text(&i["agent_id"]),
-                    text(&i["index"]),
-                    if i["bootstrap"] == true {
-                        "true".to_string()
-                    } else {
-                        "false".to_string()
-                    },
-                    text(&i["disk_cid"]),
+                    text(i.vm_cid.as_deref()),
+                    text(i.agent_id.as_deref()),
+                    i.index.to_string(),
+                    i.bootstrap.to_string(),
+                    text(i.disk_cid.as_deref()),
                 ]);
             }
             rows.push(row);
             if args.ps {
-                for p in i["agent"]["processes"].as_array().into_iter().flatten() {
+                for p in i.agent.iter().flat_map(|agent| &agent.processes) {
                     let mut row = vec![
                         String::new(),
-                        format!(
-                            "{}/{}",
-                            p["job"].as_str().unwrap_or(""),
-                            p["name"].as_str().unwrap_or("")
-                        ),
-                        p["state"].as_str().unwrap_or("").to_string(),
+                        format!("{}/{}", p.job, p.name),
+                        p.state.clone(),
                         String::new(),
                         String::new(),
                     ];
@@ -308,8 +276,7 @@ pub fn instances(global: &GlobalArgs, args: InstancesArgs, ui: &mut Ui) -> u8 {
             }
         }
         ui.data(&columns(&rows));
-        let count = list.as_array().map_or(0, Vec::len);
-        ui.say(&format!("{count} instance(s)"));
+        ui.say(&format!("{} instance(s)", list.len()));
         0
     })
 }
@@ -321,18 +288,13 @@ pub fn vms(global: &GlobalArgs, args: VmsArgs, ui: &mut Ui) -> u8 {
         Err(code) => return code,
     };
     with_client(global, ui, async |client, ui| {
-        let list = match instances_of(client, &name, true).await {
+        let list = match client.instances(&name, true).await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
-        let with_vm: Vec<&Json> = list
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|i| !i["vm_cid"].is_null())
-            .collect();
+        let with_vm: Vec<&Instance> = list.iter().filter(|i| i.vm_cid.is_some()).collect();
         if ui.json {
-            print_json(ui, &json!(with_vm));
+            print_json(ui, &with_vm);
             return 0;
         }
         let mut header = vec![
@@ -363,62 +325,14 @@ pub fn vms(global: &GlobalArgs, args: VmsArgs, ui: &mut Ui) -> u8 {
             let mut row = vec![
                 instance_name(i),
                 process_state(i),
-                text(&i["az"]),
-                ips(i),
-                text(&i["vm_cid"]),
-                text(&i["vm_type"]),
+                text(i.az.as_deref()),
+                i.ips.join(", "),
+                text(i.vm_cid.as_deref()),
+                text(i.vm_type.as_deref()),
             ];
             if args.vitals {
-                let v = &i["agent"]["vitals"];
-                let percent = |value: &Json| {
-                    value
-                        .as_str()
-                        .map(|p| format!("{p}%"))
-                        .unwrap_or_else(|| "-".to_string())
-                };
-                let memory = |value: &Json| match (value["percent"].as_str(), value["kb"].as_str())
-                {
-                    (Some(p), Some(kb)) => {
-                        format!("{p}% ({} MB)", kb.parse::<u64>().unwrap_or(0) / 1024)
-                    }
-                    _ => "-".to_string(),
-                };
-                let uptime = v["uptime"]["secs"].as_u64().map_or_else(
-                    || "-".to_string(),
-                    |s| {
-                        format!(
-                            "{}d {}h {}m {}s",
-                            s / 86400,
-                            s / 3600 % 24,
-                            s / 60 % 60,
-                            s % 60
-                        )
-                    },
-                );
-                row.extend([
-                    i["vm_created_at"]
-                        .as_i64()
-                        .map(utc)
-                        .unwrap_or_else(|| "-".to_string()),
-                    uptime,
-                    v["load"]
-                        .as_array()
-                        .map(|l| {
-                            l.iter()
-                                .filter_map(Json::as_str)
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        })
-                        .unwrap_or_else(|| "-".to_string()),
-                    percent(&v["cpu"]["user"]),
-                    percent(&v["cpu"]["sys"]),
-                    percent(&v["cpu"]["wait"]),
-                    memory(&v["mem"]),
-                    memory(&v["swap"]),
-                    percent(&v["disk"]["system"]["percent"]),
-                    percent(&v["disk"]["ephemeral"]["percent"]),
-                    percent(&v["disk"]["persistent"]["percent"]),
-                ]);
+                row.push(i.vm_created_at.map(utc).unwrap_or_else(|| "-".to_string()));
+                row.extend(vitals(i.agent.as_ref().map(|agent| &agent.vitals)));
             }
             rows.push(row);
         }
@@ -428,6 +342,46 @@ pub fn vms(global: &GlobalArgs, args: VmsArgs, ui: &mut Ui) -> u8 {
     })
 }
 
+/// The vitals columns of `vms --vitals`: uptime, load, CPU, memory, swap and disks (`-`
+/// for what the agent did not say).
+fn vitals(vitals: Option<&agent_protocol::Vitals>) -> Vec<String> {
+    let dash = || "-".to_string();
+    let percent = |value: Option<&String>| value.map_or_else(dash, |p| format!("{p}%"));
+    let memory = |value: Option<&std::collections::BTreeMap<String, String>>| match value
+        .map(|m| (m.get("percent"), m.get("kb")))
+    {
+        Some((Some(p), Some(kb))) => {
+            format!("{p}% ({} MB)", kb.parse::<u64>().unwrap_or(0) / 1024)
+        }
+        _ => dash(),
+    };
+    let disk = |name: &str| percent(vitals.and_then(|v| v.disk.get(name)?.get("percent")));
+    let cpu = |name: &str| percent(vitals.and_then(|v| v.cpu.get(name)));
+    let uptime = vitals
+        .and_then(|v| v.uptime.get("secs"))
+        .map_or_else(dash, |s| {
+            format!(
+                "{}d {}h {}m {}s",
+                s / 86400,
+                s / 3600 % 24,
+                s / 60 % 60,
+                s % 60
+            )
+        });
+    vec![
+        uptime,
+        vitals.map_or_else(dash, |v| v.load.join(", ")),
+        cpu("user"),
+        cpu("sys"),
+        cpu("wait"),
+        memory(vitals.map(|v| &v.mem)),
+        memory(vitals.map(|v| &v.swap)),
+        disk("system"),
+        disk("ephemeral"),
+        disk("persistent"),
+    ]
+}
+
 /// `director manifest`.
 pub fn manifest(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     let name = match deployment_name(global, ui) {
@@ -435,15 +389,12 @@ pub fn manifest(global: &GlobalArgs, ui: &mut Ui) -> u8 {
         Err(code) => return code,
     };
     with_client(global, ui, async |client, ui| {
-        match client
-            .get(&format!("/deployments/{}", percent_encode(&name)))
-            .await
-        {
-            Ok(answer) => {
+        match client.deployment(&name).await {
+            Ok(deployment) => {
                 if ui.json {
-                    print_json(ui, &answer);
+                    print_json(ui, &deployment);
                 } else {
-                    ui.data(answer["manifest"].as_str().unwrap_or(""));
+                    ui.data(&deployment.manifest);
                 }
                 0
             }
@@ -452,14 +403,41 @@ pub fn manifest(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     })
 }
 
+/// What a deploy event's `context` says: the instances it changed.
+#[derive(Default, Deserialize)]
+struct EventContext {
+    #[serde(default)]
+    changes: Vec<InstanceChange>,
+}
+
+/// One changed instance in an [`EventContext`].
+#[derive(Deserialize)]
+struct InstanceChange {
+    #[serde(default)]
+    instance: String,
+    #[serde(default)]
+    action: String,
+}
+
+/// `instance: action; …` for a deploy event, empty for others.
+fn changes(event: &Event) -> String {
+    let context = EventContext::deserialize(&event.context).unwrap_or_default();
+    context
+        .changes
+        .iter()
+        .map(|c| format!("{}: {}", c.instance, c.action))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// `director events [--limit N]` (with -d, that deployment's).
 pub fn events(global: &GlobalArgs, args: EventsArgs, ui: &mut Ui) -> u8 {
-    let mut path = format!("/events?limit={}", args.limit);
-    if let Some(d) = &global.deployment {
-        path.push_str(&format!("&deployment={}", percent_encode(d)));
-    }
+    let query = EventsQuery {
+        deployment: global.deployment.clone(),
+        limit: Some(args.limit),
+    };
     with_client(global, ui, async |client, ui| {
-        let list = match client.get(&path).await {
+        let list = match client.events(&query).await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
@@ -483,61 +461,43 @@ pub fn events(global: &GlobalArgs, args: EventsArgs, ui: &mut Ui) -> u8 {
             .map(str::to_string)
             .to_vec(),
         ];
-        for e in list.as_array().into_iter().flatten() {
-            let context = match e["context"].get("changes").and_then(Json::as_array) {
-                Some(changes) if !changes.is_empty() => changes
-                    .iter()
-                    .map(|c| {
-                        format!(
-                            "{}: {}",
-                            c["instance"].as_str().unwrap_or(""),
-                            c["action"].as_str().unwrap_or("")
-                        )
-                    })
-                    .collect::<Vec<_>>()
-                    .join("; "),
-                _ => String::new(),
-            };
+        for e in &list {
             rows.push(vec![
-                text(&e["id"]),
-                e["time"].as_i64().map(utc).unwrap_or_default(),
-                text(&e["user"]),
-                text(&e["action"]),
-                text(&e["object_type"]),
-                text(&e["object_name"]),
-                text(&e["task"]),
-                text(&e["deployment"]),
-                context,
-                e["error"]
-                    .as_str()
+                e.id.to_string(),
+                utc(e.time),
+                e.user.clone(),
+                e.action.clone(),
+                e.object_type.clone(),
+                text(e.object_name.as_deref()),
+                e.task
+                    .map_or_else(|| "-".to_string(), |task| task.to_string()),
+                text(e.deployment.as_deref()),
+                changes(e),
+                e.error
+                    .as_deref()
                     .map(|s| s.lines().next().unwrap_or("").to_string())
                     .unwrap_or_default(),
             ]);
         }
         ui.data(&columns(&rows));
-        ui.say(&format!("{} event(s)", rows.len() - 1));
+        ui.say(&format!("{} event(s)", list.len()));
         0
     })
 }
 
 /// `director start|stop|restart|recreate [GROUP[/ID]]`.
-pub fn change_state(global: &GlobalArgs, state: &str, args: TargetArgs, ui: &mut Ui) -> u8 {
+pub fn change_state(global: &GlobalArgs, state: StateChange, args: TargetArgs, ui: &mut Ui) -> u8 {
     let name = match deployment_name(global, ui) {
         Ok(name) => name,
         Err(code) => return code,
     };
-    with_client(global, ui, async |client, ui| {
-        let body = json!({"state": state, "target": args.target, "skip_drain": args.skip_drain});
-        match client
-            .post(
-                &format!("/deployments/{}/state", percent_encode(&name)),
-                &body,
-            )
-            .await
-        {
-            Ok(answer) => follow(client, &answer["task"], ui).await,
-            Err(e) => fail(ui, e),
-        }
+    let request = StateChangeRequest {
+        state,
+        target: args.target,
+        skip_drain: args.skip_drain,
+    };
+    run_task(global, ui, async |client| {
+        client.change_state(&name, &request).await
     })
 }
 
@@ -548,26 +508,17 @@ pub fn run_errand(global: &GlobalArgs, args: ErrandArgs, ui: &mut Ui) -> u8 {
         Err(code) => return code,
     };
     with_client(global, ui, async |client, ui| {
-        let path = format!(
-            "/deployments/{}/errands/{}/runs",
-            percent_encode(&name),
-            percent_encode(&args.name)
-        );
-        let runs = match listing_task(client, ui, &path, &json!({})).await {
+        let started = client.run_errand(&name, &args.name).await;
+        let runs: Vec<ErrandRun> = match listing_task(client, ui, started).await {
             Ok((runs, _)) => runs,
             Err(code) => return code,
         };
         if ui.json {
-            print_json(ui, &Json::from(runs.clone()));
+            print_json(ui, &runs);
         } else {
             ui.data(&errand_runs(&runs));
         }
-        let failed: Vec<i64> = runs
-            .iter()
-            .filter_map(|r| r["exit_code"].as_i64())
-            .filter(|code| *code != 0)
-            .collect();
-        match failed.first() {
+        match runs.iter().map(|r| r.exit_code).find(|code| *code != 0) {
             None => {
                 ui.say(&format!("Errand '{}' completed successfully", args.name));
                 0
@@ -583,47 +534,33 @@ pub fn run_errand(global: &GlobalArgs, args: ErrandArgs, ui: &mut Ui) -> u8 {
     })
 }
 
-/// Posts `body` to `path`, follows the task it starts and answers the JSON list its result
-/// holds, with the ended task (`Err`: the exit code, the failure already said).
-async fn listing_task(
+/// Follows the task `started` (when it did start) and answers the list its result holds,
+/// with the ended task (`Err`: the exit code, the failure already said).
+async fn listing_task<T: DeserializeOwned>(
     client: &Client,
     ui: &mut Ui,
-    path: &str,
-    body: &Json,
-) -> Result<(Vec<Json>, Json), u8> {
-    let answer = client.post(path, body).await.map_err(|e| fail(ui, e))?;
-    let ended = follow_to_end(client, &answer["task"], ui, false).await?;
-    let result = ended["result"].as_str().unwrap_or("");
-    if ended["state"] != "done" {
-        ui.say(&format!(
-            "Task {} {}: {result}",
-            answer["task"]["id"],
-            text(&ended["state"])
-        ));
+    started: Result<Task, CallError>,
+) -> Result<(Vec<T>, Task), u8> {
+    let task = started.map_err(|e| fail(ui, e))?;
+    let ended = follow_to_end(client, &task, ui, false).await?;
+    if ended.state != TaskState::Done {
+        say_ended(ui, &ended);
         return Err(1);
     }
-    let list = serde_json::from_str(result).map_err(|e| {
-        fail(
-            ui,
-            format!(
-                "task {}: its result is not the list expected ({e}): {result}",
-                answer["task"]["id"]
-            ),
-        )
-    })?;
+    let list = task_result(&ended).map_err(|e| fail(ui, e))?;
     Ok((list, ended))
 }
 
 /// Each run as BOSH prints it: Instance, Exit Code, Stdout, Stderr (multi-line values
 /// indented under the first line).
-fn errand_runs(runs: &[Json]) -> String {
+fn errand_runs(runs: &[ErrandRun]) -> String {
     let mut out = String::new();
     for run in runs {
         let fields = [
-            ("Instance", text(&run["instance"])),
-            ("Exit Code", run["exit_code"].to_string()),
-            ("Stdout", text(&run["stdout"])),
-            ("Stderr", text(&run["stderr"])),
+            ("Instance", run.instance.as_str()),
+            ("Exit Code", &run.exit_code.to_string()),
+            ("Stdout", run.stdout.as_str()),
+            ("Stderr", run.stderr.as_str()),
         ];
         for (label, value) in fields {
             let value = value.trim_end();
@@ -654,25 +591,15 @@ pub fn delete_deployment(global: &GlobalArgs, args: DeleteDeploymentArgs, ui: &m
             return 1;
         }
     }
-    with_client(global, ui, async |client, ui| {
-        match client
-            .delete(&format!(
-                "/deployments/{}?force={}",
-                percent_encode(&name),
-                args.force
-            ))
-            .await
-        {
-            Ok(answer) => follow(client, &answer["task"], ui).await,
-            Err(e) => fail(ui, e),
-        }
+    run_task(global, ui, async |client| {
+        client.delete_deployment(&name, args.force).await
     })
 }
 
 /// `director orphaned-disks`.
 pub fn orphaned_disks(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     with_client(global, ui, async |client, ui| {
-        let list = match client.get("/disks?orphaned=true").await {
+        let list = match client.orphaned_disks().await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
@@ -685,15 +612,15 @@ pub fn orphaned_disks(global: &GlobalArgs, ui: &mut Ui) -> u8 {
                 .map(str::to_string)
                 .to_vec(),
         ];
-        for d in list.as_array().into_iter().flatten() {
+        for d in &list {
             rows.push(vec![
-                text(&d["cid"]),
-                format!("{} MiB", d["size"]),
-                d["orphaned_at"].as_i64().map(utc).unwrap_or_default(),
+                d.cid.clone(),
+                format!("{} MiB", d.size),
+                d.orphaned_at.map(utc).unwrap_or_default(),
             ]);
         }
         ui.data(&columns(&rows));
-        ui.say(&format!("{} orphaned disk(s)", rows.len() - 1));
+        ui.say(&format!("{} orphaned disk(s)", list.len()));
         0
     })
 }
@@ -710,15 +637,17 @@ pub fn delete_disk(global: &GlobalArgs, args: DeleteDiskArgs, ui: &mut Ui) -> u8
             return 1;
         }
     }
-    with_client(global, ui, async |client, ui| {
-        match client
-            .delete(&format!("/disks/{}", percent_encode(&args.cid)))
-            .await
-        {
-            Ok(answer) => follow(client, &answer["task"], ui).await,
-            Err(e) => fail(ui, e),
-        }
+    run_task(global, ui, async |client| {
+        client.delete_disk(&args.cid).await
     })
+}
+
+/// A downloaded log tarball, as `logs --json` lists it.
+#[derive(Serialize)]
+struct WrittenLogs {
+    instance: String,
+    file: String,
+    size: u64,
 }
 
 /// `director logs [GROUP[/ID]] [--dir DIR]`: the agents upload their `sys/log` as tarballs
@@ -731,14 +660,17 @@ pub fn logs(global: &GlobalArgs, args: LogsArgs, ui: &mut Ui) -> u8 {
     if !args.dir.is_dir() {
         return fail(ui, format!("{}: no such directory", args.dir.display()));
     }
+    let request = LogsRequest {
+        target: args.target.clone(),
+    };
     with_client(global, ui, async |client, ui| {
-        let path = format!("/deployments/{}/logs", percent_encode(&name));
-        let (blobs, ended) =
-            match listing_task(client, ui, &path, &json!({"target": args.target})).await {
+        let started = client.fetch_logs(&name, &request).await;
+        let (tarballs, ended): (Vec<LogTarball>, Task) =
+            match listing_task(client, ui, started).await {
                 Ok(listed) => listed,
                 Err(code) => return code,
             };
-        let stamp: String = utc(ended["ended_at"].as_i64().unwrap_or_default())
+        let stamp: String = utc(ended.ended_at.unwrap_or_default())
             .chars()
             .filter(char::is_ascii_digit)
             .collect();
@@ -748,28 +680,30 @@ pub fn logs(global: &GlobalArgs, args: LogsArgs, ui: &mut Ui) -> u8 {
             &stamp[8.min(stamp.len())..]
         );
         let mut written = Vec::new();
-        for blob in &blobs {
+        for tarball in tarballs {
             let file = args.dir.join(format!(
                 "{name}.{}.{}-{stamp}.tgz",
-                text(&blob["group"]),
-                blob["index"]
+                tarball.group, tarball.index
             ));
-            let id = text(&blob["blob_id"]);
-            let digest = format!("sha256:{id}");
+            let digest = format!("sha256:{}", tarball.blob_id);
             if let Err(e) =
-                super::export_release::download(client, global, &id, &digest, &file).await
+                super::export_release::download(client, &tarball.blob_id, &digest, &file).await
             {
                 return fail(ui, e);
             }
             ui.say(&format!(
                 "Logs of {} written to {}",
-                text(&blob["instance"]),
+                tarball.instance,
                 file.display()
             ));
-            written.push(json!({"instance": blob["instance"], "file": file.display().to_string(), "size": blob["size"]}));
+            written.push(WrittenLogs {
+                instance: tarball.instance,
+                file: file.display().to_string(),
+                size: tarball.size,
+            });
         }
         if ui.json {
-            print_json(ui, &Json::from(written));
+            print_json(ui, &written);
         }
         0
     })

@@ -5,11 +5,18 @@
 use std::path::Path;
 use std::time::Duration;
 
-use director::client::{Client, ClientError, EventRenderer, ProgressRenderer, TargetFlags};
+use director::client::{
+    self as cli_client, Client, ClientError, EventRenderer, ProgressRenderer, TargetFlags,
+    UploadKind,
+};
 use director::config::{self, DirectorConfig};
+use director_api::Info;
+use director_api::client::ClientError as CallError;
+use director_api::releases::{CleanupRequest, Release, Stemcell};
+use director_api::tasks::{OutputKind, Task, TaskState, TasksQuery};
 use director_core::diagnostics::Diagnostic;
 use director_core::release::{self, CreateOptions};
-use serde_json::{Value as Json, json};
+use serde::Serialize;
 
 use crate::cli::{
     CancelTaskArgs, CleanUpArgs, DeleteArgs, GlobalArgs, ServeArgs, TaskArgs, TasksArgs, UploadArgs,
@@ -42,7 +49,23 @@ fn flags(global: &GlobalArgs) -> TargetFlags {
 
 pub(crate) async fn connect(global: &GlobalArgs, ui: &mut Ui) -> Result<Client, ClientError> {
     let mut say = |line: &str| ui.say(line);
-    Client::connect(&flags(global), &mut say).await
+    cli_client::connect(&flags(global), &mut say).await
+}
+
+/// Prints `value` as the `--json` view on stdout.
+pub(crate) fn print_json(ui: &mut Ui, value: &impl Serialize) {
+    ui.data(&format!(
+        "{}\n",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    ));
+}
+
+/// `director status --json`: what `GET /info` says, and where the director is.
+#[derive(Serialize)]
+struct Status<'a> {
+    #[serde(flatten)]
+    info: &'a Info,
+    url: &'a str,
 }
 
 /// `director serve [--config director.yml] [--dev]`.
@@ -76,12 +99,11 @@ pub fn status(global: &GlobalArgs, ui: &mut Ui) -> u8 {
         match client.info().await {
             Ok(info) => {
                 if ui.json {
-                    let mut doc = serde_json::to_value(&info).unwrap_or_default();
-                    doc["url"] = json!(client.url());
-                    ui.data(&format!(
-                        "{}\n",
-                        serde_json::to_string_pretty(&doc).unwrap_or_default()
-                    ));
+                    let status = Status {
+                        info: &info,
+                        url: client.url(),
+                    };
+                    print_json(ui, &status);
                 } else {
                     let rows = vec![
                         vec![
@@ -124,8 +146,8 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
                 Err(e) => return fail(ui, e),
             }
         };
-        if let Err(e) = client.post("/shutdown", &json!({})).await {
-            if matches!(e, ClientError::Unreachable { .. }) {
+        if let Err(e) = client.shutdown().await {
+            if matches!(e, CallError::Unreachable { .. }) {
                 ui.say("no dev director is running");
                 return 0;
             }
@@ -152,17 +174,24 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
 
 /// Follows a queued task to its end; prints its events (or raw JSON lines with `--json`) and
 /// its result; exit 0 when done, 1 otherwise.
-pub(crate) async fn follow(client: &Client, task: &Json, ui: &mut Ui) -> u8 {
+pub(crate) async fn follow(client: &Client, task: &Task, ui: &mut Ui) -> u8 {
     match follow_to_end(client, task, ui, true).await {
         Ok(ended) => {
-            let id = task["id"].as_i64().unwrap_or_default();
-            let state = ended["state"].as_str().unwrap_or("");
-            let result = ended["result"].as_str().unwrap_or("");
-            ui.say(&format!("Task {id} {state}: {result}"));
-            if state == "done" { 0 } else { 1 }
+            say_ended(ui, &ended);
+            if ended.state == TaskState::Done { 0 } else { 1 }
         }
         Err(code) => code,
     }
+}
+
+/// `Task 12 done: uploaded release hello/0+dev.1`.
+pub(crate) fn say_ended(ui: &mut Ui, ended: &Task) {
+    ui.say(&format!(
+        "Task {} {}: {}",
+        ended.id,
+        ended.state,
+        ended.result.as_deref().unwrap_or("")
+    ));
 }
 
 /// Follows a task's events until it ends and answers the ended task; the caller says how
@@ -170,15 +199,12 @@ pub(crate) async fn follow(client: &Client, task: &Json, ui: &mut Ui) -> u8 {
 /// the director is reported (`Err` carries the exit code).
 pub(crate) async fn follow_to_end(
     client: &Client,
-    task: &Json,
+    task: &Task,
     ui: &mut Ui,
     json_events: bool,
-) -> Result<Json, u8> {
-    let id = task["id"].as_i64().unwrap_or_default();
-    ui.say(&format!(
-        "Task {id} ({})",
-        task["description"].as_str().unwrap_or("")
-    ));
+) -> Result<Task, u8> {
+    let id = task.id;
+    ui.say(&format!("Task {id} ({})", task.description));
     let json = ui.json;
     // Live bars on a terminal (not under CI, not with --no-color/NO_COLOR); lines otherwise.
     let live = !json && ui.color_stderr && std::env::var_os("CI").is_none();
@@ -196,7 +222,7 @@ pub(crate) async fn follow_to_end(
             }
         }
     };
-    let followed = client.follow(id, "event", &mut sink).await;
+    let followed = client.follow(id, OutputKind::Event, &mut sink).await;
     if let Some(progress) = &progress {
         progress.finish();
     }
@@ -208,7 +234,7 @@ pub(crate) async fn follow_to_end(
 }
 
 /// `director upload-release|upload-stemcell SOURCE [--sha256 D] [--fix]`.
-pub fn upload(global: &GlobalArgs, endpoint: &str, args: UploadArgs, ui: &mut Ui) -> u8 {
+pub fn upload(global: &GlobalArgs, kind: UploadKind, args: UploadArgs, ui: &mut Ui) -> u8 {
     let remote = args.source.starts_with("http://") || args.source.starts_with("https://");
     let local = args
         .source
@@ -216,7 +242,7 @@ pub fn upload(global: &GlobalArgs, endpoint: &str, args: UploadArgs, ui: &mut Ui
         .unwrap_or(&args.source)
         .to_string();
     // A release directory is created first, as `bosh upload-release DIR` does.
-    let tarball = if !remote && endpoint == "/releases" && Path::new(&local).is_dir() {
+    let tarball = if !remote && kind == UploadKind::Release && Path::new(&local).is_dir() {
         let options = CreateOptions {
             dir: local.clone().into(),
             name: None,
@@ -259,12 +285,10 @@ pub fn upload(global: &GlobalArgs, endpoint: &str, args: UploadArgs, ui: &mut Ui
         };
         let task = if remote {
             client
-                .upload_remote(endpoint, &args.source, args.sha256.as_deref(), args.fix)
+                .upload_remote(kind, &args.source, args.sha256.as_deref(), args.fix)
                 .await
         } else {
-            client
-                .upload(endpoint, &tarball, args.sha256.as_deref(), args.fix, true)
-                .await
+            cli_client::upload(&client, kind, &tarball, args.sha256.as_deref(), args.fix).await
         };
         match task {
             Ok(task) => follow(&client, &task, ui).await,
@@ -280,55 +304,47 @@ pub fn releases(global: &GlobalArgs, ui: &mut Ui) -> u8 {
             Ok(client) => client,
             Err(e) => return fail(ui, e),
         };
-        let list = match client.get("/releases").await {
+        let list = match client.releases().await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
         if ui.json {
-            ui.data(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&list).unwrap_or_default()
-            ));
+            print_json(ui, &list);
             return 0;
         }
-        let mut rows = vec![vec![
-            "Name".to_string(),
-            "Version".to_string(),
-            "Commit Hash".to_string(),
-            "Deployments".to_string(),
-        ]];
-        for release in list.as_array().into_iter().flatten() {
-            for version in release["release_versions"].as_array().into_iter().flatten() {
-                let dirty = if version["uncommitted_changes"].as_bool() == Some(true) {
-                    "+"
-                } else {
-                    ""
-                };
-                let deployments: Vec<&str> = version["deployments"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .filter_map(Json::as_str)
-                    .collect();
-                rows.push(vec![
-                    release["name"].as_str().unwrap_or("").to_string(),
-                    format!(
-                        "{}{}",
-                        version["version"].as_str().unwrap_or(""),
-                        if deployments.is_empty() { "" } else { "*" }
-                    ),
-                    format!("{}{dirty}", version["commit_hash"].as_str().unwrap_or("")),
-                    deployments.join(", "),
-                ]);
-            }
-        }
-        ui.data(&columns(&rows));
+        ui.data(&columns(&release_rows(&list)));
+        let count: usize = list.iter().map(|r| r.release_versions.len()).sum();
         ui.say(&format!(
-            "{} release version(s); (*) in use, (+) uncommitted changes",
-            rows.len() - 1
+            "{count} release version(s); (*) in use, (+) uncommitted changes"
         ));
         0
     })
+}
+
+fn release_rows(list: &[Release]) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "Name".to_string(),
+        "Version".to_string(),
+        "Commit Hash".to_string(),
+        "Deployments".to_string(),
+    ]];
+    for release in list {
+        for version in &release.release_versions {
+            let dirty = if version.uncommitted_changes { "+" } else { "" };
+            let in_use = if version.deployments.is_empty() {
+                ""
+            } else {
+                "*"
+            };
+            rows.push(vec![
+                release.name.clone(),
+                format!("{}{in_use}", version.version),
+                format!("{}{dirty}", version.commit_hash.as_deref().unwrap_or("")),
+                version.deployments.join(", "),
+            ]);
+        }
+    }
+    rows
 }
 
 /// `director stemcells`.
@@ -338,85 +354,54 @@ pub fn stemcells(global: &GlobalArgs, ui: &mut Ui) -> u8 {
             Ok(client) => client,
             Err(e) => return fail(ui, e),
         };
-        let list = match client.get("/stemcells").await {
+        let list = match client.stemcells().await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
         if ui.json {
-            ui.data(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&list).unwrap_or_default()
-            ));
+            print_json(ui, &list);
             return 0;
         }
-        let mut rows = vec![vec![
-            "Name".to_string(),
-            "Version".to_string(),
-            "OS".to_string(),
-            "Formats".to_string(),
-            "Deployments".to_string(),
-        ]];
-        for stemcell in list.as_array().into_iter().flatten() {
-            let deployments: Vec<&str> = stemcell["deployments"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Json::as_str)
-                .collect();
-            let formats: Vec<&str> = stemcell["formats"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(Json::as_str)
-                .collect();
-            rows.push(vec![
-                stemcell["name"].as_str().unwrap_or("").to_string(),
-                format!(
-                    "{}{}",
-                    stemcell["version"].as_str().unwrap_or(""),
-                    if deployments.is_empty() { "" } else { "*" }
-                ),
-                stemcell["operating_system"]
-                    .as_str()
-                    .unwrap_or("")
-                    .to_string(),
-                formats.join(", "),
-                deployments.join(", "),
-            ]);
-        }
-        ui.data(&columns(&rows));
-        ui.say(&format!("{} stemcell(s); (*) in use", rows.len() - 1));
+        ui.data(&columns(&stemcell_rows(&list)));
+        ui.say(&format!("{} stemcell(s); (*) in use", list.len()));
         0
     })
 }
 
-pub(crate) fn percent_encode(text: &str) -> String {
-    text.bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            other => format!("%{other:02X}"),
-        })
-        .collect()
+fn stemcell_rows(list: &[Stemcell]) -> Vec<Vec<String>> {
+    let mut rows = vec![vec![
+        "Name".to_string(),
+        "Version".to_string(),
+        "OS".to_string(),
+        "Formats".to_string(),
+        "Deployments".to_string(),
+    ]];
+    for stemcell in list {
+        let in_use = if stemcell.deployments.is_empty() {
+            ""
+        } else {
+            "*"
+        };
+        rows.push(vec![
+            stemcell.name.clone(),
+            format!("{}{in_use}", stemcell.version),
+            stemcell.operating_system.clone(),
+            stemcell.formats.join(", "),
+            stemcell.deployments.join(", "),
+        ]);
+    }
+    rows
 }
 
 /// `director delete-release NAME[/VERSION] [--force]`.
 pub fn delete_release(global: &GlobalArgs, args: DeleteArgs, ui: &mut Ui) -> u8 {
-    let path = match args.name.split_once('/') {
-        Some((name, version)) => format!(
-            "/releases/{}?version={}&force={}",
-            percent_encode(name),
-            percent_encode(version),
-            args.force
-        ),
-        None => format!(
-            "/releases/{}?force={}",
-            percent_encode(&args.name),
-            args.force
-        ),
+    let (name, version) = match args.name.split_once('/') {
+        Some((name, version)) => (name, Some(version)),
+        None => (args.name.as_str(), None),
     };
-    delete(global, &path, ui)
+    run_task(global, ui, async |client| {
+        client.delete_release(name, version, args.force).await
+    })
 }
 
 /// `director delete-stemcell NAME/VERSION [--force]`.
@@ -430,29 +415,24 @@ pub fn delete_stemcell(global: &GlobalArgs, args: DeleteArgs, ui: &mut Ui) -> u8
             ),
         );
     };
-    delete(
-        global,
-        &format!(
-            "/stemcells/{}/{}?force={}",
-            percent_encode(name),
-            percent_encode(version),
-            args.force
-        ),
-        ui,
-    )
+    run_task(global, ui, async |client| {
+        client.delete_stemcell(name, version, args.force).await
+    })
 }
 
-fn delete(global: &GlobalArgs, path: &str, ui: &mut Ui) -> u8 {
+/// Connects, starts a task with `start` and follows it to its end.
+pub(crate) fn run_task(
+    global: &GlobalArgs,
+    ui: &mut Ui,
+    start: impl AsyncFnOnce(&Client) -> Result<Task, CallError>,
+) -> u8 {
     runtime().block_on(async {
         let client = match connect(global, ui).await {
             Ok(client) => client,
             Err(e) => return fail(ui, e),
         };
-        match client.delete(path).await {
-            Ok(answer) => match answer.get("task") {
-                Some(task) => follow(&client, task, ui).await,
-                None => fail(ui, format!("unexpected answer: {answer}")),
-            },
+        match start(&client).await {
+            Ok(task) => follow(&client, &task, ui).await,
             Err(e) => fail(ui, e),
         }
     })
@@ -466,21 +446,25 @@ pub fn tasks(global: &GlobalArgs, args: TasksArgs, ui: &mut Ui) -> u8 {
             Err(e) => return fail(ui, e),
         };
         let mut query = match args.recent {
-            Some(n) => format!("/tasks?limit={n}"),
-            None => "/tasks?limit=1000&state=queued,processing,cancelling".to_string(),
+            Some(n) => TasksQuery {
+                limit: Some(n),
+                ..TasksQuery::default()
+            },
+            None => TasksQuery {
+                limit: Some(1000),
+                state: Some("queued,processing,cancelling".to_string()),
+                ..TasksQuery::default()
+            },
         };
-        if let (Some(deployment), false) = (&global.deployment, args.all) {
-            query.push_str(&format!("&deployment={}", percent_encode(deployment)));
+        if !args.all {
+            query.deployment = global.deployment.clone();
         }
-        let list = match client.get(&query).await {
+        let list = match client.tasks(&query).await {
             Ok(list) => list,
             Err(e) => return fail(ui, e),
         };
         if ui.json {
-            ui.data(&format!(
-                "{}\n",
-                serde_json::to_string_pretty(&list).unwrap_or_default()
-            ));
+            print_json(ui, &list);
             return 0;
         }
         let mut rows = vec![vec![
@@ -491,18 +475,17 @@ pub fn tasks(global: &GlobalArgs, args: TasksArgs, ui: &mut Ui) -> u8 {
             "Description".to_string(),
             "Result".to_string(),
         ]];
-        for task in list.as_array().into_iter().flatten() {
+        for task in &list {
             rows.push(vec![
-                task["id"].to_string(),
-                task["state"].as_str().unwrap_or("").to_string(),
-                task["started_at"]
-                    .as_i64()
+                task.id.to_string(),
+                task.state.to_string(),
+                task.started_at
                     .map(crate::ui::utc)
                     .unwrap_or_else(|| "-".to_string()),
-                task["deployment"].as_str().unwrap_or("-").to_string(),
-                task["description"].as_str().unwrap_or("").to_string(),
-                task["result"]
-                    .as_str()
+                task.deployment.clone().unwrap_or_else(|| "-".to_string()),
+                task.description.clone(),
+                task.result
+                    .as_deref()
                     .unwrap_or("")
                     .chars()
                     .take(80)
@@ -510,7 +493,7 @@ pub fn tasks(global: &GlobalArgs, args: TasksArgs, ui: &mut Ui) -> u8 {
             ]);
         }
         ui.data(&columns(&rows));
-        ui.say(&format!("{} task(s)", rows.len() - 1));
+        ui.say(&format!("{} task(s)", list.len()));
         0
     })
 }
@@ -522,14 +505,18 @@ pub fn task(global: &GlobalArgs, args: TaskArgs, ui: &mut Ui) -> u8 {
             Ok(client) => client,
             Err(e) => return fail(ui, e),
         };
-        let task = match client.get(&format!("/tasks/{}", args.id)).await {
+        let task = match client.task(args.id).await {
             Ok(task) => task,
             Err(e) => return fail(ui, e),
         };
         if !args.debug && !args.result {
             return follow(&client, &task, ui).await;
         }
-        let kind = if args.debug { "debug" } else { "result" };
+        let kind = if args.debug {
+            OutputKind::Debug
+        } else {
+            OutputKind::Result
+        };
         let mut text = String::new();
         let mut sink = |chunk: &str| text.push_str(chunk);
         let ended = match client.follow(args.id, kind, &mut sink).await {
@@ -537,10 +524,10 @@ pub fn task(global: &GlobalArgs, args: TaskArgs, ui: &mut Ui) -> u8 {
             Err(e) => return fail(ui, e),
         };
         ui.data(&text);
-        if kind == "result" && !text.ends_with('\n') && !text.is_empty() {
+        if kind == OutputKind::Result && !text.ends_with('\n') && !text.is_empty() {
             ui.data("\n");
         }
-        if ended["state"] == "done" { 0 } else { 1 }
+        if ended.state == TaskState::Done { 0 } else { 1 }
     })
 }
 
@@ -551,9 +538,9 @@ pub fn cancel_task(global: &GlobalArgs, args: CancelTaskArgs, ui: &mut Ui) -> u8
             Ok(client) => client,
             Err(e) => return fail(ui, e),
         };
-        match client.delete(&format!("/tasks/{}", args.id)).await {
+        match client.cancel_task(args.id).await {
             Ok(answer) => {
-                ui.say(answer["message"].as_str().unwrap_or("cancelling"));
+                ui.say(&answer.message);
                 0
             }
             Err(e) => fail(ui, e),
@@ -563,17 +550,6 @@ pub fn cancel_task(global: &GlobalArgs, args: CancelTaskArgs, ui: &mut Ui) -> u8
 
 /// `director clean-up [--all]`.
 pub fn clean_up(global: &GlobalArgs, args: CleanUpArgs, ui: &mut Ui) -> u8 {
-    runtime().block_on(async {
-        let client = match connect(global, ui).await {
-            Ok(client) => client,
-            Err(e) => return fail(ui, e),
-        };
-        match client.post("/cleanup", &json!({ "all": args.all })).await {
-            Ok(answer) => match answer.get("task") {
-                Some(task) => follow(&client, task, ui).await,
-                None => fail(ui, format!("unexpected answer: {answer}")),
-            },
-            Err(e) => fail(ui, e),
-        }
-    })
+    let request = CleanupRequest { all: args.all };
+    run_task(global, ui, async |client| client.cleanup(&request).await)
 }

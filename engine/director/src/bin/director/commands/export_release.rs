@@ -11,12 +11,13 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use director::client::Client;
-use director::config::ClientConfig;
-use director::uploads::{ExportRequest, ExportedRelease};
-use serde_json::{Value as Json, json};
+use director_api::client::task_result;
+use director_api::releases::{ExportRequest, ExportedRelease};
+use director_api::tasks::TaskState;
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use super::director::{connect, fail, follow, runtime};
+use super::director::{connect, fail, follow_to_end, runtime, say_ended};
 use crate::cli::{ExportReleaseArgs, GlobalArgs};
 use crate::ui::Ui;
 
@@ -53,33 +54,23 @@ pub fn run(global: &GlobalArgs, args: ExportReleaseArgs, ui: &mut Ui) -> u8 {
             Ok(client) => client,
             Err(e) => return fail(ui, e),
         };
-        let answer = match client
-            .post("/releases/export", &json!(request))
-            .await
-        {
-            Ok(answer) => answer,
+        let task = match client.export_release(&request).await {
+            Ok(task) => task,
             Err(e) => return fail(ui, e),
         };
-        let Some(task) = answer.get("task") else {
-            return fail(ui, format!("unexpected answer: {answer}"));
+        let ended = match follow_to_end(&client, &task, ui, true).await {
+            Ok(ended) => ended,
+            Err(code) => return code,
         };
-        let code = follow(&client, task, ui).await;
-        if code != 0 {
-            return code;
+        say_ended(ui, &ended);
+        if ended.state != TaskState::Done {
+            return 1;
         }
-        let id = task["id"].as_i64().unwrap_or_default();
-        let exported = match exported(&client, id).await {
+        let exported: ExportedRelease = match task_result(&ended) {
             Ok(exported) => exported,
             Err(e) => return fail(ui, e),
         };
-        if let Err(e) = download(
-            &client,
-            global,
-            &exported.blob_id,
-            &exported.sha256,
-            &destination,
-        )
-        .await
+        if let Err(e) = download(&client, &exported.blob_id, &exported.sha256, &destination).await
         {
             return fail(ui, e);
         }
@@ -89,52 +80,26 @@ pub fn run(global: &GlobalArgs, args: ExportReleaseArgs, ui: &mut Ui) -> u8 {
             exported.sha256
         ));
         if ui.json {
-            let line = json!({
-                "file": destination.display().to_string(),
-                "sha256": exported.sha256,
-                "size": exported.size,
-            });
-            ui.data(&format!("{line}\n"));
+            let line = Exported {
+                file: destination.display().to_string(),
+                sha256: exported.sha256,
+                size: exported.size,
+            };
+            ui.data(&format!(
+                "{}\n",
+                serde_json::to_string(&line).unwrap_or_default()
+            ));
         }
         0
     })
 }
 
-/// The export task's result.
-async fn exported(client: &Client, id: i64) -> Result<ExportedRelease, String> {
-    let task = client
-        .get(&format!("/tasks/{id}"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let result = task["result"].as_str().unwrap_or_default();
-    serde_json::from_str(result)
-        .map_err(|e| format!("task {id}: its result does not name an exported tarball: {e}"))
-}
-
-/// The HTTP client for the download: the CA certificate the director's client uses
-/// (`DIRECTOR_CA_CERT`, else the CLI config's); the signed link needs no token.
-fn http(global: &GlobalArgs) -> Result<reqwest::Client, String> {
-    let ca = std::env::var("DIRECTOR_CA_CERT")
-        .ok()
-        .filter(|ca| !ca.is_empty())
-        .or_else(|| {
-            let saved = ClientConfig::load().ok()?;
-            (global.director.is_none() && !saved.dev)
-                .then_some(saved.ca_cert)
-                .flatten()
-        });
-    let mut builder = reqwest::Client::builder();
-    if let Some(ca) = ca {
-        let pem = if ca.contains("-----BEGIN") {
-            ca.into_bytes()
-        } else {
-            std::fs::read(&ca).map_err(|e| format!("reading the CA certificate {ca}: {e}"))?
-        };
-        let certificate = reqwest::Certificate::from_pem(&pem)
-            .map_err(|e| format!("the director CA certificate is not PEM: {e}"))?;
-        builder = builder.add_root_certificate(certificate);
-    }
-    builder.build().map_err(|e| e.to_string())
+/// `export-release --json`: the tarball written.
+#[derive(Serialize)]
+struct Exported {
+    file: String,
+    sha256: String,
+    size: u64,
 }
 
 /// Downloads a blob through a signed link (`GET /blobs/<id>/link`) into `destination`,
@@ -142,26 +107,13 @@ fn http(global: &GlobalArgs) -> Result<reqwest::Client, String> {
 /// failed download leaves no partial file.
 pub(crate) async fn download(
     client: &Client,
-    global: &GlobalArgs,
     blob_id: &str,
     sha256: &str,
     destination: &Path,
 ) -> Result<(), String> {
     let failed = |e: &dyn std::fmt::Display| format!("downloading {}: {e}", destination.display());
-    let link: Json = client
-        .get(&format!("/blobs/{blob_id}/link"))
-        .await
-        .map_err(|e| e.to_string())?;
-    let path = link["path"]
-        .as_str()
-        .ok_or_else(|| format!("unexpected answer for the download link: {link}"))?;
-    let url = format!("{}{path}", client.url());
-    let mut response = http(global)?
-        .get(&url)
-        .send()
-        .await
-        .and_then(reqwest::Response::error_for_status)
-        .map_err(|e| failed(&e))?;
+    let link = client.blob_link(blob_id).await.map_err(|e| e.to_string())?;
+    let mut response = client.download(&link.path).await.map_err(|e| failed(&e))?;
     let folder = destination.parent().unwrap_or(Path::new("."));
     let mut file = tempfile::Builder::new()
         .prefix(".download-")

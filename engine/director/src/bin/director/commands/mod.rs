@@ -13,6 +13,8 @@ mod inspect_release;
 mod interpolate;
 mod validate;
 
+use ::director::client::UploadKind;
+use director_api::{ConfigKind, StateChange};
 use director_core::interpolate::{Expectations, VarFlags};
 use director_core::template::TemplateInputs;
 
@@ -33,8 +35,12 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::Serve(args) => director::serve(args, ui),
         Command::Status => director::status(&cli.global, ui),
         Command::StopServer => director::stop_server(&cli.global, ui),
-        Command::UploadRelease(args) => director::upload(&cli.global, "/releases", args, ui),
-        Command::UploadStemcell(args) => director::upload(&cli.global, "/stemcells", args, ui),
+        Command::UploadRelease(args) => {
+            director::upload(&cli.global, UploadKind::Release, args, ui)
+        }
+        Command::UploadStemcell(args) => {
+            director::upload(&cli.global, UploadKind::Stemcell, args, ui)
+        }
         Command::Releases => director::releases(&cli.global, ui),
         Command::Stemcells => director::stemcells(&cli.global, ui),
         Command::DeleteRelease(args) => director::delete_release(&cli.global, args, ui),
@@ -45,23 +51,29 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::CancelTask(args) => director::cancel_task(&cli.global, args, ui),
         Command::CleanUp(args) => director::clean_up(&cli.global, args, ui),
         Command::UpdateCloudConfig(args) => {
-            deployments::update_config(&cli.global, "cloud", args, ui)
+            deployments::update_config(&cli.global, ConfigKind::Cloud, args, ui)
         }
-        Command::CloudConfig => deployments::config(&cli.global, "cloud", ui),
+        Command::CloudConfig => deployments::config(&cli.global, ConfigKind::Cloud, ui),
         Command::UpdateRuntimeConfig(args) => {
-            deployments::update_config(&cli.global, "runtime", args, ui)
+            deployments::update_config(&cli.global, ConfigKind::Runtime, args, ui)
         }
-        Command::RuntimeConfig => deployments::config(&cli.global, "runtime", ui),
+        Command::RuntimeConfig => deployments::config(&cli.global, ConfigKind::Runtime, ui),
         Command::Deploy(args) => deploy::run(&cli.global, args, ui),
         Command::Deployments => deployments::deployments(&cli.global, ui),
         Command::Instances(args) => deployments::instances(&cli.global, args, ui),
         Command::Vms(args) => deployments::vms(&cli.global, args, ui),
         Command::Manifest => deployments::manifest(&cli.global, ui),
         Command::Events(args) => deployments::events(&cli.global, args, ui),
-        Command::Start(args) => deployments::change_state(&cli.global, "started", args, ui),
-        Command::Stop(args) => deployments::change_state(&cli.global, "stopped", args, ui),
-        Command::Restart(args) => deployments::change_state(&cli.global, "restart", args, ui),
-        Command::Recreate(args) => deployments::change_state(&cli.global, "recreate", args, ui),
+        Command::Start(args) => {
+            deployments::change_state(&cli.global, StateChange::Start, args, ui)
+        }
+        Command::Stop(args) => deployments::change_state(&cli.global, StateChange::Stop, args, ui),
+        Command::Restart(args) => {
+            deployments::change_state(&cli.global, StateChange::Restart, args, ui)
+        }
+        Command::Recreate(args) => {
+            deployments::change_state(&cli.global, StateChange::Recreate, args, ui)
+        }
         Command::RunErrand(args) => deployments::run_errand(&cli.global, args, ui),
         Command::Logs(args) => deployments::logs(&cli.global, args, ui),
         Command::DeleteDeployment(args) => deployments::delete_deployment(&cli.global, args, ui),
