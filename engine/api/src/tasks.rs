@@ -26,7 +26,25 @@ pub enum TaskState {
 }
 
 impl TaskState {
-    /// `queued`, `processing`, ….
+    /// Every state, in life-cycle order.
+    pub const ALL: [TaskState; 7] = [
+        TaskState::Queued,
+        TaskState::Processing,
+        TaskState::Done,
+        TaskState::Error,
+        TaskState::Cancelling,
+        TaskState::Cancelled,
+        TaskState::Timeout,
+    ];
+
+    /// The states of a task that has not ended.
+    pub const RUNNING: [TaskState; 3] = [
+        TaskState::Queued,
+        TaskState::Processing,
+        TaskState::Cancelling,
+    ];
+
+    /// BOSH's name of the state: `queued`, `processing`, ….
     pub fn as_str(self) -> &'static str {
         match self {
             TaskState::Queued => "queued",
@@ -41,16 +59,29 @@ impl TaskState {
 
     /// Whether the task has not ended yet.
     pub fn is_running(self) -> bool {
-        matches!(
-            self,
-            TaskState::Queued | TaskState::Processing | TaskState::Cancelling
-        )
+        TaskState::RUNNING.contains(&self)
     }
 }
 
 impl std::fmt::Display for TaskState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
+    }
+}
+
+/// A task state name that BOSH does not have.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown task state '{0}'")]
+pub struct UnknownTaskState(pub String);
+
+impl std::str::FromStr for TaskState {
+    type Err = UnknownTaskState;
+
+    fn from_str(text: &str) -> Result<TaskState, UnknownTaskState> {
+        TaskState::ALL
+            .into_iter()
+            .find(|state| state.as_str() == text)
+            .ok_or_else(|| UnknownTaskState(text.to_string()))
     }
 }
 

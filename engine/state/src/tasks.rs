@@ -8,97 +8,25 @@
 //! transaction, and [`Tasks::fail_running_tasks`] does the same for every task a stopped
 //! director left behind.
 
-use std::fmt;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 
 use serde_json::Value;
 
 use super::sql::{Begin, Columns, Conn, Param, params, placeholders};
 use super::{Failure, Object, State, StateError, TaskId, now};
 
-/// Where a task is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum TaskState {
-    Queued,
-    Processing,
-    Done,
-    Error,
-    Cancelling,
-    Cancelled,
-    Timeout,
-}
+/// Where a task is in its life: the contract's type, stored by its name.
+pub use director_api::tasks::{TaskState, UnknownTaskState};
 
-impl TaskState {
-    /// Every state, in life-cycle order.
-    pub const ALL: [TaskState; 7] = [
-        TaskState::Queued,
-        TaskState::Processing,
-        TaskState::Done,
-        TaskState::Error,
-        TaskState::Cancelling,
-        TaskState::Cancelled,
-        TaskState::Timeout,
-    ];
-
-    /// The states of a task that has not finished.
-    pub const RUNNING: [TaskState; 3] = [
-        TaskState::Queued,
-        TaskState::Processing,
-        TaskState::Cancelling,
-    ];
-
-    /// BOSH's name of the state.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            TaskState::Queued => "queued",
-            TaskState::Processing => "processing",
-            TaskState::Done => "done",
-            TaskState::Error => "error",
-            TaskState::Cancelling => "cancelling",
-            TaskState::Cancelled => "cancelled",
-            TaskState::Timeout => "timeout",
-        }
-    }
-
-    /// Whether the task has not finished yet.
-    pub fn is_running(self) -> bool {
-        TaskState::RUNNING.contains(&self)
-    }
-
-    /// The states a task may be in to move to `self`.
-    fn reachable_from(self) -> &'static [TaskState] {
-        use TaskState::*;
-        match self {
-            Queued => &[],
-            Processing => &[Queued],
-            Cancelling => &[Queued, Processing],
-            Done | Timeout => &[Processing, Cancelling],
-            Error | Cancelled => &[Queued, Processing, Cancelling],
-        }
-    }
-}
-
-impl fmt::Display for TaskState {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A task state name that BOSH does not have.
-#[derive(Debug, thiserror::Error)]
-#[error("unknown task state '{0}'")]
-pub struct UnknownTaskState(String);
-
-impl FromStr for TaskState {
-    type Err = UnknownTaskState;
-
-    fn from_str(text: &str) -> Result<TaskState, UnknownTaskState> {
-        TaskState::ALL
-            .into_iter()
-            .find(|state| state.as_str() == text)
-            .ok_or_else(|| UnknownTaskState(text.to_string()))
+/// The states a task may be in to move to `state`.
+fn reachable_from(state: TaskState) -> &'static [TaskState] {
+    use TaskState::*;
+    match state {
+        Queued => &[],
+        Processing => &[Queued],
+        Cancelling => &[Queued, Processing],
+        Done | Timeout => &[Processing, Cancelling],
+        Error | Cancelled => &[Queued, Processing, Cancelling],
     }
 }
 
@@ -387,7 +315,7 @@ async fn set_state<C: Conn>(
     result: Option<&str>,
     time: i64,
 ) -> Result<Task, Failure> {
-    let from = state.reachable_from();
+    let from = reachable_from(state);
     let started_at = (state == TaskState::Processing).then_some(time);
     let ended_at = (!state.is_running()).then_some(time);
     let mut values = vec![

@@ -8,10 +8,9 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use director_api::TaskState as WireTaskState;
 use director_api::error::LockHolder;
 use director_api::{ApiError, ErrorCode, TaskAccepted};
-use director_state::{NewTask, StateError, Task, TaskState};
+use director_state::{NewTask, StateError, Task};
 
 use super::Director;
 use crate::blobstore::BlobstoreError;
@@ -117,7 +116,7 @@ pub(super) fn internal(error: impl std::fmt::Display) -> Failure {
 pub(super) fn task_view(task: &Task) -> director_api::Task {
     director_api::Task {
         id: task.id.0,
-        state: wire_state(task.state),
+        state: task.state,
         description: task.description.clone(),
         deployment: task.deployment.clone(),
         user: task.user.clone(),
@@ -126,18 +125,6 @@ pub(super) fn task_view(task: &Task) -> director_api::Task {
         ended_at: task.ended_at,
         result: task.result.clone(),
         context: task.context.clone(),
-    }
-}
-
-fn wire_state(state: TaskState) -> WireTaskState {
-    match state {
-        TaskState::Queued => WireTaskState::Queued,
-        TaskState::Processing => WireTaskState::Processing,
-        TaskState::Done => WireTaskState::Done,
-        TaskState::Error => WireTaskState::Error,
-        TaskState::Cancelling => WireTaskState::Cancelling,
-        TaskState::Cancelled => WireTaskState::Cancelled,
-        TaskState::Timeout => WireTaskState::Timeout,
     }
 }
 
