@@ -32,8 +32,8 @@ pub enum ClientError {
         source: std::io::Error,
     },
     /// The CLI config cannot be used.
-    #[error("{0}")]
-    Config(String),
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
 }
 
 /// Where to find the director, from flags and the environment.

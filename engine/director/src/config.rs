@@ -228,14 +228,13 @@ impl DirectorConfig {
         }
     }
 
-    /// Reads `director.yml`; errors name the file and what is wrong in it.
-    pub fn load(path: &Path) -> Result<DirectorConfig, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-        serde_yaml::from_str(&text).map_err(|e| match e.location() {
-            Some(at) => format!("{}:{}:{}: {e}", path.display(), at.line(), at.column()),
-            None => format!("{}: {e}", path.display()),
-        })
+    /// Reads `director.yml`; errors name the file, the line and column, and what is wrong.
+    pub fn load(path: &Path) -> Result<DirectorConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        serde_yaml::from_str(&text).map_err(|source| ConfigError::parse(path, source))
     }
 
     /// The database URL (default: SQLite in the data directory).
@@ -305,21 +304,73 @@ impl ClientConfig {
     }
 
     /// Reads the config file; a missing file is an empty config.
-    pub fn load() -> Result<ClientConfig, String> {
+    pub fn load() -> Result<ClientConfig, ConfigError> {
         let path = ClientConfig::path();
         match std::fs::read_to_string(&path) {
-            Ok(text) => serde_yaml::from_str(&text).map_err(|e| format!("{}: {e}", path.display())),
+            Ok(text) => {
+                serde_yaml::from_str(&text).map_err(|source| ConfigError::parse(&path, source))
+            }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ClientConfig::default()),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => Err(ConfigError::Read { path, source }),
         }
     }
 
     /// Writes the config file atomically with mode 0600 (it holds a token).
-    pub fn save(&self) -> Result<(), String> {
+    pub fn save(&self) -> Result<(), ConfigError> {
         let path = ClientConfig::path();
-        let text = serde_yaml::to_string(self).map_err(|e| e.to_string())?;
+        let text = serde_yaml::to_string(self).map_err(|source| ConfigError::Encode {
+            path: path.clone(),
+            source,
+        })?;
         secrets::write_private(&path, text.as_bytes())
-            .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            .map_err(|source| ConfigError::Write { path, source })
+    }
+}
+
+/// Why `director.yml` or the CLI's `config.yml` could not be read or written.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not what it should be; `place` is `FILE:LINE:COLUMN` when known.
+    #[error("{place}: {source}")]
+    Parse {
+        /// Where.
+        place: String,
+        /// What is wrong.
+        source: serde_yaml::Error,
+    },
+    /// The config could not be encoded.
+    #[error("cannot encode {}: {source}", path.display())]
+    Encode {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: serde_yaml::Error,
+    },
+    /// The file could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+}
+
+impl ConfigError {
+    fn parse(path: &Path, source: serde_yaml::Error) -> ConfigError {
+        let place = match source.location() {
+            Some(at) => format!("{}:{}:{}", path.display(), at.line(), at.column()),
+            None => path.display().to_string(),
+        };
+        ConfigError::Parse { place, source }
     }
 }
 
@@ -352,7 +403,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("director.yml");
         std::fs::write(&path, "data_dir: /x\nlisten: 1\nport: 3\n").unwrap();
-        let error = DirectorConfig::load(&path).unwrap_err();
+        let error = DirectorConfig::load(&path).unwrap_err().to_string();
         assert!(error.contains("director.yml:3:1"), "{error}");
         assert!(error.contains("unknown field `port`"), "{error}");
     }

@@ -32,27 +32,62 @@ pub fn write_atomic_with<E>(
 where
     E: From<io::Error>,
 {
-    let directory = parent(path);
-    std::fs::create_dir_all(directory)?;
-    let (temporary, mut file) = create_temporary(directory, path, mode)?;
-    let result = write(&mut file)
-        .and_then(|()| file.sync_all().map_err(E::from))
-        .and_then(|()| {
-            drop(file);
-            std::fs::rename(&temporary, path).map_err(E::from)
-        });
-    match result {
-        Ok(()) => {
-            // The rename is durable only once the directory is; a directory that cannot be
-            // opened for syncing (unusual permissions) does not make the write fail.
-            if let Ok(directory) = File::open(directory) {
-                let _ = directory.sync_all();
-            }
-            Ok(())
+    let mut file = AtomicFile::create(path, mode)?;
+    write(file.file())?;
+    file.commit()?;
+    Ok(())
+}
+
+/// A file being written that appears at its path only when [`AtomicFile::commit`] is
+/// called: until then it is a temporary file beside it (removed when dropped), so a writer
+/// that fails half-way, or an async download that errors, leaves the target as it was.
+#[derive(Debug)]
+pub struct AtomicFile {
+    path: PathBuf,
+    temporary: PathBuf,
+    file: Option<File>,
+}
+
+impl AtomicFile {
+    /// Creates the temporary file for `path`, with `mode`, creating the parent directory.
+    pub fn create(path: &Path, mode: u32) -> io::Result<AtomicFile> {
+        let directory = parent(path);
+        std::fs::create_dir_all(directory)?;
+        let (temporary, file) = create_temporary(directory, path, mode)?;
+        Ok(AtomicFile {
+            path: path.to_path_buf(),
+            temporary,
+            file: Some(file),
+        })
+    }
+
+    /// The file to write into.
+    pub fn file(&mut self) -> &mut File {
+        self.file
+            .as_mut()
+            .expect("an AtomicFile holds its file until commit")
+    }
+
+    /// Syncs the file, renames it over the target and syncs the directory.
+    pub fn commit(mut self) -> io::Result<()> {
+        if let Some(file) = self.file.take() {
+            file.sync_all()?;
         }
-        Err(error) => {
-            let _ = std::fs::remove_file(&temporary);
-            Err(error)
+        std::fs::rename(&self.temporary, &self.path)?;
+        // The rename is durable only once the directory is; a directory that cannot be
+        // opened for syncing (unusual permissions) does not make the write fail.
+        if let Ok(directory) = File::open(parent(&self.path)) {
+            let _ = directory.sync_all();
+        }
+        self.temporary = PathBuf::new();
+        Ok(())
+    }
+}
+
+impl Drop for AtomicFile {
+    fn drop(&mut self) {
+        if !self.temporary.as_os_str().is_empty() {
+            let _ = std::fs::remove_file(&self.temporary);
         }
     }
 }
@@ -139,6 +174,21 @@ mod tests {
         });
         assert!(result.is_err());
         assert_eq!(std::fs::read(&path).unwrap(), b"kept");
+        assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn an_atomic_file_dropped_before_commit_leaves_nothing() {
+        let directory = tempfile::tempdir().unwrap();
+        let path = directory.path().join("download.tgz");
+        let mut file = AtomicFile::create(&path, 0o644).unwrap();
+        file.file().write_all(b"half").unwrap();
+        drop(file);
+        assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 0);
+        let mut file = AtomicFile::create(&path, 0o644).unwrap();
+        file.file().write_all(b"whole").unwrap();
+        file.commit().unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"whole");
         assert_eq!(std::fs::read_dir(directory.path()).unwrap().count(), 1);
     }
 

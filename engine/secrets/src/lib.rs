@@ -13,7 +13,7 @@
 mod file;
 mod url;
 
-pub use file::{write_atomic, write_atomic_with, write_private};
+pub use file::{AtomicFile, write_atomic, write_atomic_with, write_private};
 pub use url::redact_urls;
 
 /// A value that prints as `<redacted>` (`Debug` and `Display`): wrap passwords, tokens and

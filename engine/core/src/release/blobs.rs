@@ -141,18 +141,11 @@ pub fn add_blob(release_dir: &Path, source: &Path, name: &str) -> Result<Blob, R
     }
     let mut blobs = read_blobs(release_dir)?;
     let destination = release_dir.join("blobs").join(name);
-    let parent = destination
-        .parent()
-        .map(Path::to_path_buf)
-        .unwrap_or_default();
-    fs::create_dir_all(&parent).map_err(|e| ReleaseError::io(&parent, e))?;
     let mut input = fs::File::open(source).map_err(|e| ReleaseError::io(source, e))?;
-    let mut staged = tempfile::Builder::new()
-        .prefix(".tmp-")
-        .tempfile_in(&parent)
-        .map_err(|e| ReleaseError::io(&parent, e))?;
-    let mut hasher = Sha256::new();
     let mut size = 0u64;
+    let mut hasher = Sha256::new();
+    let mut staged = secrets::AtomicFile::create(&destination, 0o644)
+        .map_err(|e| ReleaseError::io(&destination, e))?;
     let mut buffer = vec![0u8; 256 * 1024];
     loop {
         let n = input
@@ -163,18 +156,15 @@ pub fn add_blob(release_dir: &Path, source: &Path, name: &str) -> Result<Blob, R
         }
         hasher.update(&buffer[..n]);
         staged
+            .file()
             .write_all(&buffer[..n])
             .map_err(|e| ReleaseError::io(&destination, e))?;
         size += n as u64;
     }
     staged
-        .as_file()
-        .sync_all()
+        .commit()
         .map_err(|e| ReleaseError::io(&destination, e))?;
     let sha = format!("sha256:{}", hex(&hasher.finalize()));
-    staged
-        .persist(&destination)
-        .map_err(|e| ReleaseError::io(&destination, e.error))?;
     let previous = blobs.iter().position(|b| b.path == name);
     let object_id = previous
         .map(|i| &blobs[i])

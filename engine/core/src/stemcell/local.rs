@@ -61,13 +61,16 @@ impl AgentStemcell {
     }
 
     /// Writes the stemcell tarball to `out` (atomically) and returns its manifest.
-    pub fn write(&self, out: &Path) -> Result<StemcellManifest, String> {
-        let agent = std::fs::read(&self.agent)
-            .map_err(|e| format!("cannot read the agent {}: {e}", self.agent.display()))?;
+    pub fn write(&self, out: &Path) -> Result<StemcellManifest, LocalStemcellError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|source| LocalStemcellError::Read {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let agent = read(&self.agent)?;
         let config = match &self.agent_json {
-            Some(path) => Some(
-                std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?,
-            ),
+            Some(path) => Some(read(path)?),
             None => None,
         };
         let mut entries: Vec<(&str, u32, &[u8])> =
@@ -75,7 +78,7 @@ impl AgentStemcell {
         if let Some(config) = &config {
             entries.push(("var/vcap/bosh/agent.json", 0o644, config));
         }
-        let image = gzipped_tar(&entries).map_err(|e| e.to_string())?;
+        let image = gzipped_tar(&entries).map_err(LocalStemcellError::Pack)?;
         let digest: String = Sha256::digest(&image)
             .iter()
             .map(|b| format!("{b:02x}"))
@@ -95,20 +98,39 @@ impl AgentStemcell {
             ("stemcell.MF", 0o644, text.as_bytes()),
             ("image", 0o644, &image),
         ])
-        .map_err(|e| e.to_string())?;
-        if let Some(parent) = out.parent() {
-            std::fs::create_dir_all(parent)
-                .map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
-        }
-        let temp = out.with_extension(format!("tmp-{}", std::process::id()));
-        std::fs::write(&temp, &tarball)
-            .and_then(|()| std::fs::rename(&temp, out))
-            .map_err(|e| {
-                let _ = std::fs::remove_file(&temp);
-                format!("cannot write {}: {e}", out.display())
-            })?;
+        .map_err(LocalStemcellError::Pack)?;
+        secrets::write_atomic(out, &tarball, 0o644).map_err(|source| {
+            LocalStemcellError::Write {
+                path: out.to_path_buf(),
+                source,
+            }
+        })?;
         Ok(manifest)
     }
+}
+
+/// Why a `local` stemcell could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalStemcellError {
+    /// The agent or its configuration could not be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The image or the tarball could not be packed.
+    #[error("cannot pack the stemcell: {0}")]
+    Pack(#[source] std::io::Error),
+    /// The tarball could not be written.
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 #[cfg(test)]

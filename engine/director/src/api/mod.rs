@@ -67,6 +67,12 @@ pub enum ServeError {
     /// The configuration cannot be used.
     #[error("{0}")]
     Config(String),
+    /// The CLI config (a dev director targets the CLI at itself) could not be written.
+    #[error(transparent)]
+    ClientConfig(#[from] crate::config::ConfigError),
+    /// The message bus could not be started.
+    #[error(transparent)]
+    Bus(#[from] director_bus::BusError),
 }
 
 impl From<director_state::StateError> for ServeError {

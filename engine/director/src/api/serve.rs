@@ -55,8 +55,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let bus = match &config.mbus {
         Some(mbus) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
         None => director_bus::DirectorBus::start_embedded(&data_dir, &director_id).await,
-    }
-    .map_err(|e| ServeError::Config(e.to_string()))?;
+    }?;
     let (cpi, cpi_description) = cloud(&config, &director_id);
     let services = Arc::new(crate::ops::Services {
         state: state.clone(),
@@ -278,7 +277,7 @@ fn record_dev_director(data_dir: &Path, url: &str, token: &str) -> Result<(), Se
         dev: true,
     }
     .save()
-    .map_err(ServeError::Config)
+    .map_err(ServeError::from)
 }
 
 /// Ends on SIGINT, SIGTERM or `shutdown` (a dev director's `POST /shutdown`).

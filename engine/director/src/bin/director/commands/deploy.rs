@@ -19,30 +19,39 @@ use director_core::release::{self, CreateOptions};
 use director_core::yaml::{self, Node, Value};
 use serde::Serialize;
 
+use super::LocalError;
 use super::director::{connect, fail, follow, runtime};
 use crate::cli::{DeployArgs, GlobalArgs};
 use crate::ui::{Ui, columns};
 
 /// The name and version in a `release.MF` or `stemcell.MF` inside a tarball.
-fn tarball_identity(path: &Path, manifest: &str) -> Result<(String, String), String> {
+fn tarball_identity(path: &Path, manifest: &str) -> Result<(String, String), LocalError> {
     let shown = path.display().to_string();
     let bytes = director_core::archive::read_file_named(
         path,
         &shown,
         &director_core::archive::Limits::default(),
         manifest,
-    )
-    .map_err(|e| e.to_string())?
-    .ok_or_else(|| format!("{shown}: it has no {manifest}"))?;
+    )?
+    .ok_or_else(|| LocalError::Manifest {
+        file: shown.clone(),
+        problem: format!("it has no {manifest}"),
+    })?;
     let doc = yaml::parse(
         &String::from_utf8_lossy(&bytes),
         &format!("{shown}/{manifest}"),
     )
-    .map_err(|d| d.to_string())?;
+    .map_err(|d| LocalError::Manifest {
+        file: format!("{shown}/{manifest}"),
+        problem: d.to_string(),
+    })?;
     let field = |key: &str| doc.get(key).and_then(Node::scalar_text);
     match (field("name"), field("version")) {
         (Some(name), Some(version)) => Ok((name, version)),
-        _ => Err(format!("{shown}: its {manifest} names no name and version")),
+        _ => Err(LocalError::Manifest {
+            file: shown,
+            problem: format!("its {manifest} names no name and version"),
+        }),
     }
 }
 
@@ -58,24 +67,25 @@ fn file_url(node: &Node, base: &Path) -> Option<std::path::PathBuf> {
 /// Builds the agent-only `local` stemcell for a recipe directory (`stemcells/<os>`), with
 /// the `bosh-agent` built beside this `director` binary. Its version follows the agent's
 /// modification time, so an unchanged agent makes the same stemcell.
-fn build_local_stemcell(recipe: &Path) -> Result<(std::path::PathBuf, String, String), String> {
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+fn build_local_stemcell(recipe: &Path) -> Result<(std::path::PathBuf, String, String), LocalError> {
+    let exe = std::env::current_exe().map_err(LocalError::io("cannot find this program"))?;
     let agent = exe.with_file_name("bosh-agent");
     let modified = std::fs::metadata(&agent)
         .and_then(|m| m.modified())
-        .map_err(|e| {
-            format!(
-                "{}: {e} (build it with `cargo build --workspace`)",
-                agent.display()
-            )
-        })?;
+        .map_err(LocalError::io(format!(
+            "{} (build it with `cargo build --workspace`)",
+            agent.display()
+        )))?;
     let seconds = modified
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs());
     let os = recipe
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
-        .ok_or_else(|| format!("{}: not a stemcell recipe directory", recipe.display()))?;
+        .ok_or_else(|| LocalError::Manifest {
+            file: recipe.display().to_string(),
+            problem: "not a stemcell recipe directory".to_string(),
+        })?;
     let agent_json = recipe.join("agent.json");
     let build = director_core::stemcell::local::AgentStemcell {
         agent,

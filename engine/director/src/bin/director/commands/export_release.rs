@@ -7,7 +7,6 @@
 //! tarball to another director (`upload-release`) lets deploys there skip compilation.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use director::client::Client;
@@ -17,15 +16,19 @@ use director_api::tasks::TaskState;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use super::LocalError;
 use super::director::{connect, fail, follow_to_end, runtime, say_ended};
 use crate::cli::{ExportReleaseArgs, GlobalArgs};
 use crate::ui::Ui;
 
 /// Splits `NAME/VERSION`; both parts non-empty.
-fn pair<'a>(text: &'a str, what: &str, hint: &str) -> Result<(&'a str, &'a str), String> {
+fn pair<'a>(text: &'a str, what: &str, hint: &str) -> Result<(&'a str, &'a str), LocalError> {
     match text.split_once('/') {
         Some((name, version)) if !name.is_empty() && !version.is_empty() => Ok((name, version)),
-        _ => Err(format!("{text:?}: expected {what} (see `director {hint}`)")),
+        _ => Err(LocalError::Argument {
+            given: text.to_string(),
+            expected: format!("{what} (see `director {hint}`)"),
+        }),
     }
 }
 
@@ -110,20 +113,23 @@ pub(crate) async fn download(
     blob_id: &str,
     sha256: &str,
     destination: &Path,
-) -> Result<(), String> {
-    let failed = |e: &dyn std::fmt::Display| format!("downloading {}: {e}", destination.display());
-    let link = client.blob_link(blob_id).await.map_err(|e| e.to_string())?;
-    let mut response = client.download(&link.path).await.map_err(|e| failed(&e))?;
-    let folder = destination.parent().unwrap_or(Path::new("."));
-    let mut file = tempfile::Builder::new()
-        .prefix(".download-")
-        .tempfile_in(folder)
-        .map_err(|e| format!("creating a file in {}: {e}", folder.display()))?;
+) -> Result<(), LocalError> {
+    let link = client.blob_link(blob_id).await?;
+    let mut response = client.download(&link.path).await?;
+    let writing = || format!("writing {}", destination.display());
+    // A temporary file beside the destination until the digest is checked: a failed
+    // download leaves no partial file.
+    let mut file =
+        secrets::AtomicFile::create(destination, 0o644).map_err(LocalError::io(writing()))?;
     let mut hasher = Sha256::new();
-    while let Some(chunk) = response.chunk().await.map_err(|e| failed(&e))? {
+    while let Some(chunk) = response.chunk().await.map_err(|e| LocalError::Io {
+        context: format!("downloading {}", destination.display()),
+        source: std::io::Error::other(e.without_url()),
+    })? {
         hasher.update(&chunk);
-        file.write_all(&chunk)
-            .map_err(|e| format!("writing {}: {e}", destination.display()))?;
+        file.file()
+            .write_all(&chunk)
+            .map_err(LocalError::io(writing()))?;
     }
     let actual: String = hasher
         .finalize()
@@ -131,17 +137,11 @@ pub(crate) async fn download(
         .map(|b| format!("{b:02x}"))
         .collect();
     if format!("sha256:{actual}") != sha256 {
-        return Err(format!(
-            "the downloaded {} has digest sha256:{actual}, but the director has {sha256}",
-            destination.display()
-        ));
+        return Err(LocalError::Digest {
+            file: destination.display().to_string(),
+            actual,
+            expected: sha256.to_string(),
+        });
     }
-    // A temporary file is private (0600); the tarball is an ordinary file.
-    file.as_file()
-        .set_permissions(std::fs::Permissions::from_mode(0o644))
-        .and_then(|()| file.as_file().sync_all())
-        .map_err(|e| format!("writing {}: {e}", destination.display()))?;
-    file.persist(destination)
-        .map_err(|e| format!("writing {}: {e}", destination.display()))?;
-    Ok(())
+    file.commit().map_err(LocalError::io(writing()))
 }

@@ -21,6 +21,63 @@ use director_core::template::TemplateInputs;
 use crate::cli::{Cli, Command, OpsArgs, VarArgs};
 use crate::ui::Ui;
 
+/// What the CLI's own work (reading local tarballs, building a local stemcell, downloading
+/// a blob) can fail with; each names the file or argument concerned.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum LocalError {
+    /// An argument does not have the expected shape.
+    #[error("{given:?}: expected {expected}")]
+    Argument {
+        /// What was given.
+        given: String,
+        /// What is accepted, with where to find values.
+        expected: String,
+    },
+    /// A local file could not be used.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, naming the file.
+        context: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A tarball could not be read.
+    #[error(transparent)]
+    Archive(#[from] director_core::archive::ArchiveError),
+    /// A tarball's manifest is not what it should be.
+    #[error("{file}: {problem}")]
+    Manifest {
+        /// The tarball, or the manifest inside it.
+        file: String,
+        /// What is wrong.
+        problem: String,
+    },
+    /// The local stemcell could not be built.
+    #[error(transparent)]
+    Stemcell(#[from] director_core::stemcell::local::LocalStemcellError),
+    /// The director refused or failed a call.
+    #[error(transparent)]
+    Client(#[from] director_api::client::ClientError),
+    /// A download does not have the digest the director has.
+    #[error("the downloaded {file} has digest sha256:{actual}, but the director has {expected}")]
+    Digest {
+        /// The file written.
+        file: String,
+        /// Its digest (hex).
+        actual: String,
+        /// The director's (`sha256:<hex>`).
+        expected: String,
+    },
+}
+
+impl LocalError {
+    fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> LocalError {
+        let context = context.into();
+        move |source| LocalError::Io { context, source }
+    }
+}
+
 /// Runs the verb and returns the exit code.
 pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
     match cli.command {
