@@ -279,5 +279,47 @@ fn every_route_answers_its_contract_type() {
             other => panic!("expected 409 locked, got {other:?}"),
         }
         done(&client, first).await;
+
+        // Setting the same config again changes nothing.
+        let same = client
+            .update_config(ConfigKind::Cloud, &cloud.content)
+            .await
+            .unwrap();
+        assert_eq!((same.id, same.changed), (cloud.id, false));
+
+        // Deleting: the deployment (its disks are orphaned), a disk, the release, the
+        // stemcell, clean-up, and finally the dev director itself.
+        done(
+            &client,
+            client.delete_deployment("hello", false).await.unwrap(),
+        )
+        .await;
+        let orphaned = client.orphaned_disks().await.unwrap();
+        assert!(!orphaned.is_empty());
+        done(&client, client.delete_disk(&orphaned[0].cid).await.unwrap()).await;
+        done(
+            &client,
+            client.delete_release("hello", None, false).await.unwrap(),
+        )
+        .await;
+        done(
+            &client,
+            client
+                .delete_stemcell(&stemcell.name, &stemcell.version, false)
+                .await
+                .unwrap(),
+        )
+        .await;
+        let cleanup = done(
+            &client,
+            client
+                .cleanup(&director_api::releases::CleanupRequest { all: true })
+                .await
+                .unwrap(),
+        )
+        .await;
+        assert!(cleanup.result.unwrap_or_default().contains("orphaned disk"));
+        assert!(client.releases().await.unwrap().is_empty());
+        assert_eq!(client.shutdown().await.unwrap().message, "stopping");
     });
 }
