@@ -971,15 +971,7 @@ pub async fn export_release(
             name: job.name.clone(),
             fingerprint: job.fingerprint.clone(),
             sha1: job.archive.digest.clone(),
-            packages: job.spec["packages"]
-                .as_array()
-                .map(|names| {
-                    names
-                        .iter()
-                        .filter_map(|n| n.as_str().map(str::to_string))
-                        .collect()
-                })
-                .unwrap_or_default(),
+            packages: job_packages(&job.spec),
         });
         stage.finished(&step, index);
     }
@@ -1121,4 +1113,16 @@ pub async fn remove_unreferenced_blobs(
         }
     }
     Ok(removed)
+}
+
+/// The packages a recorded job spec (JSON) names.
+fn job_packages(spec: &serde_json::Value) -> Vec<String> {
+    #[derive(serde::Deserialize)]
+    struct JobPackages {
+        #[serde(default)]
+        packages: Vec<String>,
+    }
+    <JobPackages as serde::Deserialize>::deserialize(spec)
+        .map(|job| job.packages)
+        .unwrap_or_default()
 }

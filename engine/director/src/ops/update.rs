@@ -675,9 +675,17 @@ impl InstanceUpdate<'_> {
 /// What is recorded as applied: the compared spec, and the apply spec (blob ids; URLs are
 /// signed again whenever it is used).
 pub fn observed_document(work: &InstanceWork, apply: &ApplySpec) -> Result<Json, UpdateError> {
-    let mut observed = to_json(&work.spec)?;
-    observed["apply"] = to_json(apply)?;
-    Ok(observed)
+    /// The compared spec's fields, and `apply` beside them.
+    #[derive(serde::Serialize)]
+    struct Observed<'a> {
+        #[serde(flatten)]
+        spec: &'a director_core::deploy::InstanceSpec,
+        apply: &'a ApplySpec,
+    }
+    to_json(&Observed {
+        spec: &work.spec,
+        apply,
+    })
 }
 
 /// The apply spec last applied to an instance, with its blob URLs signed anew.
