@@ -469,6 +469,34 @@ fn the_api_speaks_tls_when_configured() {
         .unwrap()
         .trim()
         .to_string();
+    // A client that connects and never starts its TLS handshake delays nobody: the
+    // handshake runs beside the accept loop, under a timeout.
+    let silent = std::net::TcpStream::connect(url.trim_start_matches("https://")).unwrap();
+    let mut status = user
+        .director()
+        .args(["--director", &url, "status"])
+        .env("DIRECTOR_TOKEN", &token)
+        .env("DIRECTOR_CA_CERT", dir.join("ca.pem"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    let answered = loop {
+        if let Some(exit) = status.try_wait().unwrap() {
+            break exit.success();
+        }
+        if started.elapsed() > std::time::Duration::from_secs(8) {
+            let _ = status.kill();
+            break false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(
+        answered,
+        "status answers while a client holds a silent connection"
+    );
+    drop(silent);
     let with_ca = run(user
         .director()
         .args(["--director", &url, "status"])

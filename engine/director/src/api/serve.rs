@@ -333,44 +333,99 @@ async fn serve_tls(
         ServeError::Config(format!("TLS: the key does not match the certificate: {e}"))
     })?;
     let acceptor = Arc::new(acceptor.build());
-    let listener = TlsListener {
-        inner: listener,
-        acceptor,
-    };
+    let listener =
+        TlsListener::start(listener, acceptor).map_err(io("reading the listening address"))?;
     axum::serve(listener, app.into_make_service())
         .with_graceful_shutdown(signals)
         .await
         .map_err(io("serving HTTPS"))
 }
 
-/// A listener that completes a TLS handshake (OpenSSL) on each accepted connection.
+/// How long a client may take to complete its TLS handshake.
+const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// The longest pause after a failed `accept` (out of file descriptors, say).
+const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// A listener that hands axum connections whose TLS handshake (OpenSSL) completed. Each
+/// handshake runs in a task of its own under [`HANDSHAKE_TIMEOUT`], so a client that
+/// connects and sends nothing delays nobody; a failing `accept` is retried with a growing
+/// pause instead of spinning.
 struct TlsListener {
-    inner: tokio::net::TcpListener,
+    connections: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
+    address: SocketAddr,
+}
+
+type TlsStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
+
+impl TlsListener {
+    fn start(
+        listener: tokio::net::TcpListener,
+        acceptor: Arc<openssl::ssl::SslAcceptor>,
+    ) -> std::io::Result<TlsListener> {
+        let address = listener.local_addr()?;
+        let (sender, connections) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(accept_tls(listener, acceptor, sender));
+        Ok(TlsListener {
+            connections,
+            address,
+        })
+    }
+}
+
+/// Accepts connections until the listener is dropped; every handshake is a task in a
+/// `JoinSet` that ends with this loop.
+async fn accept_tls(
+    listener: tokio::net::TcpListener,
     acceptor: Arc<openssl::ssl::SslAcceptor>,
+    sender: tokio::sync::mpsc::Sender<(TlsStream, SocketAddr)>,
+) {
+    let mut handshakes = tokio::task::JoinSet::new();
+    let mut backoff = std::time::Duration::from_millis(10);
+    loop {
+        tokio::select! {
+            () = sender.closed() => break,
+            Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
+            accepted = listener.accept() => match accepted {
+                Ok((stream, address)) => {
+                    backoff = std::time::Duration::from_millis(10);
+                    let acceptor = acceptor.clone();
+                    let sender = sender.clone();
+                    handshakes.spawn(async move {
+                        let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
+                            return;
+                        };
+                        let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else {
+                            return;
+                        };
+                        let handshake = std::pin::Pin::new(&mut tls).accept();
+                        if let Ok(Ok(())) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                            let _ = sender.send((tls, address)).await;
+                        }
+                    });
+                }
+                Err(_) => {
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            },
+        }
+    }
 }
 
 impl axum::serve::Listener for TlsListener {
-    type Io = tokio_openssl::SslStream<tokio::net::TcpStream>;
+    type Io = TlsStream;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        loop {
-            let Ok((stream, address)) = self.inner.accept().await else {
-                continue;
-            };
-            let Ok(ssl) = openssl::ssl::Ssl::new(self.acceptor.context()) else {
-                continue;
-            };
-            let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else {
-                continue;
-            };
-            if std::pin::Pin::new(&mut tls).accept().await.is_ok() {
-                return (tls, address);
-            }
+        match self.connections.recv().await {
+            Some(connection) => connection,
+            // The accept loop ended: nothing will come any more.
+            None => std::future::pending().await,
         }
     }
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
-        self.inner.local_addr()
+        Ok(self.address)
     }
 }
