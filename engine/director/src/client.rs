@@ -227,8 +227,16 @@ impl EventRenderer {
         }
     }
 
-    /// The lines to print for a chunk of the event log.
+    /// The lines to print for a chunk of the event log, with control characters escaped
+    /// (events carry text from agents: stderr tails, process names).
     pub fn render(&mut self, chunk: &str) -> Vec<String> {
+        self.render_raw(chunk)
+            .iter()
+            .map(|line| printable(line))
+            .collect()
+    }
+
+    fn render_raw(&mut self, chunk: &str) -> Vec<String> {
         let mut out = Vec::new();
         for line in chunk.lines() {
             let Ok(event) = serde_json::from_str::<TaskEvent>(line) else {
@@ -287,6 +295,26 @@ impl EventRenderer {
         }
         out
     }
+}
+
+/// `text` safe to print on a terminal: control characters other than newline and tab
+/// become visible escapes (`\x1b`, `\r`, `\u{9b}`), so text that comes from agents (errand
+/// output, stderr tails, process names) cannot move the cursor, retitle the window or hide
+/// what came before it.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\n' | '\t' => out.push(c),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x20 || c == '\u{7f}' => {
+                out.push_str(&format!("\\x{:02x}", c as u32));
+            }
+            c if c.is_control() => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// Renders a task's events on a terminal: the finished steps as `bosh task` lines above, and
@@ -410,6 +438,22 @@ fn clock(unix: u64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_from_agents_are_escaped() {
+        assert_eq!(
+            printable("red \u{1b}[31mtext\u{7}\r\nnext\tcol \u{9b}2J"),
+            "red \\x1b[31mtext\\x07\\r\nnext\tcol \\u{9b}2J"
+        );
+        let mut renderer = EventRenderer::new(7);
+        let lines = renderer
+            .render(r#"{"time":1,"error":{"code":1,"message":"stderr: \u001b]0;owned\u0007"}}"#);
+        assert_eq!(lines.len(), 1);
+        assert!(
+            lines[0].ends_with("Error: stderr: \\x1b]0;owned\\x07"),
+            "{lines:?}"
+        );
+    }
 
     #[test]
     fn renders_events_like_bosh_task() {

@@ -5,7 +5,7 @@
 
 use std::io::BufRead;
 
-use director::client::Client;
+use director::client::{Client, printable};
 use director_api::client::{ClientError as CallError, task_result};
 use director_api::deployments::{
     ErrandRun, Event, EventsQuery, Instance, LogTarball, LogsRequest, NameVersion,
@@ -263,8 +263,8 @@ pub fn instances(global: &GlobalArgs, args: InstancesArgs, ui: &mut Ui) -> u8 {
                 for p in i.agent.iter().flat_map(|agent| &agent.processes) {
                     let mut row = vec![
                         String::new(),
-                        format!("{}/{}", p.job, p.name),
-                        p.state.clone(),
+                        printable(&format!("{}/{}", p.job, p.name)),
+                        printable(&p.state),
                         String::new(),
                         String::new(),
                     ];
@@ -556,11 +556,12 @@ async fn listing_task<T: DeserializeOwned>(
 fn errand_runs(runs: &[ErrandRun]) -> String {
     let mut out = String::new();
     for run in runs {
+        // An errand's output is the job's: escaped, so it cannot drive the terminal.
         let fields = [
-            ("Instance", run.instance.as_str()),
-            ("Exit Code", &run.exit_code.to_string()),
-            ("Stdout", run.stdout.as_str()),
-            ("Stderr", run.stderr.as_str()),
+            ("Instance", printable(&run.instance)),
+            ("Exit Code", run.exit_code.to_string()),
+            ("Stdout", printable(&run.stdout)),
+            ("Stderr", printable(&run.stderr)),
         ];
         for (label, value) in fields {
             let value = value.trim_end();
@@ -707,4 +708,25 @@ pub fn logs(global: &GlobalArgs, args: LogsArgs, ui: &mut Ui) -> u8 {
         }
         0
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errand_output_cannot_drive_the_terminal() {
+        let text = errand_runs(&[ErrandRun {
+            instance: "smoke/0".to_string(),
+            exit_code: 1,
+            stdout: "ok\u{1b}[2J\u{1b}]0;title\u{7}\n".to_string(),
+            stderr: "bad\rworse".to_string(),
+        }]);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}') && !text.contains('\r'),
+            "{text:?}"
+        );
+        assert!(text.contains("ok\\x1b[2J\\x1b]0;title\\x07"), "{text}");
+        assert!(text.contains("bad\\rworse"), "{text}");
+    }
 }

@@ -186,12 +186,13 @@ pub(crate) async fn follow(client: &Client, task: &Task, ui: &mut Ui) -> u8 {
 
 /// `Task 12 done: uploaded release hello/0+dev.1`.
 pub(crate) fn say_ended(ui: &mut Ui, ended: &Task) {
-    ui.say(&format!(
+    // A failed task's result can end with an agent's stderr: escaped.
+    ui.say(&director::client::printable(&format!(
         "Task {} {}: {}",
         ended.id,
         ended.state,
         ended.result.as_deref().unwrap_or("")
-    ));
+    )));
 }
 
 /// Follows a task's events until it ends and answers the ended task; the caller says how
@@ -523,6 +524,10 @@ pub fn task(global: &GlobalArgs, args: TaskArgs, ui: &mut Ui) -> u8 {
             Ok(ended) => ended,
             Err(e) => return fail(ui, e),
         };
+        // The debug log quotes agents (stderr, script output): escaped. A result is data.
+        if kind == OutputKind::Debug {
+            text = director::client::printable(&text);
+        }
         ui.data(&text);
         if kind == OutputKind::Result && !text.ends_with('\n') && !text.is_empty() {
             ui.data("\n");
