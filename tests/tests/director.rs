@@ -28,6 +28,31 @@ fn the_dev_director_starts_on_demand_and_stops() {
         out.stderr
     );
     assert!(out.stdout.contains("State      sqlite"), "{}", out.stdout);
+    // The director's files are its own: the data directory is 0700 and nothing in it is
+    // readable or writable by group or others (state.db, token, signing key, logs, blobs).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let data = user.data_dir();
+        assert_eq!(
+            std::fs::metadata(&data).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let mut open_to_others = Vec::new();
+        let mut pending = vec![data];
+        while let Some(dir) = pending.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let entry = entry.unwrap();
+                let meta = entry.metadata().unwrap();
+                if meta.permissions().mode() & 0o077 != 0 && !meta.file_type().is_symlink() {
+                    open_to_others.push(entry.path());
+                }
+                if meta.is_dir() {
+                    pending.push(entry.path());
+                }
+            }
+        }
+        assert!(open_to_others.is_empty(), "{open_to_others:?}");
+    }
     let config = user.home.path().join("config/director/config.yml");
     let text = std::fs::read_to_string(&config).unwrap();
     assert!(

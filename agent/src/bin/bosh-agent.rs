@@ -63,6 +63,9 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // Jobs get the usual umask whatever the process that started us had (a director runs
+    // with 077 to keep its own files private); the agent's secrets are written 0600 anyway.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o022));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

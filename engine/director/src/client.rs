@@ -62,7 +62,10 @@ pub async fn connect(
     }
     let saved = ClientConfig::load().map_err(ClientError::Config)?;
     if let (Some(url), false) = (&saved.url, saved.dev) {
-        let token = flags.token.clone().or(saved.token.clone());
+        let token = flags
+            .token
+            .clone()
+            .or(saved.token.clone().map(|token| token.0));
         let ca = flags.ca_cert.clone().or(saved.ca_cert.clone());
         return Ok(Client::new(url, token, ca.as_deref())?);
     }
@@ -140,14 +143,16 @@ async fn start_dev_director(
         source,
     })?;
     let log_path = data_dir.join("director.log");
-    let log = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&log_path)
-        .map_err(|source| ClientError::Io {
-            context: format!("opening {}", log_path.display()),
-            source,
-        })?;
+    // The log is the director's, private as its other files (it may name paths and users).
+    let log = std::os::unix::fs::OpenOptionsExt::mode(
+        std::fs::OpenOptions::new().create(true).append(true),
+        0o600,
+    )
+    .open(&log_path)
+    .map_err(|source| ClientError::Io {
+        context: format!("opening {}", log_path.display()),
+        source,
+    })?;
     let log_err = log.try_clone().map_err(|source| ClientError::Io {
         context: "duplicating the log file".to_string(),
         source,

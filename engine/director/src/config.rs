@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::blobstore::BlobstoreConfig;
 pub use director_bus::MbusConfig;
+use secrets::Redacted;
 
 /// The default API address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:25555";
@@ -140,8 +141,8 @@ pub struct TlsConfig {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DbConfig {
-    /// `sqlite:///path/state.db` or `postgres://user:pass@host/db`.
-    pub url: String,
+    /// `sqlite:///path/state.db` or `postgres://user:pass@host/db` (may hold a password).
+    pub url: Redacted<String>,
 }
 
 /// `blobstore`.
@@ -164,9 +165,9 @@ pub enum BlobstoreSettings {
         #[serde(default = "default_region")]
         region: String,
         /// Access key id.
-        access_key_id: String,
+        access_key_id: Redacted<String>,
         /// Secret access key.
-        secret_access_key: String,
+        secret_access_key: Redacted<String>,
         /// Path-style URLs.
         #[serde(default)]
         path_style: bool,
@@ -240,7 +241,7 @@ impl DirectorConfig {
     /// The database URL (default: SQLite in the data directory).
     pub fn db_url(&self) -> String {
         match &self.db {
-            Some(db) => db.url.clone(),
+            Some(db) => db.url.expose().clone(),
             None => format!("sqlite://{}", self.data_dir.join("state.db").display()),
         }
     }
@@ -288,7 +289,7 @@ pub struct ClientConfig {
     pub url: Option<String>,
     /// The bearer token.
     #[serde(default)]
-    pub token: Option<String>,
+    pub token: Option<Redacted<String>>,
     /// A CA certificate (PEM) to trust for the director's TLS certificate.
     #[serde(default)]
     pub ca_cert: Option<String>,
@@ -377,6 +378,35 @@ impl ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn configs_holding_secrets_print_them_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        std::fs::write(
+            &path,
+            "data_dir: /x\ndb: {url: 'postgres://d:dbsecret@db/director'}\nblobstore: {provider: s3, bucket: b, access_key_id: AKIAKEY, secret_access_key: s3secret}\nmbus: {url: 'nats://n:natssecret@h:4222', user: d, password: natssecret, authorization_file: /a, pid_file: /p}\n",
+        )
+        .unwrap();
+        let config = DirectorConfig::load(&path).unwrap();
+        let client = ClientConfig {
+            url: Some("https://d:25555".into()),
+            token: Some(Redacted("tokensecret".into())),
+            ca_cert: None,
+            dev: false,
+        };
+        let shown = format!("{config:?} {:?} {client:?}", config.blobstore());
+        for secret in [
+            "dbsecret",
+            "AKIAKEY",
+            "s3secret",
+            "natssecret",
+            "tokensecret",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert_eq!(config.db_url(), "postgres://d:dbsecret@db/director");
+    }
 
     #[test]
     fn reads_a_full_config() {

@@ -66,8 +66,8 @@ fn config(endpoint: &str) -> BlobstoreConfig {
         bucket: "director-blobs".to_string(),
         endpoint: Some(endpoint.to_string()),
         region: "us-east-1".to_string(),
-        access_key_id: "test".to_string(),
-        secret_access_key: "test".to_string(),
+        access_key_id: secrets::Redacted("test".to_string()),
+        secret_access_key: secrets::Redacted("test".to_string()),
         path_style: true,
     }
 }

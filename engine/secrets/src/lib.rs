@@ -19,6 +19,11 @@ pub use url::redact_urls;
 /// A value that prints as `<redacted>` (`Debug` and `Display`): wrap passwords, tokens and
 /// keys in configuration structs so that a `{:?}` of the struct shows none of them.
 #[derive(Clone, Default, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "serde",
+    derive(serde::Serialize, serde::Deserialize),
+    serde(transparent)
+)]
 pub struct Redacted<T>(pub T);
 
 impl<T> Redacted<T> {

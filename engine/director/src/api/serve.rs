@@ -44,7 +44,7 @@ fn secret(path: &Path, bytes: usize) -> Result<String, ServeError> {
 /// Runs the director until SIGINT/SIGTERM or, for a dev director, `POST /shutdown`.
 pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> {
     let data_dir = config.data_dir.clone();
-    std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    keep_private(&data_dir)?;
     let token = secret(&config.token_path(), 32)?;
     let state = open_state(&config).await?;
     let blobstore = open_blobstore(&config, &state).await?;
@@ -136,6 +136,17 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     }
     state.close().await;
     served
+}
+
+/// Everything the director writes is its own: a umask of 077 for the process (the state
+/// database, blobs, task logs, the CPI's VMs), and the data directory itself 0700 even when
+/// an older director created it more open. (Agents set their own umask for their jobs.)
+fn keep_private(data_dir: &Path) -> Result<(), ServeError> {
+    use std::os::unix::fs::PermissionsExt;
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
+    std::fs::create_dir_all(data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    std::fs::set_permissions(data_dir, std::fs::Permissions::from_mode(0o700))
+        .map_err(io(format!("making {} private", data_dir.display())))
 }
 
 /// Opens the state database and fails the tasks a previous run left running.
@@ -272,7 +283,7 @@ fn record_dev_director(data_dir: &Path, url: &str, token: &str) -> Result<(), Se
     )))?;
     ClientConfig {
         url: Some(url.to_string()),
-        token: Some(token.to_string()),
+        token: Some(secrets::Redacted(token.to_string())),
         ca_cert: None,
         dev: true,
     }

@@ -146,9 +146,9 @@ pub enum BlobstoreConfig {
         /// Region.
         region: String,
         /// Access key id.
-        access_key_id: String,
+        access_key_id: secrets::Redacted<String>,
         /// Secret access key.
-        secret_access_key: String,
+        secret_access_key: secrets::Redacted<String>,
         /// Use path-style URLs (`endpoint/bucket/key`), as most S3-compatible stores want.
         path_style: bool,
     },
@@ -219,8 +219,8 @@ impl Blobstore {
                 let mut builder = object_store::aws::AmazonS3Builder::new()
                     .with_bucket_name(bucket)
                     .with_region(region)
-                    .with_access_key_id(access_key_id)
-                    .with_secret_access_key(secret_access_key)
+                    .with_access_key_id(access_key_id.expose())
+                    .with_secret_access_key(secret_access_key.expose())
                     .with_virtual_hosted_style_request(!path_style);
                 if let Some(endpoint) = endpoint {
                     builder = builder
