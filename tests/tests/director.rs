@@ -28,6 +28,18 @@ fn the_dev_director_starts_on_demand_and_stops() {
         out.stderr
     );
     assert!(out.stdout.contains("State      sqlite"), "{}", out.stdout);
+    // /info answers without a token: it names kinds, never paths.
+    let info = user.json(&["status"]);
+    assert_eq!(
+        (&info["blobstore"], &info["cpi"]),
+        (&"local".into(), &"local".into())
+    );
+    assert!(
+        !info
+            .to_string()
+            .contains(&user.home.path().display().to_string()),
+        "{info}"
+    );
     // The director's files are its own: the data directory is 0700 and nothing in it is
     // readable or writable by group or others (state.db, token, signing key, logs, blobs).
     {
@@ -715,4 +727,51 @@ fn a_dead_dev_directors_port_taken_by_another_director_is_not_used() {
         "{}",
         out.stderr
     );
+}
+
+#[test]
+fn a_director_reachable_from_other_hosts_needs_tls_or_insecure_http() {
+    let user = User::new();
+    let dir = user.home.path();
+    std::fs::write(
+        dir.join("director.yml"),
+        format!(
+            "listen: 0.0.0.0:0\ndata_dir: {}/public-director\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let refused = user.run(&["serve", "--config", "director.yml"]);
+    assert_eq!(refused.code, 1, "{}", refused.stderr);
+    assert!(
+        refused
+            .stderr
+            .contains("listen: 0.0.0.0:0 without tls would send the director's token in clear"),
+        "{}",
+        refused.stderr
+    );
+    assert!(
+        !dir.join("public-director/state.db").exists(),
+        "nothing started"
+    );
+
+    let mut server = user
+        .director()
+        .args(["serve", "--config", "director.yml", "--insecure-http"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = std::io::BufReader::new(server.stderr.take().unwrap());
+    let mut first = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut first).unwrap();
+    let mut second = String::new();
+    std::io::BufRead::read_line(&mut stderr, &mut second).unwrap();
+    let _ = server.kill();
+    let _ = server.wait();
+    assert!(
+        first.starts_with("WARNING: serving plain HTTP on 0.0.0.0:0"),
+        "{first}"
+    );
+    assert!(second.contains("listening on http://0.0.0.0:"), "{second}");
 }

@@ -273,6 +273,19 @@ impl DirectorConfig {
         }
     }
 
+    /// Whether `listen` is reachable only from this host (a loopback address or
+    /// `localhost`); anything that does not parse counts as reachable from elsewhere.
+    pub fn listens_on_loopback_only(&self) -> bool {
+        let host = match self.listen.rsplit_once(':') {
+            Some((host, _port)) => host.trim_start_matches('[').trim_end_matches(']'),
+            None => self.listen.as_str(),
+        };
+        host == "localhost"
+            || host
+                .parse::<std::net::IpAddr>()
+                .is_ok_and(|ip| ip.is_loopback())
+    }
+
     /// The token file (default `<data_dir>/token`).
     pub fn token_path(&self) -> PathBuf {
         self.token_file
@@ -406,6 +419,30 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} in {shown}");
         }
         assert_eq!(config.db_url(), "postgres://d:dbsecret@db/director");
+    }
+
+    #[test]
+    fn loopback_only_listeners() {
+        let listening = |listen: &str| DirectorConfig {
+            listen: listen.to_string(),
+            ..DirectorConfig::dev(Path::new("/x"))
+        };
+        for listen in [
+            "127.0.0.1:25555",
+            "127.0.10.1:0",
+            "[::1]:25555",
+            "localhost:25555",
+        ] {
+            assert!(listening(listen).listens_on_loopback_only(), "{listen}");
+        }
+        for listen in [
+            "0.0.0.0:25555",
+            "10.0.0.5:25555",
+            "[::]:25555",
+            "director.example:25555",
+        ] {
+            assert!(!listening(listen).listens_on_loopback_only(), "{listen}");
+        }
     }
 
     #[test]

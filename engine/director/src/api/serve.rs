@@ -84,7 +84,11 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         version: VERSION.to_string(),
         user_authentication: "token".to_string(),
         state: state.backend().as_str().to_string(),
-        blobstore: blobstore.location().to_string(),
+        // No paths: /info answers without a token.
+        blobstore: match config.blobstore() {
+            crate::blobstore::BlobstoreConfig::Local { .. } => "local".to_string(),
+            crate::blobstore::BlobstoreConfig::S3 { bucket, .. } => format!("s3://{bucket}"),
+        },
         bus: match &config.mbus {
             Some(mbus) => format!("nats-server at {}", secrets::redact_urls(&mbus.url)),
             None => format!("embedded at {}", bus.bus.url()),
@@ -215,19 +219,16 @@ async fn listen(
     Ok((listener, format!("{scheme}://{address}")))
 }
 
-/// The configured CPI and how `/info` describes it.
+/// The configured CPI and how `/info` describes it (its kind, no paths).
 fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, String) {
     match &config.cpi {
         None | Some(crate::config::CpiSettings::Local { root: None }) => {
             let root = config.data_dir.join("cpi");
-            (
-                Arc::new(cpi::LocalCpi::new(root.clone())),
-                format!("local ({})", root.display()),
-            )
+            (Arc::new(cpi::LocalCpi::new(root)), "local".to_string())
         }
         Some(crate::config::CpiSettings::Local { root: Some(root) }) => (
             Arc::new(cpi::LocalCpi::new(root.clone())),
-            format!("local ({})", root.display()),
+            "local".to_string(),
         ),
         Some(crate::config::CpiSettings::External {
             command,
@@ -241,7 +242,7 @@ fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, Stri
                         .with_arguments(args.clone())
                         .with_context(context),
                 ),
-                format!("external ({})", command.display()),
+                "external".to_string(),
             )
         }
     }

@@ -263,6 +263,9 @@ pub struct ServeArgs {
     /// Dev mode: SQLite, local blobstore, all under $XDG_DATA_HOME/director; writes the CLI config
     #[arg(long = "dev")]
     pub dev: bool,
+    /// Serve plain HTTP on an address other hosts reach (the token then crosses the network in clear)
+    #[arg(long = "insecure-http")]
+    pub insecure_http: bool,
 }
 
 /// `upload-release` / `upload-stemcell`.

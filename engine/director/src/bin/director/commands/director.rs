@@ -83,6 +83,21 @@ pub fn serve(args: ServeArgs, ui: &mut Ui) -> u8 {
             );
         }
     };
+    if config.tls.is_none() && !config.listens_on_loopback_only() {
+        if !args.insecure_http {
+            return fail(
+                ui,
+                format!(
+                    "listen: {} without tls would send the director's token in clear over the network: add `tls` to the config, or pass --insecure-http to do it anyway",
+                    config.listen
+                ),
+            );
+        }
+        ui.say(&format!(
+            "WARNING: serving plain HTTP on {}: the token and every secret crosses the network in clear (--insecure-http)",
+            config.listen
+        ));
+    }
     match runtime().block_on(director::api::serve(config, args.dev)) {
         Ok(()) => 0,
         Err(e) => fail(ui, e),
