@@ -492,11 +492,16 @@ impl Client {
 
     /// `GET /configs/{kind}`; `None` when none is set.
     pub async fn config(&self, kind: ConfigKind) -> Result<Option<Config>, ClientError> {
-        match self.get(&format!("/configs/{kind}")).await {
+        match self.required_config(kind).await {
             Ok(config) => Ok(Some(config)),
             Err(ClientError::Api(error)) if error.code == ErrorCode::NotFound => Ok(None),
             Err(other) => Err(other),
         }
+    }
+
+    /// `GET /configs/{kind}`; none set is the director's 404 (it says how to set one).
+    pub async fn required_config(&self, kind: ConfigKind) -> Result<Config, ClientError> {
+        self.get(&format!("/configs/{kind}")).await
     }
 
     /// `PUT /configs/{kind}` with the YAML `text`.

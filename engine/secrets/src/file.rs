@@ -45,7 +45,7 @@ where
 pub struct AtomicFile {
     path: PathBuf,
     temporary: PathBuf,
-    file: Option<File>,
+    file: File,
 }
 
 impl AtomicFile {
@@ -57,22 +57,19 @@ impl AtomicFile {
         Ok(AtomicFile {
             path: path.to_path_buf(),
             temporary,
-            file: Some(file),
+            file,
         })
     }
 
     /// The file to write into.
     pub fn file(&mut self) -> &mut File {
-        self.file
-            .as_mut()
-            .expect("an AtomicFile holds its file until commit")
+        &mut self.file
     }
 
     /// Syncs the file, renames it over the target and syncs the directory.
     pub fn commit(mut self) -> io::Result<()> {
-        if let Some(file) = self.file.take() {
-            file.sync_all()?;
-        }
+        self.file.sync_all()?;
+        // Renaming an open file is fine on Unix; the handle closes when `self` drops.
         std::fs::rename(&self.temporary, &self.path)?;
         // The rename is durable only once the directory is; a directory that cannot be
         // opened for syncing (unusual permissions) does not make the write fail.

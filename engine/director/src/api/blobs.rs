@@ -18,7 +18,7 @@ use std::time::Duration;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, State as AxumState};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use director_api::releases::{BlobLink, ExportRequest};
@@ -26,7 +26,7 @@ use futures::StreamExt;
 use serde::Deserialize;
 
 use super::Director;
-use super::reply::{Reply, accepted, error, internal, new_task};
+use super::reply::{Failure, Reply, accepted, new_task};
 use crate::blobstore::BlobId;
 use crate::tasks::TaskContext;
 use crate::uploads::export_release;
@@ -61,16 +61,12 @@ async fn blob(
     Path(id): Path<String>,
     Query(query): Query<BlobQuery>,
 ) -> Reply<Response> {
-    let id = BlobId::parse(&id).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = BlobId::parse(&id).map_err(|e| Failure::bad_request(e.to_string()))?;
     let (Some(expires), Some(signature)) = (query.exp, query.sig.as_deref()) else {
-        return Err(error(
-            StatusCode::FORBIDDEN,
-            "blob URLs must be signed (exp and sig)",
-        ));
+        return Err(Failure::forbidden("blob URLs must be signed (exp and sig)"));
     };
     if !director.blobstore.verify_signature(&id, expires, signature) {
-        return Err(error(
-            StatusCode::FORBIDDEN,
+        return Err(Failure::forbidden(
             "the blob URL's signature is wrong or has expired",
         ));
     }
@@ -91,8 +87,7 @@ async fn put_blob(
     body: Body,
 ) -> Reply<Response> {
     let (Some(expires), Some(signature)) = (query.exp, query.sig.as_deref()) else {
-        return Err(error(
-            StatusCode::FORBIDDEN,
+        return Err(Failure::forbidden(
             "upload URLs must be signed (exp and sig)",
         ));
     };
@@ -100,8 +95,7 @@ async fn put_blob(
         .blobstore
         .verify_upload_signature(&nonce, expires, signature)
     {
-        return Err(error(
-            StatusCode::FORBIDDEN,
+        return Err(Failure::forbidden(
             "the upload URL's signature is wrong or has expired",
         ));
     }
@@ -131,9 +125,7 @@ async fn export(
     body: Result<Json<ExportRequest>, axum::extract::rejection::JsonRejection>,
 ) -> Reply<Response> {
     let Json(request) = body.map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!(
+        Failure::bad_request(format!(
                 "expected {{\"release_name\", \"release_version\", \"stemcell_os\", \"stemcell_version\"}}: {}",
                 e.body_text()
             ),
@@ -146,10 +138,7 @@ async fn export(
         ("stemcell_version", &request.stemcell_version),
     ] {
         if value.is_empty() {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("{what} must not be empty"),
-            ));
+            return Err(Failure::bad_request(format!("{what} must not be empty")));
         }
     }
     let description = format!(
@@ -159,7 +148,7 @@ async fn export(
         request.stemcell_os,
         request.stemcell_version
     );
-    let context = serde_json::to_value(&request).map_err(internal)?;
+    let context = serde_json::to_value(&request).map_err(Failure::internal)?;
     let upload = director.upload.clone();
     let task =
         director
@@ -180,14 +169,11 @@ async fn download_link(
     AxumState(director): AxumState<Director>,
     Path(id): Path<String>,
 ) -> Reply<Json<BlobLink>> {
-    let id = BlobId::parse(&id).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+    let id = BlobId::parse(&id).map_err(|e| Failure::bad_request(e.to_string()))?;
     if !director.blobstore.exists(&id).await? {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            format!(
-                "blob {id} is not in the blobstore (a clean-up may have removed it): export the release or fetch the logs again"
-            ),
-        ));
+        return Err(Failure::not_found(format!(
+            "blob {id} is not in the blobstore (a clean-up may have removed it): export the release or fetch the logs again"
+        )));
     }
     let size = director.blobstore.size(&id).await?;
     Ok(Json(BlobLink {

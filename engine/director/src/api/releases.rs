@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, Query, Request, State as AxumState};
-use axum::http::{StatusCode, header};
+use axum::http::header;
 use axum::response::Response;
 use axum::routing::{delete, get, post};
 use director_api::releases::{
@@ -18,8 +18,10 @@ use serde_json::{Value as Json_, json};
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use director_api::ErrorCode;
+
 use super::Director;
-use super::reply::{Reply, accepted, error, internal, new_task};
+use super::reply::{Failure, Reply, accepted, new_task};
 use crate::blobstore::BlobId;
 use crate::tasks::{TaskContext, TaskError};
 use crate::uploads::{import_release, import_stemcell, remove_unreferenced_blobs};
@@ -38,25 +40,23 @@ pub(super) fn routes() -> axum::Router<Director> {
 /// digest the client sent. Nothing else is written until a task takes the file over.
 async fn receive(director: &Director, body: Body, expected: Option<&str>) -> Reply<PathBuf> {
     let expected = expected
-        .map(|d| BlobId::parse(d).map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string())))
+        .map(|d| BlobId::parse(d).map_err(|e| Failure::bad_request(e.to_string())))
         .transpose()?;
     let path = director.uploads_dir.join(uuid::Uuid::new_v4().to_string());
-    let mut file = tokio::fs::File::create(&path).await.map_err(internal)?;
+    let mut file = tokio::fs::File::create(&path)
+        .await
+        .map_err(Failure::internal)?;
     let mut stream = body.into_data_stream();
     let mut hasher = Sha256::new();
     let mut size: u64 = 0;
     let outcome: Reply<()> = async {
         while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| {
-                error(
-                    StatusCode::BAD_REQUEST,
-                    format!("the upload was interrupted: {e}"),
-                )
-            })?;
+            let chunk = chunk
+                .map_err(|e| Failure::bad_request(format!("the upload was interrupted: {e}")))?;
             size += chunk.len() as u64;
             if size > director.max_upload_bytes {
-                return Err(error(
-                    StatusCode::PAYLOAD_TOO_LARGE,
+                return Err(Failure::new(
+                    ErrorCode::PayloadTooLarge,
                     format!(
                         "the upload is larger than the director's limit of {} bytes",
                         director.max_upload_bytes
@@ -67,9 +67,9 @@ async fn receive(director: &Director, body: Body, expected: Option<&str>) -> Rep
             if expected.is_some() {
                 hasher.update(&chunk);
             }
-            file.write_all(&chunk).await.map_err(internal)?;
+            file.write_all(&chunk).await.map_err(Failure::internal)?;
         }
-        file.flush().await.map_err(internal)?;
+        file.flush().await.map_err(Failure::internal)?;
         if let Some(expected) = &expected {
             let actual = hasher
                 .finalize()
@@ -77,13 +77,10 @@ async fn receive(director: &Director, body: Body, expected: Option<&str>) -> Rep
                 .map(|b| format!("{b:02x}"))
                 .collect::<String>();
             if expected.as_str() != actual {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "sha256 mismatch: expected {}, got sha256:{actual}",
-                        expected.digest_string()
-                    ),
-                ));
+                return Err(Failure::bad_request(format!(
+                    "sha256 mismatch: expected {}, got sha256:{actual}",
+                    expected.digest_string()
+                )));
             }
         }
         Ok(())
@@ -105,22 +102,7 @@ async fn upload_release(
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Reply<Response> {
-    let (staged, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
-    let upload = director.upload.clone();
-    let fix = query.fix;
-    let task = director
-        .runner
-        .submit(
-            new_task("upload release", None, context),
-            move |context: TaskContext| async move {
-                let result = import_release(&context, &upload, &staged.path, fix).await;
-                staged.done().await;
-                result
-            },
-        )
-        .await
-        .map_err(internal)?;
-    Ok(accepted(&task))
+    upload(&director, UploadKind::Release, query, request).await
 }
 
 /// `POST /stemcells`: as `POST /releases`, for stemcells.
@@ -129,21 +111,48 @@ async fn upload_stemcell(
     Query(query): Query<UploadQuery>,
     request: Request,
 ) -> Reply<Response> {
-    let (staged, context) = receive_or_fetch(&director, request, query.sha256.as_deref()).await?;
+    upload(&director, UploadKind::Stemcell, query, request).await
+}
+
+/// What an upload brings in.
+#[derive(Clone, Copy)]
+enum UploadKind {
+    Release,
+    Stemcell,
+}
+
+/// Stages the upload (received, fetched or named in place), then imports it as a task.
+async fn upload(
+    director: &Director,
+    kind: UploadKind,
+    query: UploadQuery,
+    request: Request,
+) -> Reply<Response> {
+    let (staged, context) = receive_or_fetch(director, request, query.sha256.as_deref()).await?;
     let upload = director.upload.clone();
     let fix = query.fix;
+    let description = match kind {
+        UploadKind::Release => "upload release",
+        UploadKind::Stemcell => "upload stemcell",
+    };
     let task = director
         .runner
         .submit(
-            new_task("upload stemcell", None, context),
+            new_task(description, None, context),
             move |context: TaskContext| async move {
-                let result = import_stemcell(&context, &upload, &staged.path, fix).await;
+                let result = match kind {
+                    UploadKind::Release => {
+                        import_release(&context, &upload, &staged.path, fix).await
+                    }
+                    UploadKind::Stemcell => {
+                        import_stemcell(&context, &upload, &staged.path, fix).await
+                    }
+                };
                 staged.done().await;
                 result
             },
         )
-        .await
-        .map_err(internal)?;
+        .await?;
     Ok(accepted(&task))
 }
 
@@ -178,48 +187,38 @@ async fn receive_or_fetch(
     }
     let bytes = axum::body::to_bytes(request.into_body(), 64 * 1024)
         .await
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
-    let remote: RemoteUpload = serde_json::from_slice(&bytes).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            format!("expected {{\"location\": URL}}: {e}"),
-        )
-    })?;
+        .map_err(|e| Failure::bad_request(e.to_string()))?;
+    let remote: RemoteUpload = serde_json::from_slice(&bytes)
+        .map_err(|e| Failure::bad_request(format!("expected {{\"location\": URL}}: {e}")))?;
     if let Some(local) = remote.location.strip_prefix("file://") {
         // Only a dev director, which runs as the user on the user's machine, reads the
         // user's files in place (saving a copy of a gigabyte stemcell); the upload task then
         // leaves the file where it is.
         if !director.info.dev {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!(
-                    "{}: only a dev director reads local files; upload the file instead",
-                    remote.location
-                ),
-            ));
+            return Err(Failure::bad_request(format!(
+                "{}: only a dev director reads local files; upload the file instead",
+                remote.location
+            )));
         }
         let path = PathBuf::from(local);
         if !path.is_file() {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                format!("{}: no such file", path.display()),
-            ));
+            return Err(Failure::bad_request(format!(
+                "{}: no such file",
+                path.display()
+            )));
         }
         if let Some(expected) = remote.sha256.as_deref().or(sha256) {
-            let expected = BlobId::parse(expected)
-                .map_err(|e| error(StatusCode::BAD_REQUEST, e.to_string()))?;
+            let expected =
+                BlobId::parse(expected).map_err(|e| Failure::bad_request(e.to_string()))?;
             let actual = crate::blobstore::sha256_file(&path)
                 .await
-                .map_err(internal)?;
+                .map_err(Failure::internal)?;
             if actual != expected {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!(
-                        "sha256 mismatch: expected {}, got {}",
-                        expected.digest_string(),
-                        actual.digest_string()
-                    ),
-                ));
+                return Err(Failure::bad_request(format!(
+                    "sha256 mismatch: expected {}, got {}",
+                    expected.digest_string(),
+                    actual.digest_string()
+                )));
             }
         }
         return Ok((
@@ -228,20 +227,17 @@ async fn receive_or_fetch(
         ));
     }
     if !(remote.location.starts_with("http://") || remote.location.starts_with("https://")) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!(
-                "{}: the director downloads http(s) URLs; upload local files from the CLI",
-                remote.location
-            ),
-        ));
+        return Err(Failure::bad_request(format!(
+            "{}: the director downloads http(s) URLs; upload local files from the CLI",
+            remote.location
+        )));
     }
     let response = reqwest::get(&remote.location)
         .await
         .and_then(reqwest::Response::error_for_status)
         .map_err(|e| {
-            error(
-                StatusCode::BAD_GATEWAY,
+            Failure::new(
+                ErrorCode::BadGateway,
                 format!("downloading {}: {e}", remote.location),
             )
         })?;
@@ -352,7 +348,7 @@ async fn delete_release(
             },
         )
         .await
-        .map_err(internal)?;
+        .map_err(Failure::internal)?;
     Ok(accepted(&task))
 }
 
@@ -450,7 +446,7 @@ async fn delete_stemcell(
             },
         )
         .await
-        .map_err(internal)?;
+        .map_err(Failure::internal)?;
     Ok(accepted(&task))
 }
 
@@ -543,6 +539,6 @@ async fn cleanup(
             },
         )
         .await
-        .map_err(internal)?;
+        .map_err(Failure::internal)?;
     Ok(accepted(&task))
 }

@@ -102,16 +102,6 @@ impl From<RunnerError> for Failure {
     }
 }
 
-/// An error answer with the code of `status`.
-pub(super) fn error(status: StatusCode, description: impl Into<String>) -> Failure {
-    Failure::new(ErrorCode::from_status(status.as_u16()), description)
-}
-
-/// A 500 answer.
-pub(super) fn internal(error: impl std::fmt::Display) -> Failure {
-    Failure::internal(error)
-}
-
 /// A recorded task as the contract shows it.
 pub(super) fn task_view(task: &Task) -> director_api::Task {
     director_api::Task {

@@ -137,8 +137,8 @@ pub fn update_config(global: &GlobalArgs, kind: ConfigKind, args: ConfigArgs, ui
 /// `director cloud-config|runtime-config`.
 pub fn config(global: &GlobalArgs, kind: ConfigKind, ui: &mut Ui) -> u8 {
     with_client(global, ui, async |client, ui| {
-        match client.config(kind).await {
-            Ok(Some(config)) => {
+        match client.required_config(kind).await {
+            Ok(config) => {
                 if ui.json {
                     print_json(ui, &config);
                 } else {
@@ -146,12 +146,6 @@ pub fn config(global: &GlobalArgs, kind: ConfigKind, ui: &mut Ui) -> u8 {
                 }
                 0
             }
-            Ok(None) => fail(
-                ui,
-                format!(
-                    "no {kind} config is set (set one with `director update-{kind}-config FILE`)"
-                ),
-            ),
             Err(e) => fail(ui, e),
         }
     })
