@@ -18,6 +18,7 @@ use futures::{Stream, StreamExt};
 use serde_json::Value;
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use crate::accounts::check_agent_id;
 use crate::error::BusError;
@@ -229,6 +230,36 @@ impl Bus {
         poll: Duration,
         timeout: Duration,
     ) -> Result<Value, BusError> {
+        self.run_task_until(
+            agent_id,
+            method,
+            arguments,
+            poll,
+            timeout,
+            &CancellationToken::new(),
+        )
+        .await
+    }
+
+    /// [`Bus::run_task`] that also ends when `cancel` fires: a long call the agent is
+    /// running is then asked to `cancel_task` (best effort) and the answer is
+    /// [`BusError::Cancelled`]. A short call in flight is waited for (it is bounded).
+    pub async fn run_task_until(
+        &self,
+        agent_id: &str,
+        method: &str,
+        arguments: Vec<Value>,
+        poll: Duration,
+        timeout: Duration,
+        cancel: &CancellationToken,
+    ) -> Result<Value, BusError> {
+        let cancelled = || BusError::Cancelled {
+            agent_id: agent_id.to_string(),
+            method: method.to_string(),
+        };
+        if cancel.is_cancelled() {
+            return Err(cancelled());
+        }
         let started = Instant::now();
         let deadline = started + timeout;
         let remaining = || deadline.saturating_duration_since(Instant::now());
@@ -244,7 +275,13 @@ impl Bus {
             return Ok(first);
         };
         loop {
-            tokio::time::sleep(poll.min(remaining())).await;
+            tokio::select! {
+                () = tokio::time::sleep(poll.min(remaining())) => {}
+                () = cancel.cancelled() => {
+                    self.cancel_agent_task(agent_id, &task).await;
+                    return Err(cancelled());
+                }
+            }
             if remaining().is_zero() {
                 return Err(self.give_up(agent_id, method, timeout, &task).await);
             }
@@ -321,6 +358,12 @@ impl Bus {
         task: &TaskHandle,
     ) -> BusError {
         // Best effort: the agent may be gone, which the timeout error says anyway.
+        self.cancel_agent_task(agent_id, task).await;
+        self.timeout_error(agent_id, method, timeout, Some(task.agent_task_id.clone()))
+    }
+
+    /// Asks the agent to stop its long task (best effort: the agent may be gone).
+    async fn cancel_agent_task(&self, agent_id: &str, task: &TaskHandle) {
         let _ = self
             .request(
                 agent_id,
@@ -329,7 +372,6 @@ impl Bus {
                 CANCEL_TIMEOUT,
             )
             .await;
-        self.timeout_error(agent_id, method, timeout, Some(task.agent_task_id.clone()))
     }
 
     fn timeout_error(

@@ -45,6 +45,15 @@ pub enum BusError {
         /// The bus, redacted.
         bus_url: Arc<str>,
     },
+    /// The director's task was cancelled while it waited for the agent (a long call was
+    /// asked to cancel on the agent too).
+    #[error("stopped waiting for agent '{agent_id}' to finish '{method}': the task was cancelled")]
+    Cancelled {
+        /// The agent.
+        agent_id: String,
+        /// The method asked for.
+        method: String,
+    },
     /// The agent answered with an exception.
     #[error("agent '{agent_id}' failed '{method}': {message}")]
     Agent {

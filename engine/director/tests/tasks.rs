@@ -18,7 +18,7 @@ async fn runner() -> (tempfile::TempDir, TaskRunner, Arc<State>) {
         .await
         .unwrap(),
     );
-    let runner = TaskRunner::new(state.clone(), dir.path().join("tasks"), 3);
+    let runner = TaskRunner::new(state.clone(), "test", dir.path().join("tasks"), 3);
     (dir, runner, state)
 }
 
@@ -28,6 +28,7 @@ fn task(description: &str) -> NewTask {
         deployment: None,
         user: "admin".to_string(),
         context: serde_json::json!({}),
+        director: None,
     }
 }
 
@@ -171,4 +172,160 @@ async fn cancelling_stops_a_task_at_its_next_checkpoint() {
         runner.cancel(queued.id).await.unwrap(),
         CancelOutcome::AlreadyEnded(TaskState::Cancelled)
     ));
+}
+
+/// A runner whose locks last 1.5 s without renewal (renewed every 0.5 s).
+async fn runner_with_short_locks() -> (tempfile::TempDir, TaskRunner, Arc<State>) {
+    let (dir, _, state) = runner().await;
+    let runner = TaskRunner::with_lock_ttl(
+        state.clone(),
+        "test",
+        dir.path().join("tasks"),
+        3,
+        Duration::from_millis(1500),
+    );
+    (dir, runner, state)
+}
+
+#[tokio::test]
+async fn a_cancelled_task_keeps_its_locks_until_it_has_stopped() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let (_dir, runner, state) = runner_with_short_locks().await;
+    let stopped = Arc::new(AtomicBool::new(false));
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let first = runner
+        .submit(task("create deployment"), {
+            let stopped = stopped.clone();
+            move |context| async move {
+                context
+                    .lock(&LockKey::Deployment("shop".to_string()))
+                    .await?;
+                let _ = locked_tx.send(());
+                context.cancellation().cancelled().await;
+                // Winding down (a CPI call that cannot be interrupted) for twice the TTL.
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                stopped.store(true, Ordering::SeqCst);
+                Err(TaskError::Cancelled)
+            }
+        })
+        .await
+        .unwrap();
+    locked_rx.await.unwrap();
+    assert_eq!(
+        runner.cancel(first.id).await.unwrap(),
+        CancelOutcome::Cancelling
+    );
+    // A second task queued at once waits for the first to stop, then takes the lock.
+    let second = runner
+        .submit(task("create deployment"), {
+            let stopped = stopped.clone();
+            move |context| async move {
+                context
+                    .lock(&LockKey::Deployment("shop".to_string()))
+                    .await?;
+                Ok(format!(
+                    "took the lock; the first task had stopped: {}",
+                    stopped.load(Ordering::SeqCst)
+                ))
+            }
+        })
+        .await
+        .unwrap();
+    let second = wait_for_end(&state, second.id).await;
+    assert_eq!(second.state, TaskState::Done, "{:?}", second.result);
+    assert_eq!(
+        second.result.as_deref(),
+        Some("took the lock; the first task had stopped: true")
+    );
+    assert_eq!(
+        wait_for_end(&state, first.id).await.state,
+        TaskState::Cancelled
+    );
+}
+
+#[tokio::test]
+async fn a_lock_held_by_a_running_task_is_refused_at_once() {
+    let (_dir, runner, state) = runner_with_short_locks().await;
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let first = runner
+        .submit(task("create deployment"), move |context| async move {
+            context
+                .lock(&LockKey::Deployment("shop".to_string()))
+                .await?;
+            let _ = locked_tx.send(());
+            context.cancellation().cancelled().await;
+            Err(TaskError::Cancelled)
+        })
+        .await
+        .unwrap();
+    locked_rx.await.unwrap();
+    let second = runner
+        .submit(task("create deployment"), |context| async move {
+            context
+                .lock(&LockKey::Deployment("shop".to_string()))
+                .await?;
+            Ok("took the lock".to_string())
+        })
+        .await
+        .unwrap();
+    let second = wait_for_end(&state, second.id).await;
+    assert_eq!(second.state, TaskState::Error);
+    assert_eq!(
+        second.result.unwrap(),
+        format!(
+            "deployment 'shop' is locked by task {}: wait for it to finish, or stop it with `director cancel-task {}`",
+            first.id, first.id
+        )
+    );
+    runner.cancel(first.id).await.unwrap();
+    wait_for_end(&state, first.id).await;
+}
+
+#[tokio::test]
+async fn a_task_that_loses_its_lock_stops_with_an_error() {
+    let (_dir, runner, state) = runner_with_short_locks().await;
+    let (locked_tx, locked_rx) = tokio::sync::oneshot::channel();
+    let queued = runner
+        .submit(task("create deployment"), move |context| async move {
+            context
+                .lock(&LockKey::Deployment("shop".to_string()))
+                .await?;
+            let _ = locked_tx.send(());
+            for _ in 0..200 {
+                context.checkpoint()?;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            Ok("ran to the end".to_string())
+        })
+        .await
+        .unwrap();
+    locked_rx.await.unwrap();
+    // Another hand frees the lock behind the task's back.
+    assert!(
+        state
+            .locks()
+            .release("deployment:shop", queued.id)
+            .await
+            .unwrap()
+    );
+    let ended = wait_for_end(&state, queued.id).await;
+    assert_eq!(ended.state, TaskState::Error);
+    assert_eq!(
+        ended.result.unwrap(),
+        format!(
+            "task {} lost its lock deployment:shop (it expired or was taken while the task ran) and stopped: what it changed may be incomplete; run it again",
+            queued.id
+        )
+    );
+}
+
+#[tokio::test]
+async fn tasks_record_the_director_that_runs_them() {
+    let (_dir, runner, state) = runner().await;
+    let queued = runner
+        .submit(task("upload release"), |_| async { Ok(String::new()) })
+        .await
+        .unwrap();
+    assert_eq!(queued.director.as_deref(), Some("test"));
+    wait_for_end(&state, queued.id).await;
 }

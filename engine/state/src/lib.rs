@@ -24,8 +24,9 @@
 //! (rather than `sqlx::Any`'s common subset). Times are seconds since the Unix epoch (BOSH's
 //! API speaks them too); JSON documents are stored as text exactly as serde_json wrote them.
 //!
-//! A database belongs to one director: [`Tasks::fail_running_tasks`] at start-up assumes
-//! every running task is its own.
+//! Several directors may share a database: each task records the director that runs it,
+//! directors beat ([`State::directors`]), and only the tasks of a director that stopped
+//! beating (or of the starting director's own previous run) are failed as orphaned.
 
 /// Runs `$body` against whichever pool the state has, with `$pool` bound to the native pool
 /// (`&SqlitePool` or `&PgPool`). The body is written once and compiled for each backend; it
@@ -44,6 +45,7 @@ macro_rules! on_pool {
 
 mod blobs;
 mod deployments;
+mod directors;
 mod error;
 mod events;
 mod instances;
@@ -67,6 +69,7 @@ use sql::{Columns, Conn, params};
 
 pub use blobs::{Blob, Blobs, NewBlob};
 pub use deployments::{Deployment, DeploymentManifest, Deployments};
+pub use directors::Directors;
 pub use error::{Object, StateError};
 pub use events::{Event, Events, NewEvent};
 pub use instances::{Disk, Instance, InstanceId, Instances, NewInstance, Vm};
@@ -227,6 +230,11 @@ impl State {
     /// Named locks held by tasks.
     pub fn locks(&self) -> Locks<'_> {
         Locks { state: self }
+    }
+
+    /// The directors using this database and the tasks each runs.
+    pub fn directors(&self) -> Directors<'_> {
+        Directors { state: self }
     }
 
     /// The blobstore's index, for clean-up.
@@ -485,7 +493,7 @@ mod tests {
         send(state.deployments().set_uses(DeploymentId(0), &[], &[]));
         send(state.tasks().set_state(TaskId(0), TaskState::Done, None));
         send(state.tasks().list(&TaskFilter::recent(1)));
-        send(state.tasks().fail_running_tasks(""));
+        send(state.directors().fail_orphaned_tasks("", Duration::ZERO));
         send(state.locks().acquire("", TaskId(0), Duration::ZERO));
         send(state.blobs().unreferenced(0));
         send(state.events().list(1));

@@ -50,16 +50,18 @@ macro_rules! embedded {
 const SQLITE: &[Embedded] = embedded!("sqlite":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    5 "0005_task_owners.sql" "task owners",
 );
 
 /// The migrations of PostgreSQL, in order; the same versions as [`SQLITE`].
 const POSTGRES: &[Embedded] = embedded!("postgres":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    5 "0005_task_owners.sql" "task owners",
 );
 
 /// The schema version a freshly opened database has.
-pub const LATEST_SCHEMA_VERSION: i64 = 2;
+pub const LATEST_SCHEMA_VERSION: i64 = 5;
 
 #[derive(Debug)]
 struct Source(&'static [Embedded]);
@@ -141,6 +143,14 @@ mod tests {
         (
             "postgres/0002_deploy.sql",
             "a3e3b000c26700c8f04970c7c8f8a2eb2b8be9f47f99fb9d53913bcb0552988f",
+        ),
+        (
+            "sqlite/0005_task_owners.sql",
+            "1e53711e9af1c80e6c517cf60786ec8571d387ea44f28085d4d1d714698029ed",
+        ),
+        (
+            "postgres/0005_task_owners.sql",
+            "11bb80149aa066a0c51f6e5facbf7d63c5d3bc87fc0515881348656ddae2ecdf",
         ),
     ];
 

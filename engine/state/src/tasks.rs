@@ -5,8 +5,8 @@
 //! States follow BOSH (reference §7.8): `queued → processing → done | error | timeout`,
 //! with cancellation through `cancelling → cancelled` (or `queued → cancelled`). A task that
 //! reaches a final state holds no lock: the transition and the release of its locks are one
-//! transaction, and [`Tasks::fail_running_tasks`] does the same for every task a stopped
-//! director left behind.
+//! transaction, and [`crate::Directors::fail_orphaned_tasks`] does the same for every task a
+//! stopped director left behind (each task records the director that runs it).
 
 use std::path::{Path, PathBuf};
 
@@ -39,6 +39,9 @@ pub struct NewTask {
     pub user: String,
     /// Free-form context (the client's context id, the manifest's digest, …).
     pub context: Value,
+    /// The director that runs it (see [`crate::Directors`]); `None` leaves it to whichever
+    /// director fails orphaned tasks next.
+    pub director: Option<String>,
 }
 
 /// A recorded task.
@@ -59,6 +62,8 @@ pub struct Task {
     pub context: Value,
     pub event_log: Option<PathBuf>,
     pub debug_log: Option<PathBuf>,
+    /// The director that runs it.
+    pub director: Option<String>,
 }
 
 /// Which tasks [`Tasks::list`] returns: the newest `limit` ones matching every condition.
@@ -95,7 +100,7 @@ impl TaskFilter {
 }
 
 const COLUMNS: &str = "id, state, description, deployment, username, created_at, started_at, \
-                       ended_at, result, context, event_log_path, debug_log_path";
+                       ended_at, result, context, event_log_path, debug_log_path, director_id";
 
 /// Tasks; see [`State::tasks`].
 #[derive(Clone, Copy, Debug)]
@@ -117,8 +122,8 @@ impl Tasks<'_> {
                     .row(
                         &format!(
                             "INSERT INTO tasks \
-                             (state, description, deployment, username, created_at, context) \
-                             VALUES ($1, $2, $3, $4, $5, $6) RETURNING {COLUMNS}"
+                             (state, description, deployment, username, created_at, context, \
+                             director_id) VALUES ($1, $2, $3, $4, $5, $6, $7) RETURNING {COLUMNS}"
                         ),
                         params![
                             TaskState::Queued.as_str(),
@@ -127,6 +132,7 @@ impl Tasks<'_> {
                             &task.user,
                             created_at,
                             &context,
+                            &task.director,
                         ],
                     )
                     .await?;
@@ -252,60 +258,6 @@ impl Tasks<'_> {
                 .collect::<Result<Vec<_>, sqlx::Error>>()?)
         })
     }
-
-    /// At start-up: marks every task that a previous director left queued, processing or
-    /// cancelling as `error` with `reason` as its result ("director restarted"), and
-    /// releases every lock held by a task that is not running, in one transaction. Returns
-    /// the ids of the tasks it failed, in order.
-    ///
-    /// Only one director may use a database: a second one starting would fail the first
-    /// one's tasks.
-    pub async fn fail_running_tasks(&self, reason: &str) -> Result<Vec<TaskId>, StateError> {
-        let time = now();
-        let running: Vec<&str> = TaskState::RUNNING.iter().map(|s| s.as_str()).collect();
-        on_pool!(
-            self.state,
-            "failing the tasks of the previous run".to_string(),
-            |pool| {
-                let mut transaction = pool.begin_write().await?;
-                let mut values = vec![
-                    Param::from(TaskState::Error.as_str()),
-                    Param::from(time),
-                    Param::from(reason),
-                ];
-                values.extend(running.iter().map(|state| Param::from(*state)));
-                let rows = transaction
-                    .rows(
-                        &format!(
-                            "UPDATE tasks SET state = $1, ended_at = $2, result = $3 \
-                             WHERE state IN ({}) RETURNING id",
-                            placeholders(4, running.len())
-                        ),
-                        &values,
-                    )
-                    .await?;
-                let values: Vec<Param<'_>> =
-                    running.iter().map(|state| Param::from(*state)).collect();
-                transaction
-                    .run(
-                        &format!(
-                            "DELETE FROM locks WHERE task_id IN \
-                             (SELECT id FROM tasks WHERE state NOT IN ({}))",
-                            placeholders(1, running.len())
-                        ),
-                        &values,
-                    )
-                    .await?;
-                transaction.commit().await?;
-                let mut ids = rows
-                    .iter()
-                    .map(|row| row.int("id").map(TaskId))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-                ids.sort();
-                Ok(ids)
-            }
-        )
-    }
 }
 
 async fn set_state<C: Conn>(
@@ -378,5 +330,6 @@ fn task_from_row(row: &impl Columns) -> Result<Task, sqlx::Error> {
         context: row.json("context")?,
         event_log: row.opt_text("event_log_path")?.map(PathBuf::from),
         debug_log: row.opt_text("debug_log_path")?.map(PathBuf::from),
+        director: row.opt_text("director_id")?,
     })
 }

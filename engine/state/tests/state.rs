@@ -56,7 +56,7 @@ on_both_backends! {
         check_stemcells_are_unique,
         check_task_life_cycle,
         check_task_lists_filter_and_order,
-        check_fail_running_tasks_frees_locks,
+        check_orphaned_tasks_are_failed_and_their_locks_freed,
         check_lock_contention,
         check_expired_lock_is_taken_over,
         check_unreferenced_blobs,
@@ -244,6 +244,14 @@ fn new_task(description: &str, deployment: Option<&str>) -> NewTask {
         deployment: deployment.map(str::to_string),
         user: "admin".to_string(),
         context: json!({"context_id": "abc"}),
+        director: None,
+    }
+}
+
+fn owned_task(description: &str, director: &str) -> NewTask {
+    NewTask {
+        director: Some(director.to_string()),
+        ..new_task(description, None)
     }
 }
 
@@ -818,44 +826,29 @@ async fn check_task_lists_filter_and_order(state: &State) {
     );
 }
 
-async fn check_fail_running_tasks_frees_locks(state: &State) {
-    let tasks = state.tasks();
-    let locks = state.locks();
+async fn check_orphaned_tasks_are_failed_and_their_locks_freed(state: &State) {
+    let (tasks, locks, directors) = (state.tasks(), state.locks(), state.directors());
     let minute = Duration::from_secs(60);
+    directors.register("a").await.unwrap();
+    directors.register("b").await.unwrap();
+    // Director a's tasks: queued, processing with two locks, done.
     let queued = tasks
-        .create(&new_task("upload release", None))
+        .create(&owned_task("upload release", "a"))
         .await
         .unwrap();
     let processing = tasks
-        .create(&new_task("create deployment", Some("cf")))
+        .create(&owned_task("create deployment", "a"))
         .await
         .unwrap();
     tasks
         .set_state(processing.id, TaskState::Processing, None)
         .await
         .unwrap();
-    locks
-        .acquire("lock:deployment:cf", processing.id, minute)
-        .await
-        .unwrap();
-    locks
-        .acquire("lock:release:hello", processing.id, minute)
-        .await
-        .unwrap();
-    let cancelling = tasks
-        .create(&new_task("delete deployment", Some("x")))
-        .await
-        .unwrap();
-    tasks
-        .set_state(cancelling.id, TaskState::Cancelling, None)
-        .await
-        .unwrap();
-    locks
-        .acquire("lock:deployment:x", cancelling.id, minute)
-        .await
-        .unwrap();
+    for lock in ["deployment:cf", "release:hello"] {
+        locks.acquire(lock, processing.id, minute).await.unwrap();
+    }
     let done = tasks
-        .create(&new_task("upload stemcell", None))
+        .create(&owned_task("upload stemcell", "a"))
         .await
         .unwrap();
     tasks
@@ -866,13 +859,32 @@ async fn check_fail_running_tasks_frees_locks(state: &State) {
         .set_state(done.id, TaskState::Done, Some("ok"))
         .await
         .unwrap();
-    assert_eq!(locks.list().await.unwrap().len(), 3);
-
-    let failed = tasks
-        .fail_running_tasks("director restarted")
+    assert_eq!(done.director.as_deref(), Some("a"));
+    // Director b's cancelling task with its lock; a task no director owns.
+    let others = tasks
+        .create(&owned_task("delete deployment", "b"))
         .await
         .unwrap();
-    assert_eq!(failed, [queued.id, processing.id, cancelling.id]);
+    tasks
+        .set_state(others.id, TaskState::Cancelling, None)
+        .await
+        .unwrap();
+    locks
+        .acquire("deployment:x", others.id, minute)
+        .await
+        .unwrap();
+    let unowned = tasks
+        .create(&new_task("create deployment", Some("y")))
+        .await
+        .unwrap();
+    assert_eq!(locks.list().await.unwrap().len(), 3);
+
+    // Director a restarts: its previous run's tasks and the unowned one fail; b's stays.
+    let failed = directors
+        .start("a", "director restarted", minute)
+        .await
+        .unwrap();
+    assert_eq!(failed, [queued.id, processing.id, unowned.id]);
     for id in &failed {
         let task = tasks.get(*id).await.unwrap().unwrap();
         assert_eq!(task.state, TaskState::Error);
@@ -884,29 +896,45 @@ async fn check_fail_running_tasks_frees_locks(state: &State) {
         Some(done),
         "finished tasks stay"
     );
-    assert!(locks.list().await.unwrap().is_empty());
-
-    let next = tasks
-        .create(&new_task("create deployment", Some("cf")))
+    let held: Vec<String> = locks
+        .list()
         .await
-        .unwrap();
-    locks
-        .acquire("lock:deployment:cf", next.id, minute)
-        .await
-        .unwrap();
+        .unwrap()
+        .into_iter()
+        .map(|l| l.name)
+        .collect();
+    assert_eq!(held, ["deployment:x"], "b's lock stays");
     assert_eq!(
-        tasks
-            .fail_running_tasks("director restarted")
-            .await
-            .unwrap(),
-        [next.id]
+        tasks.get(others.id).await.unwrap().unwrap().state,
+        TaskState::Cancelling
     );
+
+    // A's new task survives a's periodic sweep while a beats; b's fails once b is silent.
+    let next = tasks
+        .create(&owned_task("create deployment", "a"))
+        .await
+        .unwrap();
     assert!(
-        tasks
-            .fail_running_tasks("director restarted")
+        directors
+            .fail_orphaned_tasks("director gone", minute)
             .await
             .unwrap()
             .is_empty()
+    );
+    // Heartbeats are whole seconds: after two, a bound of one second finds b silent.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    directors.beat("a").await.unwrap();
+    assert_eq!(
+        directors
+            .fail_orphaned_tasks("director gone", Duration::from_secs(1))
+            .await
+            .unwrap(),
+        [others.id]
+    );
+    assert!(locks.list().await.unwrap().is_empty());
+    assert_eq!(
+        tasks.get(next.id).await.unwrap().unwrap().state,
+        TaskState::Queued
     );
 }
 

@@ -175,24 +175,30 @@ async fn plan(
     }))
 }
 
-/// 409 with the holder when another task holds the deployment's lock: the new task would
-/// only fail on it.
+/// 409 with the holder when another running task holds the deployment's lock: the new
+/// task would only fail on it. A holder being cancelled is no refusal: the new task waits
+/// for it to stop.
 async fn refuse_if_locked(director: &Director, deployment: &str) -> Reply<()> {
     let name = format!("deployment:{deployment}");
     let locks = director.state.locks().list().await?;
-    match locks.into_iter().find(|lock| lock.name == name) {
-        Some(lock) => Err(Failure(ApiError::locked(
-            format!(
-                "deployment '{deployment}' is locked by task {task}: wait for it to finish, or stop it with `director cancel-task {task}`",
-                task = lock.task_id.0
-            ),
-            LockHolder {
-                name,
-                task: lock.task_id.0,
-            },
-        ))),
-        None => Ok(()),
+    let Some(lock) = locks.into_iter().find(|lock| lock.name == name) else {
+        return Ok(());
+    };
+    // A task being cancelled is waited for: the new task takes the lock once it has stopped.
+    let holder = director.state.tasks().get(lock.task_id).await?;
+    if holder.is_some_and(|task| task.state == director_api::tasks::TaskState::Cancelling) {
+        return Ok(());
     }
+    Err(Failure(ApiError::locked(
+        format!(
+            "deployment '{deployment}' is locked by task {task}: wait for it to finish, or stop it with `director cancel-task {task}`",
+            task = lock.task_id.0
+        ),
+        LockHolder {
+            name,
+            task: lock.task_id.0,
+        },
+    )))
 }
 
 /// `POST /deployments`: deploys the manifest in the body, as a task.

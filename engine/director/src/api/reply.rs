@@ -150,5 +150,6 @@ pub(super) fn new_task(
         deployment,
         user: "admin".to_string(),
         context,
+        director: None,
     }
 }

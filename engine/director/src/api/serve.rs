@@ -46,12 +46,12 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let data_dir = config.data_dir.clone();
     keep_private(&data_dir)?;
     let token = secret(&config.token_path(), 32)?;
-    let state = open_state(&config).await?;
+    let director_id = secret(&data_dir.join("director-id"), 16)?;
+    let state = open_state(&config, &director_id).await?;
     let blobstore = open_blobstore(&config, &state).await?;
     let uploads_dir = fresh_directory(&data_dir.join("uploads"))?;
     let staging_dir = fresh_directory(&data_dir.join("staging"))?;
     let (listener, url) = listen(&config, dev).await?;
-    let director_id = secret(&data_dir.join("director-id"), 16)?;
     let bus = match &config.mbus {
         Some(mbus) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
         None => director_bus::DirectorBus::start_embedded(&data_dir, &director_id).await,
@@ -78,7 +78,8 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     if dev {
         set_default_cloud_config(&state).await?;
     }
-    let runner = TaskRunner::new(state.clone(), data_dir.join("tasks"), WORKERS);
+    let runner = TaskRunner::new(state.clone(), &director_id, data_dir.join("tasks"), WORKERS);
+    let beating = tokio::spawn(heartbeat(state.clone(), director_id.clone()));
     let info = Info {
         name: config.name.clone(),
         version: VERSION.to_string(),
@@ -134,6 +135,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             .map_err(io("serving HTTP")),
     };
     runner.shutdown().await;
+    beating.abort();
     bus.shutdown().await;
     if dev {
         let _ = std::fs::remove_file(DevRecord::path(&data_dir));
@@ -153,12 +155,19 @@ fn keep_private(data_dir: &Path) -> Result<(), ServeError> {
         .map_err(io(format!("making {} private", data_dir.display())))
 }
 
-/// Opens the state database and fails the tasks a previous run left running.
-async fn open_state(config: &DirectorConfig) -> Result<Arc<State>, ServeError> {
+/// How often a director says it is alive in the state, and how long a silent one's
+/// tasks are left running before another director fails them.
+const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(10);
+const SILENT_FOR: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Opens the state database and fails the tasks that no running director runs: those this
+/// director's previous run left, and those of directors that stopped beating. Tasks of
+/// other directors sharing the database keep running.
+async fn open_state(config: &DirectorConfig, director_id: &str) -> Result<Arc<State>, ServeError> {
     let state = Arc::new(State::open(&config.db_url()).await?);
     let failed = state
-        .tasks()
-        .fail_running_tasks("director restarted")
+        .directors()
+        .start(director_id, "director restarted", SILENT_FOR)
         .await?;
     if !failed.is_empty() {
         eprintln!(
@@ -167,6 +176,32 @@ async fn open_state(config: &DirectorConfig) -> Result<Arc<State>, ServeError> {
         );
     }
     Ok(state)
+}
+
+/// Beats every [`HEARTBEAT`] and fails the tasks of directors silent for [`SILENT_FOR`].
+async fn heartbeat(state: Arc<State>, director_id: String) {
+    let directors = state.directors();
+    loop {
+        tokio::time::sleep(HEARTBEAT).await;
+        if let Err(e) = directors.beat(&director_id).await {
+            eprintln!("cannot record this director's heartbeat: {e}");
+            continue;
+        }
+        match directors
+            .fail_orphaned_tasks("the director running the task stopped", SILENT_FOR)
+            .await
+        {
+            Ok(failed) if !failed.is_empty() => {
+                let ids: Vec<String> = failed.iter().map(ToString::to_string).collect();
+                eprintln!(
+                    "failed task(s) {} of a director that stopped",
+                    ids.join(", ")
+                );
+            }
+            Ok(_) => {}
+            Err(e) => eprintln!("cannot fail the tasks of stopped directors: {e}"),
+        }
+    }
 }
 
 /// Opens the blobstore and removes what interrupted uploads left: staged files, and blobs

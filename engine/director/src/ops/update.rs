@@ -34,6 +34,10 @@ use director_state::{Disk, Instance, InstanceId, NewBlob, StateError, Vm};
 /// by the step that reports the error (`web/0 (6f1c…)`).
 #[derive(Debug, thiserror::Error)]
 pub enum UpdateError {
+    /// The task was cancelled while the update waited (for the agent, or for the jobs to
+    /// run); what was started on the agent was asked to stop.
+    #[error("the task was cancelled")]
+    Cancelled,
     /// A package the instance needs has no compiled build for its stemcell.
     #[error("package '{package}' has no compiled build for {stemcell}")]
     NoBuild {
@@ -170,10 +174,12 @@ fn blob_id(text: &str) -> Result<BlobId, UpdateError> {
     BlobId::parse(text).map_err(|source| UpdateError::BlobId { source })
 }
 
-/// An agent on the bus, for the drain loop.
+/// An agent on the bus, for the drain loop; its long calls end (and are cancelled on the
+/// agent) when the task is cancelled.
 struct BusAgent<'a> {
     services: &'a Services,
     agent_id: &'a str,
+    cancellation: &'a CancellationToken,
 }
 
 impl AgentTasks for BusAgent<'_> {
@@ -182,12 +188,13 @@ impl AgentTasks for BusAgent<'_> {
         method: &'static str,
         arguments: Vec<Json>,
     ) -> impl Future<Output = Result<Json, BusError>> + Send {
-        self.services.bus.run_task(
+        self.services.bus.run_task_until(
             self.agent_id,
             method,
             arguments,
             POLL,
             self.services.timeouts.agent_task,
+            self.cancellation,
         )
     }
 }
@@ -341,14 +348,33 @@ impl InstanceUpdate<'_> {
     ) -> Result<Json, BusError> {
         self.services
             .bus
-            .run_task(
+            .run_task_until(
                 agent_id,
                 method,
                 arguments,
                 POLL,
                 self.services.timeouts.agent_task,
+                &self.cancellation,
             )
             .await
+    }
+
+    /// Fails with [`UpdateError::Cancelled`] once the task is cancelled: called between the
+    /// update's CPI and agent steps, so that none starts after a cancel (one in flight
+    /// finishes: a CPI call is not interrupted, and the task keeps its locks until then).
+    fn checkpoint(&self) -> Result<(), UpdateError> {
+        match self.cancellation.is_cancelled() {
+            true => Err(UpdateError::Cancelled),
+            false => Ok(()),
+        }
+    }
+
+    /// Sleeps `duration`, or fails with [`UpdateError::Cancelled`] when the task is cancelled.
+    async fn pause(&self, duration: Duration) -> Result<(), UpdateError> {
+        tokio::select! {
+            () = tokio::time::sleep(duration) => Ok(()),
+            () = self.cancellation.cancelled() => Err(UpdateError::Cancelled),
+        }
     }
 
     async fn agent_call(
@@ -384,6 +410,7 @@ impl InstanceUpdate<'_> {
         let agent = BusAgent {
             services: self.services,
             agent_id: &vm.agent_id,
+            cancellation: &self.cancellation,
         };
         if !self.options.skip_drain {
             self.status("executing drain");
@@ -594,6 +621,7 @@ impl InstanceUpdate<'_> {
             };
             self.drain_and_stop(vm, kind, Some(&spec)).await?;
         }
+        self.checkpoint()?;
         let vm = if recreate {
             self.recreate_vm(instance, work, alive).await?
         } else {
@@ -606,7 +634,9 @@ impl InstanceUpdate<'_> {
                 env: vm.env.clone(),
             }
         };
+        self.checkpoint()?;
         self.converge_disk(instance, work, &vm).await?;
+        self.checkpoint()?;
         self.status("installing packages and configuring jobs");
         self.agent_call(&vm.agent_id, "apply", vec![to_json(&spec)?])
             .await?;
@@ -645,7 +675,8 @@ impl InstanceUpdate<'_> {
     /// Waits until every process runs: first after `min_ms`, then polling until `max_ms`.
     async fn watch(&self, agent_id: &str, watch: WatchTime) -> Result<(), UpdateError> {
         let started = Instant::now();
-        tokio::time::sleep(Duration::from_millis(watch.min_ms.min(watch.max_ms))).await;
+        self.pause(Duration::from_millis(watch.min_ms.min(watch.max_ms)))
+            .await?;
         let deadline = Duration::from_millis(watch.max_ms.max(watch.min_ms));
         loop {
             let answer = self
@@ -667,7 +698,8 @@ impl InstanceUpdate<'_> {
                     report: not_running(&state, started.elapsed()),
                 });
             }
-            tokio::time::sleep(Duration::from_secs(1).min(deadline - started.elapsed())).await;
+            self.pause(Duration::from_secs(1).min(deadline - started.elapsed()))
+                .await?;
         }
     }
 }
@@ -819,11 +851,13 @@ pub async fn delete_instance(
             .await
             .is_ok();
         if alive {
+            let cancellation = context.cancellation();
             let agent = BusAgent {
                 services,
                 agent_id: &vm.agent_id,
+                cancellation: &cancellation,
             };
-            let limits = drain_limits(services, context.cancellation());
+            let limits = drain_limits(services, cancellation.clone());
             if let Some(warning) = stop_for_delete(&agent, skip_drain, &limits).await? {
                 context
                     .log

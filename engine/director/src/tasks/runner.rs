@@ -1,6 +1,11 @@
 //! Running tasks: a task row is queued, waits for one of the director's worker slots, takes
 //! its locks, runs its job with a [`TaskContext`] (event log, debug log, cancellation), and
 //! ends `done`, `error` or `cancelled`; its locks are released whatever happens.
+//!
+//! Locks cannot lapse under a running job: they are renewed until the job's future has
+//! returned (a cancelled job keeps them while it winds down), and a job whose lock was lost
+//! anyway (expired while the database was unreachable and taken by another task, or
+//! released behind its back) is cancelled and ends `error`, saying which lock it lost.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -18,6 +23,9 @@ use director_state::{NewTask, Object, State, StateError, Task, TaskId, TaskState
 /// How long a lock lasts without renewal (renewed every third of it while the task runs),
 /// so the lock of a director that died frees itself.
 const LOCK_TTL: Duration = Duration::from_secs(60);
+
+/// How often a task waiting for a cancelling task's lock tries again.
+const LOCK_RETRY: Duration = Duration::from_millis(500);
 
 /// Why a task's job stopped without a result.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +132,7 @@ pub struct TaskContext {
     cancel: CancellationToken,
     state: Arc<State>,
     locks: Arc<Mutex<Vec<String>>>,
+    lock_ttl: Duration,
 }
 
 impl TaskContext {
@@ -141,23 +150,48 @@ impl TaskContext {
         self.cancel.clone()
     }
 
-    /// Takes the lock `key` (`release:hello`); a lock another task holds fails with
-    /// [`TaskError::Locked`] naming it for the user (`release 'hello'`).
+    /// Takes the lock `key` (`release:hello`). A lock held by a task that is being cancelled
+    /// is waited for (the user cancelled it to run this one: it is taken once that task has
+    /// stopped touching what the lock protects); a lock another running task holds fails
+    /// with [`TaskError::Locked`] naming it for the user (`release 'hello'`).
     pub async fn lock(&self, key: &LockKey) -> Result<(), TaskError> {
         let name = key.name();
-        match self.state.locks().acquire(&name, self.id, LOCK_TTL).await {
-            Ok(_) => {
-                self.log.debug(format!("acquired lock {name}"));
-                if let Ok(mut locks) = self.locks.lock() {
-                    locks.push(name);
+        let mut waiting_for = None;
+        loop {
+            match self
+                .state
+                .locks()
+                .acquire(&name, self.id, self.lock_ttl)
+                .await
+            {
+                Ok(_) => {
+                    self.log.debug(format!("acquired lock {name}"));
+                    if let Ok(mut locks) = self.locks.lock() {
+                        locks.push(name);
+                    }
+                    return Ok(());
                 }
-                Ok(())
+                Err(StateError::Locked { by_task, .. }) => {
+                    let holder = self.state.tasks().get(by_task).await?;
+                    if holder.is_none_or(|task| task.state != TaskState::Cancelling) {
+                        return Err(TaskError::Locked {
+                            what: key.description(),
+                            by_task,
+                        });
+                    }
+                    if waiting_for != Some(by_task) {
+                        self.log.debug(format!(
+                            "waiting for task {by_task} (cancelling) to release lock {name}"
+                        ));
+                        waiting_for = Some(by_task);
+                    }
+                    tokio::select! {
+                        () = tokio::time::sleep(LOCK_RETRY) => {}
+                        () = self.cancel.cancelled() => return Err(TaskError::Cancelled),
+                    }
+                }
+                Err(other) => return Err(other.into()),
             }
-            Err(StateError::Locked { by_task, .. }) => Err(TaskError::Locked {
-                what: key.description(),
-                by_task,
-            }),
-            Err(other) => Err(other.into()),
         }
     }
 
@@ -178,6 +212,9 @@ pub enum CancelOutcome {
 
 struct Inner {
     state: Arc<State>,
+    /// The director running the tasks (recorded on each, see `director_state::Directors`).
+    director: String,
+    lock_ttl: Duration,
     tasks_dir: PathBuf,
     workers: Arc<Semaphore>,
     running: Mutex<HashMap<i64, CancellationToken>>,
@@ -192,11 +229,30 @@ pub struct TaskRunner {
 }
 
 impl TaskRunner {
-    /// A runner that keeps task logs under `tasks_dir` and runs at most `workers` tasks at once.
-    pub fn new(state: Arc<State>, tasks_dir: PathBuf, workers: usize) -> TaskRunner {
+    /// A runner for director `director` that keeps task logs under `tasks_dir` and runs at
+    /// most `workers` tasks at once.
+    pub fn new(
+        state: Arc<State>,
+        director: &str,
+        tasks_dir: PathBuf,
+        workers: usize,
+    ) -> TaskRunner {
+        TaskRunner::with_lock_ttl(state, director, tasks_dir, workers, LOCK_TTL)
+    }
+
+    /// [`TaskRunner::new`] with locks that last `lock_ttl` without renewal (tests shorten it).
+    pub fn with_lock_ttl(
+        state: Arc<State>,
+        director: &str,
+        tasks_dir: PathBuf,
+        workers: usize,
+        lock_ttl: Duration,
+    ) -> TaskRunner {
         TaskRunner {
             inner: Arc::new(Inner {
                 state,
+                director: director.to_string(),
+                lock_ttl,
                 tasks_dir,
                 workers: Arc::new(Semaphore::new(workers.max(1))),
                 running: Mutex::new(HashMap::new()),
@@ -218,6 +274,10 @@ impl TaskRunner {
         Fut: Future<Output = Result<String, TaskError>> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let task = NewTask {
+            director: Some(inner.director.clone()),
+            ..task
+        };
         let created = inner.state.tasks().create(&task).await?;
         let files = TaskFiles::new(&inner.tasks_dir, created.id.0);
         let log = files.create().map_err(|source| RunnerError::Logs {
@@ -303,12 +363,24 @@ where
                 cancel: cancel.clone(),
                 state: inner.state.clone(),
                 locks: locks.clone(),
+                lock_ttl: inner.lock_ttl,
             };
-            let renewal = renew_locks(inner.state.clone(), id, locks.clone(), cancel.clone());
-            let renewing = tokio::spawn(renewal);
+            // Renewal outlives the cancel: it stops only once the job has returned.
+            let finished = CancellationToken::new();
+            let renewing = tokio::spawn(renew_locks(
+                inner.state.clone(),
+                id,
+                locks.clone(),
+                inner.lock_ttl,
+                cancel.clone(),
+                finished.clone(),
+            ));
             let outcome = job(context).await;
-            renewing.abort();
-            outcome
+            finished.cancel();
+            match renewing.await {
+                Ok(Some(lost)) => Err(TaskError::message(lost)),
+                _ => outcome,
+            }
         }
     };
     let (state, result) = match outcome {
@@ -332,20 +404,36 @@ where
     }
 }
 
+/// Renews the task's locks every third of `ttl` until `finished` fires. A lock the task no
+/// longer holds cancels the task (through `cancel`) and is answered as the reason it failed.
 async fn renew_locks(
     state: Arc<State>,
     id: TaskId,
     locks: Arc<Mutex<Vec<String>>>,
+    ttl: Duration,
     cancel: CancellationToken,
-) {
+    finished: CancellationToken,
+) -> Option<String> {
     loop {
         tokio::select! {
-            () = tokio::time::sleep(LOCK_TTL / 3) => {}
-            () = cancel.cancelled() => return,
+            () = tokio::time::sleep(ttl / 3) => {}
+            () = finished.cancelled() => return None,
         }
         let names: Vec<String> = locks.lock().map(|l| l.clone()).unwrap_or_default();
         for name in names {
-            let _ = state.locks().renew(&name, id, LOCK_TTL).await;
+            match state.locks().renew(&name, id, ttl).await {
+                Ok(_) => {}
+                Err(StateError::LockLost { .. }) => {
+                    cancel.cancel();
+                    finished.cancelled().await;
+                    return Some(format!(
+                        "task {id} lost its lock {name} (it expired or was taken while the task \
+                         ran) and stopped: what it changed may be incomplete; run it again"
+                    ));
+                }
+                // The database may be back before the lock expires: try again next round.
+                Err(_) => {}
+            }
         }
     }
 }
