@@ -10,11 +10,19 @@
 //! a refused publish is not delivered and a refused subscription is not made, with the same
 //! `-ERR 'Permissions Violation for …'` nats-server sends.
 //!
+//! Limits ([`BusLimits`], `bus_limits` in `director.yml`): agent connections are capped
+//! (one more gets nats-server's `-ERR 'maximum connections exceeded'`), and so are each
+//! connection's subscriptions and each agent account's publish rate (a token bucket shared
+//! by the account's connections; an account that used up its burst is disconnected with
+//! `-ERR 'Maximum Publish Rate Exceeded'`). The user allowed everything, the director, is
+//! trusted: neither counted nor rate-limited, so a flooding agent never shuts it out.
+//!
 //! Concurrency: one task per connection, all in the accept loop's `JoinSet`, each stopped
 //! by a child of the broker's cancellation token. A connection's outbound queue is bounded
 //! in bytes; a client that falls behind is dropped (slow consumer), so a publisher never
-//! waits for a subscriber. Noteworthy refusals (permissions, authorization, slow consumers,
-//! protocol errors) are kept as [`BrokerEvent`]s for whoever logs them.
+//! waits for a subscriber. Noteworthy refusals (permissions, authorization, limits, slow
+//! consumers, protocol errors) are kept as [`BrokerEvent`]s for whoever logs them
+//! ([`BrokerHandle::events`], [`BrokerHandle::watch_events`]).
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
@@ -23,33 +31,32 @@ use std::net::SocketAddr;
 use std::pin::pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{Buf, Bytes, BytesMut};
 use serde::Deserialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 use tokio::task::{JoinHandle, JoinSet};
 use tokio_util::sync::CancellationToken;
 
 use crate::accounts::Permissions;
 use crate::error::BusError;
-use crate::limits::MAX_MESSAGE_BYTES;
+use crate::limits::{BusLimits, MAX_MESSAGE_BYTES, PublishRate, TokenBucket};
 use crate::subject;
 
-/// Limits and timers of the embedded broker. The defaults are nats-server's.
+/// Limits and timers of the embedded broker. The defaults are nats-server's, and
+/// [`BusLimits::default`] for what nats-server does not limit.
 #[derive(Clone, Debug)]
 pub struct BrokerOptions {
     /// The largest message payload (`max_payload`), 1 MiB.
     pub max_payload: usize,
-    /// Bytes queued for one client before it counts as a slow consumer and is dropped.
-    pub max_pending_bytes: usize,
     /// The longest protocol line.
     pub max_control_line: usize,
-    /// Subscriptions one connection may hold.
-    pub max_subscriptions: usize,
+    /// Connections, subscriptions, pending bytes and the agents' publish rate.
+    pub limits: BusLimits,
     /// How long a client has to send `CONNECT`.
     pub auth_timeout: Duration,
     /// How often the broker pings a client.
@@ -62,9 +69,8 @@ impl Default for BrokerOptions {
     fn default() -> BrokerOptions {
         BrokerOptions {
             max_payload: MAX_MESSAGE_BYTES,
-            max_pending_bytes: 64 * 1024 * 1024,
             max_control_line: 4096,
-            max_subscriptions: 1024,
+            limits: BusLimits::default(),
             auth_timeout: Duration::from_secs(2),
             ping_interval: Duration::from_secs(120),
             max_pings_out: 2,
@@ -74,6 +80,17 @@ impl Default for BrokerOptions {
 
 /// How many events the broker keeps.
 const MAX_EVENTS: usize = 1000;
+/// Events a slow watcher may fall behind before it misses some.
+const EVENT_BUFFER: usize = 256;
+/// Connections above `max_connections` that may be open before they say who they are:
+/// room for the director to reconnect while agents fill the cap, and for agents that
+/// reconnect all at once. Beyond it, even a new TCP connection is refused.
+const HANDSHAKE_HEADROOM: usize = 64;
+/// nats-server's answer to a connection over its `max_connections`.
+const MAX_CONNECTIONS_EXCEEDED: &str = "maximum connections exceeded";
+/// The answer to an agent account that publishes faster than its rate (nats-server has no
+/// such limit; the wording follows its other limits').
+const MAX_PUBLISH_RATE_EXCEEDED: &str = "Maximum Publish Rate Exceeded";
 /// How long a closing connection may take to flush its last words (`-ERR …`).
 const CLOSE_GRACE: Duration = Duration::from_secs(1);
 /// How much a connection reads at a time.
@@ -113,6 +130,21 @@ pub enum BrokerEvent {
         peer: SocketAddr,
         /// What the broker answered.
         message: String,
+    },
+    /// A connection over `bus_limits.max_connections`, refused.
+    MaxConnectionsExceeded {
+        /// Its user, when it got as far as `CONNECT`.
+        user: Option<String>,
+        /// Where it came from.
+        peer: SocketAddr,
+    },
+    /// An agent account that used up its publish burst: the connection that published
+    /// was closed.
+    PublishRateExceeded {
+        /// The account.
+        user: String,
+        /// The connection's address.
+        peer: SocketAddr,
     },
     /// A user removed while connected: its connections were closed.
     Disconnected {
@@ -173,6 +205,15 @@ impl fmt::Display for BrokerEvent {
                 peer,
                 message,
             } => write!(f, "protocol error from {} at {peer}: {message}", who(user)),
+            BrokerEvent::MaxConnectionsExceeded { user, peer } => write!(
+                f,
+                "maximum connections exceeded: refused {} at {peer} (bus_limits.max_connections)",
+                who(user)
+            ),
+            BrokerEvent::PublishRateExceeded { user, peer } => write!(
+                f,
+                "publish rate exceeded: disconnected user '{user}' at {peer}, which kept publishing faster than bus_limits.publish_rate allows"
+            ),
             BrokerEvent::Disconnected { user, connections } => write!(
                 f,
                 "user '{user}' removed: closed its {connections} connection(s)"
@@ -193,11 +234,16 @@ impl Broker {
         Broker::start_with(address, BrokerOptions::default()).await
     }
 
-    /// Listens on `address` with the given limits.
+    /// Listens on `address` with the given limits (refused when they cannot work, see
+    /// [`BusLimits::check`]).
     pub async fn start_with(
         address: &str,
         options: BrokerOptions,
     ) -> Result<BrokerHandle, BusError> {
+        options
+            .limits
+            .check(options.max_payload)
+            .map_err(BusError::Limits)?;
         let listen_error = |source| BusError::Listen {
             address: address.to_string(),
             source,
@@ -216,6 +262,7 @@ impl Broker {
             next_subscription_key: AtomicU64::new(0),
             queue_turn: AtomicUsize::new(0),
             events: Mutex::new(VecDeque::new()),
+            watchers: broadcast::channel(EVENT_BUFFER).0,
         });
         let accept = tokio::spawn(accept_loop(shared.clone(), listener));
         Ok(BrokerHandle {
@@ -266,16 +313,31 @@ impl BrokerHandle {
 
     /// Adds a user, or replaces one: connected clients of a replaced user keep their
     /// connection with the new permissions (subscriptions no longer allowed are dropped),
-    /// unless the password changed, which disconnects them.
+    /// unless the password changed, which disconnects them. A user allowed everything
+    /// ([`Permissions::all`], the director) is trusted: not counted against
+    /// `max_connections` and not rate-limited. A replaced user keeps its publish budget.
     pub fn add_user(&self, name: &str, password: &str, permissions: Permissions) {
         let shared = &self.inner.shared;
+        let trusted = permissions == Permissions::all();
         let permissions = Arc::new(permissions);
         let mut users = write(&shared.users);
+        let publish_budget = if trusted {
+            None
+        } else {
+            let kept = users.get(name).and_then(|user| user.publish_budget.clone());
+            Some(kept.unwrap_or_else(|| {
+                Arc::new(Mutex::new(TokenBucket::new(
+                    &shared.options.limits.publish_rate,
+                    Instant::now(),
+                )))
+            }))
+        };
         let previous = users.insert(
             name.to_string(),
             User {
                 password: password.to_string(),
                 permissions: permissions.clone(),
+                publish_budget: publish_budget.clone(),
             },
         );
         let Some(previous) = previous else { return };
@@ -289,6 +351,7 @@ impl BrokerHandle {
             if let Some(current) = session.as_ref() {
                 *session = Some(Arc::new(Session {
                     permissions: permissions.clone(),
+                    publish_budget: publish_budget.clone(),
                     ..Session::clone(current)
                 }));
             }
@@ -329,6 +392,12 @@ impl BrokerHandle {
         lock(&self.inner.shared.events).iter().cloned().collect()
     }
 
+    /// Every event from now on, as it happens (a watcher that falls more than 256 behind
+    /// is told how many it missed).
+    pub fn watch_events(&self) -> broadcast::Receiver<BrokerEvent> {
+        self.inner.shared.watchers.subscribe()
+    }
+
     /// Stops accepting, closes every connection and waits for their tasks to end.
     pub async fn shutdown(&self) {
         self.inner.shared.shutdown.cancel();
@@ -353,11 +422,14 @@ struct Shared {
     next_subscription_key: AtomicU64,
     queue_turn: AtomicUsize,
     events: Mutex<VecDeque<BrokerEvent>>,
+    watchers: broadcast::Sender<BrokerEvent>,
 }
 
 struct User {
     password: String,
     permissions: Arc<Permissions>,
+    /// What it may still publish, shared by its connections; `None` for a trusted user.
+    publish_budget: Option<Arc<Mutex<TokenBucket>>>,
 }
 
 impl Shared {
@@ -366,7 +438,10 @@ impl Shared {
         if events.len() == MAX_EVENTS {
             events.pop_front();
         }
-        events.push_back(event);
+        events.push_back(event.clone());
+        drop(events);
+        // No watcher is not an error.
+        let _ = self.watchers.send(event);
     }
 
     fn connections_of(&self, user: &str) -> Vec<Arc<Connection>> {
@@ -510,8 +585,23 @@ struct Connection {
 struct Session {
     user: String,
     permissions: Arc<Permissions>,
+    /// The user's publish budget; `None` for the trusted director.
+    publish_budget: Option<Arc<Mutex<TokenBucket>>>,
     verbose: bool,
     echo: bool,
+}
+
+impl Session {
+    fn is_trusted(&self) -> bool {
+        self.publish_budget.is_none()
+    }
+
+    /// Takes a publish of `size` bytes from the user's budget; false when it has none left.
+    fn may_spend(&self, rate: &PublishRate, size: usize) -> bool {
+        self.publish_budget
+            .as_ref()
+            .is_none_or(|budget| lock(budget).take(rate, size, Instant::now()))
+    }
 }
 
 enum Outbound {
@@ -656,7 +746,7 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     while connections.join_next().await.is_some() {}
 }
 
-async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
+async fn serve(shared: Arc<Shared>, mut stream: TcpStream, peer: SocketAddr) {
     let _ = stream.set_nodelay(true);
     let id = shared.next_client_id.fetch_add(1, Ordering::Relaxed) + 1;
     let (sender, receiver) = mpsc::unbounded_channel();
@@ -667,11 +757,20 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
         evicted: CancellationToken::new(),
         outbound: sender,
         pending_bytes: AtomicUsize::new(0),
-        max_pending_bytes: shared.options.max_pending_bytes,
+        max_pending_bytes: shared.options.limits.max_pending_bytes,
         session: RwLock::new(None),
         subscriptions: Mutex::new(HashMap::new()),
     });
-    lock(&shared.connections).insert(id, connection.clone());
+    if !admit(&shared, &connection) {
+        shared.record(BrokerEvent::MaxConnectionsExceeded { user: None, peer });
+        let refusal = [
+            shared.info(id, peer),
+            Bytes::from(format!("-ERR '{MAX_CONNECTIONS_EXCEEDED}'\r\n")),
+        ]
+        .concat();
+        let _ = tokio::time::timeout(CLOSE_GRACE, stream.write_all(&refusal)).await;
+        return;
+    }
     connection.send(&shared, Outbound::Bytes(shared.info(id, peer)));
 
     let (reader, writer) = stream.into_split();
@@ -686,6 +785,24 @@ async fn serve(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr) {
     }
     connection.closing.cancel();
     shared.forget(&connection);
+}
+
+/// Registers a new connection, unless the connections that are not the director's (agents'
+/// and those that have not sent `CONNECT` yet) already fill `max_connections` and its
+/// headroom. Who a new connection is is not known before `CONNECT`, so a cap on all of them
+/// would shut the director out: the agents' cap proper is checked at `CONNECT`, this one
+/// only bounds what open sockets cost.
+fn admit(shared: &Shared, connection: &Arc<Connection>) -> bool {
+    let mut connections = lock(&shared.connections);
+    let untrusted = connections
+        .values()
+        .filter(|c| !c.session().is_some_and(|s| s.is_trusted()))
+        .count();
+    if untrusted >= shared.options.limits.max_connections + HANDSHAKE_HEADROOM {
+        return false;
+    }
+    connections.insert(connection.id, connection.clone());
+    true
 }
 
 async fn read_loop(shared: &Shared, connection: &Arc<Connection>, mut reader: OwnedReadHalf) {
@@ -835,6 +952,15 @@ fn handle(
             reply,
             payload,
         } => {
+            // Every publish counts, refused ones too: they cost the broker as much.
+            if !session.may_spend(&shared.options.limits.publish_rate, payload.len()) {
+                connection.send_error(shared, MAX_PUBLISH_RATE_EXCEEDED);
+                shared.record(BrokerEvent::PublishRateExceeded {
+                    user: session.user.clone(),
+                    peer: connection.peer,
+                });
+                return Flow::Close;
+            }
             if !subject::is_literal(&subject)
                 || reply.as_deref().is_some_and(|r| !subject::is_literal(r))
             {
@@ -869,7 +995,7 @@ fn handle(
             }
             let mut own = lock(&connection.subscriptions);
             if !own.contains_key(&sid) {
-                if own.len() >= shared.options.max_subscriptions {
+                if own.len() >= shared.options.limits.max_subscriptions {
                     drop(own);
                     connection.send_error(shared, "Maximum Subscriptions Exceeded");
                     return Flow::Continue;
@@ -959,12 +1085,34 @@ fn connect(shared: &Shared, connection: &Arc<Connection>, options: &[u8]) -> Flo
         drop(users);
         return refuse_client(shared, connection, options.user);
     };
-    *write(&connection.session) = Some(Arc::new(Session {
+    let session = Session {
         user: options.user.unwrap_or_default(),
         permissions: user.permissions.clone(),
+        publish_budget: user.publish_budget.clone(),
         verbose: options.verbose,
         echo: options.echo,
-    }));
+    };
+    // The connections lock is held from the count until the session is set, so agents
+    // connecting at once cannot all slip under the cap.
+    let connections = lock(&shared.connections);
+    if !session.is_trusted() {
+        let agents = connections
+            .values()
+            .filter(|c| c.session().is_some_and(|s| !s.is_trusted()))
+            .count();
+        if agents >= shared.options.limits.max_connections {
+            drop(connections);
+            drop(users);
+            connection.send_error(shared, MAX_CONNECTIONS_EXCEEDED);
+            shared.record(BrokerEvent::MaxConnectionsExceeded {
+                user: Some(session.user),
+                peer: connection.peer,
+            });
+            return Flow::Close;
+        }
+    }
+    *write(&connection.session) = Some(Arc::new(session));
+    drop(connections);
     drop(users);
     if options.verbose {
         connection.send_static(shared, b"+OK\r\n");
@@ -1576,7 +1724,10 @@ mod tests {
     #[tokio::test]
     async fn slow_consumers_are_dropped_without_holding_up_others() {
         let broker = broker_with(BrokerOptions {
-            max_pending_bytes: 4 * 1024 * 1024,
+            limits: BusLimits {
+                max_pending_bytes: 4 * 1024 * 1024,
+                ..BusLimits::default()
+            },
             ..BrokerOptions::default()
         })
         .await;
@@ -1647,6 +1798,76 @@ mod tests {
         again.expect("-ERR 'Authorization Violation'").await;
         assert!(!broker.remove_user("agent-a1"));
         broker.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn sockets_past_the_cap_and_its_headroom_are_refused_before_connect() {
+        let broker = broker_with(BrokerOptions {
+            limits: BusLimits {
+                max_connections: 1,
+                ..BusLimits::default()
+            },
+            auth_timeout: Duration::from_secs(60),
+            ..BrokerOptions::default()
+        })
+        .await;
+        // The director's connections do not count.
+        let mut director = Raw::login(&broker, "director", "pw").await;
+        let mut waiting = Vec::new();
+        for _ in 0..1 + HANDSHAKE_HEADROOM {
+            waiting.push(Raw::connect(&broker).await);
+        }
+        let mut refused = Raw::connect(&broker).await;
+        refused.expect("-ERR 'maximum connections exceeded'").await;
+        refused.expect_closed().await;
+        assert_eq!(
+            broker.events(),
+            [BrokerEvent::MaxConnectionsExceeded {
+                user: None,
+                peer: refused.writer.local_addr().unwrap(),
+            }]
+        );
+        assert_eq!(
+            broker.events()[0].to_string(),
+            format!(
+                "maximum connections exceeded: refused a client at {} (bus_limits.max_connections)",
+                refused.writer.local_addr().unwrap()
+            )
+        );
+        assert_eq!(director.drain().await, Vec::<String>::new());
+        // One that goes makes room for one more.
+        drop(waiting.pop());
+        let started = std::time::Instant::now();
+        while broker.connection_count() > 1 + HANDSHAKE_HEADROOM {
+            assert!(started.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut admitted = Raw::connect(&broker).await;
+        admitted
+            .send("CONNECT {\"user\":\"director\",\"pass\":\"pw\",\"verbose\":false}\r\n")
+            .await;
+        assert_eq!(admitted.drain().await, Vec::<String>::new());
+        broker.shutdown().await;
+    }
+
+    #[tokio::test]
+    async fn limits_that_cannot_work_are_refused_at_start() {
+        let error = Broker::start_with(
+            "127.0.0.1:0",
+            BrokerOptions {
+                limits: BusLimits {
+                    max_connections: 0,
+                    ..BusLimits::default()
+                },
+                ..BrokerOptions::default()
+            },
+        )
+        .await
+        .unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "bus_limits: max_connections is 0, which no agent can work with"
+        );
     }
 
     #[tokio::test]

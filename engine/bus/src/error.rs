@@ -111,6 +111,9 @@ pub enum BusError {
     /// The `mbus` settings cannot work.
     #[error("mbus: {0}")]
     Settings(String),
+    /// The `bus_limits` settings cannot work.
+    #[error("bus_limits: {0}")]
+    Limits(String),
     /// The authorization file could not be read or written.
     #[error("cannot {action} the bus authorization file {path}: {detail}")]
     AuthorizationFile {

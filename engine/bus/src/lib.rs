@@ -15,8 +15,10 @@
 //! - `embedded_accounts`: agent accounts on the embedded broker, recorded in a file for a
 //!   dev director ([`PersistentBroker`]).
 //! - `error`: [`BusError`].
+//! - `limits`: the largest message and [`BusLimits`] (`bus_limits` in `director.yml`), what
+//!   the embedded broker allows its agents.
 //! - this file: [`DirectorBus`], the bus a director starts with (its client, its agents'
-//!   accounts, and the embedded broker when there is no `mbus`).
+//!   accounts, and the embedded broker when there is no `mbus`, whose events it logs).
 //!
 //! The modules depend one way: `subject` and `limits` at the bottom, then `error`, then
 //! `accounts`, then `broker`, `client` and `nats_server`, then `embedded_accounts`, then this
@@ -35,6 +37,9 @@ mod subject;
 
 use std::sync::Arc;
 
+use tokio::sync::broadcast;
+use tokio::task::JoinHandle;
+
 pub use accounts::{
     AgentAccounts, AgentCredentials, Permissions, agent_permissions, agent_user, check_agent_id,
 };
@@ -42,7 +47,7 @@ pub use broker::{Broker, BrokerEvent, BrokerHandle, BrokerOptions, Operation};
 pub use client::Bus;
 pub use embedded_accounts::PersistentBroker;
 pub use error::{BusError, human_duration};
-pub use limits::MAX_MESSAGE_BYTES;
+pub use limits::{BusLimits, MAX_MESSAGE_BYTES, PublishRate};
 pub use nats_server::{MbusConfig, NatsServerAccounts};
 
 use accounts::generate_password;
@@ -55,6 +60,8 @@ pub struct DirectorBus {
     /// Agent accounts on the broker in use.
     pub accounts: Arc<dyn AgentAccounts>,
     broker: Option<BrokerHandle>,
+    /// Writes the embedded broker's events to the director's log.
+    logger: Option<JoinHandle<()>>,
 }
 
 impl DirectorBus {
@@ -73,10 +80,12 @@ impl DirectorBus {
                     bus,
                     accounts: Arc::new(accounts),
                     broker: None,
+                    logger: None,
                 })
             }
             None => {
                 let broker = Broker::start("127.0.0.1:0").await?;
+                let logger = log_events(&broker);
                 let password = generate_password();
                 broker.add_user("director", &password, Permissions::all());
                 let bus = Bus::connect(&broker.url(), "director", &password, director_id).await?;
@@ -84,6 +93,7 @@ impl DirectorBus {
                     bus,
                     accounts: Arc::new(broker.clone()),
                     broker: Some(broker),
+                    logger: Some(logger),
                 })
             }
         }
@@ -91,22 +101,33 @@ impl DirectorBus {
 
     /// The embedded broker for a director whose state lives in `dir`: on the port it had
     /// before (a free one when that is taken), with the agent accounts it had (see
-    /// [`PersistentBroker`]).
+    /// [`PersistentBroker`]) and `limits` on what its agents may do. Its events (refusals,
+    /// agents over a limit) go to the director's log, stderr.
     pub async fn start_embedded(
         dir: &std::path::Path,
         director_id: &str,
+        limits: BusLimits,
     ) -> Result<DirectorBus, BusError> {
         let port_file = dir.join("bus.port");
         let previous = std::fs::read_to_string(&port_file)
             .ok()
             .and_then(|p| p.trim().parse::<u16>().ok());
-        let broker = match previous {
-            Some(port) => match Broker::start(&format!("127.0.0.1:{port}")).await {
-                Ok(broker) => broker,
-                Err(_) => Broker::start("127.0.0.1:0").await?,
-            },
-            None => Broker::start("127.0.0.1:0").await?,
+        let options = BrokerOptions {
+            limits,
+            ..BrokerOptions::default()
         };
+        let any_port = "127.0.0.1:0";
+        let broker = match previous {
+            Some(port) => {
+                match Broker::start_with(&format!("127.0.0.1:{port}"), options.clone()).await {
+                    Ok(broker) => broker,
+                    Err(BusError::Listen { .. }) => Broker::start_with(any_port, options).await?,
+                    Err(other) => return Err(other),
+                }
+            }
+            None => Broker::start_with(any_port, options).await?,
+        };
+        let logger = log_events(&broker);
         let _ = std::fs::write(&port_file, broker.local_addr().port().to_string());
         let accounts = PersistentBroker::open(broker.clone(), dir.join("bus-agents.json"));
         let password = generate_password();
@@ -116,6 +137,7 @@ impl DirectorBus {
             bus,
             accounts: Arc::new(accounts),
             broker: Some(broker),
+            logger: Some(logger),
         })
     }
 
@@ -130,7 +152,27 @@ impl DirectorBus {
         if let Some(broker) = self.broker {
             broker.shutdown().await;
         }
+        if let Some(logger) = self.logger {
+            logger.abort();
+            let _ = logger.await;
+        }
     }
+}
+
+/// Writes each of the broker's events to stderr, the director's log, as `bus: …`.
+fn log_events(broker: &BrokerHandle) -> JoinHandle<()> {
+    let mut events = broker.watch_events();
+    tokio::spawn(async move {
+        loop {
+            match events.recv().await {
+                Ok(event) => eprintln!("bus: {event}"),
+                Err(broadcast::error::RecvError::Lagged(missed)) => {
+                    eprintln!("bus: {missed} more events not logged");
+                }
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    })
 }
 
 #[cfg(test)]

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 use agent_protocol::{Heartbeat, Reply, Request, TaskHandle, agent_subject, heartbeat_subject};
 use director_bus::MbusConfig;
 use director_bus::{
-    AgentAccounts, AgentCredentials, Broker, BrokerEvent, BrokerHandle, Bus, BusError,
-    NatsServerAccounts, Operation, Permissions,
+    AgentAccounts, AgentCredentials, Broker, BrokerEvent, BrokerHandle, BrokerOptions, Bus,
+    BusError, BusLimits, NatsServerAccounts, Operation, Permissions, PublishRate,
 };
 use futures::StreamExt;
 use serde_json::{Value, json};
@@ -61,7 +61,11 @@ struct BusEnv {
 
 impl BusEnv {
     async fn embedded() -> BusEnv {
-        let broker = Broker::start("127.0.0.1:0").await.unwrap();
+        BusEnv::embedded_with(BrokerOptions::default()).await
+    }
+
+    async fn embedded_with(options: BrokerOptions) -> BusEnv {
+        let broker = Broker::start_with("127.0.0.1:0", options).await.unwrap();
         broker.add_user("director", DIRECTOR_PASSWORD, Permissions::all());
         let director = Bus::connect(&broker.url(), "director", DIRECTOR_PASSWORD, DIRECTOR_ID)
             .await
@@ -75,13 +79,18 @@ impl BusEnv {
     }
 
     async fn nats_server() -> BusEnv {
+        BusEnv::nats_server_with("").await
+    }
+
+    /// nats-server with `extra` lines in its configuration.
+    async fn nats_server_with(extra: &str) -> BusEnv {
         let binary = nats_server_binary();
         let dir = tempfile::tempdir().unwrap();
         // A free port can be taken by someone else before nats-server binds it: try again.
         let mut attempt = 0;
         let (child, config, accounts, log) = loop {
             attempt += 1;
-            match start_nats_server(&binary, dir.path()).await {
+            match start_nats_server(&binary, dir.path(), extra).await {
                 Ok(started) => break started,
                 Err(log) if log.contains("address already in use") && attempt < 5 => {}
                 Err(log) => panic!("nats-server did not start: {log}"),
@@ -150,6 +159,7 @@ impl BusEnv {
 async fn start_nats_server(
     binary: &Path,
     dir: &Path,
+    extra: &str,
 ) -> Result<(Child, MbusConfig, NatsServerAccounts, PathBuf), String> {
     let port = free_port();
     let config = MbusConfig {
@@ -166,7 +176,7 @@ async fn start_nats_server(
     std::fs::write(
         &server_config,
         format!(
-            "listen: \"127.0.0.1:{port}\"\npid_file: \"{}\"\nmax_payload: 1048576\ninclude \"director-users.conf\"\n",
+            "listen: \"127.0.0.1:{port}\"\npid_file: \"{}\"\nmax_payload: 1048576\n{extra}\ninclude \"director-users.conf\"\n",
             config.pid_file.display()
         ),
     )
@@ -848,9 +858,13 @@ async fn embedded_accounts_registered_concurrently_survive_a_director_restart() 
     let dir = tempfile::tempdir().unwrap();
     let mut registered: Vec<AgentCredentials> = Vec::new();
     for round in 0..ROUNDS {
-        let director = director_bus::DirectorBus::start_embedded(dir.path(), DIRECTOR_ID)
-            .await
-            .unwrap();
+        let director = director_bus::DirectorBus::start_embedded(
+            dir.path(),
+            DIRECTOR_ID,
+            BusLimits::default(),
+        )
+        .await
+        .unwrap();
         let mut registrations = tokio::task::JoinSet::new();
         for agent in 0..AGENTS_PER_ROUND {
             let accounts = director.accounts.clone();
@@ -865,9 +879,10 @@ async fn embedded_accounts_registered_concurrently_survive_a_director_restart() 
         director.shutdown().await;
     }
 
-    let restarted = director_bus::DirectorBus::start_embedded(dir.path(), DIRECTOR_ID)
-        .await
-        .unwrap();
+    let restarted =
+        director_bus::DirectorBus::start_embedded(dir.path(), DIRECTOR_ID, BusLimits::default())
+            .await
+            .unwrap();
     let url = restarted.broker().unwrap().url();
     let recorded: HashMap<String, String> =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("bus-agents.json")).unwrap())
@@ -897,4 +912,291 @@ async fn embedded_accounts_registered_concurrently_survive_a_director_restart() 
     }
     assert!(file_mode(&dir.path().join("bus-agents.json")) & 0o077 == 0);
     restarted.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------
+// Limits (issue 9, item 12): the embedded broker caps agent connections and each agent
+// account's publish rate; the director is never limited. nats-server has no publish rate
+// limit; its connection cap answers with the same `-ERR`.
+
+/// A client speaking the protocol by hand, to see exactly what the broker answers.
+struct RawClient {
+    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
+    writer: tokio::net::tcp::OwnedWriteHalf,
+}
+
+impl RawClient {
+    /// Connects and reads the broker's `INFO`.
+    async fn connect(url: &str) -> RawClient {
+        let address = url.strip_prefix("nats://").unwrap();
+        let stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let (reader, writer) = stream.into_split();
+        let mut client = RawClient {
+            reader: BufReader::new(reader),
+            writer,
+        };
+        let info = client.line().await.expect("the broker sends INFO");
+        assert!(info.starts_with("INFO {"), "{info}");
+        client
+    }
+
+    /// The next line without its CRLF; `None` when the broker closed the connection.
+    async fn line(&mut self) -> Option<String> {
+        let mut line = String::new();
+        match tokio::time::timeout(WAIT, self.reader.read_line(&mut line)).await {
+            Ok(Ok(0) | Err(_)) => None,
+            Ok(Ok(_)) => Some(line.trim_end_matches("\r\n").to_string()),
+            Err(_) => panic!("the broker neither answered nor closed within 5 s"),
+        }
+    }
+
+    /// Sends `text` and a `PING`; what the broker answered before its `PONG`, and whether
+    /// it closed the connection instead of answering the `PING`.
+    async fn exchange(&mut self, text: &str) -> (Vec<String>, bool) {
+        // A broker that already closed makes the write fail; what it said is still read.
+        let _ = self
+            .writer
+            .write_all(format!("{text}PING\r\n").as_bytes())
+            .await;
+        let mut lines = Vec::new();
+        loop {
+            match self.line().await {
+                Some(line) if line == "PONG" => return (lines, false),
+                Some(line) => lines.push(line),
+                None => return (lines, true),
+            }
+        }
+    }
+
+    /// `CONNECT` as `user` (not verbose) and what the broker answered.
+    async fn login(&mut self, user: &str, password: &str) -> (Vec<String>, bool) {
+        self.exchange(&format!(
+            "CONNECT {{\"user\":\"{user}\",\"pass\":\"{password}\",\"verbose\":false}}\r\n"
+        ))
+        .await
+    }
+}
+
+/// Publishes `payload` to `subject` as fast as the broker takes it (batches of 20, each
+/// followed by a `PING`, so nothing is in flight when the broker hangs up) until the broker
+/// closes the connection; what it said last. At most `max` messages.
+async fn flood_until_closed(
+    client: &mut RawClient,
+    subject: &str,
+    payload: &[u8],
+    max: usize,
+) -> Vec<String> {
+    let message = format!(
+        "PUB {subject} {}\r\n{}\r\n",
+        payload.len(),
+        String::from_utf8_lossy(payload)
+    );
+    let batch = message.repeat(20);
+    for _ in 0..max / 20 {
+        let (lines, closed) = client.exchange(&batch).await;
+        if closed {
+            return lines;
+        }
+        assert!(lines.is_empty(), "{lines:?}");
+    }
+    panic!("still connected after {max} messages");
+}
+
+fn limited(limits: BusLimits) -> BrokerOptions {
+    BrokerOptions {
+        limits,
+        // Long enough for the raw clients of these tests.
+        auth_timeout: Duration::from_secs(60),
+        ..BrokerOptions::default()
+    }
+}
+
+/// One agent floods heartbeats: that agent is disconnected with a clear `-ERR` and an
+/// event naming its account; the director keeps its connection and still gets answers from
+/// another agent; the director itself may publish as fast as it likes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_a_flooding_agent_is_disconnected_and_the_director_is_not() {
+    // One message a second with a burst of 100: refilling what the flood takes would take
+    // minutes, so the counts below do not depend on how fast this machine is.
+    let env = BusEnv::embedded_with(limited(BusLimits {
+        publish_rate: PublishRate {
+            messages_per_second: 1,
+            messages_burst: 100,
+            ..PublishRate::default()
+        },
+        ..BusLimits::default()
+    }))
+    .await;
+    let Backend::Embedded(broker) = &env.backend else {
+        unreachable!()
+    };
+    let answering = FakeAgent::start(&env, "a2").await;
+    let flooder = env.accounts.add_agent("a1").await.unwrap();
+    let heartbeat = serde_json::to_vec(&heartbeat()).unwrap();
+
+    let mut client = RawClient::connect(&env.url).await;
+    assert_eq!(
+        client.login(&flooder.user, &flooder.password).await,
+        (vec![], false)
+    );
+    let last_words =
+        flood_until_closed(&mut client, &heartbeat_subject("a1"), &heartbeat, 2000).await;
+    assert_eq!(last_words, ["-ERR 'Maximum Publish Rate Exceeded'"]);
+    let exceeded: Vec<String> = broker
+        .events()
+        .iter()
+        .filter(|e| matches!(e, BrokerEvent::PublishRateExceeded { .. }))
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(exceeded.len(), 1, "{exceeded:?}");
+    assert!(
+        exceeded[0]
+            .starts_with("publish rate exceeded: disconnected user 'agent-a1' at 127.0.0.1:"),
+        "{}",
+        exceeded[0]
+    );
+
+    // The director was not touched: same connection, still answered by the other agent.
+    assert_eq!(broker.user_connection_count("director"), 1);
+    assert_eq!(
+        env.director
+            .request("a2", "echo", vec![json!("still here")], WAIT)
+            .await
+            .unwrap(),
+        json!("still here")
+    );
+    assert!(
+        !broker
+            .events()
+            .iter()
+            .any(|e| e.to_string().contains("'director'")),
+        "{:?}",
+        broker.events()
+    );
+    assert_eq!(answering.methods().len(), 1);
+
+    // The budget is the account's, not the connection's: reconnecting gives none back.
+    let mut again = RawClient::connect(&env.url).await;
+    assert_eq!(
+        again.login(&flooder.user, &flooder.password).await,
+        (vec![], false)
+    );
+    let burst = format!(
+        "PUB {} {}\r\n{}\r\n",
+        heartbeat_subject("a1"),
+        heartbeat.len(),
+        String::from_utf8_lossy(&heartbeat)
+    )
+    .repeat(50);
+    assert_eq!(
+        again.exchange(&burst).await,
+        (
+            vec!["-ERR 'Maximum Publish Rate Exceeded'".to_string()],
+            true
+        )
+    );
+
+    // The director's user is never rate-limited.
+    let mut director = RawClient::connect(&env.url).await;
+    assert_eq!(
+        director.login("director", DIRECTOR_PASSWORD).await,
+        (vec![], false)
+    );
+    let many = "PUB nobody.listens 1\r\nx\r\n".repeat(1000);
+    assert_eq!(director.exchange(&many).await, (vec![], false));
+    env.close().await;
+}
+
+/// Agents over `max_connections` are refused with nats-server's `-ERR`; the director's
+/// connections are not counted; a slot that frees up is taken again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_the_connection_cap_refuses_agents_but_never_the_director() {
+    let env = BusEnv::embedded_with(limited(BusLimits {
+        max_connections: 2,
+        ..BusLimits::default()
+    }))
+    .await;
+    let Backend::Embedded(broker) = &env.backend else {
+        unreachable!()
+    };
+    let _answering = FakeAgent::start(&env, "a1").await;
+    let (second, _events) = bare_agent(&env, "a2").await;
+    let third = env.accounts.add_agent("a3").await.unwrap();
+
+    let refused = connect_as(&env.url, &third.user, &third.password)
+        .await
+        .map(|_| ())
+        .unwrap_err();
+    assert!(
+        refused.to_string().contains("maximum connections exceeded"),
+        "{refused}"
+    );
+    let mut raw = RawClient::connect(&env.url).await;
+    assert_eq!(
+        raw.login(&third.user, &third.password).await,
+        (
+            vec!["-ERR 'maximum connections exceeded'".to_string()],
+            true
+        )
+    );
+    assert!(
+        broker.events().iter().any(|e| matches!(e,
+            BrokerEvent::MaxConnectionsExceeded { user: Some(user), .. } if user == "agent-a3")),
+        "{:?}",
+        broker.events()
+    );
+
+    // The director is not counted: more of its connections get in, and it reaches agents.
+    let mut directors = Vec::new();
+    for n in 0..3 {
+        directors.push(
+            Bus::connect(
+                &env.url,
+                "director",
+                DIRECTOR_PASSWORD,
+                &format!("extra{n}"),
+            )
+            .await
+            .unwrap(),
+        );
+    }
+    assert_eq!(broker.user_connection_count("director"), 4);
+    env.director
+        .request("a1", "ping", vec![], WAIT)
+        .await
+        .unwrap();
+    for director in directors {
+        director.close().await;
+    }
+
+    // A slot that frees up is taken again.
+    second.drain().await.unwrap();
+    drop(second);
+    let started = Instant::now();
+    while broker.user_connection_count("agent-a2") > 0 {
+        assert!(started.elapsed() < WAIT, "agent a2 did not leave");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (client, _events) = connect_as(&env.url, &third.user, &third.password)
+        .await
+        .unwrap();
+    client.drain().await.unwrap();
+    env.close().await;
+}
+
+/// nats-server over its `max_connections` answers with the text the embedded broker uses.
+/// It refuses right after `INFO`, counting every connection, the director's too: which is
+/// why the embedded broker counts agents only, at `CONNECT`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_server_over_its_connection_cap_answers_as_the_embedded_broker() {
+    // The director, and the agent (its account is checked by connecting once as it).
+    let env = BusEnv::nats_server_with("max_connections: 2").await;
+    let (_agent, _events) = bare_agent(&env, "a1").await;
+    let mut raw = RawClient::connect(&env.url).await;
+    assert_eq!(
+        raw.line().await.as_deref(),
+        Some("-ERR 'maximum connections exceeded'")
+    );
+    assert_eq!(raw.line().await, None);
+    env.close().await;
 }

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::blobstore::BlobstoreConfig;
-pub use director_bus::MbusConfig;
+pub use director_bus::{BusLimits, MbusConfig};
 use secrets::Redacted;
 
 /// The default API address.
@@ -68,6 +68,10 @@ pub struct DirectorConfig {
     /// The bus: a nats-server. Without it the director embeds a broker on 127.0.0.1.
     #[serde(default)]
     pub mbus: Option<MbusConfig>,
+    /// What the embedded broker allows agents (connections, publish rate); only without
+    /// `mbus` (nats-server has its own limits).
+    #[serde(default)]
+    pub bus_limits: Option<BusLimits>,
     /// The CPI (default: the local CPI under `<data_dir>/cpi`).
     #[serde(default)]
     pub cpi: Option<CpiSettings>,
@@ -224,6 +228,7 @@ impl DirectorConfig {
             token_file: None,
             limits: Limits::default(),
             mbus: None,
+            bus_limits: None,
             cpi: None,
             agent: AgentSettings::default(),
         }
@@ -491,6 +496,25 @@ mod tests {
         assert_eq!(mbus.pid_file, PathBuf::from("/run/nats/nats.pid"));
         assert!(!format!("{config:?}").contains("s3cret"));
         assert_eq!(DirectorConfig::dev(Path::new("/d")).mbus, None);
+    }
+
+    #[test]
+    fn reads_the_embedded_bus_limits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        std::fs::write(
+            &path,
+            "data_dir: /d\nbus_limits:\n  max_connections: 100\n  publish_rate: {messages_per_second: 5}\n",
+        )
+        .unwrap();
+        let limits = DirectorConfig::load(&path).unwrap().bus_limits.unwrap();
+        assert_eq!(limits.max_connections, 100);
+        assert_eq!(limits.publish_rate.messages_per_second, 5);
+        assert_eq!(
+            limits.publish_rate.messages_burst,
+            BusLimits::default().publish_rate.messages_burst
+        );
+        assert_eq!(DirectorConfig::dev(Path::new("/d")).bus_limits, None);
     }
 
     #[test]

@@ -52,9 +52,15 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let uploads_dir = fresh_directory(&data_dir.join("uploads"))?;
     let staging_dir = fresh_directory(&data_dir.join("staging"))?;
     let (listener, url) = listen(&config, dev).await?;
-    let bus = match &config.mbus {
-        Some(mbus) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
-        None => director_bus::DirectorBus::start_embedded(&data_dir, &director_id).await,
+    let bus = match (&config.mbus, &config.bus_limits) {
+        (Some(mbus), None) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
+        (Some(_), Some(_)) => Err(ServeError::Config(
+            "bus_limits sets the embedded broker's limits, and with mbus there is none: set nats-server's own (max_connections, max_subscriptions, max_pending) in nats-server.conf".to_string(),
+        ))?,
+        (None, limits) => {
+            let limits = limits.clone().unwrap_or_default();
+            director_bus::DirectorBus::start_embedded(&data_dir, &director_id, limits).await
+        }
     }?;
     let (cpi, cpi_description) = cloud(&config, &director_id);
     let services = Arc::new(crate::ops::Services {
