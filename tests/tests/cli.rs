@@ -1,5 +1,6 @@
 //! The `director` command line as users meet it: help, global flags before or after the verb,
-//! completions, exit codes, diff formats, variable errors, a closed stdout.
+//! completions, exit codes, diff formats, variable errors, a closed stdout, and `interpolate`
+//! answering as `bosh interpolate` does.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -237,4 +238,37 @@ fn missing_files_are_named() {
         "{}",
         out.stderr
     );
+}
+
+/// `director interpolate` in a fresh directory holding `files` (name, text), with `args` and
+/// the environment variables `env`.
+fn interpolate(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> tests::Run {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    run(director()
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .arg("interpolate")
+        .args(args))
+}
+
+#[test]
+fn interpolate_quotes_strings_yaml_would_read_as_timestamps() {
+    let files = [(
+        "manifest.yml",
+        "\
+quoted_date: \"2001-12-14\"
+plain_date: 2001-12-14
+date_time: \"2001-12-14t21:59:43.10-05:00\"
+spaced: \"2001-12-14 21:59:43.10\"
+sexagesimal: \"1:20\"
+not_a_day: \"2001-02-29\"
+not_a_zone: \"2001-12-14 21:59:43.10 -5\"
+",
+    )];
+    let out = interpolate(&files, &[], &["manifest.yml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(out.stdout);
 }
