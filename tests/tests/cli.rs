@@ -255,6 +255,18 @@ fn interpolate(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> t
 }
 
 #[test]
+fn interpolate_refuses_a_replace_with_a_null_value() {
+    let files = [
+        ("manifest.yml", "a: 1\n"),
+        ("ops.yml", "- type: replace\n  path: /a\n  value: null\n"),
+    ];
+    let out = interpolate(&files, &[], &["manifest.yml", "-o", "ops.yml"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.stdout, "");
+    insta::assert_snapshot!(out.stderr);
+}
+
+#[test]
 fn interpolate_quotes_strings_yaml_would_read_as_timestamps() {
     let files = [(
         "manifest.yml",
