@@ -255,6 +255,61 @@ fn interpolate(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> t
 }
 
 #[test]
+fn interpolate_merges_dotted_v_names_into_maps() {
+    let files = [
+        ("manifest.yml", "whole: ((a))\npart: ((a.b))\nkept: ((m))\n"),
+        ("vars.yml", "m: {k: from-file, other: kept}\n"),
+    ];
+    let out = interpolate(
+        &files,
+        &[],
+        &[
+            "manifest.yml",
+            "-v",
+            "a.b=x",
+            // `y` is YAML 1.1's true, in bosh-cli too: `-v` values are read as YAML.
+            "-v",
+            "a.c=y",
+            "-v",
+            "a.d.e=1",
+            "-v",
+            "m.k=from-v",
+            "-l",
+            "vars.yml",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(out.stdout);
+}
+
+#[test]
+fn interpolate_inserts_a_quoted_v_string_as_its_text() {
+    let files = [("manifest.yml", "part: x-((v))\nwhole: ((v))\n")];
+    let out = interpolate(&files, &[], &["manifest.yml", "-v", r#"v="7""#]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "part: x-7\nwhole: \"7\"\n");
+    let out = interpolate(&files, &[], &["manifest.yml", "-v", "v='7'"]);
+    assert_eq!(out.stdout, "part: x-7\nwhole: \"7\"\n");
+    let out = interpolate(&files, &[], &["manifest.yml", "-v", "v=7"]);
+    assert_eq!(out.stdout, "part: x-7\nwhole: 7\n");
+}
+
+#[test]
+fn interpolate_leaves_placeholders_with_spaces_as_written() {
+    let files = [(
+        "manifest.yml",
+        "both: (( name ))\nleft: (( name))\nright: ((name ))\nnone: ((name))\n",
+    )];
+    let out = interpolate(
+        &files,
+        &[],
+        &["manifest.yml", "-v", "name=value", "--var-errs"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(out.stdout);
+}
+
+#[test]
 fn interpolate_refuses_a_replace_with_a_null_value() {
     let files = [
         ("manifest.yml", "a: 1\n"),
