@@ -254,6 +254,55 @@ fn interpolate(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> t
         .args(args))
 }
 
+const DEFINITIONS: &str = "\
+name: app
+password: ((admin_password))
+ca: ((default_ca.certificate))
+from_env: ((from_env))
+from_file: ((from_file))
+variables:
+- name: admin_password
+  type: password
+- name: default_ca
+  type: certificate
+  options: {is_ca: true, common_name: ca}
+- name: from_env
+  type: password
+- name: from_file
+  type: password
+- name: still_to_generate
+  type: password
+";
+
+#[test]
+fn interpolate_drops_the_definitions_the_command_line_settles() {
+    let files = [
+        ("manifest.yml", DEFINITIONS),
+        ("ca.yml", "default_ca: {certificate: CA-CERT}\n"),
+        ("file.txt", "from a file"),
+    ];
+    let flags = [
+        "manifest.yml",
+        "-v",
+        "admin_password=secret",
+        "-l",
+        "ca.yml",
+        "--vars-env",
+        "VARS",
+        "--var-file",
+        "from_file=file.txt",
+    ];
+    let out = interpolate(&files, &[("VARS_from_env", "env")], &flags);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("interpolate_drops_given_definitions", out.stdout);
+
+    // With a vars store the rest is generated, so found, and dropped too (bosh-cli #389).
+    let flags = [&flags[..], &["--vars-store", "creds.yml"]].concat();
+    let out = interpolate(&files, &[("VARS_from_env", "env")], &flags);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("interpolate_drops_generated_definitions", out.stdout);
+}
+
 #[test]
 fn interpolate_merges_dotted_v_names_into_maps() {
     let files = [
