@@ -1,5 +1,6 @@
 //! The `director` command line as users meet it: help, global flags before or after the verb,
-//! completions, exit codes, diff formats, variable errors, a closed stdout.
+//! completions, exit codes, diff formats, variable errors, a closed stdout, and `interpolate`
+//! answering as `bosh interpolate` does.
 
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -237,4 +238,153 @@ fn missing_files_are_named() {
         "{}",
         out.stderr
     );
+}
+
+/// `director interpolate` in a fresh directory holding `files` (name, text), with `args` and
+/// the environment variables `env`.
+fn interpolate(files: &[(&str, &str)], env: &[(&str, &str)], args: &[&str]) -> tests::Run {
+    let dir = tempfile::tempdir().unwrap();
+    for (name, text) in files {
+        std::fs::write(dir.path().join(name), text).unwrap();
+    }
+    run(director()
+        .current_dir(dir.path())
+        .envs(env.iter().copied())
+        .arg("interpolate")
+        .args(args))
+}
+
+const DEFINITIONS: &str = "\
+name: app
+password: ((admin_password))
+ca: ((default_ca.certificate))
+from_env: ((from_env))
+from_file: ((from_file))
+variables:
+- name: admin_password
+  type: password
+- name: default_ca
+  type: certificate
+  options: {is_ca: true, common_name: ca}
+- name: from_env
+  type: password
+- name: from_file
+  type: password
+- name: still_to_generate
+  type: password
+";
+
+#[test]
+fn interpolate_drops_the_definitions_the_command_line_settles() {
+    let files = [
+        ("manifest.yml", DEFINITIONS),
+        ("ca.yml", "default_ca: {certificate: CA-CERT}\n"),
+        ("file.txt", "from a file"),
+    ];
+    let flags = [
+        "manifest.yml",
+        "-v",
+        "admin_password=secret",
+        "-l",
+        "ca.yml",
+        "--vars-env",
+        "VARS",
+        "--var-file",
+        "from_file=file.txt",
+    ];
+    let out = interpolate(&files, &[("VARS_from_env", "env")], &flags);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("interpolate_drops_given_definitions", out.stdout);
+
+    // With a vars store the rest is generated, so found, and dropped too (bosh-cli #389).
+    let flags = [&flags[..], &["--vars-store", "creds.yml"]].concat();
+    let out = interpolate(&files, &[("VARS_from_env", "env")], &flags);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!("interpolate_drops_generated_definitions", out.stdout);
+}
+
+#[test]
+fn interpolate_merges_dotted_v_names_into_maps() {
+    let files = [
+        ("manifest.yml", "whole: ((a))\npart: ((a.b))\nkept: ((m))\n"),
+        ("vars.yml", "m: {k: from-file, other: kept}\n"),
+    ];
+    let out = interpolate(
+        &files,
+        &[],
+        &[
+            "manifest.yml",
+            "-v",
+            "a.b=x",
+            // `y` is YAML 1.1's true, in bosh-cli too: `-v` values are read as YAML.
+            "-v",
+            "a.c=y",
+            "-v",
+            "a.d.e=1",
+            "-v",
+            "m.k=from-v",
+            "-l",
+            "vars.yml",
+        ],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(out.stdout);
+}
+
+#[test]
+fn interpolate_inserts_a_quoted_v_string_as_its_text() {
+    let files = [("manifest.yml", "part: x-((v))\nwhole: ((v))\n")];
+    let out = interpolate(&files, &[], &["manifest.yml", "-v", r#"v="7""#]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert_eq!(out.stdout, "part: x-7\nwhole: \"7\"\n");
+    let out = interpolate(&files, &[], &["manifest.yml", "-v", "v='7'"]);
+    assert_eq!(out.stdout, "part: x-7\nwhole: \"7\"\n");
+    let out = interpolate(&files, &[], &["manifest.yml", "-v", "v=7"]);
+    assert_eq!(out.stdout, "part: x-7\nwhole: 7\n");
+}
+
+#[test]
+fn interpolate_leaves_placeholders_with_spaces_as_written() {
+    let files = [(
+        "manifest.yml",
+        "both: (( name ))\nleft: (( name))\nright: ((name ))\nnone: ((name))\n",
+    )];
+    let out = interpolate(
+        &files,
+        &[],
+        &["manifest.yml", "-v", "name=value", "--var-errs"],
+    );
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(out.stdout);
+}
+
+#[test]
+fn interpolate_refuses_a_replace_with_a_null_value() {
+    let files = [
+        ("manifest.yml", "a: 1\n"),
+        ("ops.yml", "- type: replace\n  path: /a\n  value: null\n"),
+    ];
+    let out = interpolate(&files, &[], &["manifest.yml", "-o", "ops.yml"]);
+    assert_eq!(out.code, 1, "{}", out.stdout);
+    assert_eq!(out.stdout, "");
+    insta::assert_snapshot!(out.stderr);
+}
+
+#[test]
+fn interpolate_quotes_strings_yaml_would_read_as_timestamps() {
+    let files = [(
+        "manifest.yml",
+        "\
+quoted_date: \"2001-12-14\"
+plain_date: 2001-12-14
+date_time: \"2001-12-14t21:59:43.10-05:00\"
+spaced: \"2001-12-14 21:59:43.10\"
+sexagesimal: \"1:20\"
+not_a_day: \"2001-02-29\"
+not_a_zone: \"2001-12-14 21:59:43.10 -5\"
+",
+    )];
+    let out = interpolate(&files, &[], &["manifest.yml"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    insta::assert_snapshot!(out.stdout);
 }

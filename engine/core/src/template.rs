@@ -102,6 +102,14 @@ impl Prepared {
         )
     }
 
+    /// Drops the `variables` definitions of an evaluated `doc` whose values the variable
+    /// flags or the vars store settled, as bosh-cli does to what it prints (`interpolate`)
+    /// and sends to a director (`deploy`). `validate` and `diff` keep them: there they are
+    /// part of what the user wrote and a reviewer reads.
+    pub fn drop_settled_definitions(&self, doc: Node) -> Node {
+        interpolate::drop_found_definitions(doc, &self.sources, self.store.as_ref())
+    }
+
     /// Interpolates only variables (no ops, no generation), for configs given beside a manifest.
     pub fn evaluate_vars_only(&self, doc: Node) -> Result<Node, Diagnostics> {
         interpolate::interpolate_vars(doc, &self.sources)

@@ -88,6 +88,30 @@ pub fn evaluate(
     }
 }
 
+/// Removes from `doc`'s `variables` section every definition whose value is known: given by
+/// `sources`, or held in `store` (where evaluation may just have generated it). This is what
+/// bosh-cli's `Template.Evaluate` does after interpolating (`varsTracker.FoundVars` in
+/// `director/template/template.go`), so that a director does not generate a second value
+/// under a name the command line already settled. Definitions still to be generated stay; a
+/// section left empty stays, as `variables: []`.
+pub fn drop_found_definitions(
+    mut doc: Node,
+    sources: &VarSources,
+    store: Option<&VarsStore>,
+) -> Node {
+    let found = |name: &str| {
+        sources.get(name).is_some() || store.is_some_and(|store| store.get(name).is_some())
+    };
+    if let Some(items) = doc
+        .as_map_mut()
+        .and_then(|map| map.get_mut("variables"))
+        .and_then(Node::as_seq_mut)
+    {
+        items.retain(|item| !item.get("name").and_then(Node::as_str).is_some_and(found));
+    }
+    doc
+}
+
 /// Interpolates only the variables of `doc` (no ops, no definitions), e.g. for a cloud config.
 pub fn interpolate_vars(doc: Node, sources: &VarSources) -> Result<Node, Diagnostics> {
     evaluate(doc, &Ops::new(), sources, None, Expectations::default())
@@ -355,7 +379,7 @@ fn find_sub_value<'a>(value: &'a Node, keys: &[&str]) -> Result<&'a Node, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::yaml::{emit, parse};
+    use crate::yaml::{Map, emit, parse};
 
     fn sources(vars: &str) -> VarSources {
         let mut sources = VarSources::new();
@@ -425,6 +449,24 @@ mod tests {
             "",
             "error: expected to find variables: x, y (give them with -v, -l, --var-file or --vars-env, or declare them in variables with a --vars-store)",
         );
+    }
+
+    #[test]
+    fn definitions_whose_values_are_known_are_dropped() {
+        let doc = parse(
+            "a: ((given))\nvariables:\n- {name: given, type: password}\n- {name: stored}\n- {name: later, type: password}\n",
+            "doc.yml",
+        )
+        .unwrap();
+        let mut store = VarsStore::in_memory(Map::new());
+        store.put("stored", Node::string("s", Span::synthetic("store")));
+        let out = drop_found_definitions(doc.clone(), &sources("given: g\n"), Some(&store));
+        assert_eq!(
+            emit(&out),
+            "a: ((given))\nvariables:\n- name: later\n  type: password\n"
+        );
+        let out = drop_found_definitions(doc, &sources("given: g\nlater: l\n"), Some(&store));
+        assert_eq!(emit(&out), "a: ((given))\nvariables: []\n");
     }
 
     #[test]

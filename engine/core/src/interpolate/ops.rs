@@ -177,12 +177,22 @@ fn parse_op(item: &Node, index: usize) -> Result<Op, Diagnostic> {
             format!("invalid path {path_text:?}: {message}"),
         )
     })?;
-    let value = map.get("value");
+    // As go-patch, whose `Value` is a pointer that YAML's null leaves nil: `value: null`,
+    // `value: ~` and an empty `value:` are no value at all.
+    let written_null = map.get("value").filter(|v| v.is_null());
+    let value = map.get("value").filter(|v| !v.is_null());
     let absent = map.get("absent");
     let kind = match op_type {
-        "replace" => match value {
-            Some(value) => OpKind::Replace(value.clone()),
-            None => return Err(Diagnostic::error(&item.span, label, "missing value")),
+        "replace" => match (value, written_null) {
+            (Some(value), _) => OpKind::Replace(value.clone()),
+            (None, Some(null)) => {
+                return Err(Diagnostic::error(
+                    &null.span,
+                    label,
+                    "missing value: go-patch reads 'value: null' as no value (to delete the key, use type: remove)",
+                ));
+            }
+            (None, None) => return Err(Diagnostic::error(&item.span, label, "missing value")),
         },
         "remove" => {
             if let Some(value) = value {
@@ -888,6 +898,27 @@ mod tests {
             "a: 1\n",
             "- {type: test, path: /a, value: 2, error: a must be 2}\n",
             "error: ops.yml:1:3: operation [0] (test /a): a must be 2: found a value at '/a' that does not match the expected value",
+        );
+    }
+
+    #[test]
+    fn a_null_value_is_no_value_as_in_go_patch() {
+        let ops = parse(
+            "- {type: replace, path: /a, value: null}\n- type: replace\n  path: /b\n  value:\n- {type: test, path: /c, value: ~}\n",
+            "ops.yml",
+        )
+        .unwrap();
+        assert_eq!(
+            Ops::from_node(&ops).unwrap_err().to_string(),
+            "ops.yml:1:36: [0] (replace): missing value: go-patch reads 'value: null' as no value (to delete the key, use type: remove)\n\
+             ops.yml:4:8: [1] (replace): missing value: go-patch reads 'value: null' as no value (to delete the key, use type: remove)\n\
+             ops.yml:5:3: [2] (test): missing value (or absent: true)"
+        );
+        // A remove may carry a null value (go-patch sees none); a test may pair it with absent.
+        check(
+            "a: 1\nb: 2\n",
+            "- {type: remove, path: /a, value: null}\n- {type: test, path: /c, value: null, absent: true}\n",
+            "b: 2\n",
         );
     }
 

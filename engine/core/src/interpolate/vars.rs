@@ -2,6 +2,9 @@
 //! line (`-v`, `--var-file`, `-l`, `--vars-env`) in bosh-cli's order of precedence.
 
 use std::path::Path;
+use std::sync::LazyLock;
+
+use regex::Regex;
 
 use crate::diagnostics::Diagnostic;
 use crate::yaml::{self, Map, Node, Span, Value};
@@ -17,47 +20,31 @@ pub struct Placeholder {
     pub name: String,
 }
 
-fn is_name_char(c: char) -> bool {
-    c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '/') || c.is_alphabetic()
-}
+/// bosh-cli's `interpolationRegex` (`director/template/template.go`):
+/// `\(\((!?[-/\.\w\pL]+)\)\)`, where Go's `\w` is ASCII only. No spaces are allowed inside
+/// the parentheses, so `(( name ))` is text, not a variable.
+static PLACEHOLDER: LazyLock<Option<Regex>> =
+    LazyLock::new(|| Regex::new(r"\(\((!?[-/.0-9A-Za-z_\pL]+)\)\)").ok());
 
-/// Finds every placeholder, as bosh-cli's `\(\( ?(!?[-/\.\w\pL]+) ?\)\)` does.
+/// Finds every placeholder, as bosh-cli's pattern does (leftmost first, not overlapping).
 pub fn placeholders(text: &str) -> Vec<Placeholder> {
-    let mut found = Vec::new();
-    let bytes = text.as_bytes();
-    let mut i = 0;
-    while let Some(offset) = text[i..].find("((") {
-        let start = i + offset;
-        let mut j = start + 2;
-        if bytes.get(j) == Some(&b' ') {
-            j += 1;
-        }
-        if bytes.get(j) == Some(&b'!') {
-            j += 1;
-        }
-        let name_start = j;
-        let name_len: usize = text[j..]
-            .chars()
-            .take_while(|&c| is_name_char(c))
-            .map(char::len_utf8)
-            .sum();
-        j += name_len;
-        let name_end = j;
-        if bytes.get(j) == Some(&b' ') {
-            j += 1;
-        }
-        if name_len > 0 && text[j..].starts_with("))") {
-            found.push(Placeholder {
-                start,
-                end: j + 2,
-                name: text[name_start..name_end].to_string(),
-            });
-            i = j + 2;
-        } else {
-            i = start + 1;
-        }
-    }
-    found
+    // The pattern is a constant that compiles (a unit test proves it); without it there
+    // would be no placeholders rather than a panic.
+    let Some(pattern) = PLACEHOLDER.as_ref() else {
+        return Vec::new();
+    };
+    pattern
+        .captures_iter(text)
+        .filter_map(|captures| {
+            let whole = captures.get(0)?;
+            let name = captures.get(1)?.as_str();
+            Some(Placeholder {
+                start: whole.start(),
+                end: whole.end(),
+                name: name.strip_prefix('!').unwrap_or(name).to_string(),
+            })
+        })
+        .collect()
 }
 
 /// One read-only source of variables: a flag or a file.
@@ -78,7 +65,7 @@ pub struct VarSources {
 /// The raw variable flags of a command, in the order they were given.
 #[derive(Clone, Debug, Default)]
 pub struct VarFlags {
-    /// `-v name=value` (values are strings).
+    /// `-v name=value` (values are read as YAML; a string keeps its text).
     pub vars: Vec<String>,
     /// `--var-file name=path` (values are the files' contents).
     pub var_files: Vec<String>,
@@ -88,66 +75,60 @@ pub struct VarFlags {
     pub vars_env: Vec<String>,
 }
 
+/// One variable as a flag or file gives it, before dotted names are folded into maps.
+struct Given {
+    name: String,
+    value: Node,
+    /// For messages: `-v a.b`, `-l vars.yml`, `--vars-env P (P_a)`.
+    origin: String,
+}
+
 impl VarSources {
     /// No variables.
     pub fn new() -> VarSources {
         VarSources::default()
     }
 
-    /// Builds the sources from flags, reading files and the environment. Precedence, highest
-    /// first: `-v`, then `--var-file`, then `-l`, then `--vars-env` (later flags of a kind
-    /// win over earlier ones), as bosh-cli.
+    /// Builds the sources from flags, reading files and the environment, as bosh-cli's
+    /// `VarFlags.AsVariables` does. Precedence, highest first: `-v`, then `--var-file`, then
+    /// `-l`, then `--vars-env` (later flags of a kind win over earlier ones). Then, as
+    /// bosh-cli's `StaticVariables`, a dotted name sets a key inside a map: `-v a.b=x -v
+    /// a.c=y` gives `a: {b: x, c: y}`, and `-v a.b=x` over `-l` with `a: {b: 1, c: 2}` gives
+    /// `a: {b: x, c: 2}`.
     pub fn from_flags(
         flags: &VarFlags,
         env: impl Iterator<Item = (String, String)> + Clone,
         read: &dyn Fn(&Path) -> std::io::Result<String>,
     ) -> Result<VarSources, Diagnostic> {
-        let mut sources = Vec::new();
+        // Lowest precedence first: each one may overwrite what came before.
+        let mut given = Vec::new();
 
-        let mut kv = Map::new();
-        for flag in &flags.vars {
-            let (name, text) = split_flag(flag, "-v")?;
-            let origin = format!("-v {name}");
-            let span = Span::synthetic(&origin);
-            // As bosh-cli: the value is read as YAML (`-v instances=3` is a number), and a
-            // value that reads as a string is kept exactly as typed.
-            let mut value = yaml::parse(text, &origin).map_err(|e| {
-                Diagnostic::general(format!(
-                    "-v {name}=…: the value is not valid YAML: {}",
-                    e.message
-                ))
-            })?;
-            if matches!(value.value, Value::Str(_)) {
-                value = Node::string(text, span.clone());
+        for prefix in &flags.vars_env {
+            let wanted = format!("{prefix}_");
+            let mut pairs: Vec<(String, String)> = env
+                .clone()
+                .filter(|(k, _)| k.starts_with(&wanted))
+                .collect();
+            pairs.sort();
+            for (key, raw) in pairs {
+                let name = key[wanted.len()..].to_string();
+                let origin = format!("--vars-env {prefix} ({key})");
+                let mut value = yaml::parse(&raw, &origin).map_err(|e| {
+                    Diagnostic::general(format!(
+                        "--vars-env {prefix}: environment variable {key} is not valid YAML: {}",
+                        e.message
+                    ))
+                })?;
+                value.respan(&Span::synthetic(&origin));
+                given.push(Given {
+                    name,
+                    value,
+                    origin,
+                });
             }
-            value.respan(&span);
-            kv.insert(Node::string(name, span.clone()), value);
-        }
-        if !kv.is_empty() {
-            sources.push(VarSource {
-                origin: "-v".to_string(),
-                values: kv,
-            });
         }
 
-        for flag in flags.var_files.iter().rev() {
-            let (name, path) = split_flag(flag, "--var-file")?;
-            let contents = read(Path::new(path)).map_err(|e| {
-                Diagnostic::general(format!("--var-file {name}={path}: cannot read {path}: {e}"))
-            })?;
-            let span = Span::synthetic(&format!("--var-file {name}={path}"));
-            let mut values = Map::new();
-            values.insert(
-                Node::string(name, span.clone()),
-                Node::string(contents, span),
-            );
-            sources.push(VarSource {
-                origin: format!("--var-file {name}"),
-                values,
-            });
-        }
-
-        for path in flags.vars_files.iter().rev() {
+        for path in &flags.vars_files {
             let shown = path.display().to_string();
             let text = read(path).map_err(|e| {
                 Diagnostic::general(format!("-l {shown}: cannot read the vars file: {e}"))
@@ -167,41 +148,75 @@ impl VarSources {
                     ));
                 }
             };
-            sources.push(VarSource {
-                origin: format!("-l {shown}"),
-                values,
+            for (key, value) in values.into_entries() {
+                // As go-yaml reading into bosh-cli's map of strings: a scalar key is its text.
+                let Some(name) = key.scalar_text() else {
+                    return Err(Diagnostic::error(
+                        &key.span,
+                        "",
+                        format!("expected a variable name, found {}", key.kind()),
+                    ));
+                };
+                given.push(Given {
+                    name,
+                    value,
+                    origin: format!("-l {shown}"),
+                });
+            }
+        }
+
+        for flag in &flags.var_files {
+            let (name, path) = split_flag(flag, "--var-file")?;
+            let contents = read(Path::new(path)).map_err(|e| {
+                Diagnostic::general(format!("--var-file {name}={path}: cannot read {path}: {e}"))
+            })?;
+            let span = Span::synthetic(&format!("--var-file {name}={path}"));
+            given.push(Given {
+                name: name.to_string(),
+                value: Node::string(contents, span),
+                origin: format!("--var-file {name}"),
             });
         }
 
-        for prefix in flags.vars_env.iter().rev() {
-            let wanted = format!("{prefix}_");
-            let mut values = Map::new();
-            let mut pairs: Vec<(String, String)> = env
-                .clone()
-                .filter(|(k, _)| k.starts_with(&wanted))
-                .collect();
-            pairs.sort();
-            for (key, raw) in pairs {
-                let name = key[wanted.len()..].to_string();
-                let origin = format!("--vars-env {prefix} ({key})");
-                let mut value = yaml::parse(&raw, &origin).map_err(|e| {
-                    Diagnostic::general(format!(
-                        "--vars-env {prefix}: environment variable {key} is not valid YAML: {}",
-                        e.message
-                    ))
-                })?;
-                value.respan(&Span::synthetic(&origin));
-                values.insert(Node::string(name, Span::synthetic(&origin)), value);
+        for flag in &flags.vars {
+            let (name, text) = split_flag(flag, "-v")?;
+            let origin = format!("-v {name}");
+            let span = Span::synthetic(&origin);
+            // As bosh-cli's `VarKV`: the value is read as YAML (`-v instances=3` is a
+            // number); a value that reads as a string keeps its text, less one pair of
+            // wrapping quotes (`-v v='"7"'` is the string `7`).
+            let mut value = yaml::parse(text, &origin).map_err(|e| {
+                Diagnostic::general(format!(
+                    "-v {name}=…: the value is not valid YAML: {}",
+                    e.message
+                ))
+            })?;
+            if matches!(value.value, Value::Str(_)) {
+                value = Node::string(trim_wrapping_quotes(text), span.clone());
             }
+            value.respan(&span);
+            given.push(Given {
+                name: name.to_string(),
+                value,
+                origin,
+            });
+        }
+
+        let mut values = Map::new();
+        for variable in given {
+            set_variable(&mut values, variable)?;
+        }
+        let mut sources = VarSources::new();
+        if !values.is_empty() {
             sources.push(VarSource {
-                origin: format!("--vars-env {prefix}"),
+                origin: "the command line".to_string(),
                 values,
             });
         }
-        Ok(VarSources { sources })
+        Ok(sources)
     }
 
-    /// Adds a source with the lowest precedence so far.
+    /// Adds a source with the lowest precedence so far (its names are taken as they are).
     pub fn push(&mut self, source: VarSource) {
         self.sources.push(source);
     }
@@ -222,6 +237,64 @@ impl VarSources {
         names.dedup();
         names
     }
+}
+
+/// bosh-cli's `trimWrappingQuotes`: one pair of matching `"` or `'` around the whole value.
+fn trim_wrapping_quotes(text: &str) -> &str {
+    for quote in ['"', '\''] {
+        if text.len() >= 2 && text.starts_with(quote) && text.ends_with(quote) {
+            return &text[1..text.len() - 1];
+        }
+    }
+    text
+}
+
+/// Sets one variable into `values`: a plain name replaces the whole value, a dotted name
+/// (`a.b.c`) sets a key inside maps, creating them where missing.
+fn set_variable(values: &mut Map, variable: Given) -> Result<(), Diagnostic> {
+    let Given {
+        name,
+        value,
+        origin,
+    } = variable;
+    let parts: Vec<&str> = name.split('.').collect();
+    let Some((last, parents)) = parts.split_last() else {
+        return Ok(());
+    };
+    if parents.is_empty() {
+        values.insert(Node::string(name.as_str(), value.span.clone()), value);
+        return Ok(());
+    }
+    if parts.iter().any(|part| part.is_empty()) {
+        return Err(Diagnostic::general(format!(
+            "{origin}: variable name {name:?} has an empty part between dots (expected a.b.c)"
+        )));
+    }
+    let mut current = values;
+    for (depth, part) in parents.iter().enumerate() {
+        if current.get(part).is_none() {
+            current.insert(
+                Node::string(*part, value.span.clone()),
+                Node::new(Value::Map(Map::new()), value.span.clone()),
+            );
+        }
+        let Some(next) = current.get_mut(part) else {
+            return Ok(());
+        };
+        let span = next.span.clone();
+        current = match &mut next.value {
+            Value::Map(map) => map,
+            other => {
+                let walked = parts[..=depth].join(".");
+                return Err(Diagnostic::general(format!(
+                    "{origin}: cannot set {name}: {walked} is {} (from {span}), not a map",
+                    other.kind()
+                )));
+            }
+        };
+    }
+    current.insert(Node::string(*last, value.span.clone()), value);
+    Ok(())
 }
 
 fn split_flag<'a>(flag: &'a str, name: &str) -> Result<(&'a str, &'a str), Diagnostic> {
@@ -250,13 +323,87 @@ mod tests {
         };
         assert_eq!(names("((a))"), ["a"]);
         assert_eq!(names("https://mbus:((pw))@((ip)):6868"), ["pw", "ip"]);
-        assert_eq!(names("(( spaced ))"), ["spaced"]);
         assert_eq!(names("((!literal))"), ["literal"]);
         assert_eq!(names("((cert.private_key))"), ["cert.private_key"]);
         assert_eq!(names("((/director/dep/name))"), ["/director/dep/name"]);
+        assert_eq!(names("((Ω-ß_1))"), ["Ω-ß_1"]);
         assert!(names("((not valid))").is_empty());
         assert!(names("(())").is_empty());
         assert_eq!(names("(((x)))"), ["x"]);
+        // bosh-cli's pattern has no room for spaces: none, one or two, it is text.
+        assert!(names("(( spaced ))").is_empty());
+        assert!(names("((spaced ))").is_empty());
+        assert!(names("(( spaced))").is_empty());
+        assert!(names("((  spaced  ))").is_empty());
+        // `\w` is ASCII in Go; `\pL` is letters only: not digits of other scripts, not
+        // letter-like numbers (U+2162 ROMAN NUMERAL THREE is alphabetic, not a letter).
+        assert!(names("((x\u{0663}))").is_empty());
+        assert!(names("((x\u{2162}))").is_empty());
+        let found = placeholders("a-((b))-((!c))");
+        assert_eq!((found[0].start, found[0].end), (2, 7));
+        assert_eq!((found[1].start, found[1].end), (8, 14));
+    }
+
+    #[test]
+    fn v_values_are_yaml_and_strings_lose_one_pair_of_wrapping_quotes() {
+        let value = |flag: &str| {
+            let flags = VarFlags {
+                vars: vec![flag.to_string()],
+                ..VarFlags::default()
+            };
+            let sources =
+                VarSources::from_flags(&flags, std::iter::empty(), &|_| unreachable!()).unwrap();
+            let node = sources.get("v").unwrap().clone();
+            (node.kind(), node.scalar_text().unwrap_or_default())
+        };
+        assert_eq!(value(r#"v="7""#), ("a string", "7".to_string()));
+        assert_eq!(value("v='7'"), ("a string", "7".to_string()));
+        assert_eq!(value("v=7"), ("an integer", "7".to_string()));
+        assert_eq!(value("v='it''s'"), ("a string", "it''s".to_string()));
+        assert_eq!(value(r#"v="a b""#), ("a string", "a b".to_string()));
+        assert_eq!(value("v=one\ntwo"), ("a string", "one\ntwo".to_string()));
+        assert_eq!(
+            value("v=ssh-rsa AA/+B=="),
+            ("a string", "ssh-rsa AA/+B==".to_string())
+        );
+    }
+
+    #[test]
+    fn dotted_names_set_keys_inside_maps() {
+        let flags = VarFlags {
+            vars: vec!["a.b=x".into(), "a.c=z".into(), "m.k.deep=1".into()],
+            vars_files: vec!["vars.yml".into()],
+            ..VarFlags::default()
+        };
+        let read = |_: &Path| -> std::io::Result<String> {
+            Ok("m: {k: {other: 2}, z: 3}\nplain: p\n".into())
+        };
+        let sources = VarSources::from_flags(&flags, std::iter::empty(), &read).unwrap();
+        assert_eq!(crate::yaml::emit(sources.get("a").unwrap()), "b: x\nc: z\n");
+        assert_eq!(
+            crate::yaml::emit(sources.get("m").unwrap()),
+            "k:\n  deep: 1\n  other: 2\nz: 3\n"
+        );
+        assert!(sources.get("a.b").is_none());
+        assert_eq!(sources.names(), ["a", "m", "plain"]);
+
+        let clash = VarFlags {
+            vars: vec!["a=text".into(), "a.b=x".into()],
+            ..VarFlags::default()
+        };
+        let error =
+            VarSources::from_flags(&clash, std::iter::empty(), &|_| unreachable!()).unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "-v a.b: cannot set a.b: a is a string (from -v a), not a map"
+        );
+        let empty = VarFlags {
+            vars: vec!["a..b=x".into()],
+            ..VarFlags::default()
+        };
+        let error =
+            VarSources::from_flags(&empty, std::iter::empty(), &|_| unreachable!()).unwrap_err();
+        assert!(error.to_string().contains("empty part"), "{error}");
     }
 
     #[test]

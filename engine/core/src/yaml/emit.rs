@@ -572,7 +572,10 @@ fn scalar_text_and_style(node: &Node) -> (String, Style) {
         Value::Str(s) => {
             let style = if s.contains('\n') {
                 Style::Literal
-            } else if matches!(resolve_plain_or_null(s), Value::Str(_)) && !is_base60_float(s) {
+            } else if matches!(resolve_plain_or_null(s), Value::Str(_))
+                && !is_base60_float(s)
+                && !is_timestamp(s)
+            {
                 Style::Plain
             } else {
                 Style::DoubleQuoted
@@ -633,6 +636,111 @@ fn is_base60_float(s: &str) -> bool {
         }
     }
     i == b.len()
+}
+
+/// What go-yaml v2's resolver reads as a timestamp, so its encoder quotes it: the layouts of
+/// its `parseTimestamp` (`2006-1-2T15:4:5.999999999Z07:00`, the same with a lower-case `t`,
+/// `2006-1-2 15:4:5.999999999` and `2006-1-2`) as Go's `time.Parse` reads them: one- or
+/// two-digit month, day, hour, minute and second, each in range (the day for its month),
+/// any number of fraction digits after `.` or `,`, a zone `Z` or `±hh:mm`.
+fn is_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    // go-yaml's quick check: every layout starts with four digits and a dash.
+    if b.len() < 5 || !b[..4].iter().all(u8::is_ascii_digit) || b[4] != b'-' {
+        return false;
+    }
+    let year: u32 = b[..4].iter().fold(0, |n, d| n * 10 + u32::from(d - b'0'));
+    let mut rest = &b[5..];
+    let Some(month) = take_number(&mut rest) else {
+        return false;
+    };
+    if !(1..=12).contains(&month) || !take_byte(&mut rest, b'-') {
+        return false;
+    }
+    let Some(day) = take_number(&mut rest) else {
+        return false;
+    };
+    let leap = year % 4 == 0 && (year % 100 != 0 || year % 400 == 0);
+    let days_in_month = match month {
+        2 if leap => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    };
+    if day < 1 || day > days_in_month {
+        return false;
+    }
+    let zoned = match rest.first() {
+        None => return true,
+        // A space in a Go layout matches a run of spaces.
+        Some(b' ') => {
+            while rest.first() == Some(&b' ') {
+                rest = &rest[1..];
+            }
+            false
+        }
+        Some(b'T' | b't') => {
+            rest = &rest[1..];
+            true
+        }
+        Some(_) => return false,
+    };
+    let time_ok = take_number(&mut rest).is_some_and(|hour| hour < 24)
+        && take_byte(&mut rest, b':')
+        && take_number(&mut rest).is_some_and(|minute| minute < 60)
+        && take_byte(&mut rest, b':')
+        && take_number(&mut rest).is_some_and(|second| second < 60);
+    if !time_ok {
+        return false;
+    }
+    if matches!(rest, [b'.' | b',', digit, ..] if digit.is_ascii_digit()) {
+        rest = &rest[1..];
+        while rest.first().is_some_and(u8::is_ascii_digit) {
+            rest = &rest[1..];
+        }
+    }
+    if !zoned {
+        return rest.is_empty();
+    }
+    match rest {
+        [b'Z'] => true,
+        [b'+' | b'-', h1, h2, b':', m1, m2] => {
+            let two = |a: u8, b: u8| {
+                (a.is_ascii_digit() && b.is_ascii_digit())
+                    .then(|| u32::from(a - b'0') * 10 + u32::from(b - b'0'))
+            };
+            // Go allows offsets of 24 hours and 60 minutes.
+            two(*h1, *h2).is_some_and(|h| h <= 24) && two(*m1, *m2).is_some_and(|m| m <= 60)
+        }
+        _ => false,
+    }
+}
+
+/// Go's `getnum` for a non-fixed field: one or two digits.
+fn take_number(rest: &mut &[u8]) -> Option<u32> {
+    let digits = rest
+        .iter()
+        .take(2)
+        .take_while(|c| c.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    let value = rest[..digits]
+        .iter()
+        .fold(0, |n, d| n * 10 + u32::from(d - b'0'));
+    *rest = &rest[digits..];
+    Some(value)
+}
+
+fn take_byte(rest: &mut &[u8], byte: u8) -> bool {
+    match rest.split_first() {
+        Some((first, tail)) if *first == byte => {
+            *rest = tail;
+            true
+        }
+        _ => false,
+    }
 }
 
 fn is_simple_key(key: &Node) -> bool {
@@ -835,7 +943,7 @@ fn merge_sort<T: Copy>(items: Vec<T>, compare: &dyn Fn(&T, &T) -> Ordering) -> V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::yaml::parse;
+    use crate::yaml::{Span, parse};
 
     fn round_trip(input: &str) -> String {
         emit(&parse(input, "t.yml").unwrap())
@@ -864,6 +972,44 @@ mod tests {
             round_trip(input),
             "a: \"true\"\nb: \"1.0\"\nc: \"\"\nd: '*'\ne: 'a: b'\nf: 283.1.6\ng: \"12\"\nh: \"1:20\"\n"
         );
+    }
+
+    #[test]
+    fn quotes_what_go_yaml_reads_as_a_timestamp() {
+        for timestamp in [
+            "2001-12-14",
+            "2001-1-2",
+            "2000-02-29",
+            "2001-12-14t21:59:43.10-05:00",
+            "2001-12-15T02:59:43.1Z",
+            "2001-12-15T2:9:3Z",
+            "2001-12-14 21:59:43.10",
+            "2001-12-14  21:59:43,5",
+            "2001-12-14T21:59:43+24:60",
+        ] {
+            let node = Node::string(timestamp, Span::synthetic("test"));
+            assert_eq!(emit(&node), format!("\"{timestamp}\"\n"), "{timestamp}");
+            assert!(round_trip(&format!("a: {timestamp}\n")).starts_with("a: \""));
+        }
+        for text in [
+            "2001-02-29",
+            "2001-13-01",
+            "2001-12-32",
+            "2001-00-10",
+            "20011-12-14",
+            "2001-12-144",
+            "2001-12-14 21:59:43.10 -5",
+            "2001-12-14 24:00:00",
+            "2001-12-14T21:59:43",
+            "2001-12-14T21:59:43+0500",
+            "2001-12-14T21:59:43z",
+            "2001-12-14x",
+            "2001-12-14 21:59:43.",
+            "2001-",
+        ] {
+            let node = Node::string(text, Span::synthetic("test"));
+            assert_eq!(emit(&node), format!("{text}\n"), "{text}");
+        }
     }
 
     #[test]

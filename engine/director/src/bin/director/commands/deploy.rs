@@ -369,7 +369,7 @@ pub fn run(global: &GlobalArgs, args: DeployArgs, ui: &mut Ui) -> u8 {
         }
     };
     let mut doc = match prepared.evaluate(doc) {
-        Ok(doc) => doc,
+        Ok(doc) => prepared.drop_settled_definitions(doc),
         Err(diagnostics) => {
             ui.diagnostics(&diagnostics);
             return 1;

@@ -29,7 +29,7 @@ pub fn run(args: InterpolateArgs, ui: &mut Ui) -> u8 {
         }
     };
     let result = match prepared.evaluate(doc) {
-        Ok(result) => result,
+        Ok(result) => prepared.drop_settled_definitions(result),
         Err(diagnostics) => {
             ui.diagnostics(&diagnostics);
             return 1;
