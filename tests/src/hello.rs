@@ -170,6 +170,20 @@ instance_groups:
     path
 }
 
+/// The text of a manifest [`write_manifest`] wrote, for the API: its release is the one
+/// uploaded (`version: create` is the CLI's).
+pub fn manifest_for_api(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|line| match line.starts_with("- {name: hello, version: create") {
+            true => "- {name: hello, version: latest}",
+            false => line,
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
 /// Deploys; returns the exit code, the task's events and stderr.
 pub fn deploy(user: &User, manifest: &Path, extra: &[&str]) -> (i32, Vec<Value>, String) {
     let mut args = vec!["deploy", manifest.to_str().unwrap(), "-n", "--json"];
@@ -249,4 +263,36 @@ pub fn client_says(user: &User, expected: &str) -> String {
 
 pub fn ids(list: &[&Value], field: &str) -> Vec<String> {
     list.iter().map(|i| i[field].to_string()).collect()
+}
+
+/// Waits (up to two minutes) until task `id` has started updating an instance; panics if
+/// the task fails first.
+pub async fn until_an_update_starts(client: &director_api::client::Client, id: i64) {
+    let started = Instant::now();
+    loop {
+        let chunk = client
+            .task_output(id, director_api::tasks::OutputKind::Event, 0)
+            .await
+            .unwrap();
+        let seen: Vec<Value> = chunk
+            .text
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect();
+        assert!(
+            !seen.iter().any(|e| e.get("error").is_some()),
+            "task {id} failed: {seen:?}"
+        );
+        if seen
+            .iter()
+            .any(|e| e["stage"] == "Updating instance" && e["state"] == "started")
+        {
+            return;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "task {id} did not start updating: {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -188,8 +188,14 @@ impl User {
             .unwrap_or_else(|e| panic!("{args:?}: {e}: {}", out.stdout))
     }
 
-    /// A typed API client of this user's dev director (started by an earlier command).
+    /// A typed API client of this user's director: the configured one, or the dev director
+    /// (started by an earlier command).
     pub fn api(&self) -> director_api::client::Client {
+        if let Some((url, token, _)) = &self.configured {
+            return director_api::client::Client::new(url, Some(token.clone()), None)
+                .expect("a client")
+                .reading_local_files();
+        }
         let text = std::fs::read_to_string(self.data_dir().join("dev.yml"))
             .expect("a dev director runs (run a command first)");
         let field = |name: &str| {

@@ -2,7 +2,7 @@
 //! deploy is queued (not refused) while the first is being cancelled, takes the
 //! deployment's lock only once the first has stopped touching instances, and converges.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use director_api::Task;
 use director_api::client::Client;
@@ -10,7 +10,10 @@ use director_api::deployments::DeployQuery;
 use director_api::tasks::{OutputKind, TaskState};
 use serde_json::Value;
 use tests::User;
-use tests::hello::{Hello, deploy, instances, set_cloud_config, upload_stemcell, write_manifest};
+use tests::hello::{
+    Hello, deploy, instances, manifest_for_api, set_cloud_config, until_an_update_starts, upload_stemcell,
+    write_manifest,
+};
 
 fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_current_thread()
@@ -69,41 +72,10 @@ fn a_deploy_started_while_another_is_cancelled_waits_for_it_to_stop() {
     let client = user.api();
     runtime().block_on(async {
         let query = DeployQuery::default();
-        // The API takes uploaded releases only (`version: create` is the CLI's).
-        let text = |path: &std::path::Path| {
-            std::fs::read_to_string(path)
-                .unwrap()
-                .lines()
-                .map(
-                    |line| match line.starts_with("- {name: hello, version: create") {
-                        true => "- {name: hello, version: latest}",
-                        false => line,
-                    },
-                )
-                .collect::<Vec<_>>()
-                .join("\n")
-        };
+        let text = manifest_for_api;
         let updating = client.deploy(&text(&changed), &query).await.unwrap();
-        // Wait until the canary's update has started (it then drains for 30 s).
-        let started = Instant::now();
-        loop {
-            let seen = events(&client, updating.id).await;
-            assert!(
-                !seen.iter().any(|e| e.get("error").is_some()),
-                "the update failed: {seen:?}"
-            );
-            if seen
-                .iter()
-                .any(|e| e["stage"] == "Updating instance" && e["state"] == "started")
-            {
-                break;
-            }
-            assert!(
-                started.elapsed() < Duration::from_secs(120),
-                "the update did not start: {seen:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
+        // The canary's update has started (it then drains for 30 s).
+        until_an_update_starts(&client, updating.id).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         client.cancel_task(updating.id).await.unwrap();
         // At once: queued, not refused, although the first may still hold the lock.
