@@ -55,7 +55,8 @@ struct BlobQuery {
     sig: Option<String>,
 }
 
-/// `GET /blobs/<id>?exp=…&sig=…`: a blob for an agent, streamed and verified.
+/// `GET /blobs/<id>?exp=…&sig=…`: a blob for an agent, streamed from the store (with its
+/// Content-Length) and verified as it goes.
 async fn blob(
     AxumState(director): AxumState<Director>,
     Path(id): Path<String>,
@@ -70,10 +71,16 @@ async fn blob(
             "the blob URL's signature is wrong or has expired",
         ));
     }
-    let content = director.blobstore.get_bytes(&id).await?;
+    // Streamed chunk by chunk: agents fetch gigabyte stemcell images and packages several at
+    // a time. A blob found corrupt ends the body early, short of its Content-Length, so the
+    // agent sees a failed download (and checks the digest itself in any case).
+    let blob = director.blobstore.get_stream(&id).await?;
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        content,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, blob.size.to_string()),
+        ],
+        Body::from_stream(blob.chunks),
     )
         .into_response())
 }

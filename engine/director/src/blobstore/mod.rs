@@ -21,13 +21,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use hmac::{Hmac, Mac};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{GetResultPayload, ObjectStore, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
 
 /// A blob id: the lowercase hex SHA-256 of the content.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -163,6 +165,50 @@ pub struct StoredBlob {
     pub size: u64,
     /// False when a blob with the same content was already stored (nothing was written).
     pub created: bool,
+}
+
+/// A blob opened for reading ([`Blobstore::get_stream`]).
+pub struct BlobStream {
+    /// Its size in bytes, as the store has it.
+    pub size: u64,
+    /// Its content, chunk by chunk; the stream ends with [`BlobstoreError::Corrupt`] when the
+    /// content does not hash to the blob's id.
+    pub chunks: BoxStream<'static, Result<Bytes, BlobstoreError>>,
+}
+
+impl std::fmt::Debug for BlobStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStream")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `chunks` passed through while they are hashed; after the last one, an error if they did
+/// not hash to `id`. The first error ends the stream.
+fn verified(
+    chunks: BoxStream<'static, Result<Bytes, BlobstoreError>>,
+    id: BlobId,
+) -> BoxStream<'static, Result<Bytes, BlobstoreError>> {
+    futures::stream::unfold(
+        (chunks, Some(Sha256::new())),
+        move |(mut chunks, hasher)| {
+            let id = id.clone();
+            async move {
+                let mut hasher = hasher?;
+                match chunks.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        Some((Ok(chunk), (chunks, Some(hasher))))
+                    }
+                    Some(Err(error)) => Some((Err(error), (chunks, None))),
+                    None if BlobId::from_hasher(hasher) == id => None,
+                    None => Some((Err(BlobstoreError::Corrupt(id)), (chunks, None))),
+                }
+            }
+        },
+    )
+    .boxed()
 }
 
 /// The blobstore.
@@ -479,6 +525,51 @@ impl Blobstore {
         }
     }
 
+    /// Opens a blob for reading: its size and its content as a stream of chunks, verified as
+    /// it goes. A blob whose content no longer hashes to its id ends its stream with
+    /// [`BlobstoreError::Corrupt`] after the last chunk, so a reader that forwards the
+    /// chunks (an HTTP response) must treat the content as lost when the stream fails. A
+    /// local blob is read from its file in 1 MiB chunks; an S3 blob is the bucket's own
+    /// response stream. Nothing holds more than one chunk in memory.
+    pub async fn get_stream(&self, id: &BlobId) -> Result<BlobStream, BlobstoreError> {
+        let result = match self.store.get(&Self::blob_path(id)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BlobstoreError::NotFound(id.clone()));
+            }
+            Err(source) => return Err(self.backend(source)),
+        };
+        let size = result.meta.size;
+        let chunks: BoxStream<'static, Result<Bytes, BlobstoreError>> = match result.payload {
+            GetResultPayload::File(file, _) => {
+                let context = format!("reading blob {id} from {}", self.location);
+                ReaderStream::with_capacity(tokio::fs::File::from_std(file), CHUNK)
+                    .map(move |chunk| {
+                        chunk.map_err(|source| BlobstoreError::Io {
+                            context: context.clone(),
+                            source,
+                        })
+                    })
+                    .boxed()
+            }
+            GetResultPayload::Stream(stream) => {
+                let location = self.location.clone();
+                stream
+                    .map(move |chunk| {
+                        chunk.map_err(|source| BlobstoreError::Backend {
+                            location: location.clone(),
+                            source,
+                        })
+                    })
+                    .boxed()
+            }
+        };
+        Ok(BlobStream {
+            size,
+            chunks: verified(chunks, id.clone()),
+        })
+    }
+
     /// Streams a blob into `writer`, verifying its digest; on a mismatch the error comes after
     /// the bytes were written, so callers writing to a file must discard it (see
     /// [`Blobstore::get_to_file`]).
@@ -487,19 +578,10 @@ impl Blobstore {
         id: &BlobId,
         mut writer: impl AsyncWrite + Unpin,
     ) -> Result<u64, BlobstoreError> {
-        let result = match self.store.get(&Self::blob_path(id)).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(BlobstoreError::NotFound(id.clone()));
-            }
-            Err(source) => return Err(self.backend(source)),
-        };
-        let mut stream = result.into_stream();
-        let mut hasher = Sha256::new();
+        let BlobStream { mut chunks, .. } = self.get_stream(id).await?;
         let mut size = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.backend(e))?;
-            hasher.update(&chunk);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
             size += chunk.len() as u64;
             writer
                 .write_all(&chunk)
@@ -513,9 +595,6 @@ impl Blobstore {
             context: format!("copying blob {id}"),
             source,
         })?;
-        if BlobId::from_hasher(hasher) != *id {
-            return Err(BlobstoreError::Corrupt(id.clone()));
-        }
         Ok(size)
     }
 
@@ -779,6 +858,44 @@ mod tests {
             !target.exists(),
             "a corrupt blob must not reach its destination"
         );
+    }
+
+    #[tokio::test]
+    async fn streams_a_blob_in_chunks_and_fails_a_corrupt_one_at_the_end() {
+        let (dir, store) = local();
+        // Three and a half chunks: the stream must not hand the whole blob over at once.
+        let content: Vec<u8> = (0..CHUNK * 7 / 2).map(|n| (n % 251) as u8).collect();
+        let blob = store.put_bytes(Bytes::from(content.clone())).await.unwrap();
+        let opened = store.get_stream(&blob.id).await.unwrap();
+        assert_eq!(opened.size, content.len() as u64);
+        let chunks: Vec<Bytes> = opened
+            .chunks
+            .map(|chunk| chunk.unwrap())
+            .collect()
+            .await;
+        assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|chunk| chunk.len() <= CHUNK));
+        assert_eq!(chunks.concat(), content);
+
+        let mut damaged = content.clone();
+        damaged[CHUNK * 3] ^= 1;
+        std::fs::write(
+            dir.path().join("blobs/blobs").join(blob.id.as_str()),
+            &damaged,
+        )
+        .unwrap();
+        let results: Vec<Result<Bytes, BlobstoreError>> =
+            store.get_stream(&blob.id).await.unwrap().chunks.collect().await;
+        let (last, before) = results.split_last().unwrap();
+        assert!(before.iter().all(Result::is_ok));
+        assert!(
+            matches!(last, Err(BlobstoreError::Corrupt(id)) if *id == blob.id),
+            "{last:?}"
+        );
+        assert!(matches!(
+            store.get_stream(&BlobId::parse(&"0".repeat(64)).unwrap()).await,
+            Err(BlobstoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]
