@@ -50,16 +50,18 @@ macro_rules! embedded {
 const SQLITE: &[Embedded] = embedded!("sqlite":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    3 "0003_blob_slots.sql" "blob slots",
 );
 
 /// The migrations of PostgreSQL, in order; the same versions as [`SQLITE`].
 const POSTGRES: &[Embedded] = embedded!("postgres":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    3 "0003_blob_slots.sql" "blob slots",
 );
 
 /// The schema version a freshly opened database has.
-pub const LATEST_SCHEMA_VERSION: i64 = 2;
+pub const LATEST_SCHEMA_VERSION: i64 = 3;
 
 #[derive(Debug)]
 struct Source(&'static [Embedded]);
