@@ -81,7 +81,14 @@ fn main() {
     .unwrap();
     // Random bytes do not compress: the fastest gzip level is enough.
     run(Command::new("tar")
-        .args(["-I", "gzip -1", "-cf", "stemcell.tgz", "stemcell.MF", "image"])
+        .args([
+            "-I",
+            "gzip -1",
+            "-cf",
+            "stemcell.tgz",
+            "stemcell.MF",
+            "image",
+        ])
         .current_dir(dir));
     std::fs::remove_file(dir.join("image")).unwrap();
     let tarball = dir.join("stemcell.tgz");
@@ -178,7 +185,10 @@ fn main() {
         "director peak RSS after the upload:  {:>8.1} MiB",
         mib(after_upload)
     );
-    println!("director RSS before the downloads:   {:>8.1} MiB", mib(before));
+    println!(
+        "director RSS before the downloads:   {:>8.1} MiB",
+        mib(before)
+    );
     println!(
         "director peak RSS during downloads:  {:>8.1} MiB ({}; +{:.1} MiB)",
         mib(peak),

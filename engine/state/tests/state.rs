@@ -1204,7 +1204,7 @@ async fn check_held_blobs_are_kept_until_released_or_expired(state: &State) {
     );
     assert_eq!(
         ids(blobs.unreferenced(i64::MAX).await.unwrap()),
-        [stale.id.clone()]
+        std::slice::from_ref(&stale.id)
     );
 
     // A download link holds a recorded blob; an unrecorded one is not held.
@@ -1262,7 +1262,7 @@ async fn check_held_blobs_are_kept_until_released_or_expired(state: &State) {
     assert!(removed);
     assert_eq!(
         ids(blobs.unreferenced(i64::MAX).await.unwrap()),
-        [stale.id.clone()]
+        std::slice::from_ref(&stale.id)
     );
 
     let error = blobs

@@ -15,6 +15,8 @@
 //! the bucket's own presigned URLs (`Blobstore::presigned_url`), so blob traffic goes to
 //! S3 directly and the director never proxies it.
 
+pub mod slots;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -165,6 +167,24 @@ pub struct StoredBlob {
     pub size: u64,
     /// False when a blob with the same content was already stored (nothing was written).
     pub created: bool,
+}
+
+/// Content staged and hashed, not yet under its name.
+struct Staged {
+    staging: StorePath,
+    id: BlobId,
+    size: u64,
+}
+
+/// [`Blobstore::put_recorded`] failed: storing, or recording.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordedError<E> {
+    /// The content could not be stored.
+    #[error(transparent)]
+    Store(#[from] BlobstoreError),
+    /// The record failed; nothing was stored.
+    #[error(transparent)]
+    Record(E),
 }
 
 /// A blob opened for reading ([`Blobstore::get_stream`]).
@@ -320,10 +340,22 @@ impl Blobstore {
     /// written again (`created: false`).
     pub async fn put_reader(
         &self,
-        mut reader: impl AsyncRead + Unpin,
+        reader: impl AsyncRead + Unpin,
         expected: Option<&BlobId>,
         limit: Option<u64>,
     ) -> Result<StoredBlob, BlobstoreError> {
+        let staged = self.stage(reader, expected, limit).await?;
+        self.publish(&staged.staging, staged.id, staged.size).await
+    }
+
+    /// Streams `reader` into a staging object, hashing it (see [`Blobstore::put_reader`]);
+    /// the caller publishes it under its id ([`Blobstore::publish`]) or discards it.
+    async fn stage(
+        &self,
+        mut reader: impl AsyncRead + Unpin,
+        expected: Option<&BlobId>,
+        limit: Option<u64>,
+    ) -> Result<Staged, BlobstoreError> {
         let staging = StorePath::from(format!("staging/{}", uuid::Uuid::new_v4()));
         let mut writer = BufWriter::with_capacity(self.store.clone(), staging.clone(), 8 * CHUNK);
         let mut hasher = Sha256::new();
@@ -380,7 +412,39 @@ impl Blobstore {
                 });
             }
         }
-        self.publish(&staging, id, size).await
+        Ok(Staged { staging, id, size })
+    }
+
+    /// Streams `reader` into the store for a holder that records the blob first: the
+    /// content is staged and hashed, `record` is called with what was staged (it records the
+    /// blob and whatever keeps it from clean-up), and only then is the content put under its
+    /// name. So clean-up, which deletes a blob's content inside the transaction that forgets
+    /// it, can never delete the content of a blob that `record` recorded (see
+    /// `director_state::Blobs`). When `record` fails nothing is stored.
+    pub async fn put_recorded<F, Fut, E>(
+        &self,
+        reader: impl AsyncRead + Unpin,
+        expected: Option<&BlobId>,
+        limit: Option<u64>,
+        record: F,
+    ) -> Result<StoredBlob, RecordedError<E>>
+    where
+        F: FnOnce(StoredBlob) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let staged = self.stage(reader, expected, limit).await?;
+        let blob = StoredBlob {
+            id: staged.id.clone(),
+            size: staged.size,
+            created: false,
+        };
+        if let Err(error) = record(blob).await {
+            let _ = self.store.delete(&staged.staging).await;
+            return Err(RecordedError::Record(error));
+        }
+        Ok(self
+            .publish(&staged.staging, staged.id, staged.size)
+            .await?)
     }
 
     /// Stores a file.
@@ -442,6 +506,41 @@ impl Blobstore {
         let stored = self.put_file(path, Some(id)).await;
         let _ = tokio::fs::remove_file(path).await;
         stored
+    }
+
+    /// Stores bytes held in memory for a holder that records the blob first (see
+    /// [`Blobstore::put_recorded`]): `record` runs before the content is put under its name.
+    pub async fn put_bytes_recorded<F, Fut, E>(
+        &self,
+        content: Bytes,
+        record: F,
+    ) -> Result<StoredBlob, RecordedError<E>>
+    where
+        F: FnOnce(StoredBlob) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let id = BlobId::from_hasher(Sha256::new_with_prefix(&content));
+        let size = content.len() as u64;
+        record(StoredBlob {
+            id: id.clone(),
+            size,
+            created: false,
+        })
+        .await
+        .map_err(RecordedError::Record)?;
+        if self.exists(&id).await? {
+            return Ok(StoredBlob {
+                id,
+                size,
+                created: false,
+            });
+        }
+        let staging = StorePath::from(format!("staging/{}", uuid::Uuid::new_v4()));
+        self.store
+            .put(&staging, PutPayload::from_bytes(content))
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(self.publish(&staging, id, size).await?)
     }
 
     /// Stores bytes held in memory.
@@ -694,14 +793,13 @@ impl Blobstore {
     }
 
     /// The path and query an agent `PUT`s a new blob to (a compiled package, logs) until
-    /// `valid_for` has passed: `/blobs/uploads/<nonce>?exp=<unix seconds>&sig=<hex>`. Each
-    /// URL names a fresh random nonce, so one signed URL authorizes one kind of write only.
-    pub fn signed_upload_path(&self, valid_for: Duration) -> String {
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let expires = unix_now().saturating_add(valid_for.as_secs());
+    /// `expires` (unix seconds): `/blobs/uploads/<nonce>?exp=<expires>&sig=<hex>`. The nonce
+    /// names the upload slot recorded for it (see [`slots`]), which decides what the URL
+    /// may store and takes one `PUT` only.
+    fn signed_upload_path(&self, nonce: &str, expires: u64) -> String {
         format!(
             "/blobs/uploads/{nonce}?exp={expires}&sig={}",
-            self.upload_signature(&nonce, expires)
+            self.upload_signature(nonce, expires)
         )
     }
 
@@ -868,11 +966,7 @@ mod tests {
         let blob = store.put_bytes(Bytes::from(content.clone())).await.unwrap();
         let opened = store.get_stream(&blob.id).await.unwrap();
         assert_eq!(opened.size, content.len() as u64);
-        let chunks: Vec<Bytes> = opened
-            .chunks
-            .map(|chunk| chunk.unwrap())
-            .collect()
-            .await;
+        let chunks: Vec<Bytes> = opened.chunks.map(|chunk| chunk.unwrap()).collect().await;
         assert!(chunks.len() >= 4, "{} chunks", chunks.len());
         assert!(chunks.iter().all(|chunk| chunk.len() <= CHUNK));
         assert_eq!(chunks.concat(), content);
@@ -884,8 +978,13 @@ mod tests {
             &damaged,
         )
         .unwrap();
-        let results: Vec<Result<Bytes, BlobstoreError>> =
-            store.get_stream(&blob.id).await.unwrap().chunks.collect().await;
+        let results: Vec<Result<Bytes, BlobstoreError>> = store
+            .get_stream(&blob.id)
+            .await
+            .unwrap()
+            .chunks
+            .collect()
+            .await;
         let (last, before) = results.split_last().unwrap();
         assert!(before.iter().all(Result::is_ok));
         assert!(
@@ -893,7 +992,9 @@ mod tests {
             "{last:?}"
         );
         assert!(matches!(
-            store.get_stream(&BlobId::parse(&"0".repeat(64)).unwrap()).await,
+            store
+                .get_stream(&BlobId::parse(&"0".repeat(64)).unwrap())
+                .await,
             Err(BlobstoreError::NotFound(_))
         ));
     }
