@@ -12,7 +12,8 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::blobstore::{BlobId, Blobstore, BlobstoreError, StoredBlob};
+use crate::blobstore::slots::Purpose;
+use crate::blobstore::{BlobId, Blobstore, BlobstoreError, RecordedError, StoredBlob};
 use crate::tasks::{LockKey, Stage, TaskContext, TaskError};
 use director_core::archive::{ArchiveError, Limits};
 use director_core::deploy::{ReleaseFacts, ReleasePackage};
@@ -20,8 +21,8 @@ use director_core::release::manifest::CompiledPackageRecord;
 use director_core::release::{self, ReleaseArchive, ReleaseError, ReleaseManifest};
 use director_core::stemcell::{self, StemcellArchive, StemcellError, StemcellKey};
 use director_state::{
-    Archive, NewBlob, NewCompiledPackage, NewJob, NewPackage, NewReleaseVersion, NewStemcell,
-    Package, PackageId, ReleaseVersion, State, StateError,
+    Archive, DeleteError, NewBlob, NewCompiledPackage, NewJob, NewPackage, NewReleaseVersion,
+    NewStemcell, Package, PackageId, ReleaseVersion, State, StateError,
 };
 
 /// Why an upload, an export or a blob clean-up failed. Variants name the release, stemcell,
@@ -250,16 +251,41 @@ async fn store(
         what: what.to_string(),
         digest: digest.to_string(),
     })?;
-    let stored = upload
-        .blobstore
-        .put_file(path, Some(&expected))
-        .await
-        .map_err(|source| UploadError::Store {
-            what: what.to_string(),
+    let store_error = |source| UploadError::Store {
+        what: what.to_string(),
+        source,
+    };
+    let file = tokio::fs::File::open(path).await.map_err(|source| {
+        store_error(BlobstoreError::Io {
+            context: format!("opening {}", path.display()),
             source,
+        })
+    })?;
+    // Held against a concurrent clean-up until the release version's record refers to it
+    // (or the hold expires after a failed import).
+    let (stored, _hold) = upload
+        .blobstore
+        .put_held(
+            &upload.state,
+            file,
+            Some(&expected),
+            Purpose::Import,
+            None,
+            IMPORT_HOLD,
+        )
+        .await
+        .map_err(|error| match error {
+            RecordedError::Store(source) => store_error(source),
+            RecordedError::Record(error) => error.into(),
         })?;
-    record(upload, &stored).await
+    Ok(Archive {
+        blob_id: stored.id.as_str().to_string(),
+        digest: stored.id.digest_string(),
+    })
 }
+
+/// How long a blob stored by an import is held before its release or stemcell is recorded.
+const IMPORT_HOLD: std::time::Duration = std::time::Duration::from_secs(6 * 3600);
 
 /// Records a blob the blobstore just stored; answers it as a release/stemcell archive.
 async fn record(upload: &UploadContext, stored: &StoredBlob) -> Result<Archive, UploadError> {
@@ -1035,15 +1061,35 @@ pub async fn export_release(
         stage.failed(&step, index, &e.to_string());
         UploadError::from(e)
     })?;
-    let stored = upload
-        .blobstore
-        .put_file(&tarball, None)
+    let file = tokio::fs::File::open(&tarball)
         .await
         .map_err(|source| UploadError::Store {
             what: "storing the exported tarball".to_string(),
-            source,
+            source: crate::blobstore::BlobstoreError::Io {
+                context: format!("opening {}", tarball.display()),
+                source,
+            },
         })?;
-    upload.state.blobs().insert(&NewBlob::from(&stored)).await?;
+    // Nothing records an exported tarball: a hold keeps it until the CLI fetched its link
+    // (which holds it again while the link is valid).
+    let (stored, _hold) = upload
+        .blobstore
+        .put_held(
+            &upload.state,
+            file,
+            None,
+            Purpose::ExportedRelease,
+            Some(context.id),
+            std::time::Duration::ZERO,
+        )
+        .await
+        .map_err(|error| match error {
+            RecordedError::Store(source) => UploadError::Store {
+                what: "storing the exported tarball".to_string(),
+                source,
+            },
+            RecordedError::Record(error) => error.into(),
+        })?;
     stage.finished(&step, index);
     let exported = ExportedRelease {
         request: request.clone(),
@@ -1085,15 +1131,18 @@ async fn fetch(
 }
 
 /// Deletes blobs that no row refers to and that are older than `grace` seconds; returns the
-/// ids removed.
+/// ids removed. Slots and holds whose time is up are removed first; the live ones keep
+/// their blobs (in-flight uploads, rendered templates, logs and exports not yet fetched,
+/// another director's work on the same database). Each blob's content is deleted inside
+/// the transaction that forgets its row, so a writer that records the same blob meanwhile
+/// stores its content again after the deletion rather than losing it.
 pub async fn remove_unreferenced_blobs(
     state: &State,
     blobstore: &Blobstore,
     grace_seconds: i64,
 ) -> Result<Vec<String>, UploadError> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let now = director_state::now();
+    state.blobs().remove_expired_slots(now).await?;
     let mut removed = Vec::new();
     // `unreferenced` takes blobs created strictly before its argument: +1 includes this second.
     for blob in state
@@ -1102,14 +1151,16 @@ pub async fn remove_unreferenced_blobs(
         .await?
     {
         let id = BlobId::parse(&blob.id)?;
-        // The row goes first (refused while anything refers to it), then the content.
-        match state.blobs().delete(&blob.id).await {
-            Ok(_) => {
-                blobstore.delete(&id).await?;
-                removed.push(blob.id);
-            }
-            Err(StateError::Referenced { .. }) => {}
-            Err(e) => return Err(e.into()),
+        // Refused while anything refers to it (a record or a hold that landed meanwhile).
+        match state
+            .blobs()
+            .delete_with(&blob.id, || blobstore.delete(&id))
+            .await
+        {
+            Ok(true) => removed.push(blob.id),
+            Ok(false) | Err(DeleteError::State(StateError::Referenced { .. })) => {}
+            Err(DeleteError::State(e)) => return Err(e.into()),
+            Err(DeleteError::Remove(e)) => return Err(e.into()),
         }
     }
     Ok(removed)

@@ -155,6 +155,8 @@ pub enum Object {
     Blob { id: String },
     /// `lock 'lock:deployment:cf'`
     Lock { name: String },
+    /// `blob slot for a compiled package`: an upload URL's record or a hold on a blob.
+    BlobSlot { purpose: String },
 }
 
 impl fmt::Display for Object {
@@ -194,6 +196,7 @@ impl fmt::Display for Object {
             Object::Task { id } => write!(f, "task {id}"),
             Object::Blob { id } => write!(f, "blob {id}"),
             Object::Lock { name } => write!(f, "lock '{name}'"),
+            Object::BlobSlot { purpose } => write!(f, "blob slot for {purpose}"),
             Object::Address { network, address } => {
                 write!(f, "address {address} on network '{network}'")
             }

@@ -67,7 +67,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use sql::{Columns, Conn, params};
 
-pub use blobs::{Blob, Blobs, NewBlob};
+pub use blobs::{Blob, Blobs, DeleteError, NewBlob, NewSlot, Slot, Taken};
 pub use deployments::{Deployment, DeploymentManifest, Deployments};
 pub use directors::Directors;
 pub use error::{Object, StateError};

@@ -50,6 +50,7 @@ macro_rules! embedded {
 const SQLITE: &[Embedded] = embedded!("sqlite":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    3 "0003_blob_slots.sql" "blob slots",
     5 "0005_task_owners.sql" "task owners",
 );
 
@@ -57,6 +58,7 @@ const SQLITE: &[Embedded] = embedded!("sqlite":
 const POSTGRES: &[Embedded] = embedded!("postgres":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    3 "0003_blob_slots.sql" "blob slots",
     5 "0005_task_owners.sql" "task owners",
 );
 
@@ -143,6 +145,14 @@ mod tests {
         (
             "postgres/0002_deploy.sql",
             "a3e3b000c26700c8f04970c7c8f8a2eb2b8be9f47f99fb9d53913bcb0552988f",
+        ),
+        (
+            "sqlite/0003_blob_slots.sql",
+            "861afb69df4579e72d1f069514813e712fa8afdb5a2ad2ae267145b254683996",
+        ),
+        (
+            "postgres/0003_blob_slots.sql",
+            "3c4c061380925c73b1725083df2714bf13f50eff07c464b83856990e3954f749",
         ),
         (
             "sqlite/0005_task_owners.sql",

@@ -10,9 +10,9 @@ use std::panic::AssertUnwindSafe;
 use std::time::Duration;
 
 use director_state::{
-    Archive, Backend, LATEST_SCHEMA_VERSION, NewBlob, NewCompiledPackage, NewEvent, NewInstance,
-    NewJob, NewPackage, NewReleaseVersion, NewStemcell, NewTask, Object, ReleaseVersion, State,
-    StateError, TaskFilter, TaskId, TaskState, Vm,
+    Archive, Backend, DeleteError, LATEST_SCHEMA_VERSION, NewBlob, NewCompiledPackage, NewEvent,
+    NewInstance, NewJob, NewPackage, NewReleaseVersion, NewSlot, NewStemcell, NewTask, Object,
+    ReleaseVersion, State, StateError, Taken, TaskFilter, TaskId, TaskState, Vm,
 };
 use futures::FutureExt;
 use serde_json::json;
@@ -60,6 +60,8 @@ on_both_backends! {
         check_lock_contention,
         check_expired_lock_is_taken_over,
         check_unreferenced_blobs,
+        check_held_blobs_are_kept_until_released_or_expired,
+        check_upload_slots_are_taken_once_and_filled_once,
         check_deployments_and_manifest_history,
         check_events_round_trip,
         check_instances_vms_disks_and_addresses,
@@ -1165,6 +1167,224 @@ async fn check_unreferenced_blobs(state: &State) {
     assert!(blobs.delete(&loose).await.unwrap());
     assert!(!blobs.delete(&loose).await.unwrap());
     assert!(blobs.unreferenced(i64::MAX).await.unwrap().is_empty());
+}
+
+fn slot(seed: &str, max_bytes: Option<u64>, expires_in: i64, held_for: i64) -> NewSlot {
+    let now = director_state::now();
+    NewSlot {
+        nonce: sha256(seed)[..32].to_string(),
+        purpose: format!("the test's {seed}"),
+        task_id: None,
+        max_bytes,
+        expires_at: now + expires_in,
+        held_until: now + held_for,
+    }
+}
+
+fn ids(blobs: Vec<director_state::Blob>) -> Vec<String> {
+    blobs.into_iter().map(|blob| blob.id).collect()
+}
+
+async fn check_held_blobs_are_kept_until_released_or_expired(state: &State) {
+    let blobs = state.blobs();
+    let held = NewBlob {
+        id: sha256("rendered templates of web/0"),
+        size: 3,
+    };
+    let hold = slot("hold", None, 600, 600);
+    let recorded = blobs.hold(&held, &hold).await.unwrap();
+    assert_eq!((recorded.size, recorded.references), (3, 1));
+    assert!(
+        blobs.unreferenced(i64::MAX).await.unwrap().is_empty(),
+        "a held blob is not clean-up's to take"
+    );
+    let error = blobs.delete(&held.id).await.unwrap_err();
+    assert!(matches!(error, StateError::Referenced { .. }), "{error:?}");
+    let error = blobs
+        .delete_with(&held.id, || async {
+            panic!("the content of a held blob must not be removed")
+        })
+        .await
+        .map(|_: bool| ())
+        .map_err(|error: DeleteError<std::io::Error>| error)
+        .unwrap_err();
+    assert!(
+        matches!(error, DeleteError::State(StateError::Referenced { .. })),
+        "{error:?}"
+    );
+
+    // An expired hold keeps its blob until clean-up removes the slot; a live one stays.
+    let stale = NewBlob {
+        id: sha256("logs of a task long gone"),
+        size: 5,
+    };
+    blobs
+        .hold(&stale, &slot("stale", None, -20, -10))
+        .await
+        .unwrap();
+    assert!(blobs.unreferenced(i64::MAX).await.unwrap().is_empty());
+    assert_eq!(
+        blobs
+            .remove_expired_slots(director_state::now())
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(
+        ids(blobs.unreferenced(i64::MAX).await.unwrap()),
+        std::slice::from_ref(&stale.id)
+    );
+
+    // A download link holds a recorded blob; an unrecorded one is not held.
+    assert!(
+        blobs
+            .hold_recorded(&stale.id, &slot("link", None, 60, 60))
+            .await
+            .unwrap()
+    );
+    assert!(blobs.unreferenced(i64::MAX).await.unwrap().is_empty());
+    assert!(
+        !blobs
+            .hold_recorded(&sha256("never stored"), &slot("link 2", None, 60, 60))
+            .await
+            .unwrap()
+    );
+
+    // Released, the blobs are clean-up's again; its deletion runs the content's removal
+    // inside, and a failed removal keeps the row.
+    assert!(blobs.release_slot(&hold.nonce).await.unwrap());
+    assert!(!blobs.release_slot(&hold.nonce).await.unwrap());
+    assert!(
+        blobs
+            .release_slot(&slot("link", None, 60, 60).nonce)
+            .await
+            .unwrap()
+    );
+    let mut unreferenced = vec![held.id.clone(), stale.id.clone()];
+    unreferenced.sort();
+    assert_eq!(
+        ids(blobs.unreferenced(i64::MAX).await.unwrap()),
+        unreferenced
+    );
+    let error = blobs
+        .delete_with(&held.id, || async {
+            Err(std::io::Error::other("the store is down"))
+        })
+        .await
+        .unwrap_err();
+    assert!(matches!(error, DeleteError::Remove(_)), "{error:?}");
+    assert_eq!(
+        ids(blobs.unreferenced(i64::MAX).await.unwrap()),
+        unreferenced
+    );
+    let mut removed = false;
+    assert!(
+        blobs
+            .delete_with(&held.id, || async {
+                removed = true;
+                Ok::<(), std::io::Error>(())
+            })
+            .await
+            .unwrap()
+    );
+    assert!(removed);
+    assert_eq!(
+        ids(blobs.unreferenced(i64::MAX).await.unwrap()),
+        std::slice::from_ref(&stale.id)
+    );
+
+    let error = blobs
+        .hold(&held, &slot("bad", None, 60, 30))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "blob slot for the test's bad: a slot must hold its blob at least until it expires"
+    );
+}
+
+async fn check_upload_slots_are_taken_once_and_filled_once(state: &State) {
+    let blobs = state.blobs();
+    let upload = slot("compiled package", Some(100), 60, 120);
+    let opened = blobs.open_slot(&upload).await.unwrap();
+    assert_eq!(
+        (opened.max_bytes, opened.taken_at, opened.blob_id.clone()),
+        (Some(100), None, None)
+    );
+    let Taken::Slot(taken) = blobs.take_slot(&upload.nonce).await.unwrap() else {
+        panic!("a fresh slot can be taken");
+    };
+    assert_eq!(taken.purpose, "the test's compiled package");
+    assert!(taken.taken_at.is_some());
+    assert_eq!(
+        blobs.take_slot(&upload.nonce).await.unwrap(),
+        Taken::AlreadyTaken
+    );
+    // A PUT that failed before storing gives the slot back.
+    blobs.give_back_slot(&upload.nonce).await.unwrap();
+    assert!(matches!(
+        blobs.take_slot(&upload.nonce).await.unwrap(),
+        Taken::Slot(_)
+    ));
+    let received = NewBlob {
+        id: sha256("the compiled package"),
+        size: 42,
+    };
+    let recorded = blobs.fill_slot(&upload.nonce, &received).await.unwrap();
+    assert_eq!(recorded.references, 1);
+    assert_eq!(
+        blobs.slot(&upload.nonce).await.unwrap().unwrap().blob_id,
+        Some(received.id.clone())
+    );
+    let error = blobs
+        .fill_slot(
+            &upload.nonce,
+            &NewBlob {
+                id: sha256("another"),
+                size: 1,
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error.to_string(),
+        "blob slot for an upload: the upload slot is gone or was filled already"
+    );
+    // Once filled, giving back changes nothing: the URL is used up.
+    blobs.give_back_slot(&upload.nonce).await.unwrap();
+    assert_eq!(
+        blobs.take_slot(&upload.nonce).await.unwrap(),
+        Taken::AlreadyTaken
+    );
+    assert!(
+        blobs
+            .unreferenced(i64::MAX)
+            .await
+            .unwrap()
+            .iter()
+            .all(|b| b.id != received.id)
+    );
+
+    assert_eq!(
+        blobs.take_slot(&sha256("unknown")[..32]).await.unwrap(),
+        Taken::Unknown
+    );
+    let late = slot("late", Some(100), -1, 0);
+    blobs.open_slot(&late).await.unwrap();
+    assert_eq!(blobs.take_slot(&late.nonce).await.unwrap(), Taken::Expired);
+    // A hold is no upload slot.
+    let hold = slot("a hold", None, 60, 60);
+    blobs
+        .hold(
+            &NewBlob {
+                id: sha256("held"),
+                size: 1,
+            },
+            &hold,
+        )
+        .await
+        .unwrap();
+    assert_eq!(blobs.take_slot(&hold.nonce).await.unwrap(), Taken::Unknown);
 }
 
 async fn check_deployments_and_manifest_history(state: &State) {

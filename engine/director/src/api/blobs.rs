@@ -10,7 +10,8 @@
 //! `GET /releases/exports/<blob id>` answers a signed, expiring path to that blob
 //! (`/blobs/<id>?exp=…&sig=…`, the route agents fetch packages from), so the CLI downloads
 //! the tarball without sending its token along. The tarball is a blob nothing refers to:
-//! `clean-up` (and a director restart) removes it. `GET /blobs/<id>/link` answers the same
+//! a hold keeps it for an hour after the export, each link holds it while the link is
+//! valid, and `clean-up` (or a director restart) removes it after that. `GET /blobs/<id>/link` answers the same
 //! for any blob (the log tarballs of `director logs`).
 
 use std::time::Duration;
@@ -28,6 +29,7 @@ use serde::Deserialize;
 use super::Director;
 use super::reply::{Failure, Reply, accepted, new_task};
 use crate::blobstore::BlobId;
+use crate::blobstore::slots::PutSlotError;
 use crate::tasks::TaskContext;
 use crate::uploads::export_release;
 
@@ -55,7 +57,8 @@ struct BlobQuery {
     sig: Option<String>,
 }
 
-/// `GET /blobs/<id>?exp=…&sig=…`: a blob for an agent, streamed and verified.
+/// `GET /blobs/<id>?exp=…&sig=…`: a blob for an agent, streamed from the store (with its
+/// Content-Length) and verified as it goes.
 async fn blob(
     AxumState(director): AxumState<Director>,
     Path(id): Path<String>,
@@ -70,16 +73,24 @@ async fn blob(
             "the blob URL's signature is wrong or has expired",
         ));
     }
-    let content = director.blobstore.get_bytes(&id).await?;
+    // Streamed chunk by chunk: agents fetch gigabyte stemcell images and packages several at
+    // a time. A blob found corrupt ends the body early, short of its Content-Length, so the
+    // agent sees a failed download (and checks the digest itself in any case).
+    let blob = director.blobstore.get_stream(&id).await?;
     Ok((
-        [(header::CONTENT_TYPE, "application/octet-stream")],
-        content,
+        [
+            (header::CONTENT_TYPE, "application/octet-stream".to_string()),
+            (header::CONTENT_LENGTH, blob.size.to_string()),
+        ],
+        Body::from_stream(blob.chunks),
     )
         .into_response())
 }
 
 /// `PUT /blobs/uploads/<nonce>?exp=…&sig=…`: an agent stores a blob (a compiled package,
-/// logs) with a URL the director signed for it; the answer names the stored blob.
+/// logs) with a URL the director signed for it and recorded as an upload slot: one `PUT`
+/// per URL (a second is refused with 409), at most the slot's size; the answer names the
+/// stored blob, which the slot keeps until the agent's result is recorded.
 async fn put_blob(
     AxumState(director): AxumState<Director>,
     Path(nonce): Path<String>,
@@ -105,13 +116,16 @@ async fn put_blob(
     let reader = tokio_util::io::StreamReader::new(stream);
     let stored = director
         .blobstore
-        .put_reader(reader, None, Some(director.max_upload_bytes))
-        .await?;
-    director
-        .state
-        .blobs()
-        .insert(&director_state::NewBlob::from(&stored))
-        .await?;
+        .put_into_slot(&director.state, &nonce, reader, director.max_upload_bytes)
+        .await
+        .map_err(|error| match error {
+            PutSlotError::AlreadyUsed => {
+                Failure::new(director_api::ErrorCode::Conflict, error.to_string())
+            }
+            PutSlotError::Unknown | PutSlotError::Expired => Failure::forbidden(error.to_string()),
+            PutSlotError::Store(error) => Failure::from(error),
+            PutSlotError::State(error) => Failure::from(error),
+        })?;
     Ok(Json(agent_protocol::UploadedBlob {
         blob_id: stored.id.as_str().to_string(),
         size: stored.size,
@@ -173,6 +187,17 @@ async fn download_link(
     if !director.blobstore.exists(&id).await? {
         return Err(Failure::not_found(format!(
             "blob {id} is not in the blobstore (a clean-up may have removed it): export the release or fetch the logs again"
+        )));
+    }
+    // The link holds the blob while it is valid: clean-up must not take it from under the
+    // download (logs and exports are blobs nothing else refers to).
+    if !director
+        .blobstore
+        .hold_for_download(&director.state, &id, LINK_VALIDITY)
+        .await?
+    {
+        return Err(Failure::not_found(format!(
+            "blob {id} is not recorded (a clean-up may have removed it): export the release or fetch the logs again"
         )));
     }
     let size = director.blobstore.size(&id).await?;

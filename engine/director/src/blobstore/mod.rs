@@ -15,19 +15,23 @@
 //! the bucket's own presigned URLs (`Blobstore::presigned_url`), so blob traffic goes to
 //! S3 directly and the director never proxies it.
 
+pub mod slots;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use futures::StreamExt;
+use futures::stream::BoxStream;
 use hmac::{Hmac, Mac};
 use object_store::buffered::BufWriter;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{ObjectStore, PutPayload};
+use object_store::{GetResultPayload, ObjectStore, PutPayload};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio_util::io::ReaderStream;
 
 /// A blob id: the lowercase hex SHA-256 of the content.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -165,6 +169,68 @@ pub struct StoredBlob {
     pub created: bool,
 }
 
+/// Content staged and hashed, not yet under its name.
+struct Staged {
+    staging: StorePath,
+    id: BlobId,
+    size: u64,
+}
+
+/// [`Blobstore::put_recorded`] failed: storing, or recording.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordedError<E> {
+    /// The content could not be stored.
+    #[error(transparent)]
+    Store(#[from] BlobstoreError),
+    /// The record failed; nothing was stored.
+    #[error(transparent)]
+    Record(E),
+}
+
+/// A blob opened for reading ([`Blobstore::get_stream`]).
+pub struct BlobStream {
+    /// Its size in bytes, as the store has it.
+    pub size: u64,
+    /// Its content, chunk by chunk; the stream ends with [`BlobstoreError::Corrupt`] when the
+    /// content does not hash to the blob's id.
+    pub chunks: BoxStream<'static, Result<Bytes, BlobstoreError>>,
+}
+
+impl std::fmt::Debug for BlobStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BlobStream")
+            .field("size", &self.size)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `chunks` passed through while they are hashed; after the last one, an error if they did
+/// not hash to `id`. The first error ends the stream.
+fn verified(
+    chunks: BoxStream<'static, Result<Bytes, BlobstoreError>>,
+    id: BlobId,
+) -> BoxStream<'static, Result<Bytes, BlobstoreError>> {
+    futures::stream::unfold(
+        (chunks, Some(Sha256::new())),
+        move |(mut chunks, hasher)| {
+            let id = id.clone();
+            async move {
+                let mut hasher = hasher?;
+                match chunks.next().await {
+                    Some(Ok(chunk)) => {
+                        hasher.update(&chunk);
+                        Some((Ok(chunk), (chunks, Some(hasher))))
+                    }
+                    Some(Err(error)) => Some((Err(error), (chunks, None))),
+                    None if BlobId::from_hasher(hasher) == id => None,
+                    None => Some((Err(BlobstoreError::Corrupt(id)), (chunks, None))),
+                }
+            }
+        },
+    )
+    .boxed()
+}
+
 /// The blobstore.
 #[derive(Clone, Debug)]
 pub struct Blobstore {
@@ -274,10 +340,22 @@ impl Blobstore {
     /// written again (`created: false`).
     pub async fn put_reader(
         &self,
-        mut reader: impl AsyncRead + Unpin,
+        reader: impl AsyncRead + Unpin,
         expected: Option<&BlobId>,
         limit: Option<u64>,
     ) -> Result<StoredBlob, BlobstoreError> {
+        let staged = self.stage(reader, expected, limit).await?;
+        self.publish(&staged.staging, staged.id, staged.size).await
+    }
+
+    /// Streams `reader` into a staging object, hashing it (see [`Blobstore::put_reader`]);
+    /// the caller publishes it under its id ([`Blobstore::publish`]) or discards it.
+    async fn stage(
+        &self,
+        mut reader: impl AsyncRead + Unpin,
+        expected: Option<&BlobId>,
+        limit: Option<u64>,
+    ) -> Result<Staged, BlobstoreError> {
         let staging = StorePath::from(format!("staging/{}", uuid::Uuid::new_v4()));
         let mut writer = BufWriter::with_capacity(self.store.clone(), staging.clone(), 8 * CHUNK);
         let mut hasher = Sha256::new();
@@ -334,7 +412,39 @@ impl Blobstore {
                 });
             }
         }
-        self.publish(&staging, id, size).await
+        Ok(Staged { staging, id, size })
+    }
+
+    /// Streams `reader` into the store for a holder that records the blob first: the
+    /// content is staged and hashed, `record` is called with what was staged (it records the
+    /// blob and whatever keeps it from clean-up), and only then is the content put under its
+    /// name. So clean-up, which deletes a blob's content inside the transaction that forgets
+    /// it, can never delete the content of a blob that `record` recorded (see
+    /// `director_state::Blobs`). When `record` fails nothing is stored.
+    pub async fn put_recorded<F, Fut, E>(
+        &self,
+        reader: impl AsyncRead + Unpin,
+        expected: Option<&BlobId>,
+        limit: Option<u64>,
+        record: F,
+    ) -> Result<StoredBlob, RecordedError<E>>
+    where
+        F: FnOnce(StoredBlob) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let staged = self.stage(reader, expected, limit).await?;
+        let blob = StoredBlob {
+            id: staged.id.clone(),
+            size: staged.size,
+            created: false,
+        };
+        if let Err(error) = record(blob).await {
+            let _ = self.store.delete(&staged.staging).await;
+            return Err(RecordedError::Record(error));
+        }
+        Ok(self
+            .publish(&staged.staging, staged.id, staged.size)
+            .await?)
     }
 
     /// Stores a file.
@@ -396,6 +506,41 @@ impl Blobstore {
         let stored = self.put_file(path, Some(id)).await;
         let _ = tokio::fs::remove_file(path).await;
         stored
+    }
+
+    /// Stores bytes held in memory for a holder that records the blob first (see
+    /// [`Blobstore::put_recorded`]): `record` runs before the content is put under its name.
+    pub async fn put_bytes_recorded<F, Fut, E>(
+        &self,
+        content: Bytes,
+        record: F,
+    ) -> Result<StoredBlob, RecordedError<E>>
+    where
+        F: FnOnce(StoredBlob) -> Fut,
+        Fut: std::future::Future<Output = Result<(), E>>,
+    {
+        let id = BlobId::from_hasher(Sha256::new_with_prefix(&content));
+        let size = content.len() as u64;
+        record(StoredBlob {
+            id: id.clone(),
+            size,
+            created: false,
+        })
+        .await
+        .map_err(RecordedError::Record)?;
+        if self.exists(&id).await? {
+            return Ok(StoredBlob {
+                id,
+                size,
+                created: false,
+            });
+        }
+        let staging = StorePath::from(format!("staging/{}", uuid::Uuid::new_v4()));
+        self.store
+            .put(&staging, PutPayload::from_bytes(content))
+            .await
+            .map_err(|e| self.backend(e))?;
+        Ok(self.publish(&staging, id, size).await?)
     }
 
     /// Stores bytes held in memory.
@@ -479,6 +624,51 @@ impl Blobstore {
         }
     }
 
+    /// Opens a blob for reading: its size and its content as a stream of chunks, verified as
+    /// it goes. A blob whose content no longer hashes to its id ends its stream with
+    /// [`BlobstoreError::Corrupt`] after the last chunk, so a reader that forwards the
+    /// chunks (an HTTP response) must treat the content as lost when the stream fails. A
+    /// local blob is read from its file in 1 MiB chunks; an S3 blob is the bucket's own
+    /// response stream. Nothing holds more than one chunk in memory.
+    pub async fn get_stream(&self, id: &BlobId) -> Result<BlobStream, BlobstoreError> {
+        let result = match self.store.get(&Self::blob_path(id)).await {
+            Ok(result) => result,
+            Err(object_store::Error::NotFound { .. }) => {
+                return Err(BlobstoreError::NotFound(id.clone()));
+            }
+            Err(source) => return Err(self.backend(source)),
+        };
+        let size = result.meta.size;
+        let chunks: BoxStream<'static, Result<Bytes, BlobstoreError>> = match result.payload {
+            GetResultPayload::File(file, _) => {
+                let context = format!("reading blob {id} from {}", self.location);
+                ReaderStream::with_capacity(tokio::fs::File::from_std(file), CHUNK)
+                    .map(move |chunk| {
+                        chunk.map_err(|source| BlobstoreError::Io {
+                            context: context.clone(),
+                            source,
+                        })
+                    })
+                    .boxed()
+            }
+            GetResultPayload::Stream(stream) => {
+                let location = self.location.clone();
+                stream
+                    .map(move |chunk| {
+                        chunk.map_err(|source| BlobstoreError::Backend {
+                            location: location.clone(),
+                            source,
+                        })
+                    })
+                    .boxed()
+            }
+        };
+        Ok(BlobStream {
+            size,
+            chunks: verified(chunks, id.clone()),
+        })
+    }
+
     /// Streams a blob into `writer`, verifying its digest; on a mismatch the error comes after
     /// the bytes were written, so callers writing to a file must discard it (see
     /// [`Blobstore::get_to_file`]).
@@ -487,19 +677,10 @@ impl Blobstore {
         id: &BlobId,
         mut writer: impl AsyncWrite + Unpin,
     ) -> Result<u64, BlobstoreError> {
-        let result = match self.store.get(&Self::blob_path(id)).await {
-            Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => {
-                return Err(BlobstoreError::NotFound(id.clone()));
-            }
-            Err(source) => return Err(self.backend(source)),
-        };
-        let mut stream = result.into_stream();
-        let mut hasher = Sha256::new();
+        let BlobStream { mut chunks, .. } = self.get_stream(id).await?;
         let mut size = 0u64;
-        while let Some(chunk) = stream.next().await {
-            let chunk = chunk.map_err(|e| self.backend(e))?;
-            hasher.update(&chunk);
+        while let Some(chunk) = chunks.next().await {
+            let chunk = chunk?;
             size += chunk.len() as u64;
             writer
                 .write_all(&chunk)
@@ -513,9 +694,6 @@ impl Blobstore {
             context: format!("copying blob {id}"),
             source,
         })?;
-        if BlobId::from_hasher(hasher) != *id {
-            return Err(BlobstoreError::Corrupt(id.clone()));
-        }
         Ok(size)
     }
 
@@ -615,14 +793,13 @@ impl Blobstore {
     }
 
     /// The path and query an agent `PUT`s a new blob to (a compiled package, logs) until
-    /// `valid_for` has passed: `/blobs/uploads/<nonce>?exp=<unix seconds>&sig=<hex>`. Each
-    /// URL names a fresh random nonce, so one signed URL authorizes one kind of write only.
-    pub fn signed_upload_path(&self, valid_for: Duration) -> String {
-        let nonce = uuid::Uuid::new_v4().simple().to_string();
-        let expires = unix_now().saturating_add(valid_for.as_secs());
+    /// `expires` (unix seconds): `/blobs/uploads/<nonce>?exp=<expires>&sig=<hex>`. The nonce
+    /// names the upload slot recorded for it (see [`slots`]), which decides what the URL
+    /// may store and takes one `PUT` only.
+    fn signed_upload_path(&self, nonce: &str, expires: u64) -> String {
         format!(
             "/blobs/uploads/{nonce}?exp={expires}&sig={}",
-            self.upload_signature(&nonce, expires)
+            self.upload_signature(nonce, expires)
         )
     }
 
@@ -779,6 +956,47 @@ mod tests {
             !target.exists(),
             "a corrupt blob must not reach its destination"
         );
+    }
+
+    #[tokio::test]
+    async fn streams_a_blob_in_chunks_and_fails_a_corrupt_one_at_the_end() {
+        let (dir, store) = local();
+        // Three and a half chunks: the stream must not hand the whole blob over at once.
+        let content: Vec<u8> = (0..CHUNK * 7 / 2).map(|n| (n % 251) as u8).collect();
+        let blob = store.put_bytes(Bytes::from(content.clone())).await.unwrap();
+        let opened = store.get_stream(&blob.id).await.unwrap();
+        assert_eq!(opened.size, content.len() as u64);
+        let chunks: Vec<Bytes> = opened.chunks.map(|chunk| chunk.unwrap()).collect().await;
+        assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+        assert!(chunks.iter().all(|chunk| chunk.len() <= CHUNK));
+        assert_eq!(chunks.concat(), content);
+
+        let mut damaged = content.clone();
+        damaged[CHUNK * 3] ^= 1;
+        std::fs::write(
+            dir.path().join("blobs/blobs").join(blob.id.as_str()),
+            &damaged,
+        )
+        .unwrap();
+        let results: Vec<Result<Bytes, BlobstoreError>> = store
+            .get_stream(&blob.id)
+            .await
+            .unwrap()
+            .chunks
+            .collect()
+            .await;
+        let (last, before) = results.split_last().unwrap();
+        assert!(before.iter().all(Result::is_ok));
+        assert!(
+            matches!(last, Err(BlobstoreError::Corrupt(id)) if *id == blob.id),
+            "{last:?}"
+        );
+        assert!(matches!(
+            store
+                .get_stream(&BlobId::parse(&"0".repeat(64)).unwrap())
+                .await,
+            Err(BlobstoreError::NotFound(_))
+        ));
     }
 
     #[tokio::test]

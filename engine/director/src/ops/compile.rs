@@ -21,6 +21,7 @@ use super::Services;
 use super::prepare::PreparedDeploy;
 use super::stemcells::{StemcellCids, stemcell_key};
 use super::vms::{CreatedVm, VmError, VmRequest, create_vm, delete_vm};
+use crate::blobstore::slots::{Purpose, SlotError};
 use crate::blobstore::{BlobId, BlobstoreError};
 use crate::tasks::{Stage, TaskContext, TaskError};
 use director_bus::BusError;
@@ -133,6 +134,14 @@ pub enum CompileError {
         package: String,
         /// The blob reported.
         blob_id: String,
+    },
+    /// The blob the agent reported is not what its upload URL received.
+    #[error("compiling package '{package}': {source}")]
+    Upload {
+        /// The package.
+        package: String,
+        /// Why.
+        source: SlotError,
     },
     /// A build recorded by another deploy could not be read back.
     #[error("a compiled build vanished while recording it")]
@@ -568,12 +577,13 @@ async fn compile_one(
         .next_build(package.id, os, stemcell_version)
         .await?;
     let version = format!("{}.{build}", package.fingerprint);
+    let upload = services.upload_url(Purpose::CompiledPackage, None).await?;
     let request = agent_protocol::CompileRequest {
         name: package.name.clone(),
         version: version.clone(),
         source: services.blob_ref(&source_id),
         dependencies,
-        upload_url: services.upload_url(),
+        upload_url: upload.url.clone(),
     };
     let worker = pool.take(&package.name, stemcell_cid).await?;
     let answer = services
@@ -596,7 +606,14 @@ async fn compile_one(
                         source,
                     }
                 })?;
-            let blob = BlobId::parse(&result.blob_id).map_err(blobstore)?;
+            let blob = services
+                .blobstore
+                .accept_upload(&services.state, &upload, &result.blob_id)
+                .await
+                .map_err(|source| CompileError::Upload {
+                    package: package.name.clone(),
+                    source,
+                })?;
             if !services.blobstore.exists(&blob).await.map_err(blobstore)? {
                 return Err(CompileError::BlobMissing {
                     package: package.name.clone(),
@@ -618,6 +635,13 @@ async fn compile_one(
                     },
                 })
                 .await;
+            // The build's record holds the blob now (or another deploy's build replaces it).
+            if !matches!(&recorded, Err(e) if !matches!(e, StateError::AlreadyExists { .. })) {
+                services
+                    .blobstore
+                    .release(&services.state, &upload.nonce)
+                    .await?;
+            }
             match recorded {
                 Ok(compiled) => Ok(CompiledBuild {
                     version: format!("{}.{}", package.fingerprint, compiled.build),

@@ -20,9 +20,11 @@ pub mod vms;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::blobstore::slots::{Purpose, UploadSlot};
 use crate::blobstore::{BlobId, Blobstore};
 use director_bus::{AgentAccounts, Bus};
 use director_state::State;
+use director_state::TaskId;
 
 pub use catalog::TemplateCache;
 
@@ -35,7 +37,8 @@ pub struct Timeouts {
     pub agent_task: Duration,
     /// How often agents send heartbeats (seconds).
     pub heartbeat_interval: u64,
-    /// How long signed blob URLs handed to agents stay valid.
+    /// How long signed blob URLs handed to agents stay valid (`GET`s of packages and
+    /// rendered templates; upload URLs live `agent_task`).
     pub blob_url: Duration,
 }
 
@@ -92,13 +95,24 @@ impl Services {
         )
     }
 
-    /// A URL an agent PUTs a new blob to.
-    pub fn upload_url(&self) -> String {
-        format!(
-            "{}{}",
-            self.director_url,
-            self.blobstore.signed_upload_path(self.timeouts.blob_url)
-        )
+    /// A URL an agent PUTs one new blob to, for `purpose` in `task`: recorded as an upload
+    /// slot that takes one upload of at most the purpose's size, accepted while the
+    /// director waits for the agent's answer (`timeouts.agent_task`). Check what the agent
+    /// reports with [`Blobstore::accept_upload`].
+    pub async fn upload_url(
+        &self,
+        purpose: Purpose,
+        task: Option<TaskId>,
+    ) -> Result<UploadSlot, director_state::StateError> {
+        self.blobstore
+            .open_upload(
+                &self.state,
+                &self.director_url,
+                purpose,
+                task,
+                self.timeouts.agent_task,
+            )
+            .await
     }
 
     /// A blob reference for the agent protocol.

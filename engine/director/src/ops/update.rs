@@ -20,7 +20,8 @@ use super::stemcells::StemcellCids;
 use super::vms::{
     CreatedVm, VmError, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach,
 };
-use crate::blobstore::{BlobId, BlobstoreError};
+use crate::blobstore::slots::Purpose;
+use crate::blobstore::{BlobId, BlobstoreError, RecordedError};
 use crate::tasks::{Stage, TaskContext};
 use agent_protocol::{AgentState, ApplySpec, JobSpec, PackageSpec};
 use director_bus::BusError;
@@ -28,7 +29,7 @@ use director_core::deploy::plan::DiskState;
 use director_core::deploy::{Action, InstancePlan, InstanceWork};
 use director_core::manifest::WatchTime;
 use director_core::stemcell::StemcellKey;
-use director_state::{Disk, Instance, InstanceId, NewBlob, StateError, Vm};
+use director_state::{Disk, Instance, InstanceId, StateError, Vm};
 
 /// Why updating, starting, stopping or deleting an instance failed. The instance is named
 /// by the step that reports the error (`web/0 (6f1c…)`).
@@ -296,19 +297,25 @@ pub async fn apply_spec(
                 job: job.name.clone(),
                 source,
             })?;
-        let stored = services
+        // Held (against clean-up) while agents may still fetch it with its signed URL; the
+        // instance's rendered_templates record keeps it after that.
+        let (stored, _hold) = services
             .blobstore
-            .put_bytes(bytes.into())
+            .put_bytes_held(
+                &services.state,
+                bytes.into(),
+                Purpose::RenderedTemplates,
+                None,
+                services.timeouts.blob_url,
+            )
             .await
-            .map_err(|source| UpdateError::StoreRendered {
-                job: job.name.clone(),
-                source,
+            .map_err(|error| match error {
+                RecordedError::Store(source) => UpdateError::StoreRendered {
+                    job: job.name.clone(),
+                    source,
+                },
+                RecordedError::Record(error) => error.into(),
             })?;
-        services
-            .state
-            .blobs()
-            .insert(&NewBlob::from(&stored))
-            .await?;
         rendered_blobs.push((job.name.clone(), stored.id.as_str().to_string()));
         jobs.push(JobSpec {
             name: job.name.clone(),

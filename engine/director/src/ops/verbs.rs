@@ -15,6 +15,7 @@ use super::update::{
 };
 use super::vms::{VmError, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach};
 use super::{Services, StepFailure, StepsFailed};
+use crate::blobstore::slots::{Purpose, SlotError};
 use crate::tasks::{LockKey, TaskContext, TaskError};
 use agent_protocol::{ErrandResult, UploadedBlob};
 use director_api::StateChange;
@@ -132,6 +133,12 @@ pub enum VerbError {
     NotABlob {
         /// Why.
         source: serde_json::Error,
+    },
+    /// The blob an agent reported is not what its upload URL received.
+    #[error(transparent)]
+    Upload {
+        /// Why.
+        source: SlotError,
     },
     /// Fetching the logs of some instances failed.
     #[error("fetching logs failed:\n{source}")]
@@ -769,10 +776,36 @@ pub async fn delete_stemcell_image(services: &Services, label: &str, cid: &str) 
     }
 }
 
+/// One agent's `fetch_logs`, into an upload URL made for it: the blob it reports must be
+/// the one that URL received. The URL's slot keeps holding the tarball (nothing records
+/// it) until the CLI fetched its link or the slot expired.
+async fn fetch_logs_from(
+    services: &Services,
+    context: &TaskContext,
+    agent_id: &str,
+) -> Result<UploadedBlob, VerbError> {
+    let upload = services.upload_url(Purpose::Logs, Some(context.id)).await?;
+    let answer = agent_task(
+        services,
+        agent_id,
+        "fetch_logs",
+        vec![Json::from(upload.url.clone())],
+    )
+    .await?;
+    let blob: UploadedBlob =
+        serde_json::from_value(answer).map_err(|source| VerbError::NotABlob { source })?;
+    services
+        .blobstore
+        .accept_upload(&services.state, &upload, &blob.blob_id)
+        .await
+        .map_err(|source| VerbError::Upload { source })?;
+    Ok(blob)
+}
+
 /// `logs`: every targeted instance that has a VM packs its `/var/vcap/sys/log` and `PUT`s it
 /// to a signed URL (the agent's `fetch_logs`); the task's result lists the blobs
 /// (`[{"instance", "blob_id", "size"}]`), which nothing refers to: `clean-up` removes them
-/// once downloaded.
+/// once their upload slots (and the links the CLI fetched) have expired.
 pub async fn fetch_logs(
     services: &Services,
     context: &TaskContext,
@@ -801,17 +834,7 @@ pub async fn fetch_logs(
             stage.started(&step, index);
             let agent_id = instance.vm.as_ref().map(|vm| vm.agent_id.as_str());
             let result = match agent_id {
-                Some(agent_id) => agent_task(
-                    services,
-                    agent_id,
-                    "fetch_logs",
-                    vec![Json::from(services.upload_url())],
-                )
-                .await
-                .and_then(|value| {
-                    serde_json::from_value::<UploadedBlob>(value)
-                        .map_err(|source| VerbError::NotABlob { source })
-                }),
+                Some(agent_id) => fetch_logs_from(services, context, agent_id).await,
                 None => Err(VerbError::NoVm {
                     instance: instance_name(instance),
                 }),
