@@ -15,8 +15,11 @@
 //! see each other's files, and a job does not read the director's token, its state
 //! database or another agent's bus password by a path. The rest of the host's file system
 //! is shared, and a job running as root can undo the covering: local VMs isolate by
-//! convention, for development, not against hostile releases. A VM's network is the loopback address the director gave it
-//! (Linux routes all of 127/8 to `lo`); nothing is configured and the address is not checked.
+//! convention, for development, not against hostile releases.
+//!
+//! A VM's network is the loopback address the director gave it (Linux routes all of 127/8
+//! to `lo`); nothing is configured, but `create_vm` refuses an address some process on this
+//! host already listens on, naming it (see [`sockets`]).
 //!
 //! Choices:
 //! - `delete_vm` of a VM that does not exist answers `VMNotFound`, as BOSH's CPI
@@ -29,6 +32,7 @@
 //!   Calls on different VMs run in parallel.
 
 mod namespace;
+mod sockets;
 mod stemcell;
 
 use std::collections::HashMap;
@@ -416,6 +420,7 @@ impl Cpi for LocalCpi {
         let vm_cid = format!("vm-{}", uuid::Uuid::new_v4());
         let settings = agent_settings(agent_id, &vm_cid, networks, environment)
             .map_err(|message| CpiError::new(ErrorKind::CpiError, message))?;
+        check_addresses_free(&vm_cid, &settings)?;
         // Fail before making anything when this host cannot run local VMs at all.
         let mode = Self::namespace_mode()?;
         namespace::ensure_mount_point(mode).map_err(cloud_error)?;
@@ -592,6 +597,33 @@ impl Cpi for LocalCpi {
         }
         tail(&self.vm_dir(vm_cid).join("agent.log"), lines).ok()
     }
+}
+
+/// Refuses to give a VM an address that a process on this host already holds (a listening
+/// TCP or a bound UDP socket on it, see [`sockets`]): its jobs could not listen there, and
+/// the holder is most likely another deployment's VM that still runs.
+fn check_addresses_free(vm_cid: &str, settings: &Settings) -> Result<()> {
+    for (name, network) in &settings.networks {
+        let Ok(ip) = network.ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        let holders = sockets::holders(ip);
+        if holders.is_empty() {
+            continue;
+        }
+        let held: Vec<String> = holders
+            .iter()
+            .map(|holder| sockets::describe(ip, holder))
+            .collect();
+        return Err(cloud_error(format!(
+            "cannot give {ip} (network '{name}') to vm '{vm_cid}': {}; is another \
+             deployment's vm still running on this host (a dev director stopped without \
+             deleting its deployments)? delete that deployment, or give this network an \
+             address range of its own in the cloud config",
+            held.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 /// The agent's settings for a new VM (BOSH's registry-less settings, reference §5.3).
