@@ -218,7 +218,7 @@ impl Hiding {
             ));
         }
         for name in &covered {
-            commands.push_str(&format!(" && mount -o remount,ro {name}"));
+            commands.push_str(&format!(" && mount -o remount,bind,ro {name}"));
         }
         (commands, paths)
     }
@@ -676,7 +676,7 @@ mod tests {
             " && exec 3<\"${2}\" \
              && mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev,noexec hidden-by-cpi \"${3}\" \
              && mkdir -p \"${2}\" && mount --no-canonicalize --bind /proc/self/fd/3 \"${2}\" \
-             && exec 3<&- && mount -o remount,ro \"${3}\""
+             && exec 3<&- && mount -o remount,bind,ro \"${3}\""
         );
         // Nothing to keep outside what is covered; nothing at all when nothing exists.
         let outside = Hiding::new(&[data.join("cpi/vms")], std::slice::from_ref(&disks)).unwrap();
