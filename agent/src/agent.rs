@@ -516,10 +516,7 @@ impl Agent {
 
 /// Names in the spec must be usable in paths, and every package a job uses listed.
 fn check_spec(spec: &ApplySpec) -> Result<()> {
-    for package in spec.packages.values() {
-        check_name("package", &package.name)?;
-        check_name("version", &package.version)?;
-    }
+    install::check_packages(&spec.packages)?;
     for job in &spec.jobs {
         check_name("job", &job.name)?;
         for package in &job.packages {

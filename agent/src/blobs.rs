@@ -3,8 +3,10 @@
 //! Downloads stream into a temporary file while hashing and are accepted only when the
 //! sha256 matches the blob's id; uploads stream a file with `PUT` and read the director's
 //! `{"blob_id", "size"}` answer. URLs are signed, so messages show them without their query.
-//! Archives are gzipped tars: unpacked with `tar`'s checks (no `..`, nothing outside the
-//! destination), packed with symlinks kept as symlinks.
+//! Archives are gzipped tars: unpacked with `tar`'s checks (no `..`, no absolute paths,
+//! nothing written outside the destination through a symlink, hard links only to entries
+//! inside it) and ours (no device files or fifos; modes without setuid, setgid or sticky
+//! bits, owners not kept), packed with symlinks kept as symlinks.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -167,15 +169,37 @@ pub fn hex(bytes: &[u8]) -> String {
 }
 
 /// Unpacks the gzipped tar `archive` into `dest` (created). Blocking.
+///
+/// Device files and fifos are refused; modes keep only their permission bits (`0o777`), so
+/// nothing unpacked is setuid or setgid.
 pub fn unpack_tgz(what: &str, archive: &Path, dest: &Path) -> Result<()> {
     std::fs::create_dir_all(dest).map_err(Error::io("create", dest))?;
     let file = std::fs::File::open(archive).map_err(Error::io("open", archive))?;
     let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)));
-    tar.set_preserve_permissions(true);
+    // Not preserved: `mode & 0o777` is applied, setuid, setgid and sticky bits are dropped.
+    tar.set_preserve_permissions(false);
+    tar.set_preserve_ownerships(false);
+    tar.set_unpack_xattrs(false);
     tar.set_overwrite(true);
     let entries = tar.entries().map_err(|e| archive_error(what, e))?;
     for entry in entries {
         let mut entry = entry.map_err(|e| archive_error(what, e))?;
+        let kind = entry.header().entry_type();
+        if kind.is_character_special() || kind.is_block_special() || kind.is_fifo() {
+            let name = entry
+                .path()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default();
+            let kind = if kind.is_fifo() {
+                "a fifo"
+            } else {
+                "a device file"
+            };
+            return Err(Error::Archive {
+                what: what.to_string(),
+                reason: format!("entry {name:?} is {kind}, which archives may not hold"),
+            });
+        }
         // `unpack_in` refuses `..` and absolute paths and anything that would land outside
         // `dest` through a symlink.
         let inside = entry.unpack_in(dest).map_err(|e| archive_error(what, e))?;
@@ -269,6 +293,100 @@ mod tests {
         );
         assert!(!error.contains("s3cr3t"), "{error}");
         assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    fn tgz(entries: &[(&str, tar::EntryType, u32)]) -> Vec<u8> {
+        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(encoder);
+        for (path, kind, mode) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(*kind);
+            header.set_mode(*mode);
+            header.set_size(0);
+            header.set_cksum();
+            builder.append_data(&mut header, path, &[][..]).unwrap();
+        }
+        builder.into_inner().unwrap().finish().unwrap()
+    }
+
+    #[test]
+    fn unpacked_files_lose_setuid_setgid_and_sticky_bits() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tgz");
+        std::fs::write(
+            &archive,
+            tgz(&[
+                ("bin", tar::EntryType::Directory, 0o3755),
+                ("bin/su", tar::EntryType::Regular, 0o4755),
+                ("bin/sg", tar::EntryType::Regular, 0o2750),
+                ("plain", tar::EntryType::Regular, 0o640),
+            ]),
+        )
+        .unwrap();
+        let out = dir.path().join("out");
+        unpack_tgz("package 'x'", &archive, &out).unwrap();
+        let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            [mode("bin"), mode("bin/su"), mode("bin/sg"), mode("plain")],
+            [0o755, 0o755, 0o750, 0o640]
+        );
+    }
+
+    #[test]
+    fn devices_and_fifos_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        for (kind, what) in [
+            (tar::EntryType::Char, "a device file"),
+            (tar::EntryType::Block, "a device file"),
+            (tar::EntryType::Fifo, "a fifo"),
+        ] {
+            let archive = dir.path().join("a.tgz");
+            std::fs::write(
+                &archive,
+                tgz(&[
+                    ("ok", tar::EntryType::Regular, 0o644),
+                    ("dev/x", kind, 0o666),
+                ]),
+            )
+            .unwrap();
+            let out = dir.path().join("out");
+            let error = unpack_tgz("package 'x'", &archive, &out)
+                .unwrap_err()
+                .to_string();
+            assert_eq!(
+                error,
+                format!("package 'x': entry \"dev/x\" is {what}, which archives may not hold")
+            );
+            assert!(!out.join("dev/x").exists());
+            std::fs::remove_dir_all(&out).unwrap();
+        }
+    }
+
+    #[test]
+    fn entries_outside_the_destination_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let archive = dir.path().join("a.tgz");
+        let encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        let mut builder = tar::Builder::new(encoder);
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Symlink);
+        header.set_size(0);
+        header.set_mode(0o777);
+        builder
+            .append_link(&mut header, "escape", dir.path())
+            .unwrap();
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Regular);
+        header.set_size(1);
+        header.set_mode(0o644);
+        builder
+            .append_data(&mut header, "escape/planted", &b"x"[..])
+            .unwrap();
+        std::fs::write(&archive, builder.into_inner().unwrap().finish().unwrap()).unwrap();
+        let out = dir.path().join("out");
+        assert!(unpack_tgz("job 'web'", &archive, &out).is_err());
+        assert!(!dir.path().join("planted").exists());
     }
 
     #[test]

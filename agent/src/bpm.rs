@@ -2,10 +2,14 @@
 //!
 //! We read `name`, `executable`, `args`, `env`, `workdir`, `shutdown_signal`, `limits`
 //! (`open_files`, `processes`, `memory`, `core_file_size`), `hooks.pre_start`,
-//! `ephemeral_disk` and `persistent_disk`; bpm's container options (`capabilities`,
-//! `additional_volumes`, `unsafe`) are accepted and have no effect, since the agent runs
-//! processes without containers. Scalars in `args` and `env` may be numbers or booleans in
-//! the YAML; they are passed as their text.
+//! `ephemeral_disk` and `persistent_disk`. The agent runs processes without containers, so
+//! bpm's container settings cannot be applied: `capabilities` (bpm keeps only those; here a
+//! process has all of the agent's), `unsafe` (`privileged`, `unrestricted_volumes`) and
+//! limits other than the four above are refused with an error naming the process and the
+//! key, not ignored, so nobody believes a process is confined when it is not.
+//! `additional_volumes` is accepted: without a container every path is reachable anyway.
+//! Scalars in `args` and `env` may be numbers or booleans in the YAML; they are passed as
+//! their text.
 //!
 //! Limits are applied by starting the process through util-linux's `prlimit`
 //! (`prlimit --nofile=N -- executable args…`): it sets the limits on itself and then execs
@@ -170,6 +174,10 @@ struct RawProcess {
     #[serde(default)]
     hooks: RawHooks,
     #[serde(default)]
+    capabilities: Option<Value>,
+    #[serde(default, rename = "unsafe")]
+    unsafe_settings: Option<Value>,
+    #[serde(default)]
     ephemeral_disk: bool,
     #[serde(default)]
     persistent_disk: bool,
@@ -181,6 +189,9 @@ struct RawLimits {
     processes: Option<u64>,
     memory: Option<Value>,
     core_file_size: Option<u64>,
+    /// Limits bpm may know and we do not apply.
+    #[serde(flatten)]
+    other: BTreeMap<String, Value>,
 }
 
 #[derive(Default, Deserialize)]
@@ -203,6 +214,7 @@ pub fn parse(job: &str, text: &str) -> Result<BpmConfig, String> {
         if !names.insert(name.clone()) {
             return Err(format!("{at}: duplicate process name"));
         }
+        check_not_applied(&raw).map_err(|reason| format!("{at}: {reason}"))?;
         let executable = raw
             .executable
             .filter(|e| !e.trim().is_empty())
@@ -261,6 +273,79 @@ pub fn parse(job: &str, text: &str) -> Result<BpmConfig, String> {
     Ok(BpmConfig { processes })
 }
 
+/// Refuses the settings of `raw` that the agent cannot apply (see the module's doc).
+fn check_not_applied(raw: &RawProcess) -> Result<(), String> {
+    const WHY: &str = "the agent runs processes without containers";
+    if let Some(capabilities) = &raw.capabilities
+        && !is_empty(capabilities)
+    {
+        return Err(format!(
+            "capabilities {} are not applied: {WHY}, with all of the agent's capabilities; \
+             remove the key",
+            inline(capabilities)
+        ));
+    }
+    if let Some(settings) = &raw.unsafe_settings {
+        let Some(settings) = settings.as_mapping() else {
+            if settings.is_null() {
+                return Ok(());
+            }
+            return Err(format!("unsafe {} is not a map", inline(settings)));
+        };
+        for (key, value) in settings {
+            if !is_empty(value) {
+                let key = key.as_str().map_or_else(|| inline(key), str::to_string);
+                return Err(format!(
+                    "unsafe.{key} {} is not applied: {WHY}; remove the key",
+                    inline(value)
+                ));
+            }
+        }
+    }
+    if let Some(key) = raw.limits.other.keys().next() {
+        return Err(format!(
+            "limits.{key} is not applied: the agent applies only open_files, processes, \
+             memory and core_file_size; remove the key"
+        ));
+    }
+    Ok(())
+}
+
+/// `null`, `false`, `[]`, `{}` and `""`: nothing asked for.
+fn is_empty(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::String(s) => s.is_empty(),
+        Value::Sequence(items) => items.is_empty(),
+        Value::Mapping(map) => map.is_empty(),
+        _ => false,
+    }
+}
+
+/// A YAML value on one line (flow style), for messages.
+fn inline(value: &Value) -> String {
+    match value {
+        Value::String(s) => format!("{s:?}"),
+        Value::Sequence(items) => {
+            format!(
+                "[{}]",
+                items.iter().map(inline).collect::<Vec<_>>().join(", ")
+            )
+        }
+        Value::Mapping(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", inline(k), inline(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => serde_yaml::to_string(other)
+            .map(|text| text.trim().to_string())
+            .unwrap_or_default(),
+    }
+}
+
 fn scalar_text(value: &Value) -> Option<String> {
     match value {
         Value::String(s) => Some(s.clone()),
@@ -317,7 +402,9 @@ processes:
   env: {FOO: BAR, PORT: 8080}
   workdir: /var/vcap/data/web
   shutdown_signal: INT
-  capabilities: [NET_BIND_SERVICE]
+  capabilities: []
+  unsafe: {privileged: false}
+  additional_volumes: [{path: /var/vcap/data/shared, writable: true}]
   limits: {memory: 1G, open_files: 100000, processes: 10}
   hooks: {pre_start: /var/vcap/jobs/web/bin/bpm-pre-start}
   ephemeral_disk: true
@@ -399,6 +486,37 @@ processes:
             "processes: [{name: a, executable: x, env: {A: [1]}}]",
             "processes[0] (a): env.A is not a scalar",
         );
+    }
+
+    #[test]
+    fn settings_the_agent_does_not_apply_are_refused() {
+        check_error(
+            "processes: [{name: a, executable: x, capabilities: [NET_BIND_SERVICE, SYS_TIME]}]",
+            "processes[0] (a): capabilities [\"NET_BIND_SERVICE\", \"SYS_TIME\"] are not \
+             applied: the agent runs processes without containers, with all of the agent's \
+             capabilities; remove the key",
+        );
+        check_error(
+            "processes: [{name: a, executable: x, unsafe: {privileged: true}}]",
+            "processes[0] (a): unsafe.privileged true is not applied: the agent runs \
+             processes without containers; remove the key",
+        );
+        check_error(
+            "processes: [{name: a, executable: x, unsafe: {unrestricted_volumes: [{path: /}]}}]",
+            "processes[0] (a): unsafe.unrestricted_volumes [{\"path\": \"/\"}] is not applied: \
+             the agent runs processes without containers; remove the key",
+        );
+        check_error(
+            "processes: [{name: a, executable: x, limits: {open_files: 8, cpu_shares: 512}}]",
+            "processes[0] (a): limits.cpu_shares is not applied: the agent applies only \
+             open_files, processes, memory and core_file_size; remove the key",
+        );
+        // Empty settings ask for nothing.
+        parse(
+            "web",
+            "processes: [{name: a, executable: x, capabilities: [], unsafe: {privileged: false, unrestricted_volumes: []}}]",
+        )
+        .unwrap();
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! unpacked into a fresh `<root>/data/compile/<name>`; `packaging` runs there with `bash -e`
 //! and BOSH's variables: `BOSH_COMPILE_TARGET` (that directory), `BOSH_INSTALL_TARGET`
 //! (`<root>/packages/<name>`, a link to the fresh `<root>/data/packages/<name>/<version>`),
-//! `BOSH_PACKAGE_NAME`, `BOSH_PACKAGE_VERSION`, `BOSH_PACKAGES_DIR` (`<root>/packages`).
+//! `BOSH_PACKAGE_NAME`, `BOSH_PACKAGE_VERSION`, `BOSH_PACKAGES_DIR` (`<root>/packages`),
+//! besides `PATH`, `HOME` (the compile directory) and `TMPDIR` (`<root>/data/tmp`), and
+//! nothing of the agent's own environment.
 //! Its stdout and stderr go, interleaved, to `<root>/data/compile/<name>.log`. The install
 //! target is archived (`.tgz`), `PUT` to the upload URL, and everything but the installed
 //! dependencies is removed again.
@@ -35,6 +37,7 @@ pub async fn compile(
         package: request.name.clone(),
         reason,
     };
+    crate::install::check_packages(&request.dependencies)?;
     let installer = Installer::new(layout.clone(), http.clone());
     for dependency in request.dependencies.values() {
         installer.install_package(dependency).await?;
@@ -138,6 +141,10 @@ async fn run_packaging(
         .arg("-e")
         .arg("packaging")
         .current_dir(compile_dir)
+        .env_clear()
+        .env("PATH", crate::supervisor::DEFAULT_PATH)
+        .env("HOME", compile_dir)
+        .env("TMPDIR", layout.tmp())
         .env("BOSH_COMPILE_TARGET", compile_dir)
         .env("BOSH_INSTALL_TARGET", install_target)
         .env("BOSH_PACKAGE_NAME", &request.name)

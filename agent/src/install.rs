@@ -146,6 +146,24 @@ impl Installer {
     }
 }
 
+/// Checks a map of packages by name (an apply spec's `packages`, a compilation's
+/// `dependencies`): every key is a plain name and the name of the package it holds, since
+/// the key names the link `jobs/<job>/packages/<key>`; every name and version is plain.
+pub fn check_packages(packages: &BTreeMap<String, PackageSpec>) -> Result<()> {
+    for (key, package) in packages {
+        check_name("package", key)?;
+        if *key != package.name {
+            return Err(Error::Spec(format!(
+                "package key {key:?} names package {:?}; a package must be listed under its own name",
+                package.name
+            )));
+        }
+        check_name("package", &package.name)?;
+        check_name("version", &package.version)?;
+    }
+    Ok(())
+}
+
 fn prune(links: &Path, store: &Path, keep: &BTreeMap<&str, &str>) -> Result<()> {
     for name in read_dir_names(links)? {
         if !keep.contains_key(name.as_str()) {
@@ -170,7 +188,7 @@ fn prune(links: &Path, store: &Path, keep: &BTreeMap<&str, &str>) -> Result<()> 
 
 /// Unpacks `archive` into a staging directory in `parent`, checks it, and renames it to
 /// `dest`. For a job (`job` is its name): an archive holding only `<job>/…` is unwrapped,
-/// `bin/*` made executable and `config/bpm.yml` validated.
+/// its files given their modes (`set_job_modes`) and `config/bpm.yml` validated.
 async fn unpack_into_place(
     what: String,
     archive: PathBuf,
@@ -189,7 +207,7 @@ async fn unpack_into_place(
                 if names.len() == 1 && names[0] == *job && staging.join(job).is_dir() {
                     content = staging.join(job);
                 }
-                make_bin_executable(&content)?;
+                set_job_modes(&content)?;
                 check_bpm(job, &content)?;
             }
             match std::fs::rename(&content, &dest) {
@@ -211,15 +229,44 @@ async fn unpack_into_place(
     })?
 }
 
-fn make_bin_executable(job_dir: &Path) -> Result<()> {
-    let bin = job_dir.join("bin");
-    for name in read_dir_names(&bin)? {
-        let path = bin.join(name);
+/// The mode of a job's scripts, the files below `bin/`.
+pub const JOB_SCRIPT_MODE: u32 = 0o755;
+/// The mode of a job's other rendered files (configuration may hold credentials).
+pub const JOB_FILE_MODE: u32 = 0o640;
+
+/// Gives the files of an unpacked job their modes, whatever the archive said: files below
+/// `bin/` [`JOB_SCRIPT_MODE`], every other regular file [`JOB_FILE_MODE`].
+fn set_job_modes(job_dir: &Path) -> Result<()> {
+    fn visit(dir: &Path, in_bin: bool) -> Result<()> {
+        let entries = std::fs::read_dir(dir).map_err(Error::io("read", dir))?;
+        for entry in entries {
+            let entry = entry.map_err(Error::io("read", dir))?;
+            let path = entry.path();
+            let metadata = std::fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
+            if metadata.is_dir() {
+                visit(&path, in_bin)?;
+            } else if metadata.is_file() {
+                let mode = if in_bin {
+                    JOB_SCRIPT_MODE
+                } else {
+                    JOB_FILE_MODE
+                };
+                std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                    .map_err(Error::io("chmod", &path))?;
+            }
+        }
+        Ok(())
+    }
+    let entries = std::fs::read_dir(job_dir).map_err(Error::io("read", job_dir))?;
+    for entry in entries {
+        let entry = entry.map_err(Error::io("read", job_dir))?;
+        let path = entry.path();
         let metadata = std::fs::symlink_metadata(&path).map_err(Error::io("stat", &path))?;
-        if metadata.is_file() {
-            let mut permissions = metadata.permissions();
-            permissions.set_mode(permissions.mode() | 0o755);
-            std::fs::set_permissions(&path, permissions).map_err(Error::io("chmod", &path))?;
+        if metadata.is_dir() {
+            visit(&path, entry.file_name() == "bin")?;
+        } else if metadata.is_file() {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(JOB_FILE_MODE))
+                .map_err(Error::io("chmod", &path))?;
         }
     }
     Ok(())
@@ -320,6 +367,34 @@ mod tests {
     use super::*;
 
     #[test]
+    fn job_scripts_are_executable_and_other_files_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let job = dir.path();
+        for (path, mode) in [
+            ("bin/ctl", 0o644),
+            ("bin/helpers/lib.sh", 0o755),
+            ("config/app.yml", 0o666),
+            ("monit", 0o755),
+        ] {
+            let path = job.join(path);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, "x").unwrap();
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).unwrap();
+        }
+        set_job_modes(job).unwrap();
+        let mode = |p: &str| std::fs::metadata(job.join(p)).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(
+            [
+                mode("bin/ctl"),
+                mode("bin/helpers/lib.sh"),
+                mode("config/app.yml"),
+                mode("monit")
+            ],
+            [0o755, 0o755, 0o640, 0o640]
+        );
+    }
+
+    #[test]
     fn swapping_links_replaces_them() {
         let dir = tempfile::tempdir().unwrap();
         let link = dir.path().join("jobs/web");
@@ -327,6 +402,41 @@ mod tests {
         swap_symlink(Path::new("/b"), &link).unwrap();
         assert_eq!(std::fs::read_link(&link).unwrap(), Path::new("/b"));
         assert_eq!(read_dir_names(&dir.path().join("jobs")).unwrap(), ["web"]);
+    }
+
+    fn package(name: &str) -> PackageSpec {
+        PackageSpec {
+            name: name.to_string(),
+            version: "1".to_string(),
+            blob: agent_protocol::BlobRef {
+                id: String::new(),
+                url: String::new(),
+            },
+        }
+    }
+
+    #[test]
+    fn package_keys_are_the_packages_own_plain_names() {
+        let good = BTreeMap::from([("redis".to_string(), package("redis"))]);
+        assert!(check_packages(&good).is_ok());
+        let check = |key: &str, name: &str| {
+            check_packages(&BTreeMap::from([(key.to_string(), package(name))]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            check("../x", "x"),
+            "package name \"../x\" is not a plain file name"
+        );
+        assert_eq!(
+            check("redis", "postgres"),
+            "apply spec: package key \"redis\" names package \"postgres\"; \
+             a package must be listed under its own name"
+        );
+        assert_eq!(
+            check("..", ".."),
+            "package name \"..\" is not a plain file name"
+        );
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! Lifecycle scripts (`pre-start`, `post-start`, `post-deploy`, `pre-stop`, `post-stop`), errands' `run`, and
 //! drain scripts of the installed jobs.
 //!
-//! Scripts of all jobs run in parallel, with the agent's environment plus what the director
-//! passes, in the job's directory, and without a timeout (as in BOSH). Their output is
+//! Scripts of all jobs run in parallel, in the job's directory, without a timeout (as in
+//! BOSH), and with a clean environment: the job's basics (`PATH`, `TMPDIR`, `HOME`, see
+//! [`supervisor::base_env`]) and what the director passes (`BOSH_JOB_STATE`, …), never the
+//! agent's own (which may hold its bus password). Their output is
 //! appended to `<root>/sys/log/<job>/<script>.{stdout,stderr}.log`; a failure names the job,
 //! how the script ended and the last lines it wrote to stderr in this run. A cancelled task
 //! kills the scripts it started.
@@ -19,6 +21,7 @@ use crate::error::{Error, Result};
 use crate::layout::Layout;
 use crate::logs;
 use crate::state::describe_exit;
+use crate::supervisor;
 
 /// Lines of stderr a failure reports.
 pub const FAILURE_LINES: usize = 20;
@@ -41,6 +44,8 @@ struct Script {
     name: String,
     path: PathBuf,
     cwd: PathBuf,
+    /// The job's basic environment.
+    base_env: Vec<(String, String)>,
     stdout_log: PathBuf,
     stderr_log: PathBuf,
 }
@@ -53,6 +58,7 @@ fn script(layout: &Layout, job: &str, name: &str) -> Option<Script> {
         name: name.to_string(),
         path,
         cwd,
+        base_env: supervisor::base_env(layout, job),
         stdout_log: layout.job_logs(job).join(format!("{name}.stdout.log")),
         stderr_log: layout.job_logs(job).join(format!("{name}.stderr.log")),
     })
@@ -65,6 +71,8 @@ impl Script {
         let mut command = tokio::process::Command::new(&self.path);
         command
             .args(args)
+            .env_clear()
+            .envs(self.base_env.iter().map(|(k, v)| (k, v)))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .current_dir(&self.cwd)
             .stdin(Stdio::null())

@@ -37,6 +37,23 @@ pub const STDERR_LINES: usize = 20;
 /// The `PATH` processes get.
 pub const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
 
+/// The whole environment a job's processes and scripts start from (nothing of the agent's
+/// own, which may hold its bus password): `PATH` ([`DEFAULT_PATH`]), `TMPDIR`
+/// (`<root>/data/<job>/tmp`) and `HOME` (`<root>/data/<job>`).
+pub fn base_env(layout: &Layout, job: &str) -> Vec<(String, String)> {
+    vec![
+        ("PATH".to_string(), DEFAULT_PATH.to_string()),
+        (
+            "TMPDIR".to_string(),
+            layout.job_tmp(job).display().to_string(),
+        ),
+        (
+            "HOME".to_string(),
+            layout.job_data(job).display().to_string(),
+        ),
+    ]
+}
+
 /// Everything needed to run one process.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ProcessSpec {
@@ -71,12 +88,7 @@ impl ProcessSpec {
         tunables: &Tunables,
     ) -> ProcessSpec {
         let tmp = layout.job_tmp(job);
-        let home = layout.job_data(job);
-        let mut env = vec![
-            ("PATH".to_string(), DEFAULT_PATH.to_string()),
-            ("TMPDIR".to_string(), tmp.display().to_string()),
-            ("HOME".to_string(), home.display().to_string()),
-        ];
+        let mut env = base_env(layout, job);
         for (key, value) in &process.env {
             env.retain(|(k, _)| k != key);
             env.push((key.clone(), value.clone()));

@@ -908,3 +908,155 @@ async fn run_errand_answers_the_exit_code_and_what_the_errand_wrote() {
         .unwrap_err();
     assert!(error.contains("unknown script \"run\""), "{error}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_package_keys_that_are_not_the_packages_names() {
+    let harness = Harness::start().await;
+    let escaping = harness.package("x", "1", &[("file", "x\n", 0o644)]);
+    let web = harness.job("web", &[("bin/pre-start", "#!/bin/sh\n", 0o755)], &[]);
+    for (key, expected) in [
+        (
+            "../../../../escaped",
+            "package name \"../../../../escaped\" is not a plain file name",
+        ),
+        (
+            "y",
+            "apply spec: package key \"y\" names package \"x\"; a package must be listed under its own name",
+        ),
+    ] {
+        let mut job = web.clone();
+        job.packages = vec![key.to_string()];
+        let mut spec = harness.spec(vec![job], vec![]);
+        spec.packages.insert(key.to_string(), escaping.clone());
+        let error = harness
+            .call("apply", vec![serde_json::to_value(&spec).unwrap()])
+            .await
+            .unwrap_err();
+        assert_eq!(error, expected);
+    }
+    assert!(!harness.root.join("jobs/web").exists());
+    assert!(!harness.dir.path().join("escaped").exists());
+    assert!(!harness.root.join("escaped").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn installed_files_lose_setuid_bits_and_rendered_files_are_private() {
+    let harness = Harness::start().await;
+    let tool = harness.package(
+        "tool",
+        "1",
+        &[
+            ("bin/tool", "#!/bin/sh\n", 0o6755),
+            ("share/data", "x\n", 0o644),
+        ],
+    );
+    let web = harness.job(
+        "web",
+        &[
+            ("bin/pre-start", "#!/bin/sh\n", 0o4755),
+            ("config/app.yml", "password: s3cr3t\n", 0o644),
+        ],
+        &["tool"],
+    );
+    harness.apply(&harness.spec(vec![web], vec![tool])).await;
+    let mode = |path: &str| {
+        std::fs::metadata(harness.root.join(path))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777
+    };
+    assert_eq!(mode("packages/tool/bin/tool"), 0o755);
+    assert_eq!(mode("packages/tool/share/data"), 0o644);
+    assert_eq!(mode("jobs/web/bin/pre-start"), 0o755);
+    assert_eq!(mode("jobs/web/config/app.yml"), 0o640);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_errands_and_packaging_do_not_see_the_agents_environment() {
+    // The harness starts the agent with AGENT_ONLY_SECRET in its environment.
+    let harness = Harness::start().await;
+    let report =
+        "#!/bin/sh\necho \"secret=$AGENT_ONLY_SECRET path=$PATH home=$HOME given=$GIVEN\"\n";
+    let web = harness.job(
+        "web",
+        &[("bin/pre-start", report, 0o755), ("bin/run", report, 0o755)],
+        &[],
+    );
+    harness.apply(&harness.spec(vec![web], vec![])).await;
+    let root = harness.root.display();
+    let expected = format!(
+        "secret= path=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+         home={root}/data/web given=yes\n"
+    );
+
+    harness
+        .ok(
+            "run_script",
+            vec![json!("pre-start"), json!({"env": {"GIVEN": "yes"}})],
+        )
+        .await;
+    let log = harness.root.join("sys/log/web/pre-start.stdout.log");
+    assert_eq!(std::fs::read_to_string(log).unwrap(), expected);
+
+    let errand = harness
+        .ok(
+            "run_errand",
+            vec![json!("web"), json!({"env": {"GIVEN": "yes"}})],
+        )
+        .await;
+    assert_eq!(errand["stdout"], expected);
+
+    let source = harness.blobs.add(support::tgz(&[(
+        "packaging",
+        "echo \"secret=$AGENT_ONLY_SECRET name=$BOSH_PACKAGE_NAME\"\n",
+        0o644,
+    )]));
+    let request = CompileRequest {
+        name: "app".to_string(),
+        version: "1".to_string(),
+        source,
+        dependencies: Default::default(),
+        upload_url: harness.blobs.upload_url("app"),
+    };
+    let result: CompileResult = serde_json::from_value(
+        harness
+            .ok(
+                "compile_package",
+                vec![serde_json::to_value(&request).unwrap()],
+            )
+            .await,
+    )
+    .unwrap();
+    assert_eq!(result.log_tail, ["secret= name=app"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bpm_settings_the_agent_cannot_apply_are_refused_at_apply() {
+    let harness = Harness::start().await;
+    let bpm = harness.bpm(
+        "web",
+        "server",
+        "server",
+        "capabilities: [NET_BIND_SERVICE]",
+    );
+    let web = harness.job(
+        "web",
+        &[("bin/server", LOOP, 0o755), ("config/bpm.yml", &bpm, 0o644)],
+        &[],
+    );
+    let error = harness
+        .call(
+            "apply",
+            vec![serde_json::to_value(harness.spec(vec![web], vec![])).unwrap()],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        error,
+        "job 'web': config/bpm.yml: processes[0] (server): capabilities [\"NET_BIND_SERVICE\"] \
+         are not applied: the agent runs processes without containers, with all of the \
+         agent's capabilities; remove the key"
+    );
+    assert!(!harness.root.join("jobs/web").exists());
+}

@@ -9,9 +9,17 @@
 //! file system, without a quota.
 //!
 //! The agent runs in a mount namespace of its own where `/var/vcap` is the VM's `vcap`
-//! directory (see [`namespace`]), so jobs use BOSH's absolute paths and two VMs never see
-//! each other's files. A VM's network is the loopback address the director gave it
-//! (Linux routes all of 127/8 to `lo`); nothing is configured and the address is not checked.
+//! directory (see [`namespace`]), so jobs use BOSH's absolute paths, and where the CPI's
+//! root and the directories given to [`LocalCpi::hiding`] (the director's data directory)
+//! are covered by an empty tmpfs, the persistent disks' directory excepted: two VMs do not
+//! see each other's files, and a job does not read the director's token, its state
+//! database or another agent's bus password by a path. The rest of the host's file system
+//! is shared, and a job running as root can undo the covering: local VMs isolate by
+//! convention, for development, not against hostile releases.
+//!
+//! A VM's network is the loopback address the director gave it (Linux routes all of 127/8
+//! to `lo`); nothing is configured, but `create_vm` refuses an address some process on this
+//! host already listens on, naming it (see [`sockets`]).
 //!
 //! Choices:
 //! - `delete_vm` of a VM that does not exist answers `VMNotFound`, as BOSH's CPI
@@ -24,6 +32,7 @@
 //!   Calls on different VMs run in parallel.
 
 mod namespace;
+mod sockets;
 mod stemcell;
 
 use std::collections::HashMap;
@@ -53,6 +62,9 @@ const LOG_TAIL_BYTES: u64 = 64 * 1024;
 #[derive(Debug)]
 pub struct LocalCpi {
     root: PathBuf,
+    /// Host directories the VMs' namespaces hide (the root, and what [`LocalCpi::hiding`]
+    /// added).
+    hidden: Vec<PathBuf>,
     /// Threads that wait for the agents this process started (so none stays a zombie), by
     /// pid; joined once the VM's processes are stopped.
     reapers: Mutex<HashMap<u32, JoinHandle<()>>>,
@@ -98,12 +110,22 @@ struct DirLock {
 
 impl LocalCpi {
     /// A local CPI keeping its state under `root` (made absolute; created when needed).
+    /// Its VMs do not see `root` (other VMs' settings, stemcells) except the persistent
+    /// disks' directory.
     pub fn new(root: PathBuf) -> LocalCpi {
         let root = std::path::absolute(&root).unwrap_or(root);
         LocalCpi {
+            hidden: vec![root.clone()],
             root,
             reapers: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Also hides `dir` from the VMs (the director's data directory: its token, the state
+    /// database, blobs); the persistent disks' directory stays reachable when it is below.
+    pub fn hiding(mut self, dir: PathBuf) -> LocalCpi {
+        self.hidden.push(std::path::absolute(&dir).unwrap_or(dir));
+        self
     }
 
     /// The root directory.
@@ -247,7 +269,12 @@ impl LocalCpi {
         let mode = namespace::mode()?;
         namespace::ensure_mount_point(mode)?;
         let dir = self.vm_dir(vm_cid);
-        let started = namespace::start_agent(mode, &dir.join("vcap"), &dir.join("agent.log"))?;
+        let disks = self.root.join("disks");
+        fs::create_dir_all(&disks)
+            .map_err(|error| format!("cannot create {}: {error}", disks.display()))?;
+        let hiding = namespace::Hiding::new(&self.hidden, &[disks])?;
+        let started =
+            namespace::start_agent(mode, &dir.join("vcap"), &dir.join("agent.log"), &hiding)?;
         record.pid = Some(started.pid);
         record.mount_namespace = Some(started.mount_namespace);
         record.namespace_mode = Some(mode);
@@ -393,6 +420,7 @@ impl Cpi for LocalCpi {
         let vm_cid = format!("vm-{}", uuid::Uuid::new_v4());
         let settings = agent_settings(agent_id, &vm_cid, networks, environment)
             .map_err(|message| CpiError::new(ErrorKind::CpiError, message))?;
+        check_addresses_free(&vm_cid, &settings)?;
         // Fail before making anything when this host cannot run local VMs at all.
         let mode = Self::namespace_mode()?;
         namespace::ensure_mount_point(mode).map_err(cloud_error)?;
@@ -569,6 +597,33 @@ impl Cpi for LocalCpi {
         }
         tail(&self.vm_dir(vm_cid).join("agent.log"), lines).ok()
     }
+}
+
+/// Refuses to give a VM an address that a process on this host already holds (a listening
+/// TCP or a bound UDP socket on it, see [`sockets`]): its jobs could not listen there, and
+/// the holder is most likely another deployment's VM that still runs.
+fn check_addresses_free(vm_cid: &str, settings: &Settings) -> Result<()> {
+    for (name, network) in &settings.networks {
+        let Ok(ip) = network.ip.parse::<std::net::IpAddr>() else {
+            continue;
+        };
+        let holders = sockets::holders(ip);
+        if holders.is_empty() {
+            continue;
+        }
+        let held: Vec<String> = holders
+            .iter()
+            .map(|holder| sockets::describe(ip, holder))
+            .collect();
+        return Err(cloud_error(format!(
+            "cannot give {ip} (network '{name}') to vm '{vm_cid}': {}; is another \
+             deployment's vm still running on this host (a dev director stopped without \
+             deleting its deployments)? delete that deployment, or give this network an \
+             address range of its own in the cloud config",
+            held.join("; ")
+        )));
+    }
+    Ok(())
 }
 
 /// The agent's settings for a new VM (BOSH's registry-less settings, reference §5.3).

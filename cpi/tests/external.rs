@@ -99,12 +99,12 @@ fn the_cpi_binary_behaves_as_the_local_cpi() {
                 "agent-c",
                 &stemcell,
                 &json!({}),
-                &networks("127.0.10.70"),
+                &networks("127.0.45.70"),
                 &[],
                 &environment("agent-c"),
             )
             .unwrap();
-        assert_eq!(returned, networks("127.0.10.70"));
+        assert_eq!(returned, networks("127.0.45.70"));
         assert!(cpi.has_vm(&vm).unwrap());
         let vm_dir = view.vm_dir(&vm);
         let mut log = fake_log(&vm_dir);

@@ -6,7 +6,7 @@ mod common;
 
 use std::fs;
 use std::os::unix::fs::PermissionsExt as _;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::*;
@@ -147,14 +147,14 @@ fn vms_see_their_own_var_vcap_and_are_deleted_with_their_processes() {
     let host_var_vcap_before = names(Path::new("/var/vcap"));
     let fixture = fixture();
     let stemcell = fixture.stemcell(FAKE_AGENT);
-    let first = fixture.create_vm(&stemcell, "agent-1", "127.0.10.12", &[]);
-    let second = fixture.create_vm(&stemcell, "agent-2", "127.0.10.13", &[]);
+    let first = fixture.create_vm(&stemcell, "agent-1", "127.0.45.12", &[]);
+    let second = fixture.create_vm(&stemcell, "agent-2", "127.0.45.13", &[]);
     assert_ne!(first, second);
 
     let mut pids = Vec::new();
     for (vm_cid, agent_id, ip) in [
-        (&first, "agent-1", "127.0.10.12"),
-        (&second, "agent-2", "127.0.10.13"),
+        (&first, "agent-1", "127.0.45.12"),
+        (&second, "agent-2", "127.0.45.13"),
     ] {
         assert!(fixture.cpi.has_vm(vm_cid).unwrap());
         let vm_dir = fixture.cpi.vm_dir(vm_cid);
@@ -239,7 +239,7 @@ fn persistent_disks_outlive_their_vms() {
         serde_json::from_slice(&fs::read(disk_dir.with_extension("json")).unwrap()).unwrap();
     assert_eq!(disk_record["size_mb"], 1024);
 
-    let vm = fixture.create_vm(&stemcell, "agent-d", "127.0.10.20", &[]);
+    let vm = fixture.create_vm(&stemcell, "agent-d", "127.0.45.20", &[]);
     assert_eq!(fixture.cpi.get_disks(&vm).unwrap(), Vec::<String>::new());
     let hint = fixture.cpi.attach_disk(&vm, &disk).unwrap();
     assert_eq!(hint, json!({"path": disk_dir.to_str().unwrap()}));
@@ -278,7 +278,7 @@ fn persistent_disks_outlive_their_vms() {
     let next = fixture.create_vm(
         &stemcell,
         "agent-e",
-        "127.0.10.21",
+        "127.0.45.21",
         std::slice::from_ref(&disk),
     );
     assert_eq!(fixture.cpi.get_disks(&next).unwrap(), [disk.as_str()]);
@@ -286,7 +286,7 @@ fn persistent_disks_outlive_their_vms() {
     assert_eq!(seen.settings["disks"]["persistent"][&disk], hint);
 
     // One VM at a time.
-    let other = fixture.create_vm(&stemcell, "agent-f", "127.0.10.22", &[]);
+    let other = fixture.create_vm(&stemcell, "agent-f", "127.0.45.22", &[]);
     let error = fixture.cpi.attach_disk(&other, &disk).unwrap_err();
     assert_eq!(
         error.message,
@@ -321,7 +321,7 @@ fn persistent_disks_outlive_their_vms() {
 fn calls_on_one_vm_are_serialized() {
     let fixture = fixture();
     let stemcell = fixture.stemcell(FAKE_AGENT);
-    let vm = fixture.create_vm(&stemcell, "agent-s", "127.0.10.35", &[]);
+    let vm = fixture.create_vm(&stemcell, "agent-s", "127.0.45.35", &[]);
     let disks: Vec<String> = (0..8)
         .map(|_| fixture.cpi.create_disk(1, &json!({}), None).unwrap())
         .collect();
@@ -349,7 +349,7 @@ fn calls_on_one_vm_are_serialized() {
 fn reboot_starts_the_agent_again() {
     let fixture = fixture();
     let stemcell = fixture.stemcell(FAKE_AGENT);
-    let vm = fixture.create_vm(&stemcell, "agent-r", "127.0.10.30", &[]);
+    let vm = fixture.create_vm(&stemcell, "agent-r", "127.0.45.30", &[]);
     let vm_dir = fixture.cpi.vm_dir(&vm);
     let before = recorded_pid(&vm_dir, "agent.pid");
     let child_before = recorded_pid(&vm_dir, "child.pid");
@@ -384,7 +384,7 @@ fn a_vm_whose_agent_fails_is_cleaned_up() {
             "agent-x",
             &stemcell,
             &json!({}),
-            &networks("127.0.10.40"),
+            &networks("127.0.45.40"),
             std::slice::from_ref(&disk),
             &environment("agent-x"),
         )
@@ -422,7 +422,7 @@ fn missing_things_are_named() {
             "a",
             "stemcell-nope",
             &json!({}),
-            &networks("127.0.10.50"),
+            &networks("127.0.45.50"),
             &[],
             &environment("a"),
         )
@@ -462,7 +462,7 @@ fn missing_things_are_named() {
 fn metadata_is_kept_beside_the_vm() {
     let fixture = fixture();
     let stemcell = fixture.stemcell(FAKE_AGENT);
-    let vm = fixture.create_vm(&stemcell, "agent-m", "127.0.10.60", &[]);
+    let vm = fixture.create_vm(&stemcell, "agent-m", "127.0.45.60", &[]);
     let metadata = json!({"deployment": "dep", "name": "web/0", "index": "0"});
     fixture.cpi.set_vm_metadata(&vm, &metadata).unwrap();
     let written: Value =
@@ -475,4 +475,128 @@ fn metadata_is_kept_beside_the_vm() {
 fn settings_of(cpi: &LocalCpi, vm: &str) -> agent_protocol::Settings {
     let path = cpi.vm_dir(vm).join("vcap/bosh/settings.json");
     serde_json::from_slice(&fs::read(path).unwrap()).unwrap()
+}
+
+#[test]
+fn a_vm_cannot_read_the_directors_data_other_vms_or_the_cpi_root() {
+    // The director's layout: its data directory holds the token, the state database and
+    // the CPI's root.
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let root = data.join("cpi");
+    let _vms = DeleteVmsOnDrop(root.clone());
+    let cpi = LocalCpi::new(root.clone()).hiding(data.clone());
+    fs::create_dir_all(&data).unwrap();
+    fs::write(data.join("token"), "director-token\n").unwrap();
+    fs::write(data.join("state.db"), "state\n").unwrap();
+    let image = stemcell_image(dir.path(), "plain.tgz", FAKE_AGENT);
+    let plain = cpi.create_stemcell(&image, &json!({})).unwrap();
+    let (neighbour, _) = cpi
+        .create_vm(
+            "agent-n",
+            &plain,
+            &json!({}),
+            &networks("127.0.45.31"),
+            &[],
+            &environment("agent-n"),
+        )
+        .unwrap();
+    let disk = cpi.create_disk(16, &json!({}), None).unwrap();
+    fs::write(cpi.disk_dir(&disk).join("kept"), "disk data\n").unwrap();
+
+    // A probe as the VM's agent: which of these can it read?
+    let neighbour_settings = cpi.vm_dir(&neighbour).join("vcap/bosh/settings.json");
+    let targets = [
+        data.join("token"),
+        data.join("state.db"),
+        neighbour_settings.clone(),
+        root.join("stemcells").join(&plain).join("bosh-agent"),
+        PathBuf::from("/var/vcap/bosh/settings.json"),
+        cpi.disk_dir(&disk).join("kept"),
+    ];
+    let mut probe = String::from("#!/bin/sh\n{\n");
+    for target in &targets {
+        probe.push_str(&format!(
+            "  if cat '{0}' >/dev/null 2>&1; then echo 'read {0}'; else echo 'cannot read {0}'; fi\n",
+            target.display()
+        ));
+    }
+    probe.push_str("} > /var/vcap/sys/log/probe.tmp\nmv /var/vcap/sys/log/probe.tmp /var/vcap/sys/log/probe.log\nsleep 1000\n");
+    let image = stemcell_image(dir.path(), "probe.tgz", &probe);
+    let probing = cpi.create_stemcell(&image, &json!({})).unwrap();
+    let (vm, _) = cpi
+        .create_vm(
+            "agent-p",
+            &probing,
+            &json!({}),
+            &networks("127.0.45.32"),
+            &[],
+            &environment("agent-p"),
+        )
+        .unwrap();
+    let log = cpi.vm_dir(&vm).join("vcap/sys/log/probe.log");
+    wait_for(&log);
+    let seen = fs::read_to_string(&log).unwrap();
+    let expected: Vec<String> = targets
+        .iter()
+        .enumerate()
+        .map(|(index, target)| {
+            // Its own settings and the persistent disks stay reachable.
+            let verb = if index >= 4 { "read" } else { "cannot read" };
+            format!("{verb} {}", target.display())
+        })
+        .collect();
+    assert_eq!(seen.lines().collect::<Vec<_>>(), expected);
+    // The host still sees everything.
+    assert!(neighbour_settings.is_file());
+    assert_eq!(
+        fs::read_to_string(data.join("token")).unwrap(),
+        "director-token\n"
+    );
+    cpi.delete_vm(&vm).unwrap();
+    cpi.delete_vm(&neighbour).unwrap();
+}
+
+#[test]
+fn an_address_already_in_use_on_the_host_is_refused_naming_its_holder() {
+    let fixture = fixture();
+    let stemcell = fixture.stemcell(FAKE_AGENT);
+    let listener = std::net::TcpListener::bind("127.0.45.41:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let error = fixture
+        .cpi
+        .create_vm(
+            "agent-busy",
+            &stemcell,
+            &json!({}),
+            &networks("127.0.45.41"),
+            &[],
+            &environment("agent-busy"),
+        )
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::CloudError);
+    let command = fs::read_to_string("/proc/self/comm").unwrap();
+    let expected_start = "cannot give 127.0.45.41 (network 'default') to vm 'vm-";
+    let expected_holder = format!(
+        "': 127.0.45.41:{port} (tcp) is already in use on this host by pid {} ({}); is another \
+         deployment's vm still running on this host",
+        std::process::id(),
+        command.trim()
+    );
+    assert!(
+        error.message.starts_with(expected_start),
+        "{}",
+        error.message
+    );
+    assert!(
+        error.message.contains(&expected_holder),
+        "{}",
+        error.message
+    );
+    assert_eq!(names(&fixture.cpi.root().join("vms")), Vec::<String>::new());
+
+    // Once the address is free again, the VM is made.
+    drop(listener);
+    let vm = fixture.create_vm(&stemcell, "agent-busy", "127.0.45.41", &[]);
+    fixture.cpi.delete_vm(&vm).unwrap();
 }

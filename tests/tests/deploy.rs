@@ -2,7 +2,9 @@
 //! its embedded bus (or Debian's nats-server), the local CPI, real agents running the
 //! `hello` release compiled from source.
 //!
-//! Each test has its own director, bus, CPI root and loopback /24, so tests run at once.
+//! Each test has its own director, bus, CPI root and loopback /24 (never the quickstart's
+//! 127.0.10.0/24, which a user's own deployment may hold), so tests run at once and beside a
+//! user's dev deployments.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -16,9 +18,22 @@ use tests::hello::{
 
 #[test]
 fn the_quickstart_deploys_and_a_second_deploy_changes_nothing() {
-    // The README's first command, as a user on a fresh machine runs it.
+    // The README's first command, as a user on a fresh machine runs it, but on a /24 of its
+    // own: the user's own quickstart (127.0.10.0/24) may still run on this host.
     let user = User::new();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/quickstart.yml");
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let cloud_config = std::fs::read_to_string(manifests.join("cloud-config-local.yml"))
+        .unwrap()
+        .replace("127.0.10.", "127.0.20.");
+    let cloud_config_path = user.home.path().join("cloud-config-local.yml");
+    std::fs::write(&cloud_config_path, cloud_config).unwrap();
+    let out = user.run(&[
+        "update-cloud-config",
+        cloud_config_path.to_str().unwrap(),
+        "-n",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let manifest = manifests.join("quickstart.yml");
     let (code, events, stderr) = deploy(&user, &manifest, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(
@@ -595,4 +610,100 @@ fn mask_ids(text: &str, instances: &[Value]) -> String {
         text = text.replace(id, &mask).replace(&short, &mask);
     }
     text
+}
+
+#[test]
+fn a_held_address_fails_the_deploy_naming_its_holder_and_vms_see_no_director_data() {
+    let user = User::new();
+    set_cloud_config(&user, 46);
+    upload_stemcell(&user, "1", None);
+    let release = user.hello_release();
+    let manifest = write_manifest(&user, &release, &Hello::default());
+    // What a deployment left running by a stopped dev director looks like: a process
+    // listening on the first address the network hands out.
+    let listener = std::net::TcpListener::bind("127.0.46.10:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (code, _, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 1, "{stderr}");
+    let command = std::fs::read_to_string("/proc/self/comm").unwrap();
+    let holder = format!(
+        "127.0.46.10:{port} (tcp) is already in use on this host by pid {} ({}); is another \
+         deployment's vm still running on this host",
+        std::process::id(),
+        command.trim()
+    );
+    assert!(
+        stderr.contains("cannot give 127.0.46.10 (network 'default') to vm 'vm-"),
+        "{stderr}"
+    );
+    assert!(stderr.contains(&holder), "{stderr}");
+
+    // Free again: the deploy goes through.
+    drop(listener);
+    let (code, _, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+
+    // In a VM's mount namespace (where its agent and jobs run) the director's data directory
+    // is an empty tmpfs: no token, no state database, no other agent's settings; the VM's
+    // own files are there.
+    let vms_dir = user.data_dir().join("cpi/vms");
+    let vms: Vec<PathBuf> = std::fs::read_dir(&vms_dir)
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    let record: Value =
+        serde_json::from_slice(&std::fs::read(vms[0].join("vm.json")).unwrap()).unwrap();
+    let agent_pid = record["pid"].as_u64().unwrap();
+    let in_vm = |path: &Path| {
+        std::process::Command::new("nsenter")
+            .arg(format!("--mount=/proc/{agent_pid}/ns/mnt"))
+            .args(["--", "cat"])
+            .arg(path)
+            .output()
+            .unwrap()
+    };
+    let token = user.data_dir().join("token");
+    assert!(token.is_file() && user.data_dir().join("state.db").is_file());
+    for secret in [
+        token,
+        user.data_dir().join("state.db"),
+        vms[1].join("vcap/bosh/settings.json"),
+    ] {
+        let read = in_vm(&secret);
+        assert!(
+            !read.status.success(),
+            "a vm read {}: {}",
+            secret.display(),
+            String::from_utf8_lossy(&read.stdout)
+        );
+    }
+    let own = in_vm(Path::new("/var/vcap/bosh/settings.json"));
+    assert!(
+        own.status.success(),
+        "{}",
+        String::from_utf8_lossy(&own.stderr)
+    );
+
+    // Stopping the dev director leaves the VMs running, and says so.
+    let stop = user.run(&["stop-server"]);
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+    let lines: Vec<&str> = stop.stderr.lines().collect();
+    assert!(
+        lines[0].starts_with("stopped the dev director at "),
+        "{}",
+        stop.stderr
+    );
+    assert_eq!(
+        lines[1..],
+        [
+            "still running on this host, holding their addresses: the local vms of hello (3 vms)",
+            "the next director command starts the dev director again, which finds them; to \
+             delete them, run `director -d hello delete-deployment` (for each deployment) and \
+             then `director stop-server`",
+        ]
+    );
+    let vms = std::fs::read_dir(user.data_dir().join("cpi/vms"))
+        .unwrap()
+        .count();
+    assert_eq!(vms, 3, "the vms keep running");
 }

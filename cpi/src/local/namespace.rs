@@ -2,12 +2,22 @@
 //! `/var/vcap` is the VM's `vcap` directory, and the whole process tree stopped again.
 //!
 //! The agent runs as `unshare --mount --propagation private -- sh -c 'mount --bind "$1"
-//! /var/vcap && exec /var/vcap/bosh/bin/bosh-agent --settings …' sh <vmdir>/vcap`, so its
-//! pid is the agent's (unshare and sh both exec). Without the privilege to make a mount
+//! /var/vcap && … && exec /var/vcap/bosh/bin/bosh-agent --settings …' sh <vmdir>/vcap …`, so
+//! its pid is the agent's (unshare and sh both exec). Without the privilege to make a mount
 //! namespace (not root), `--user --map-root-user` is added: a user namespace where we are
 //! root. Which of the two works is found out once per process by trying each with `true`.
-//! The mount namespace is a copy of the host's, so host paths (a persistent disk's directory)
-//! stay visible in it; mounts made in it do not propagate back.
+//! The mount namespace is a copy of the host's; mounts made in it do not propagate back.
+//!
+//! What the namespace hides ([`Hiding`]): after `/var/vcap` is bound, an empty read-only
+//! tmpfs is mounted over each hidden directory (the director's data directory and the CPI's
+//! root: the director's token, the state database, blobs, other VMs' settings with their bus
+//! passwords), and the directories that must stay reachable below them (the persistent
+//! disks, which the agent binds by their host path when one is attached, also after the
+//! start) are bound back through a descriptor opened before the tmpfs covered them. Other
+//! host paths stay visible. This keeps jobs from reading those files by accident or by a
+//! path; it is not a security boundary against a job running as root (on a root host it can
+//! unmount the tmpfs or enter the host's namespaces through `/proc`): local VMs are for
+//! development, with trusted releases.
 //!
 //! A VM's processes are every process in a mount namespace that has the VM's `vcap`
 //! directory on `/var/vcap` (the agent's, which its descendants inherit, and copies of it a
@@ -124,6 +134,96 @@ pub fn ensure_mount_point(mode: Mode) -> Result<(), String> {
     }
 }
 
+/// The host directories a VM's namespace hides, and those below them it keeps reachable.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Hiding {
+    /// Covered by an empty tmpfs (absolute, existing, none below another).
+    covered: Vec<PathBuf>,
+    /// Bound back below a covered directory (absolute, existing).
+    kept: Vec<PathBuf>,
+}
+
+impl Hiding {
+    /// Hides the existing directories of `covered` (a directory below another is covered
+    /// with it) except `kept` (each made visible again at its own path). Paths are made
+    /// canonical; a covered directory that holds [`VCAP_MOUNT`] is refused (the VM would
+    /// lose its own files).
+    pub fn new(covered: &[PathBuf], kept: &[PathBuf]) -> Result<Hiding, String> {
+        let mut canonical = Vec::new();
+        for dir in covered {
+            let Ok(dir) = fs::canonicalize(dir) else {
+                continue;
+            };
+            if Path::new(VCAP_MOUNT).starts_with(&dir) {
+                return Err(format!(
+                    "cannot hide {} from local vms: their {VCAP_MOUNT} is below it",
+                    dir.display()
+                ));
+            }
+            canonical.push(dir);
+        }
+        canonical.sort();
+        let mut outermost: Vec<PathBuf> = Vec::new();
+        for dir in canonical {
+            if !outermost.iter().any(|outer| dir.starts_with(outer)) {
+                outermost.push(dir);
+            }
+        }
+        let mut kept_below = Vec::new();
+        for dir in kept {
+            let dir = fs::canonicalize(dir)
+                .map_err(|error| format!("cannot find {}: {error}", dir.display()))?;
+            if outermost.iter().any(|outer| dir.starts_with(outer)) {
+                kept_below.push(dir);
+            }
+        }
+        // `sh` redirects only descriptors 0 to 9; 3 to 9 are ours.
+        if kept_below.len() > 7 {
+            return Err("local vms can keep at most 7 hidden directories reachable".to_string());
+        }
+        Ok(Hiding {
+            covered: outermost,
+            kept: kept_below,
+        })
+    }
+
+    /// The shell commands (after `/var/vcap` is bound) that hide and keep, the paths they
+    /// name as positional parameters from `$first` on, and those paths in order.
+    fn commands<'a>(&'a self, first: usize) -> (String, Vec<&'a Path>) {
+        let mut commands = String::new();
+        let mut paths: Vec<&Path> = Vec::new();
+        // `"${n}"` for the next path, which is pushed.
+        let mut parameter = |dir: &'a Path| {
+            paths.push(dir);
+            format!("\"${{{}}}\"", first + paths.len() - 1)
+        };
+        let mut kept = Vec::new();
+        for (index, dir) in self.kept.iter().enumerate() {
+            let name = parameter(dir);
+            let fd = 3 + index;
+            commands.push_str(&format!(" && exec {fd}<{name}"));
+            kept.push((fd, name));
+        }
+        let mut covered = Vec::new();
+        for dir in &self.covered {
+            let name = parameter(dir);
+            commands.push_str(&format!(
+                " && mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev,noexec hidden-by-cpi {name}"
+            ));
+            covered.push(name);
+        }
+        for (fd, name) in &kept {
+            commands.push_str(&format!(
+                " && mkdir -p {name} && mount --no-canonicalize --bind /proc/self/fd/{fd} {name} && exec {fd}<&-"
+            ));
+        }
+        for name in &covered {
+            commands.push_str(&format!(" && mount -o remount,bind,ro {name}"));
+        }
+        (commands, paths)
+    }
+}
+
 /// A started agent.
 pub struct Started {
     /// The agent's pid.
@@ -139,10 +239,15 @@ pub struct Started {
 ///
 /// The agent gets a clean environment (`PATH`, `HOME`, and `RUST_LOG`/`RUST_BACKTRACE` when
 /// set), as on a real VM: the director's own holds its secrets.
-pub fn start_agent(mode: Mode, vcap: &Path, log: &Path) -> Result<Started, String> {
+pub fn start_agent(
+    mode: Mode,
+    vcap: &Path,
+    log: &Path,
+    hiding: &Hiding,
+) -> Result<Started, String> {
     let mut attempt = 1;
     loop {
-        let mut child = spawn_agent(mode, vcap, log)?;
+        let mut child = spawn_agent(mode, vcap, log, hiding)?;
         let pid = child.id();
         match wait_until_started(&mut child) {
             Ok(mount_namespace) => {
@@ -171,7 +276,7 @@ pub fn start_agent(mode: Mode, vcap: &Path, log: &Path) -> Result<Started, Strin
     }
 }
 
-fn spawn_agent(mode: Mode, vcap: &Path, log: &Path) -> Result<Child, String> {
+fn spawn_agent(mode: Mode, vcap: &Path, log: &Path, hiding: &Hiding) -> Result<Child, String> {
     let log_file = fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -180,14 +285,16 @@ fn spawn_agent(mode: Mode, vcap: &Path, log: &Path) -> Result<Child, String> {
     let stderr = log_file
         .try_clone()
         .map_err(|error| format!("cannot open {}: {error}", log.display()))?;
+    let (hide, hidden_paths) = hiding.commands(2);
     let script = format!(
-        "mount --bind \"$1\" {VCAP_MOUNT} && exec {AGENT_IN_VM} --settings {SETTINGS_IN_VM}"
+        "mount --bind \"$1\" {VCAP_MOUNT}{hide} && exec {AGENT_IN_VM} --settings {SETTINGS_IN_VM}"
     );
     let mut command = Command::new("unshare");
     command
         .args(mode.unshare_arguments())
         .args(["sh", "-c", &script, "sh"])
         .arg(vcap)
+        .args(hidden_paths)
         .current_dir("/")
         .env_clear()
         .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -540,6 +647,47 @@ mod tests {
     fn mountinfo_escapes() {
         assert_eq!(unescape(r"/a\040b/c"), "/a b/c");
         assert_eq!(unescape("/plain"), "/plain");
+    }
+
+    #[test]
+    fn hiding_covers_the_outermost_directories_and_keeps_those_below() {
+        let dir = tempfile::tempdir().unwrap();
+        let data = dir.path().join("data");
+        let disks = data.join("cpi/disks");
+        fs::create_dir_all(&disks).unwrap();
+        let data = fs::canonicalize(&data).unwrap();
+        let disks = fs::canonicalize(&disks).unwrap();
+        let hiding = Hiding::new(
+            &[data.join("cpi"), data.clone(), dir.path().join("missing")],
+            std::slice::from_ref(&disks),
+        )
+        .unwrap();
+        assert_eq!(
+            hiding,
+            Hiding {
+                covered: vec![data.clone()],
+                kept: vec![disks.clone()],
+            }
+        );
+        let (commands, paths) = hiding.commands(2);
+        assert_eq!(paths, [disks.as_path(), data.as_path()]);
+        assert_eq!(
+            commands,
+            " && exec 3<\"${2}\" \
+             && mount -t tmpfs -o mode=0755,size=64k,nosuid,nodev,noexec hidden-by-cpi \"${3}\" \
+             && mkdir -p \"${2}\" && mount --no-canonicalize --bind /proc/self/fd/3 \"${2}\" \
+             && exec 3<&- && mount -o remount,bind,ro \"${3}\""
+        );
+        // Nothing to keep outside what is covered; nothing at all when nothing exists.
+        let outside = Hiding::new(&[data.join("cpi/vms")], std::slice::from_ref(&disks)).unwrap();
+        assert_eq!(outside, Hiding::default());
+        assert_eq!(Hiding::default().commands(2), (String::new(), Vec::new()));
+
+        let error = Hiding::new(&[PathBuf::from("/var")], &[]).unwrap_err();
+        assert_eq!(
+            error,
+            "cannot hide /var from local vms: their /var/vcap is below it"
+        );
     }
 
     #[test]

@@ -107,7 +107,7 @@ pub fn networks(ip: &str) -> Value {
             "type": "manual",
             "ip": ip,
             "netmask": "255.255.255.0",
-            "gateway": "127.0.10.1",
+            "gateway": "127.0.45.1",
             "dns": [],
             "default": ["dns", "gateway"],
             "cloud_properties": {},

@@ -263,14 +263,16 @@ async fn listen(
 /// The configured CPI and how `/info` describes it (its kind, no paths).
 fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, String) {
     match &config.cpi {
+        // Local VMs do not see the data directory (token, state database, blobs).
         None | Some(crate::config::CpiSettings::Local { root: None }) => {
             let root = config.data_dir.join("cpi");
-            (Arc::new(cpi::LocalCpi::new(root)), "local".to_string())
+            let local = cpi::LocalCpi::new(root).hiding(config.data_dir.clone());
+            (Arc::new(local), "local".to_string())
         }
-        Some(crate::config::CpiSettings::Local { root: Some(root) }) => (
-            Arc::new(cpi::LocalCpi::new(root.clone())),
-            "local".to_string(),
-        ),
+        Some(crate::config::CpiSettings::Local { root: Some(root) }) => {
+            let local = cpi::LocalCpi::new(root.clone()).hiding(config.data_dir.clone());
+            (Arc::new(local), "local".to_string())
+        }
         Some(crate::config::CpiSettings::External {
             command,
             args,

@@ -142,7 +142,8 @@ pub fn status(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     })
 }
 
-/// `director stop-server`: stops the dev director (and only a dev director).
+/// `director stop-server`: stops the dev director (and only a dev director), and says which
+/// deployments' local VMs keep running and how to delete them.
 pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     runtime().block_on(async {
         let client = if global.director.is_some() {
@@ -161,6 +162,7 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
                 Err(e) => return fail(ui, e),
             }
         };
+        let left_running = local_vms(&client).await;
         if let Err(e) = client.shutdown().await {
             if matches!(e, CallError::Unreachable { .. }) {
                 ui.say("no dev director is running");
@@ -176,6 +178,9 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
                 || director::api::DevRecord::load(&data_dir).is_none_or(|r| r.url != client.url());
             if client.info().await.is_err() && record_gone {
                 ui.say(&format!("stopped the dev director at {}", client.url()));
+                for line in still_running(&left_running) {
+                    ui.say(&line);
+                }
                 return 0;
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
@@ -185,6 +190,57 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
             format!("the director at {} did not stop within 20 s", client.url()),
         )
     })
+}
+
+/// The deployments whose local VMs keep running when the director stops (a director stops
+/// without its VMs), with their VM counts; none when its CPI is not the local one or it
+/// cannot say.
+async fn local_vms(client: &Client) -> Vec<(String, usize)> {
+    let Ok(info) = client.info().await else {
+        return Vec::new();
+    };
+    if info.cpi != "local" {
+        return Vec::new();
+    }
+    let Ok(deployments) = client.deployments().await else {
+        return Vec::new();
+    };
+    let mut running = Vec::new();
+    for deployment in deployments {
+        let Ok(instances) = client.instances(&deployment.name, false).await else {
+            continue;
+        };
+        let vms = instances.iter().filter(|i| i.vm_cid.is_some()).count();
+        if vms > 0 {
+            running.push((deployment.name, vms));
+        }
+    }
+    running
+}
+
+/// What `stop-server` says about the local VMs it leaves running.
+fn still_running(deployments: &[(String, usize)]) -> Vec<String> {
+    let Some((first, _)) = deployments.first() else {
+        return Vec::new();
+    };
+    let listed: Vec<String> = deployments
+        .iter()
+        .map(|(name, vms)| {
+            let noun = if *vms == 1 { "vm" } else { "vms" };
+            format!("{name} ({vms} {noun})")
+        })
+        .collect();
+    vec![
+        format!(
+            "still running on this host, holding their addresses: the local vms of {}",
+            listed.join(", ")
+        ),
+        format!(
+            "the next director command starts the dev director again, which finds them; to \
+             delete them, run `director -d {first} delete-deployment` (for each deployment) \
+             and then `director stop-server`"
+        ),
+    ]
 }
 
 /// Follows a queued task to its end; prints its events (or raw JSON lines with `--json`) and
