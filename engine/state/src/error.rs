@@ -155,6 +155,8 @@ pub enum Object {
     Blob { id: String },
     /// `lock 'lock:deployment:cf'`
     Lock { name: String },
+    /// `the VM of agent 6f1c…`: a recorded VM no instance owns.
+    VmOfAgent { agent_id: String },
 }
 
 impl fmt::Display for Object {
@@ -194,6 +196,7 @@ impl fmt::Display for Object {
             Object::Task { id } => write!(f, "task {id}"),
             Object::Blob { id } => write!(f, "blob {id}"),
             Object::Lock { name } => write!(f, "lock '{name}'"),
+            Object::VmOfAgent { agent_id } => write!(f, "the VM of agent {agent_id}"),
             Object::Address { network, address } => {
                 write!(f, "address {address} on network '{network}'")
             }

@@ -50,16 +50,18 @@ macro_rules! embedded {
 const SQLITE: &[Embedded] = embedded!("sqlite":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    4 "0004_vm_records.sql" "vm records",
 );
 
 /// The migrations of PostgreSQL, in order; the same versions as [`SQLITE`].
 const POSTGRES: &[Embedded] = embedded!("postgres":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
+    4 "0004_vm_records.sql" "vm records",
 );
 
 /// The schema version a freshly opened database has.
-pub const LATEST_SCHEMA_VERSION: i64 = 2;
+pub const LATEST_SCHEMA_VERSION: i64 = 4;
 
 #[derive(Debug)]
 struct Source(&'static [Embedded]);
@@ -141,6 +143,14 @@ mod tests {
         (
             "postgres/0002_deploy.sql",
             "a3e3b000c26700c8f04970c7c8f8a2eb2b8be9f47f99fb9d53913bcb0552988f",
+        ),
+        (
+            "sqlite/0004_vm_records.sql",
+            "7f4075634fee7fb8888929042d72a2ae9f7e7397e4dd38ece4f4225d584123b1",
+        ),
+        (
+            "postgres/0004_vm_records.sql",
+            "51175a4896237a5f4a4d2c905f8a5227b5ec5e0cb0e29079e57161bd5565d787",
         ),
     ];
 
