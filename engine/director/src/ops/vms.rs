@@ -88,8 +88,10 @@ pub enum VmError {
     /// left, which the CPI cannot look up.
     #[error(
         "{label}: address {address} on network '{network}' may still be used by the VM of agent \
-         {agent_id} ({holder}), which a director that stopped was creating and the CPI cannot \
-         look up by its agent id; delete that VM in the IaaS, then forget its record"
+         {} ({}), which a director that stopped was creating and the CPI cannot look up by its \
+         agent id; it stays recorded (`director vms` lists it) with its addresses reserved",
+        holder.agent_id,
+        holder.label
     )]
     AddressUncertain {
         /// What the new VM is for.
@@ -98,10 +100,8 @@ pub enum VmError {
         network: String,
         /// The address.
         address: String,
-        /// The agent of the VM that may hold it.
-        agent_id: String,
-        /// What that VM was for.
-        holder: String,
+        /// The record of the VM that may hold it.
+        holder: Box<VmRecord>,
     },
     /// The CPI's `attach_disk` failed.
     #[error("attaching disk {disk_cid} to VM {vm_cid} failed: {source}")]
@@ -465,8 +465,7 @@ async fn refuse_uncertain_addresses(
                 label: label.to_string(),
                 network: network.clone(),
                 address: address.clone(),
-                agent_id: record.agent_id.clone(),
-                holder: record.label.clone(),
+                holder: Box::new(record.clone()),
             });
         }
     }
@@ -698,5 +697,211 @@ pub async fn unmount_and_detach(
             vm_cid: vm_cid.to_string(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{Value as Json, json};
+
+    use super::*;
+    use crate::blobstore::{Blobstore, BlobstoreConfig};
+    use cpi::{CpiError, ErrorKind, Info};
+
+    /// A CPI with BOSH's API only (it cannot look VMs up by agent id); it records what it
+    /// is asked to delete and refuses everything else.
+    #[derive(Default)]
+    struct BoshOnlyCpi {
+        deleted: Mutex<Vec<String>>,
+    }
+
+    fn refused<T>() -> cpi::Result<T> {
+        Err(CpiError::new(ErrorKind::CpiError, "not in this test"))
+    }
+
+    impl cpi::Cpi for BoshOnlyCpi {
+        fn info(&self) -> cpi::Result<Info> {
+            refused()
+        }
+        fn create_stemcell(&self, _: &std::path::Path, _: &Json) -> cpi::Result<String> {
+            refused()
+        }
+        fn delete_stemcell(&self, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn create_vm(
+            &self,
+            _: &str,
+            _: &str,
+            _: &Json,
+            _: &Json,
+            _: &[String],
+            _: &Json,
+        ) -> cpi::Result<(String, Json)> {
+            refused()
+        }
+        fn delete_vm(&self, vm_cid: &str) -> cpi::Result<()> {
+            self.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(vm_cid.to_string());
+            Ok(())
+        }
+        fn has_vm(&self, _: &str) -> cpi::Result<bool> {
+            refused()
+        }
+        fn reboot_vm(&self, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn set_vm_metadata(&self, _: &str, _: &Json) -> cpi::Result<()> {
+            refused()
+        }
+        fn create_disk(&self, _: u64, _: &Json, _: Option<&str>) -> cpi::Result<String> {
+            refused()
+        }
+        fn delete_disk(&self, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn has_disk(&self, _: &str) -> cpi::Result<bool> {
+            refused()
+        }
+        fn attach_disk(&self, _: &str, _: &str) -> cpi::Result<Json> {
+            refused()
+        }
+        fn detach_disk(&self, _: &str, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn get_disks(&self, _: &str) -> cpi::Result<Vec<String>> {
+            refused()
+        }
+        fn set_disk_metadata(&self, _: &str, _: &Json) -> cpi::Result<()> {
+            refused()
+        }
+    }
+
+    fn record(agent_id: &str, purpose: VmPurpose, deployment: DeploymentId) -> NewVmRecord {
+        NewVmRecord {
+            agent_id: agent_id.to_string(),
+            purpose,
+            label: format!("the VM of {agent_id}"),
+            deployment: Some(deployment),
+            instance: None,
+            task: None,
+            addresses: vec![("default".to_string(), "10.0.0.5".to_string())],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vm_the_cpi_cannot_look_up_stays_recorded_with_its_address_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            director_state::State::open(&format!("sqlite://{}/state.db", dir.path().display()))
+                .await
+                .unwrap(),
+        );
+        let bus = director_bus::DirectorBus::start_embedded(dir.path(), "director-test")
+            .await
+            .unwrap();
+        let cpi = Arc::new(BoshOnlyCpi::default());
+        let services = Services {
+            state: state.clone(),
+            blobstore: Blobstore::open(
+                &BlobstoreConfig::Local {
+                    path: dir.path().join("blobs"),
+                },
+                b"key".to_vec(),
+            )
+            .unwrap(),
+            cpi: cpi.clone(),
+            bus: bus.bus.clone(),
+            accounts: bus.accounts.clone(),
+            director_url: "http://127.0.0.1:1".to_string(),
+            ca_cert: None,
+            templates: crate::ops::TemplateCache::default(),
+            timeouts: crate::ops::Timeouts::default(),
+        };
+        let deployment = state.deployments().create("d").await.unwrap().id;
+        // What a director killed while compiling leaves: a compilation VM without a CPI id
+        // holding its address, and one whose id was recorded.
+        state
+            .instances()
+            .reserve_address(deployment, "default", "10.0.0.5")
+            .await
+            .unwrap();
+        let unknown = record("agent-a", VmPurpose::Compilation, deployment);
+        let records = state.vm_records();
+        records.begin(&unknown, &unknown.addresses).await.unwrap();
+        let known = NewVmRecord {
+            addresses: Vec::new(),
+            ..record("agent-b", VmPurpose::Instance, deployment)
+        };
+        records.begin(&known, &[]).await.unwrap();
+        records.set_cid("agent-b", "vm-b").await.unwrap();
+        for agent in ["agent-a", "agent-b"] {
+            services.accounts.add_agent(agent).await.unwrap();
+        }
+
+        let outcomes = reconcile(&services).await.unwrap();
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert_eq!(
+            outcomes[0].to_string(),
+            "kept the record of the VM of agent agent-a (the VM of agent-a): the CPI cannot look \
+             VMs up by agent id, so whether it exists is unknown; delete it in the IaaS if it \
+             does; its addresses stay reserved: 10.0.0.5 on 'default'"
+        );
+        assert_eq!(
+            outcomes[1],
+            Reconciled::Deleted {
+                vm_cid: "vm-b".to_string(),
+                label: "the VM of agent-b".to_string()
+            }
+        );
+        assert_eq!(*cpi.deleted.lock().unwrap(), ["vm-b"]);
+        let left = records.list().await.unwrap();
+        assert_eq!(
+            left.iter()
+                .map(|r| (r.agent_id.as_str(), r.state))
+                .collect::<Vec<_>>(),
+            [("agent-a", VmRecordState::Unknown)]
+        );
+        let accounts: Json =
+            serde_json::from_slice(&std::fs::read(dir.path().join("bus-agents.json")).unwrap())
+                .unwrap();
+        assert!(accounts.get("agent-a").is_some() && accounts.get("agent-b").is_none());
+
+        // Its address stays taken, and no new VM is given it.
+        assert_eq!(
+            state.instances().all_addresses().await.unwrap(),
+            [("default".to_string(), "10.0.0.5".to_string())]
+        );
+        let request = VmRequest {
+            label: "web/1".to_string(),
+            stemcell_cid: "stemcell".to_string(),
+            cloud_properties: json!({}),
+            networks: json!({"default": {"type": "manual", "ip": "10.0.0.5"}}),
+            env: json!({}),
+            disk_cids: Vec::new(),
+            metadata: json!({}),
+            owner: VmOwner {
+                purpose: VmPurpose::Instance,
+                deployment: Some(deployment),
+                instance: None,
+                task: None,
+            },
+        };
+        let refused = create_vm(&services, &request).await.unwrap_err();
+        assert!(
+            matches!(&refused, VmError::AddressUncertain { address, .. } if address == "10.0.0.5"),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("agent agent-a"), "{refused}");
+        assert_eq!(records.list().await.unwrap().len(), 1, "nothing recorded");
+
+        // The next start-up keeps it too.
+        assert_eq!(reconcile(&services).await.unwrap().len(), 1);
+        assert_eq!(records.list().await.unwrap().len(), 1);
+        bus.shutdown().await;
     }
 }
