@@ -425,6 +425,12 @@ impl Cpi for ExternalCpi {
         .map(drop)
     }
 
+    /// Asks with our own `find_vm_by_agent_id` method; other CPIs do not know it and answer
+    /// that the method is not known, which is `NotImplemented`.
+    fn find_vm_by_agent_id(&self, agent_id: &str) -> Result<Option<String>> {
+        self.call_as("find_vm_by_agent_id", vec![string(agent_id)])
+    }
+
     /// Asks with our own `agent_log_tail` method; other CPIs do not know it and answer
     /// with an error, which is `None` here.
     fn agent_log_tail(&self, vm_cid: &str, lines: usize) -> Option<Vec<String>> {

@@ -131,6 +131,18 @@ pub trait Cpi: Send + Sync {
     fn get_disks(&self, vm_cid: &str) -> Result<Vec<String>>;
     /// `set_disk_metadata(cid, metadata)`.
     fn set_disk_metadata(&self, disk_cid: &str, metadata: &Value) -> Result<()>;
+    /// Not part of BOSH's API (an extension of this project): the VM that `create_vm` made
+    /// for `agent_id`, when it still exists (`None` when the CPI knows there is none). A
+    /// director that died between `create_vm` and recording the answer knows only the agent
+    /// id it passed; this finds the VM so it can be deleted. BOSH's CPIs cannot list VMs:
+    /// the default answers `NotImplemented`, and the director then keeps the VM's record as
+    /// unknown (its addresses stay reserved) and reports it.
+    fn find_vm_by_agent_id(&self, _agent_id: &str) -> Result<Option<String>> {
+        Err(CpiError::new(
+            ErrorKind::NotImplemented,
+            "this CPI cannot find a VM by its agent id",
+        ))
+    }
     /// Not part of BOSH's API: the last lines of what the agent on a VM printed while it
     /// started, when the CPI can read them (used to explain an agent that never answers).
     fn agent_log_tail(&self, _vm_cid: &str, _lines: usize) -> Option<Vec<String>> {

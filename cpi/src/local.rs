@@ -30,6 +30,11 @@
 //!   process per call): each takes an exclusive `flock` on the VM's directory, and on a
 //!   disk's directory for calls that change the disk; the VM's lock is always taken first.
 //!   Calls on different VMs run in parallel.
+//! - A VM's directory is made under a hidden name, given `vm.json` and then renamed, so every
+//!   `vms/<cid>/` names its agent: `find_vm_by_agent_id` (our extension of the API) finds a
+//!   VM whose `create_vm` answer a dying director never recorded. Hidden directories left by
+//!   a process that died while making one are removed by that search.
+//! - [`HOLD_CREATE_VM_ENV`] is a test hook that holds `create_vm` after the VM is made.
 
 mod namespace;
 mod sockets;
@@ -52,6 +57,15 @@ use serde_json::Value;
 use crate::{Cpi, CpiError, ErrorKind, Info, Result};
 
 pub use namespace::Mode as NamespaceMode;
+
+/// The name a VM directory has while `create_vm` makes it (before it holds `vm.json`).
+const CREATING_PREFIX: &str = ".creating-";
+
+/// A test hook: when set to a directory, `create_vm` writes an empty file named after each
+/// VM it made into it, then holds (does not answer) until a file `release` appears there.
+/// The crash tests use it to kill the director while a VM exists that the director has not
+/// recorded; nothing else sets it.
+pub const HOLD_CREATE_VM_ENV: &str = "DIRECTOR_TEST_LOCAL_CPI_HOLD_CREATE_VM";
 
 /// How many lines of `agent.log` a failed start quotes.
 const LOG_TAIL_LINES: usize = 20;
@@ -351,6 +365,30 @@ impl LocalCpi {
         })
     }
 
+    /// Makes a new VM's directory with its record and answers its lock. The directory is
+    /// made under a hidden name ([`CREATING_PREFIX`]), locked, given `vm.json` (so it names
+    /// its agent from the start) and only then renamed to `vm_cid`: every VM directory says
+    /// whose agent it is, which [`Cpi::find_vm_by_agent_id`] reads. A hidden one whose lock
+    /// is free was left by a process that died; nothing ever ran in it.
+    fn make_vm_dir(&self, vm_cid: &str, record: &VmRecord) -> Result<DirLock> {
+        let dir = self.vm_dir(vm_cid);
+        let vms = dir.parent().unwrap_or(&self.root);
+        create_dirs(vms)?;
+        let staging = vms.join(format!("{CREATING_PREFIX}{vm_cid}"));
+        fs::create_dir(&staging).map_err(|error| io_error("create", &staging, &error))?;
+        let made = lock_dir(&staging).and_then(|lock| {
+            let lock = lock
+                .ok_or_else(|| cloud_error(format!("{} vanished while made", staging.display())))?;
+            write_json(&staging.join("vm.json"), record)?;
+            fs::rename(&staging, &dir).map_err(|error| io_error("rename", &staging, &error))?;
+            Ok(lock)
+        });
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        made
+    }
+
     /// Removes what a failed `create_vm` left: processes, disk attachments, the directory.
     fn discard_vm(&self, vm_cid: &str, disk_cids: &[String]) {
         let record = self.read_vm_record(vm_cid).unwrap_or_default();
@@ -425,22 +463,47 @@ impl Cpi for LocalCpi {
         let mode = Self::namespace_mode()?;
         namespace::ensure_mount_point(mode).map_err(cloud_error)?;
 
-        let dir = self.vm_dir(&vm_cid);
-        create_dirs(dir.parent().unwrap_or(&self.root))?;
-        fs::create_dir(&dir).map_err(|error| io_error("create", &dir, &error))?;
-        let (_, _lock) = self.lock_vm(&vm_cid)?;
         let record = VmRecord {
             agent_id: agent_id.to_string(),
             stemcell_cid: stemcell_cid.to_string(),
             ..VmRecord::default()
         };
-        match self.build_vm(&vm_cid, &stemcell_dir, record, &settings, disk_cids) {
-            Ok(()) => Ok((vm_cid, networks.clone())),
-            Err(error) => {
-                self.discard_vm(&vm_cid, disk_cids);
-                Err(error)
+        let lock = self.make_vm_dir(&vm_cid, &record)?;
+        let built = self.build_vm(&vm_cid, &stemcell_dir, record, &settings, disk_cids);
+        if let Err(error) = built {
+            self.discard_vm(&vm_cid, disk_cids);
+            return Err(error);
+        }
+        drop(lock);
+        hold_for_tests(&vm_cid);
+        Ok((vm_cid, networks.clone()))
+    }
+
+    fn find_vm_by_agent_id(&self, agent_id: &str) -> Result<Option<String>> {
+        let vms = self.root.join("vms");
+        let entries = match fs::read_dir(&vms) {
+            Ok(entries) => entries,
+            Err(error) if error.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(error) => return Err(io_error("read", &vms, &error)),
+        };
+        let mut found = None;
+        for entry in entries {
+            let entry = entry.map_err(|error| io_error("read", &vms, &error))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if name.starts_with(CREATING_PREFIX) {
+                remove_abandoned(&entry.path());
+                continue;
+            }
+            if found.is_none()
+                && valid_cid(&name)
+                && self
+                    .read_vm_record(&name)
+                    .is_ok_and(|record| record.agent_id == agent_id)
+            {
+                found = Some(name);
             }
         }
+        Ok(found)
     }
 
     fn delete_vm(&self, vm_cid: &str) -> Result<()> {
@@ -693,6 +756,30 @@ pub fn agent_settings(
         },
         heartbeat_interval,
     })
+}
+
+/// The test hook of [`HOLD_CREATE_VM_ENV`].
+fn hold_for_tests(vm_cid: &str) {
+    let Some(dir) = std::env::var_os(HOLD_CREATE_VM_ENV).map(PathBuf::from) else {
+        return;
+    };
+    let _ = fs::write(dir.join(vm_cid), b"");
+    while !dir.join("release").exists() {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Removes a directory `create_vm` left half made, when no process is making it any more
+/// (its lock is free): no agent ever started in it.
+fn remove_abandoned(staging: &Path) {
+    let Ok(file) = File::open(staging) else {
+        return;
+    };
+    if flock(&file, FlockOperation::NonBlockingLockExclusive).is_ok()
+        && !namespace::has_mounts_below(staging)
+    {
+        let _ = fs::remove_dir_all(staging);
+    }
 }
 
 /// Whether a CID can name a directory of ours: no separators, no dot files.

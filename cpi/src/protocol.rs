@@ -232,6 +232,9 @@ fn dispatch(cpi: &dyn Cpi, method: &str, arguments: &[Value]) -> Result<Value, W
             let lines: usize = args.get(1)?;
             to_value(cpi.agent_log_tail(&args.get::<String>(0)?, lines))
         }
+        // Not BOSH's either: lets a director find the VM of an agent id after it died
+        // before recording what `create_vm` answered.
+        "find_vm_by_agent_id" => to_value(cpi.find_vm_by_agent_id(&args.get::<String>(0)?)?),
         _ => {
             return Err(WireError::invalid_call(format!(
                 "Method is not known, got '{method}'"

@@ -106,6 +106,10 @@ fn the_cpi_binary_behaves_as_the_local_cpi() {
             .unwrap();
         assert_eq!(returned, networks("127.0.45.70"));
         assert!(cpi.has_vm(&vm).unwrap());
+        assert_eq!(
+            cpi.find_vm_by_agent_id("agent-c").unwrap(),
+            Some(vm.clone())
+        );
         let vm_dir = view.vm_dir(&vm);
         let mut log = fake_log(&vm_dir);
         assert_eq!(log.settings["vm"]["name"], json!(vm));
@@ -118,6 +122,7 @@ fn the_cpi_binary_behaves_as_the_local_cpi() {
         cpi.delete_vm(&vm).unwrap();
         assert!(!alive(agent_pid) && !alive(child_pid));
         assert!(!cpi.has_vm(&vm).unwrap());
+        assert_eq!(cpi.find_vm_by_agent_id("agent-c").unwrap(), None);
         let missing = without_cid(cpi.delete_vm(&vm).unwrap_err(), &vm);
         let not_found_stemcell = cpi
             .create_vm(

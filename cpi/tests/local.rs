@@ -414,6 +414,41 @@ fn a_vm_whose_agent_fails_is_cleaned_up() {
 }
 
 #[test]
+fn vms_are_found_by_their_agent_id_and_half_made_ones_are_removed() {
+    let fixture = fixture();
+    let stemcell = fixture.stemcell(FAKE_AGENT);
+    let a = fixture.create_vm(&stemcell, "agent-a", "127.0.10.80", &[]);
+    let b = fixture.create_vm(&stemcell, "agent-b", "127.0.10.81", &[]);
+    let cpi = &fixture.cpi;
+    assert_eq!(cpi.find_vm_by_agent_id("agent-a").unwrap(), Some(a.clone()));
+    assert_eq!(cpi.find_vm_by_agent_id("agent-b").unwrap(), Some(b.clone()));
+    assert_eq!(cpi.find_vm_by_agent_id("agent-nope").unwrap(), None);
+
+    // What a process that died inside create_vm leaves is removed; one still being made
+    // (its lock held) is left alone.
+    let vms = cpi.root().join("vms");
+    let abandoned = vms.join(".creating-vm-dead");
+    let busy = vms.join(".creating-vm-busy");
+    fs::create_dir(&abandoned).unwrap();
+    fs::write(abandoned.join("vm.json"), "{}").unwrap();
+    fs::create_dir(&busy).unwrap();
+    let held = fs::File::open(&busy).unwrap();
+    rustix::fs::flock(&held, rustix::fs::FlockOperation::LockExclusive).unwrap();
+    assert_eq!(cpi.find_vm_by_agent_id("agent-nope").unwrap(), None);
+    let mut left = names(&vms);
+    left.sort();
+    let mut expected = vec![".creating-vm-busy".to_string(), a.clone(), b.clone()];
+    expected.sort();
+    assert_eq!(left, expected);
+    drop(held);
+    fs::remove_dir(&busy).unwrap();
+
+    cpi.delete_vm(&a).unwrap();
+    assert_eq!(cpi.find_vm_by_agent_id("agent-a").unwrap(), None);
+    cpi.delete_vm(&b).unwrap();
+}
+
+#[test]
 fn missing_things_are_named() {
     let fixture = fixture();
     let error = fixture

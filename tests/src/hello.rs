@@ -176,10 +176,12 @@ pub fn manifest_for_api(path: &Path) -> String {
     std::fs::read_to_string(path)
         .unwrap()
         .lines()
-        .map(|line| match line.starts_with("- {name: hello, version: create") {
-            true => "- {name: hello, version: latest}",
-            false => line,
-        })
+        .map(
+            |line| match line.starts_with("- {name: hello, version: create") {
+                true => "- {name: hello, version: latest}",
+                false => line,
+            },
+        )
         .collect::<Vec<_>>()
         .join("\n")
 }

@@ -121,6 +121,8 @@ fn every_route_answers_its_contract_type() {
                 .agent
                 .is_none()
         );
+        // After a deploy, no VM is left that no instance owns.
+        assert_eq!(client.recorded_vms("hello").await.unwrap(), vec![]);
         let events = client
             .events(&EventsQuery {
                 deployment: Some("hello".to_string()),

@@ -11,8 +11,8 @@ use director_api::tasks::{OutputKind, TaskState};
 use serde_json::Value;
 use tests::User;
 use tests::hello::{
-    Hello, deploy, instances, manifest_for_api, set_cloud_config, until_an_update_starts, upload_stemcell,
-    write_manifest,
+    Hello, deploy, instances, manifest_for_api, set_cloud_config, until_an_update_starts,
+    upload_stemcell, write_manifest,
 };
 
 fn runtime() -> tokio::runtime::Runtime {

@@ -52,7 +52,10 @@ impl Database {
 
 impl Drop for Database {
     fn drop(&mut self) {
-        self.psql(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name));
+        self.psql(&format!(
+            "DROP DATABASE IF EXISTS {} WITH (FORCE)",
+            self.name
+        ));
     }
 }
 

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::deployments::{
     Config, ConfigKind, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment,
     DeploymentManifest, Event, EventsQuery, Instance, InstancesQuery, LogsRequest, OrphanedDisk,
-    PlanAnswer, StateChangeRequest,
+    PlanAnswer, RecordedVm, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::info::{Info, Message};
@@ -576,6 +576,12 @@ impl Client {
             &InstancesQuery { live },
         )
         .await
+    }
+
+    /// `GET /deployments/{name}/vm_records`: the deployment's VMs no instance owns.
+    pub async fn recorded_vms(&self, name: &str) -> Result<Vec<RecordedVm>, ClientError> {
+        self.get(&format!("/deployments/{}/vm_records", encode(name)))
+            .await
     }
 
     /// `POST /deployments/{name}/state`.

@@ -356,6 +356,27 @@ pub struct Event {
     pub error: Option<String>,
 }
 
+/// A VM of a deployment that no instance owns (`GET /deployments/{name}/vm_records`): one
+/// being made, a compilation or errand VM, or one a director that stopped was making and
+/// the CPI cannot look up (`unknown`: its addresses stay reserved).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct RecordedVm {
+    /// Its agent's id.
+    pub agent_id: String,
+    /// Its CPI id, once `create_vm` answered.
+    pub vm_cid: Option<String>,
+    /// `creating`, `created` or `unknown`.
+    pub state: String,
+    /// `instance`, `compilation` or `errand`.
+    pub purpose: String,
+    /// What it is for (`web/6f1c… (0)`, `the compilation VM for package 'x'`).
+    pub label: String,
+    /// The addresses it was given.
+    pub ips: Vec<String>,
+    /// When it was recorded (Unix seconds).
+    pub created_at: i64,
+}
+
 /// An orphaned persistent disk (`GET /disks?orphaned=true`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct OrphanedDisk {

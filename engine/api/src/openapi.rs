@@ -13,8 +13,8 @@ use utoipa::{Modify, OpenApi};
 use crate::deployments::{
     Config, ConfigKind, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment,
     DeploymentManifest, ErrandRun, Event, EventsQuery, Instance, InstanceStemcell, InstancesQuery,
-    LiveAgent, LogTarball, LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, StateChange,
-    StateChangeRequest,
+    LiveAgent, LogTarball, LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, RecordedVm,
+    StateChange, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode, ErrorDetails, LockHolder};
 use crate::info::{Info, Message};
@@ -58,7 +58,7 @@ pub fn document_json() -> String {
         cleanup, shutdown,
         config, update_config,
         deployments, deploy, plan, deployment, delete_deployment,
-        instances, change_state, fetch_logs, run_errand,
+        instances, recorded_vms, change_state, fetch_logs, run_errand,
         events, disks, delete_disk,
         export_release, export_link, blob_link,
     ),
@@ -70,6 +70,7 @@ pub fn document_json() -> String {
         Config, ConfigKind, ConfigUpdated, PlanAnswer, Deployment, NameVersion,
         DeploymentManifest, Instance, InstanceStemcell, LiveAgent, StateChange,
         StateChangeRequest, LogsRequest, LogTarball, ErrandRun, Event, OrphanedDisk,
+        RecordedVm,
     ))
 )]
 struct ApiDoc;
@@ -208,6 +209,11 @@ fn delete_deployment() {}
     responses((status = 200, body = Vec<Instance>), (status = 404, body = ApiError)))]
 fn instances() {}
 
+#[utoipa::path(get, path = "/deployments/{name}/vm_records", tag = "deployments",
+    params(("name" = String, Path)),
+    responses((status = 200, body = Vec<RecordedVm>), (status = 404, body = ApiError)))]
+fn recorded_vms() {}
+
 #[utoipa::path(post, path = "/deployments/{name}/state", tag = "deployments",
     params(("name" = String, Path)), request_body = StateChangeRequest,
     responses((status = 202, body = TaskAccepted), (status = 404, body = ApiError),
@@ -287,9 +293,10 @@ mod tests {
             "/deployments/{name}/errands/{errand}/runs",
             "/releases/export",
             "/blobs/uploads/{nonce}",
+            "/deployments/{name}/vm_records",
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
-        assert_eq!(paths.len(), 27, "{paths:?}");
+        assert_eq!(paths.len(), 28, "{paths:?}");
     }
 }

@@ -157,6 +157,8 @@ pub enum Object {
     Lock { name: String },
     /// `blob slot for a compiled package`: an upload URL's record or a hold on a blob.
     BlobSlot { purpose: String },
+    /// `the VM of agent 6f1c…`: a recorded VM no instance owns.
+    VmOfAgent { agent_id: String },
 }
 
 impl fmt::Display for Object {
@@ -197,6 +199,7 @@ impl fmt::Display for Object {
             Object::Blob { id } => write!(f, "blob {id}"),
             Object::Lock { name } => write!(f, "lock '{name}'"),
             Object::BlobSlot { purpose } => write!(f, "blob slot for {purpose}"),
+            Object::VmOfAgent { agent_id } => write!(f, "the VM of agent {agent_id}"),
             Object::Address { network, address } => {
                 write!(f, "address {address} on network '{network}'")
             }

@@ -246,7 +246,8 @@ impl Instances<'_> {
             .await
     }
 
-    /// Records the VM of an instance (replacing a previous record).
+    /// Records the VM of an instance (replacing a previous record); the VM's record among
+    /// those no instance owns ([`State::vm_records`]) goes in the same transaction.
     pub async fn set_vm(&self, id: InstanceId, vm: &Vm) -> Result<(), StateError> {
         let env = vm.env.to_string();
         on_pool!(
@@ -264,6 +265,12 @@ impl Instances<'_> {
                 )
                 .await
                 .exists_as(|| Object::Row { kind: "vm of instance", id: id.0 })?;
+                transaction
+                    .run(
+                        "DELETE FROM vm_records WHERE agent_id = $1",
+                        params![&vm.agent_id],
+                    )
+                    .await?;
                 transaction.commit().await?;
                 Ok(())
             }
@@ -629,7 +636,8 @@ impl Instances<'_> {
         )
     }
 
-    /// Every address reserved by deployments other than `deployment`: `(network, address)`.
+    /// Every address reserved by deployments other than `deployment`, and every address a
+    /// recorded VM holds (a compilation VM a director that died left): `(network, address)`.
     pub async fn addresses_outside(
         &self,
         deployment: Option<DeploymentId>,
@@ -642,7 +650,8 @@ impl Instances<'_> {
                 let mut conn = pool.acquire().await?;
                 let rows = conn
                     .rows(
-                        "SELECT network, address FROM ip_reservations WHERE deployment_id <> $1",
+                        "SELECT network, address FROM ip_reservations \
+                         WHERE deployment_id <> $1 OR vm_record_id IS NOT NULL",
                         params![id],
                     )
                     .await?;
@@ -679,15 +688,22 @@ impl Instances<'_> {
         )
     }
 
-    /// Releases an address [`Instances::reserve_address`] reserved.
+    /// Releases an address [`Instances::reserve_address`] reserved, unless a recorded VM
+    /// holds it (then it goes with that VM's record).
     pub async fn release_address(&self, network: &str, address: &str) -> Result<(), StateError> {
         self.state
-            .execute(|| format!("releasing address {address} on network '{network}'"), "DELETE FROM ip_reservations WHERE network = $1 AND address = $2 AND instance_id IS NULL", params![network, address])
+            .execute(
+                || format!("releasing address {address} on network '{network}'"),
+                "DELETE FROM ip_reservations WHERE network = $1 AND address = $2 \
+                 AND instance_id IS NULL AND vm_record_id IS NULL",
+                params![network, address],
+            )
             .await
     }
 
-    /// Releases the addresses a deployment reserved for no instance (compilation VMs of a
-    /// deploy that was interrupted); call under the deployment's lock.
+    /// Releases the addresses a deployment reserved for no instance and no recorded VM
+    /// (a deploy interrupted before its compilation VM was recorded); call under the
+    /// deployment's lock. Addresses a recorded VM holds stay until its record goes.
     pub async fn release_unowned_addresses(
         &self,
         deployment: DeploymentId,
@@ -699,7 +715,8 @@ impl Instances<'_> {
                 let mut conn = pool.acquire().await?;
                 let released = conn
                 .run(
-                    "DELETE FROM ip_reservations WHERE deployment_id = $1 AND instance_id IS NULL",
+                    "DELETE FROM ip_reservations WHERE deployment_id = $1 AND instance_id IS NULL \
+                     AND vm_record_id IS NULL",
                     params![deployment.0],
                 )
                 .await?;

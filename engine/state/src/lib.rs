@@ -55,6 +55,7 @@ mod releases;
 mod sql;
 mod stemcells;
 mod tasks;
+mod vms;
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -81,6 +82,7 @@ pub use releases::{
 };
 pub use stemcells::{NewStemcell, Stemcell, Stemcells};
 pub use tasks::{NewTask, Task, TaskFilter, TaskState, Tasks, UnknownTaskState};
+pub use vms::{NewVmRecord, VmPurpose, VmRecord, VmRecordState, VmRecords};
 
 /// How long a SQLite connection waits for another writer before giving up.
 const SQLITE_BUSY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -245,6 +247,11 @@ impl State {
     /// Instances with their VMs, disks and IPs; configs; deployment variables.
     pub fn instances(&self) -> Instances<'_> {
         Instances { state: self }
+    }
+
+    /// Records of VMs no instance owns (yet): being created, compilation and errand VMs.
+    pub fn vm_records(&self) -> VmRecords<'_> {
+        VmRecords { state: self }
     }
 }
 

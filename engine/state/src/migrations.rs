@@ -51,6 +51,7 @@ const SQLITE: &[Embedded] = embedded!("sqlite":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
     3 "0003_blob_slots.sql" "blob slots",
+    4 "0004_vm_records.sql" "vm records",
     5 "0005_task_owners.sql" "task owners",
 );
 
@@ -59,6 +60,7 @@ const POSTGRES: &[Embedded] = embedded!("postgres":
     1 "0001_initial.sql" "initial",
     2 "0002_deploy.sql" "deploy",
     3 "0003_blob_slots.sql" "blob slots",
+    4 "0004_vm_records.sql" "vm records",
     5 "0005_task_owners.sql" "task owners",
 );
 
@@ -153,6 +155,14 @@ mod tests {
         (
             "postgres/0003_blob_slots.sql",
             "3c4c061380925c73b1725083df2714bf13f50eff07c464b83856990e3954f749",
+        ),
+        (
+            "sqlite/0004_vm_records.sql",
+            "7f4075634fee7fb8888929042d72a2ae9f7e7397e4dd38ece4f4225d584123b1",
+        ),
+        (
+            "postgres/0004_vm_records.sql",
+            "51175a4896237a5f4a4d2c905f8a5227b5ec5e0cb0e29079e57161bd5565d787",
         ),
         (
             "sqlite/0005_task_owners.sql",

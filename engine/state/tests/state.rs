@@ -11,8 +11,9 @@ use std::time::Duration;
 
 use director_state::{
     Archive, Backend, DeleteError, LATEST_SCHEMA_VERSION, NewBlob, NewCompiledPackage, NewEvent,
-    NewInstance, NewJob, NewPackage, NewReleaseVersion, NewSlot, NewStemcell, NewTask, Object,
-    ReleaseVersion, State, StateError, Taken, TaskFilter, TaskId, TaskState, Vm,
+    NewInstance, NewJob, NewPackage, NewReleaseVersion, NewSlot, NewStemcell, NewTask, NewVmRecord,
+    Object, ReleaseVersion, State, StateError, Taken, TaskFilter, TaskId, TaskState, Vm, VmPurpose,
+    VmRecordState,
 };
 use futures::FutureExt;
 use serde_json::json;
@@ -66,6 +67,7 @@ on_both_backends! {
         check_events_round_trip,
         check_instances_vms_disks_and_addresses,
         check_configs_credentials_and_links,
+        check_vm_records_hold_addresses_until_the_vm_is_gone,
     ],
     url: [check_migrations_apply_once],
 }
@@ -1748,4 +1750,174 @@ async fn check_configs_credentials_and_links(state: &State) {
         rows.links(deployment.id).await.unwrap(),
         Some(json!([{"alias": "http"}]))
     );
+}
+
+/// A VM is recorded before `create_vm`, given its id after, and forgotten when deleted or
+/// owned by an instance; a compilation VM's address is released only with its record, and
+/// a director that starts sees the records no running task holds.
+async fn check_vm_records_hold_addresses_until_the_vm_is_gone(state: &State) {
+    let deployment = state.deployments().create("web").await.unwrap();
+    let rows = state.instances();
+    let records = state.vm_records();
+    let running = state
+        .tasks()
+        .create(&new_task("create deployment", Some("web")))
+        .await
+        .unwrap();
+    state
+        .tasks()
+        .set_state(running.id, TaskState::Processing, None)
+        .await
+        .unwrap();
+    let address = || vec![("default".to_string(), "10.0.0.30".to_string())];
+
+    // A compilation VM: its address reserved, then recorded as the VM's own.
+    rows.reserve_address(deployment.id, "default", "10.0.0.30")
+        .await
+        .unwrap();
+    let compilation = NewVmRecord {
+        agent_id: "agent-c".to_string(),
+        purpose: VmPurpose::Compilation,
+        label: "the compilation VM for package 'x'".to_string(),
+        deployment: Some(deployment.id),
+        instance: None,
+        task: Some(running.id),
+        addresses: address(),
+    };
+    records.begin(&compilation, &address()).await.unwrap();
+    assert!(matches!(
+        records.begin(&compilation, &[]).await,
+        Err(StateError::AlreadyExists { .. })
+    ));
+    // An address that is not a free reservation of the deployment cannot be held.
+    let stray = NewVmRecord {
+        agent_id: "agent-s".to_string(),
+        ..compilation.clone()
+    };
+    let error = records
+        .begin(&stray, &[("default".to_string(), "10.0.0.99".to_string())])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            StateError::NotFound {
+                object: Object::Address { .. }
+            }
+        ),
+        "{error:?}"
+    );
+    assert_eq!(
+        records.list().await.unwrap().len(),
+        1,
+        "nothing of it stays"
+    );
+
+    // Held: neither a deploy's clean-up nor a release frees it, and the deployment's own
+    // placement sees it as taken.
+    assert_eq!(
+        rows.release_unowned_addresses(deployment.id).await.unwrap(),
+        0
+    );
+    rows.release_address("default", "10.0.0.30").await.unwrap();
+    assert!(
+        rows.addresses_outside(Some(deployment.id))
+            .await
+            .unwrap()
+            .contains(&("default".to_string(), "10.0.0.30".to_string()))
+    );
+
+    records.set_cid("agent-c", "vm-c").await.unwrap();
+    let listed = records.list().await.unwrap();
+    assert_eq!(listed.len(), 1);
+    let recorded = &listed[0];
+    assert_eq!(
+        (
+            recorded.agent_id.as_str(),
+            recorded.cid.as_deref(),
+            recorded.state,
+            recorded.purpose,
+            recorded.deployment,
+            recorded.task,
+            &recorded.addresses
+        ),
+        (
+            "agent-c",
+            Some("vm-c"),
+            VmRecordState::Created,
+            VmPurpose::Compilation,
+            Some(deployment.id),
+            Some(running.id),
+            &address()
+        )
+    );
+    // Its task still runs: not abandoned. Once the task failed, it is.
+    assert!(records.abandoned().await.unwrap().is_empty());
+    state
+        .directors()
+        .fail_orphaned_tasks("director restarted", Duration::from_secs(60))
+        .await
+        .unwrap();
+    let abandoned = records.abandoned().await.unwrap();
+    assert_eq!(abandoned, listed);
+    assert!(matches!(
+        records.set_unknown("agent-c").await,
+        Err(StateError::NotFound { .. })
+    ));
+
+    // Deleted with its VM: the address is free again.
+    records.remove("agent-c").await.unwrap();
+    records.remove("agent-c").await.unwrap();
+    assert!(records.list().await.unwrap().is_empty());
+    assert!(rows.all_addresses().await.unwrap().is_empty());
+
+    // An instance's VM: unknown when the CPI cannot find it, gone once the instance owns it.
+    let instance = rows
+        .create(&NewInstance {
+            deployment_id: deployment.id,
+            instance_group: "web".to_string(),
+            uuid: "uuid-vm".to_string(),
+            index: 0,
+            az: None,
+            bootstrap: true,
+        })
+        .await
+        .unwrap();
+    let for_instance = NewVmRecord {
+        agent_id: "agent-i".to_string(),
+        purpose: VmPurpose::Instance,
+        label: "web/uuid-vm (0)".to_string(),
+        deployment: Some(deployment.id),
+        instance: Some(instance),
+        task: None,
+        addresses: Vec::new(),
+    };
+    records.begin(&for_instance, &[]).await.unwrap();
+    assert_eq!(
+        records.abandoned().await.unwrap().len(),
+        1,
+        "no task holds it"
+    );
+    records.set_unknown("agent-i").await.unwrap();
+    assert_eq!(
+        records.of_deployment(deployment.id).await.unwrap()[0].state,
+        VmRecordState::Unknown
+    );
+    records.set_cid("agent-i", "vm-i").await.unwrap();
+    rows.set_vm(
+        instance,
+        &Vm {
+            cid: "vm-i".to_string(),
+            agent_id: "agent-i".to_string(),
+            created_at: 1,
+            env: json!({}),
+        },
+    )
+    .await
+    .unwrap();
+    assert!(records.list().await.unwrap().is_empty());
+    assert!(matches!(
+        records.set_cid("agent-i", "vm-x").await,
+        Err(StateError::NotFound { .. })
+    ));
 }

@@ -10,7 +10,7 @@ use axum::routing::{get, post};
 use director_api::deployments::{
     Config, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment, DeploymentManifest,
     Event, EventsQuery, Instance, InstanceStemcell, InstancesQuery, LiveAgent, LogsRequest,
-    NameVersion, OrphanedDisk, PlanAnswer, StateChangeRequest,
+    NameVersion, OrphanedDisk, PlanAnswer, RecordedVm, StateChangeRequest,
 };
 use director_api::error::LockHolder;
 use director_api::{ApiError, ConfigKind};
@@ -37,6 +37,7 @@ pub(super) fn routes() -> Router {
             get(deployment).delete(delete_deployment),
         )
         .route("/deployments/{name}/instances", get(instances))
+        .route("/deployments/{name}/vm_records", get(recorded_vms))
         .route("/deployments/{name}/state", post(change_state))
         .route("/deployments/{name}/logs", post(fetch_logs))
         .route(
@@ -365,6 +366,34 @@ async fn instances(
         list.iter()
             .zip(agents)
             .map(|(instance, agent)| instance_view(instance, agent))
+            .collect(),
+    ))
+}
+
+/// `GET /deployments/{name}/vm_records`: the deployment's VMs no instance owns (being made,
+/// compilation and errand VMs, and those a director that stopped left unknown).
+async fn recorded_vms(
+    AxumState(director): AxumState<Director>,
+    Path(name): Path<String>,
+) -> Reply<Json<Vec<RecordedVm>>> {
+    let deployment = find(&director, &name).await?;
+    let records = director
+        .state
+        .vm_records()
+        .of_deployment(deployment.id)
+        .await?;
+    Ok(Json(
+        records
+            .into_iter()
+            .map(|record| RecordedVm {
+                agent_id: record.agent_id,
+                vm_cid: record.cid,
+                state: record.state.as_str().to_string(),
+                purpose: record.purpose.as_str().to_string(),
+                label: record.label,
+                ips: record.addresses.into_iter().map(|(_, ip)| ip).collect(),
+                created_at: record.created_at,
+            })
             .collect(),
     ))
 }

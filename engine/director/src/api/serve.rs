@@ -81,6 +81,10 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             ..crate::ops::Timeouts::default()
         },
     });
+    // VMs a director that stopped was making, before any task runs (ops::vms::reconcile).
+    for outcome in crate::ops::vms::reconcile(&services).await? {
+        eprintln!("{outcome}");
+    }
     if dev {
         set_default_cloud_config(&state).await?;
     }

@@ -20,7 +20,7 @@ use tokio::task::JoinSet;
 use super::Services;
 use super::prepare::PreparedDeploy;
 use super::stemcells::{StemcellCids, stemcell_key};
-use super::vms::{CreatedVm, VmError, VmRequest, create_vm, delete_vm};
+use super::vms::{CreatedVm, VmError, VmOwner, VmRequest, create_vm, delete_vm};
 use crate::blobstore::slots::{Purpose, SlotError};
 use crate::blobstore::{BlobId, BlobstoreError};
 use crate::tasks::{Stage, TaskContext, TaskError};
@@ -28,7 +28,7 @@ use director_bus::BusError;
 use director_core::manifest::ip::from_number;
 use director_core::manifest::{CloudConfig, Compilation};
 use director_core::stemcell::StemcellKey;
-use director_state::{Archive, DeploymentId, NewCompiledPackage, Package, StateError};
+use director_state::{Archive, DeploymentId, NewCompiledPackage, Package, StateError, TaskId};
 
 /// Why the packages of a deploy could not be compiled.
 #[derive(Debug, thiserror::Error)]
@@ -353,6 +353,8 @@ struct Pool {
     services: Services,
     deployment: DeploymentId,
     deployment_name: String,
+    /// The deploy's task (its compilation VMs are recorded as its own).
+    task: TaskId,
     compilation: Compilation,
     cloud: CloudConfig,
     idle: Mutex<Vec<Worker>>,
@@ -479,6 +481,7 @@ impl Pool {
             env: json!({}),
             disk_cids: Vec::new(),
             metadata: json!({"deployment": self.deployment_name, "compiling": package, "director": "director"}),
+            owner: VmOwner::compilation(self.deployment, self.task),
         };
         match create_vm(&self.services, &request).await {
             Ok(vm) => {
@@ -726,6 +729,7 @@ pub async fn compile(
         services: services.clone(),
         deployment,
         deployment_name: prepared.name.clone(),
+        task: context.id,
         compilation,
         cloud,
         idle: Mutex::new(Vec::new()),

@@ -295,6 +295,7 @@ async fn create_missing_vms(
                         work,
                         instance,
                         cids,
+                        context.id,
                     )
                     .await?),
                     _ => Err(DeployError::InstanceNotRecorded { instance: step }),
@@ -397,6 +398,7 @@ impl Updater<'_> {
                         step,
                         stemcell_cids: self.cids,
                         cancellation: self.context.cancellation(),
+                        task: self.context.id,
                     };
                     Ok::<(), DeployError>(update.run(plan, work, instance, watch).await?)
                 };

@@ -18,7 +18,8 @@ use super::compile::{BuildKey, Builds};
 use super::drain::{AgentTasks, DrainError, DrainKind, DrainLimits, drain, stop_for_delete};
 use super::stemcells::StemcellCids;
 use super::vms::{
-    CreatedVm, VmError, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach,
+    CreatedVm, VmError, VmOwner, VmRequest, attach_and_mount, create_vm, delete_vm,
+    unmount_and_detach,
 };
 use crate::blobstore::slots::Purpose;
 use crate::blobstore::{BlobId, BlobstoreError, RecordedError};
@@ -29,7 +30,7 @@ use director_core::deploy::plan::DiskState;
 use director_core::deploy::{Action, InstancePlan, InstanceWork};
 use director_core::manifest::WatchTime;
 use director_core::stemcell::StemcellKey;
-use director_state::{Disk, Instance, InstanceId, StateError, Vm};
+use director_state::{Disk, Instance, InstanceId, StateError, TaskId, Vm};
 
 /// Why updating, starting, stopping or deleting an instance failed. The instance is named
 /// by the step that reports the error (`web/0 (6f1c…)`).
@@ -237,6 +238,8 @@ pub struct InstanceUpdate<'a> {
     pub stemcell_cids: &'a StemcellCids,
     /// The task's cancellation (drains stop waiting when it fires).
     pub cancellation: CancellationToken,
+    /// The task (VMs it makes are recorded as its own until their instance records them).
+    pub task: TaskId,
 }
 
 const QUICK: Duration = Duration::from_secs(10);
@@ -462,6 +465,7 @@ impl InstanceUpdate<'_> {
                 env: work.spec.env.clone(),
                 disk_cids: instance.disk.iter().map(|d| d.cid.clone()).collect(),
                 metadata: vm_metadata(self.deployment, work),
+                owner: VmOwner::instance(instance, self.task),
             },
         )
         .await?;
@@ -824,6 +828,7 @@ pub async fn create_missing_vm(
     work: &InstanceWork,
     instance: &Instance,
     cids: &StemcellCids,
+    task: TaskId,
 ) -> Result<(), UpdateError> {
     let created = create_vm(
         services,
@@ -835,6 +840,7 @@ pub async fn create_missing_vm(
             env: work.spec.env.clone(),
             disk_cids: instance.disk.iter().map(|d| d.cid.clone()).collect(),
             metadata: vm_metadata(deployment, work),
+            owner: VmOwner::instance(instance, task),
         },
     )
     .await?;

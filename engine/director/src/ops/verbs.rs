@@ -13,7 +13,9 @@ use super::stemcells::{StemcellCids, uploaded_stemcell_cids};
 use super::update::{
     InstanceUpdate, UpdateError, UpdateOptions, delete_instance, record_vm, recorded_apply_spec,
 };
-use super::vms::{VmError, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach};
+use super::vms::{
+    VmError, VmOwner, VmRequest, attach_and_mount, create_vm, delete_vm, unmount_and_detach,
+};
 use super::{Services, StepFailure, StepsFailed};
 use crate::blobstore::slots::{Purpose, SlotError};
 use crate::tasks::{LockKey, TaskContext, TaskError};
@@ -23,7 +25,7 @@ use director_bus::BusError;
 use director_core::deploy::InstanceSpec;
 use director_core::manifest::{Documents, Lifecycle, WatchTime};
 use director_core::stemcell::StemcellKey;
-use director_state::{Deployment, Instance, NewEvent, StateError};
+use director_state::{Deployment, Instance, NewEvent, StateError, TaskId};
 
 /// Why a day-to-day verb failed. Per-instance errors are named by their instance
 /// ([`VerbError::Instance`]).
@@ -375,6 +377,7 @@ pub async fn change_state(
             step: step.clone(),
             stemcell_cids: &cids,
             cancellation: context.cancellation(),
+            task: context.id,
         };
         let watch = deployed
             .watch
@@ -529,6 +532,7 @@ async fn recreate(
             env: spec.env.clone(),
             disk_cids: instance.disk.iter().map(|d| d.cid.clone()).collect(),
             metadata: json!({"deployment": apply.deployment, "instance_group": apply.name, "id": apply.id, "index": apply.index.to_string()}),
+            owner: VmOwner::instance(instance, update.task),
         },
     )
     .await?;
@@ -581,7 +585,7 @@ pub async fn run_errand(
         let step = instance.label();
         let index = n as u32 + 1;
         stage.started(&step, index);
-        match errand_on(services, instance, &cids, &step).await {
+        match errand_on(services, instance, &cids, &step, context.id).await {
             Ok(run) => {
                 if run.exit_code == 0 {
                     stage.finished(&step, index);
@@ -616,6 +620,7 @@ async fn errand_on(
     instance: &Instance,
     cids: &StemcellCids,
     step: &str,
+    task: TaskId,
 ) -> Result<ErrandResult, VerbError> {
     let not_deployed = || VerbError::ErrandNotDeployed {
         instance: instance_name(instance),
@@ -641,6 +646,7 @@ async fn errand_on(
             env: spec.env.clone(),
             disk_cids: Vec::new(),
             metadata: json!({"deployment": apply.deployment, "instance_group": apply.name, "errand": true}),
+            owner: VmOwner::errand(instance, task),
         },
     )
     .await?;

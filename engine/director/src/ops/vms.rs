@@ -1,6 +1,15 @@
 //! VMs and disks through the CPI, with their agents: create a VM with a fresh agent account
 //! and wait for its agent (explaining what is known when it never answers), delete a VM
-//! and its account, attach and mount disks.
+//! and its account, attach and mount disks, and reconcile at start-up what a director that
+//! died while making VMs left.
+//!
+//! Every VM is recorded ([`director_state::VmRecords`]) before `create_vm`, with its agent id
+//! and what it is for; its CPI id is recorded when `create_vm` answers, and the record goes
+//! when the VM is deleted or an instance records it as its VM. [`reconcile`] deletes the VMs
+//! of the records no running task holds (a record without a CPI id is looked up by its
+//! agent id, [`cpi::Cpi::find_vm_by_agent_id`]) and revokes their agents' bus accounts; a VM
+//! the CPI cannot look up stays recorded as unknown, its addresses reserved, and no new VM
+//! is given an address it may still use.
 
 use std::time::Duration;
 
@@ -9,6 +18,10 @@ use serde_json::{Value as Json, json};
 use super::Services;
 use director_bus::BusError;
 use director_core::deploy::desired::deep_merge;
+use director_state::{
+    DeploymentId, Instance, InstanceId, NewVmRecord, StateError, TaskId, VmPurpose, VmRecord,
+    VmRecordState,
+};
 
 /// Why a VM or a disk could not be made, removed, attached or detached.
 #[derive(Debug, thiserror::Error)]
@@ -62,6 +75,33 @@ pub enum VmError {
         vm_cid: String,
         /// Why.
         source: cpi::CpiError,
+    },
+    /// The VM could not be recorded, or its record updated or removed.
+    #[error("{label}: {source}")]
+    Record {
+        /// What the VM is for.
+        label: String,
+        /// Why.
+        source: Box<StateError>,
+    },
+    /// An address the new VM would get may still be used by a VM a director that died
+    /// left, which the CPI cannot look up.
+    #[error(
+        "{label}: address {address} on network '{network}' may still be used by the VM of agent \
+         {} ({}), which a director that stopped was creating and the CPI cannot look up by its \
+         agent id; it stays recorded (`director vms` lists it) with its addresses reserved",
+        holder.agent_id,
+        holder.label
+    )]
+    AddressUncertain {
+        /// What the new VM is for.
+        label: String,
+        /// The network.
+        network: String,
+        /// The address.
+        address: String,
+        /// The record of the VM that may hold it.
+        holder: Box<VmRecord>,
     },
     /// The CPI's `attach_disk` failed.
     #[error("attaching disk {disk_cid} to VM {vm_cid} failed: {source}")]
@@ -118,6 +158,67 @@ pub struct VmRequest {
     pub disk_cids: Vec<String>,
     /// Metadata (tags) for `set_vm_metadata`.
     pub metadata: Json,
+    /// Whose VM it is, as recorded until it is deleted or its instance records it.
+    pub owner: VmOwner,
+}
+
+/// Whose a VM is: what its record says until it is deleted or an instance records it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmOwner {
+    /// What it is for.
+    pub purpose: VmPurpose,
+    /// Its deployment.
+    pub deployment: Option<DeploymentId>,
+    /// Its instance (instance and errand VMs).
+    pub instance: Option<InstanceId>,
+    /// The task making it.
+    pub task: Option<TaskId>,
+}
+
+impl VmOwner {
+    /// The VM of `instance`, made by `task`.
+    pub fn instance(instance: &Instance, task: TaskId) -> VmOwner {
+        VmOwner {
+            purpose: VmPurpose::Instance,
+            deployment: Some(instance.deployment_id),
+            instance: Some(instance.id),
+            task: Some(task),
+        }
+    }
+
+    /// A VM running an errand of `instance` once, made by `task`.
+    pub fn errand(instance: &Instance, task: TaskId) -> VmOwner {
+        VmOwner {
+            purpose: VmPurpose::Errand,
+            ..VmOwner::instance(instance, task)
+        }
+    }
+
+    /// A compilation VM of `deployment`, made by `task`; the addresses of its networks are
+    /// reservations of the deployment that the VM's record then holds.
+    pub fn compilation(deployment: DeploymentId, task: TaskId) -> VmOwner {
+        VmOwner {
+            purpose: VmPurpose::Compilation,
+            deployment: Some(deployment),
+            instance: None,
+            task: Some(task),
+        }
+    }
+}
+
+/// The addresses of `create_vm`'s networks: `(network, ip)` of each that has one.
+fn addresses(networks: &Json) -> Vec<(String, String)> {
+    networks
+        .as_object()
+        .map(|networks| {
+            networks
+                .iter()
+                .filter_map(|(name, settings)| {
+                    Some((name.clone(), settings.get("ip")?.as_str()?.to_string()))
+                })
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 /// A VM whose agent answered.
@@ -192,14 +293,42 @@ pub async fn explain_silent_agent(
 /// deleted, the account removed) and the error says what is known.
 pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<CreatedVm, VmError> {
     let agent_id = uuid::Uuid::new_v4().to_string();
-    let credentials = services
-        .accounts
-        .add_agent(&agent_id)
+    let record_error = |source| VmError::Record {
+        label: request.label.clone(),
+        source: Box::new(source),
+    };
+    let addresses = addresses(&request.networks);
+    refuse_uncertain_addresses(services, &request.label, &addresses).await?;
+    let holds = match request.owner.purpose {
+        VmPurpose::Compilation => addresses.clone(),
+        VmPurpose::Instance | VmPurpose::Errand => Vec::new(),
+    };
+    let records = services.state.vm_records();
+    records
+        .begin(
+            &NewVmRecord {
+                agent_id: agent_id.clone(),
+                purpose: request.owner.purpose,
+                label: request.label.clone(),
+                deployment: request.owner.deployment,
+                instance: request.owner.instance,
+                task: request.owner.task,
+                addresses,
+            },
+            &holds,
+        )
         .await
-        .map_err(|source| VmError::AgentAccount {
-            label: request.label.clone(),
-            source: Box::new(source),
-        })?;
+        .map_err(record_error)?;
+    let credentials = match services.accounts.add_agent(&agent_id).await {
+        Ok(credentials) => credentials,
+        Err(source) => {
+            let _ = records.remove(&agent_id).await;
+            return Err(VmError::AgentAccount {
+                label: request.label.clone(),
+                source: Box::new(source),
+            });
+        }
+    };
     let mut env = request.env.clone();
     if !env.is_object() {
         env = json!({});
@@ -248,12 +377,17 @@ pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<Creat
         Ok((cid, _)) => cid,
         Err(source) => {
             let _ = services.accounts.remove_agent(&agent_id).await;
+            let _ = records.remove(&agent_id).await;
             return Err(VmError::Create {
                 label: request.label.clone(),
                 source,
             });
         }
     };
+    if let Err(source) = records.set_cid(&agent_id, &vm_cid).await {
+        let _ = delete_vm(services, &vm_cid, &agent_id).await;
+        return Err(record_error(source));
+    }
     let (cid, metadata) = (vm_cid.clone(), request.metadata.clone());
     if let Err(source) = services
         .cpi_call(move |cpi| cpi.set_vm_metadata(&cid, &metadata))
@@ -303,7 +437,42 @@ pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<Creat
     })
 }
 
-/// Deletes a VM (a VM already gone is fine) and its agent's account.
+/// Refuses addresses that a VM recorded as unknown may still use.
+async fn refuse_uncertain_addresses(
+    services: &Services,
+    label: &str,
+    addresses: &[(String, String)],
+) -> Result<(), VmError> {
+    if addresses.is_empty() {
+        return Ok(());
+    }
+    let records = services
+        .state
+        .vm_records()
+        .list()
+        .await
+        .map_err(|source| VmError::Record {
+            label: label.to_string(),
+            source: Box::new(source),
+        })?;
+    for record in records.iter().filter(|r| r.state == VmRecordState::Unknown) {
+        if let Some((network, address)) = record
+            .addresses
+            .iter()
+            .find(|held| addresses.contains(held))
+        {
+            return Err(VmError::AddressUncertain {
+                label: label.to_string(),
+                network: network.clone(),
+                address: address.clone(),
+                holder: Box::new(record.clone()),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Deletes a VM (a VM already gone is fine), its agent's account and its record.
 pub async fn delete_vm(services: &Services, vm_cid: &str, agent_id: &str) -> Result<(), VmError> {
     let cid = vm_cid.to_string();
     match services.cpi_call(move |cpi| cpi.delete_vm(&cid)).await {
@@ -316,9 +485,147 @@ pub async fn delete_vm(services: &Services, vm_cid: &str, agent_id: &str) -> Res
             });
         }
     }
+    forget_agent(services, agent_id)
+        .await
+        .map_err(|source| VmError::Record {
+            label: format!("VM {vm_cid}"),
+            source: Box::new(source),
+        })
+}
+
+/// Revokes an agent's bus account and forgets its VM's record.
+async fn forget_agent(services: &Services, agent_id: &str) -> Result<(), StateError> {
     let _ = services.accounts.remove_agent(agent_id).await;
     services.bus.forget_agent(agent_id);
-    Ok(())
+    services.state.vm_records().remove(agent_id).await
+}
+
+/// What [`reconcile`] did with one VM a director that stopped left.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Reconciled {
+    /// Its VM was deleted, its agent's account revoked, its record and addresses released.
+    Deleted {
+        /// The VM.
+        vm_cid: String,
+        /// What it was for.
+        label: String,
+    },
+    /// Its VM had never been made (or was gone already); account and record released.
+    Gone {
+        /// Its agent.
+        agent_id: String,
+        /// What it was for.
+        label: String,
+    },
+    /// Kept: the CPI cannot say whether it exists or could not delete it.
+    Kept {
+        /// The record.
+        record: VmRecord,
+        /// Why it is kept.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for Reconciled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Reconciled::Deleted { vm_cid, label } => write!(
+                f,
+                "deleted VM {vm_cid} ({label}) that a director that stopped left unrecorded"
+            ),
+            Reconciled::Gone { agent_id, label } => write!(
+                f,
+                "forgot the VM of agent {agent_id} ({label}): a director that stopped was creating it and it does not exist"
+            ),
+            Reconciled::Kept { record, reason } => {
+                let addresses: Vec<String> = record
+                    .addresses
+                    .iter()
+                    .map(|(network, address)| format!("{address} on '{network}'"))
+                    .collect();
+                write!(
+                    f,
+                    "kept the record of the VM of agent {} ({}): {reason}",
+                    record.agent_id, record.label
+                )?;
+                if !addresses.is_empty() {
+                    write!(f, "; its addresses stay reserved: {}", addresses.join(", "))?;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+/// Deletes the VMs of the records no running task holds (what a director that died while
+/// making VMs, or a task that could not delete one, left), revokes their agents' bus
+/// accounts and releases their addresses. A record without a CPI id is looked up by its
+/// agent id; when the CPI cannot do that, the record stays as unknown (its addresses stay
+/// reserved, and no new VM gets them). Call at start-up, before tasks run.
+pub async fn reconcile(services: &Services) -> Result<Vec<Reconciled>, StateError> {
+    let mut outcomes = Vec::new();
+    for record in services.state.vm_records().abandoned().await? {
+        outcomes.push(reconcile_one(services, record).await?);
+    }
+    Ok(outcomes)
+}
+
+async fn reconcile_one(services: &Services, record: VmRecord) -> Result<Reconciled, StateError> {
+    let cid = match &record.cid {
+        Some(cid) => Some(cid.clone()),
+        None => {
+            let agent_id = record.agent_id.clone();
+            let found = services
+                .cpi_call(move |cpi| cpi.find_vm_by_agent_id(&agent_id))
+                .await;
+            match found {
+                Ok(found) => found,
+                Err(e)
+                    if matches!(
+                        e.kind,
+                        cpi::ErrorKind::NotImplemented | cpi::ErrorKind::NotSupported
+                    ) =>
+                {
+                    services
+                        .state
+                        .vm_records()
+                        .set_unknown(&record.agent_id)
+                        .await?;
+                    let reason = "the CPI cannot look VMs up by agent id, so whether it exists is unknown; delete it in the IaaS if it does".to_string();
+                    return Ok(Reconciled::Kept {
+                        record: VmRecord {
+                            state: VmRecordState::Unknown,
+                            ..record
+                        },
+                        reason,
+                    });
+                }
+                Err(e) => {
+                    let reason = format!("looking it up by its agent id failed: {e}");
+                    return Ok(Reconciled::Kept { record, reason });
+                }
+            }
+        }
+    };
+    match cid {
+        Some(vm_cid) => match delete_vm(services, &vm_cid, &record.agent_id).await {
+            Ok(()) => Ok(Reconciled::Deleted {
+                vm_cid,
+                label: record.label,
+            }),
+            Err(e) => {
+                let reason = e.to_string();
+                Ok(Reconciled::Kept { record, reason })
+            }
+        },
+        None => {
+            forget_agent(services, &record.agent_id).await?;
+            Ok(Reconciled::Gone {
+                agent_id: record.agent_id,
+                label: record.label,
+            })
+        }
+    }
 }
 
 /// Attaches a disk to a VM and has the agent mount it on `/var/vcap/store`.
@@ -390,5 +697,215 @@ pub async fn unmount_and_detach(
             vm_cid: vm_cid.to_string(),
             source,
         }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{Arc, Mutex};
+
+    use serde_json::{Value as Json, json};
+
+    use super::*;
+    use crate::blobstore::{Blobstore, BlobstoreConfig};
+    use cpi::{CpiError, ErrorKind, Info};
+
+    /// A CPI with BOSH's API only (it cannot look VMs up by agent id); it records what it
+    /// is asked to delete and refuses everything else.
+    #[derive(Default)]
+    struct BoshOnlyCpi {
+        deleted: Mutex<Vec<String>>,
+    }
+
+    fn refused<T>() -> cpi::Result<T> {
+        Err(CpiError::new(ErrorKind::CpiError, "not in this test"))
+    }
+
+    impl cpi::Cpi for BoshOnlyCpi {
+        fn info(&self) -> cpi::Result<Info> {
+            refused()
+        }
+        fn create_stemcell(&self, _: &std::path::Path, _: &Json) -> cpi::Result<String> {
+            refused()
+        }
+        fn delete_stemcell(&self, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn create_vm(
+            &self,
+            _: &str,
+            _: &str,
+            _: &Json,
+            _: &Json,
+            _: &[String],
+            _: &Json,
+        ) -> cpi::Result<(String, Json)> {
+            refused()
+        }
+        fn delete_vm(&self, vm_cid: &str) -> cpi::Result<()> {
+            self.deleted
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(vm_cid.to_string());
+            Ok(())
+        }
+        fn has_vm(&self, _: &str) -> cpi::Result<bool> {
+            refused()
+        }
+        fn reboot_vm(&self, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn set_vm_metadata(&self, _: &str, _: &Json) -> cpi::Result<()> {
+            refused()
+        }
+        fn create_disk(&self, _: u64, _: &Json, _: Option<&str>) -> cpi::Result<String> {
+            refused()
+        }
+        fn delete_disk(&self, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn has_disk(&self, _: &str) -> cpi::Result<bool> {
+            refused()
+        }
+        fn attach_disk(&self, _: &str, _: &str) -> cpi::Result<Json> {
+            refused()
+        }
+        fn detach_disk(&self, _: &str, _: &str) -> cpi::Result<()> {
+            refused()
+        }
+        fn get_disks(&self, _: &str) -> cpi::Result<Vec<String>> {
+            refused()
+        }
+        fn set_disk_metadata(&self, _: &str, _: &Json) -> cpi::Result<()> {
+            refused()
+        }
+    }
+
+    fn record(agent_id: &str, purpose: VmPurpose, deployment: DeploymentId) -> NewVmRecord {
+        NewVmRecord {
+            agent_id: agent_id.to_string(),
+            purpose,
+            label: format!("the VM of {agent_id}"),
+            deployment: Some(deployment),
+            instance: None,
+            task: None,
+            addresses: vec![("default".to_string(), "10.0.0.5".to_string())],
+        }
+    }
+
+    #[tokio::test]
+    async fn a_vm_the_cpi_cannot_look_up_stays_recorded_with_its_address_reserved() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = Arc::new(
+            director_state::State::open(&format!("sqlite://{}/state.db", dir.path().display()))
+                .await
+                .unwrap(),
+        );
+        let bus = director_bus::DirectorBus::start_embedded(
+            dir.path(),
+            "director-test",
+            director_bus::BusLimits::default(),
+        )
+        .await
+        .unwrap();
+        let cpi = Arc::new(BoshOnlyCpi::default());
+        let services = Services {
+            state: state.clone(),
+            blobstore: Blobstore::open(
+                &BlobstoreConfig::Local {
+                    path: dir.path().join("blobs"),
+                },
+                b"key".to_vec(),
+            )
+            .unwrap(),
+            cpi: cpi.clone(),
+            bus: bus.bus.clone(),
+            accounts: bus.accounts.clone(),
+            director_url: "http://127.0.0.1:1".to_string(),
+            ca_cert: None,
+            templates: crate::ops::TemplateCache::default(),
+            timeouts: crate::ops::Timeouts::default(),
+        };
+        let deployment = state.deployments().create("d").await.unwrap().id;
+        // What a director killed while compiling leaves: a compilation VM without a CPI id
+        // holding its address, and one whose id was recorded.
+        state
+            .instances()
+            .reserve_address(deployment, "default", "10.0.0.5")
+            .await
+            .unwrap();
+        let unknown = record("agent-a", VmPurpose::Compilation, deployment);
+        let records = state.vm_records();
+        records.begin(&unknown, &unknown.addresses).await.unwrap();
+        let known = NewVmRecord {
+            addresses: Vec::new(),
+            ..record("agent-b", VmPurpose::Instance, deployment)
+        };
+        records.begin(&known, &[]).await.unwrap();
+        records.set_cid("agent-b", "vm-b").await.unwrap();
+        for agent in ["agent-a", "agent-b"] {
+            services.accounts.add_agent(agent).await.unwrap();
+        }
+
+        let outcomes = reconcile(&services).await.unwrap();
+        assert_eq!(outcomes.len(), 2, "{outcomes:?}");
+        assert_eq!(
+            outcomes[0].to_string(),
+            "kept the record of the VM of agent agent-a (the VM of agent-a): the CPI cannot look \
+             VMs up by agent id, so whether it exists is unknown; delete it in the IaaS if it \
+             does; its addresses stay reserved: 10.0.0.5 on 'default'"
+        );
+        assert_eq!(
+            outcomes[1],
+            Reconciled::Deleted {
+                vm_cid: "vm-b".to_string(),
+                label: "the VM of agent-b".to_string()
+            }
+        );
+        assert_eq!(*cpi.deleted.lock().unwrap(), ["vm-b"]);
+        let left = records.list().await.unwrap();
+        assert_eq!(
+            left.iter()
+                .map(|r| (r.agent_id.as_str(), r.state))
+                .collect::<Vec<_>>(),
+            [("agent-a", VmRecordState::Unknown)]
+        );
+        let accounts: Json =
+            serde_json::from_slice(&std::fs::read(dir.path().join("bus-agents.json")).unwrap())
+                .unwrap();
+        assert!(accounts.get("agent-a").is_some() && accounts.get("agent-b").is_none());
+
+        // Its address stays taken, and no new VM is given it.
+        assert_eq!(
+            state.instances().all_addresses().await.unwrap(),
+            [("default".to_string(), "10.0.0.5".to_string())]
+        );
+        let request = VmRequest {
+            label: "web/1".to_string(),
+            stemcell_cid: "stemcell".to_string(),
+            cloud_properties: json!({}),
+            networks: json!({"default": {"type": "manual", "ip": "10.0.0.5"}}),
+            env: json!({}),
+            disk_cids: Vec::new(),
+            metadata: json!({}),
+            owner: VmOwner {
+                purpose: VmPurpose::Instance,
+                deployment: Some(deployment),
+                instance: None,
+                task: None,
+            },
+        };
+        let refused = create_vm(&services, &request).await.unwrap_err();
+        assert!(
+            matches!(&refused, VmError::AddressUncertain { address, .. } if address == "10.0.0.5"),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("agent agent-a"), "{refused}");
+        assert_eq!(records.list().await.unwrap().len(), 1, "nothing recorded");
+
+        // The next start-up keeps it too.
+        assert_eq!(reconcile(&services).await.unwrap().len(), 1);
+        assert_eq!(records.list().await.unwrap().len(), 1);
+        bus.shutdown().await;
     }
 }

@@ -291,6 +291,12 @@ pub fn vms(global: &GlobalArgs, args: VmsArgs, ui: &mut Ui) -> u8 {
             print_json(ui, &with_vm);
             return 0;
         }
+        // VMs no instance owns: being made, compiling, running an errand, or left unknown
+        // by a director that stopped (their addresses stay reserved).
+        let recorded = match client.recorded_vms(&name).await {
+            Ok(recorded) => recorded,
+            Err(e) => return fail(ui, e),
+        };
         let mut header = vec![
             "Instance",
             "Process State",
@@ -330,8 +336,30 @@ pub fn vms(global: &GlobalArgs, args: VmsArgs, ui: &mut Ui) -> u8 {
             }
             rows.push(row);
         }
+        for vm in &recorded {
+            let mut row = vec![
+                printable(&vm.label),
+                format!("{} ({} VM, agent {})", vm.state, vm.purpose, vm.agent_id),
+                "-".to_string(),
+                vm.ips.join(", "),
+                text(vm.vm_cid.as_deref()),
+                "-".to_string(),
+            ];
+            if args.vitals {
+                row.push(utc(vm.created_at));
+                row.extend(vitals(None));
+            }
+            rows.push(row);
+        }
         ui.data(&columns(&rows));
         ui.say(&format!("{} vm(s)", with_vm.len()));
+        if !recorded.is_empty() {
+            ui.say(&format!(
+                "{} more VM(s) no instance owns; those 'unknown' were being made when a director \
+                 stopped and the CPI cannot look them up: their addresses stay reserved",
+                recorded.len()
+            ));
+        }
         0
     })
 }
