@@ -123,6 +123,10 @@ pub(crate) struct Director {
     pub uploads_dir: PathBuf,
     pub upload: UploadContext,
     pub max_upload_bytes: u64,
+    /// How long a request body may go without a byte arriving.
+    pub idle_timeout: std::time::Duration,
+    /// The client for URLs the director downloads, with its connect and read timeouts.
+    pub fetch: reqwest::Client,
     pub shutdown: CancellationToken,
     pub services: Arc<crate::ops::Services>,
     pub staging_dir: PathBuf,
@@ -139,12 +143,83 @@ fn router(director: Director) -> Router {
             director.clone(),
             authenticate,
         ));
+    let idle_timeout = director.idle_timeout;
     Router::new()
         .route("/info", get(info))
         .route("/openapi.json", get(openapi))
         .merge(blobs::signed_routes())
         .merge(protected)
+        .layer(middleware::from_fn(move |request, next| {
+            body_idle_timeout(idle_timeout, request, next)
+        }))
         .with_state(director)
+}
+
+/// Every request body may go at most `idle_timeout` without a byte arriving: a client that
+/// stalls mid-upload frees its connection (the handler reading the body sees an error that
+/// says so), while an upload that keeps moving is never cut, however large.
+async fn body_idle_timeout(
+    idle_timeout: std::time::Duration,
+    request: Request,
+    next: Next,
+) -> Response {
+    let request = request.map(|body| axum::body::Body::new(IdleBody::new(body, idle_timeout)));
+    next.run(request).await
+}
+
+/// A request body whose next frame must arrive within `idle_timeout`.
+struct IdleBody {
+    body: axum::body::Body,
+    idle_timeout: std::time::Duration,
+    waiting: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl IdleBody {
+    fn new(body: axum::body::Body, idle_timeout: std::time::Duration) -> IdleBody {
+        IdleBody {
+            body,
+            idle_timeout,
+            waiting: None,
+        }
+    }
+}
+
+impl hyper::body::Body for IdleBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::future::Future;
+        use std::task::Poll;
+        let this = self.get_mut();
+        let poll = std::pin::Pin::new(&mut this.body).poll_frame(cx);
+        if poll.is_ready() {
+            this.waiting = None;
+            return poll;
+        }
+        let idle_timeout = this.idle_timeout;
+        let waiting = this
+            .waiting
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
+        match waiting.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(axum::Error::new(format!(
+                "no data of the request body for {} s",
+                idle_timeout.as_secs()
+            ))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
 }
 
 async fn info(AxumState(director): AxumState<Director>) -> Json<Info> {
