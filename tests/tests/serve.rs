@@ -5,8 +5,11 @@
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+use tests::User;
 
 /// Waits (bounded) until `condition` holds.
 fn wait_for(mut condition: impl FnMut() -> bool, what: &str) {
@@ -263,4 +266,151 @@ fn a_download_that_stalls_fails_the_upload_instead_of_hanging() {
     stalling.join().unwrap();
     assert_eq!(exit.code(), Some(1), "{stderr}");
     assert!(stderr.contains("the upload was interrupted"), "{stderr}");
+}
+
+/// A field of the dev director's record (`dev.yml`).
+fn dev_record_field(user: &User, name: &str) -> String {
+    let text = std::fs::read_to_string(user.data_dir().join("dev.yml")).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name}: ")))
+        .unwrap_or_else(|| panic!("dev.yml has no {name}: {text}"))
+        .trim()
+        .trim_matches(|c| c == '\'' || c == '"')
+        .to_string()
+}
+
+/// An HTTP server that answers every request as a dev director's `/info` would (plus a
+/// made-up `proof`) and keeps every request it was sent.
+fn impostor() -> (String, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let requests = Arc::new(Mutex::new(Vec::new()));
+    let kept = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let kept = kept.clone();
+            std::thread::spawn(move || {
+                stream
+                    .set_read_timeout(Some(Duration::from_secs(10)))
+                    .unwrap();
+                let mut buffer = [0u8; 65536];
+                let n = stream.read(&mut buffer).unwrap_or(0);
+                kept.lock()
+                    .unwrap()
+                    .push(String::from_utf8_lossy(&buffer[..n]).into_owned());
+                let body = r#"{"name":"dev","version":"0.1.0","user_authentication":"token","state":"sqlite","blobstore":"local","bus":"embedded","cpi":"local","dev":true,"proof":"00"}"#;
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            });
+        }
+    });
+    (url, requests)
+}
+
+#[test]
+fn the_dev_token_goes_only_to_the_dev_director_the_cli_started() {
+    let user = User::new();
+    assert_eq!(user.run(&["status"]).code, 0);
+    let token = dev_record_field(&user, "token");
+    let pid = user.dev_pid().unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-9", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    // Another process took the dead dev director's port: the record (its URL, its token)
+    // now leads there. (The record is pointed at the impostor's own free port, so the test
+    // does not race other tests for the dead director's port.)
+    let (url, requests) = impostor();
+    let record = user.data_dir().join("dev.yml");
+    let text = std::fs::read_to_string(&record).unwrap();
+    let recorded_url = dev_record_field(&user, "url");
+    std::fs::write(&record, text.replace(&recorded_url, &url)).unwrap();
+
+    let stop = user.run(&["stop-server"]);
+    let status = user.run(&["status"]);
+
+    let seen = requests.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "the CLI asked the impostor something");
+    for request in &seen {
+        assert!(
+            !request.to_ascii_lowercase().contains("authorization") && !request.contains(&token),
+            "the impostor was sent the token: {request}"
+        );
+    }
+    let says = format!(
+        "the listener at {url} is not the dev director this CLI started (its answer to the challenge does not prove it holds the dev director's token); the dev director's token was not sent to it"
+    );
+    assert_eq!(stop.code, 1, "{}", stop.stderr);
+    assert!(stop.stderr.contains(&says), "{}", stop.stderr);
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(status.stderr.starts_with(&says), "{}", status.stderr);
+    assert!(
+        status.stderr.contains("Started a dev director at"),
+        "{}",
+        status.stderr
+    );
+    assert!(!status.stdout.contains(&url), "{}", status.stdout);
+}
+
+#[test]
+fn serve_dev_leaves_a_non_dev_target_in_the_cli_config_alone() {
+    let user = User::new();
+    let config = user.home.path().join("config/director/config.yml");
+    std::fs::create_dir_all(config.parent().unwrap()).unwrap();
+    let production = "url: https://director.example:25555\ntoken: production-token\nca_cert: /etc/director/ca.pem\ndev: false\n";
+    std::fs::write(&config, production).unwrap();
+
+    let mut server = user
+        .director()
+        .args(["serve", "--dev"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let server_pid = server.id();
+    wait_for(
+        || user.dev_pid() == Some(server_pid),
+        "the dev director to record itself",
+    );
+    let dev_url = dev_record_field(&user, "url");
+    let status = user.run(&["--director", "dev", "status"]);
+    let stop = user.run(&["--director", "dev", "stop-server"]);
+    let _ = server.kill();
+    let _ = server.wait();
+    let mut log = String::new();
+    server
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut log)
+        .unwrap();
+
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), production);
+    assert!(
+        log.contains(&format!(
+            "the CLI config {} targets https://director.example:25555: left as it is; `director --director dev ...` (or DIRECTOR_URL=dev) talks to this dev director",
+            config.display()
+        )),
+        "{log}"
+    );
+    assert_eq!(status.code, 0, "{}", status.stderr);
+    assert!(
+        status.stdout.contains(&format!("{dev_url} (dev)")),
+        "{}",
+        status.stdout
+    );
+    assert_eq!(stop.code, 0, "{}", stop.stderr);
+    assert!(
+        stop.stderr
+            .starts_with(&format!("stopped the dev director at {dev_url}")),
+        "{}",
+        stop.stderr
+    );
 }

@@ -1,8 +1,8 @@
 //! The director's HTTP/JSON API (`director serve`): the only module that knows routes.
 //!
 //! Every answer is a type of the contract crate `director_api`; every error is its
-//! `ApiError` (`reply` classifies the typed errors below). Every request but `GET /info` and
-//! `GET /openapi.json` needs `Authorization: Bearer <token>`; `GET /blobs/<id>` and
+//! `ApiError` (`reply` classifies the typed errors below). Every request but `GET /info`,
+//! `POST /challenge` and `GET /openapi.json` needs `Authorization: Bearer <token>`; `GET /blobs/<id>` and
 //! `PUT /blobs/uploads/<nonce>` instead need a signed, expiring URL (agents use those).
 //! Mutating calls answer at once with a queued task (`202 {"task": {...}}`) and the work
 //! runs in the background; clients follow it with `GET /tasks/<id>/output`.
@@ -27,7 +27,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use director_api::Message;
+use director_api::{ChallengeProof, ChallengeRequest, Message};
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
@@ -146,6 +146,7 @@ fn router(director: Director) -> Router {
     let idle_timeout = director.idle_timeout;
     Router::new()
         .route("/info", get(info))
+        .route("/challenge", post(challenge))
         .route("/openapi.json", get(openapi))
         .merge(blobs::signed_routes())
         .merge(protected)
@@ -224,6 +225,39 @@ impl hyper::body::Body for IdleBody {
 
 async fn info(AxumState(director): AxumState<Director>) -> Json<Info> {
     Json(director.info.clone())
+}
+
+/// `POST /challenge`: proves, without sending it, that this director holds its token (the
+/// CLI asks before it sends a dev director's token to the port that director recorded).
+async fn challenge(
+    AxumState(director): AxumState<Director>,
+    Json(request): Json<ChallengeRequest>,
+) -> Reply<Json<ChallengeProof>> {
+    let nonce = &request.nonce;
+    if !(32..=128).contains(&nonce.len()) || !nonce.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(Failure::bad_request(
+            "the nonce must be 32 to 128 hexadecimal digits",
+        ));
+    }
+    let proof = challenge_proof(&director.token, &director.services.director_url, nonce)
+        .ok_or_else(|| Failure::internal("the challenge's HMAC could not be computed"))?;
+    Ok(Json(ChallengeProof { proof }))
+}
+
+/// The answer to a challenge: hex HMAC-SHA256 keyed with `token` of `director challenge`,
+/// the director's `url` and the `nonce`, one per line. Binding the URL means a listener on
+/// another port cannot relay the challenge to the real director and pass its answer on.
+pub fn challenge_proof(token: &str, url: &str, nonce: &str) -> Option<String> {
+    use hmac::Mac;
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(token.as_bytes()).ok()?;
+    mac.update(format!("director challenge\n{url}\n{nonce}").as_bytes());
+    Some(
+        mac.finalize()
+            .into_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect(),
+    )
 }
 
 /// The contract's OpenAPI document (the same as `docs/openapi.json`).

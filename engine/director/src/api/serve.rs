@@ -282,7 +282,7 @@ async fn set_default_cloud_config(state: &State) -> Result<(), ServeError> {
 }
 
 /// A dev director records its URL, token and pid for the CLI (`dev.yml`) and targets the
-/// CLI config at itself.
+/// CLI config at itself, unless that names another director.
 fn record_dev_director(data_dir: &Path, url: &str, token: &str) -> Result<(), ServeError> {
     let record = DevRecord {
         url: url.to_string(),
@@ -294,14 +294,35 @@ fn record_dev_director(data_dir: &Path, url: &str, token: &str) -> Result<(), Se
         "writing {}",
         DevRecord::path(data_dir).display()
     )))?;
-    ClientConfig {
-        url: Some(url.to_string()),
-        token: Some(secrets::Redacted(token.to_string())),
-        ca_cert: None,
-        dev: true,
+    target_cli(url, token)
+}
+
+/// Targets the CLI config at the dev director, unless it names another director (a URL
+/// without `dev: true`: the user's production director, with its token and CA) or cannot
+/// be read: that stays as it is, and the log says how to reach the dev director instead.
+fn target_cli(url: &str, token: &str) -> Result<(), ServeError> {
+    const HOW: &str = "left as it is; `director --director dev ...` (or DIRECTOR_URL=dev) talks to this dev director";
+    match ClientConfig::load() {
+        Ok(saved) => match saved.url {
+            Some(other) if !saved.dev => eprintln!(
+                "the CLI config {} targets {}: {HOW}",
+                ClientConfig::path().display(),
+                secrets::redact_urls(&other)
+            ),
+            _ => {
+                return ClientConfig {
+                    url: Some(url.to_string()),
+                    token: Some(secrets::Redacted(token.to_string())),
+                    ca_cert: None,
+                    dev: true,
+                }
+                .save()
+                .map_err(ServeError::from);
+            }
+        },
+        Err(e) => eprintln!("{e}: {HOW}"),
     }
-    .save()
-    .map_err(ServeError::from)
+    Ok(())
 }
 
 /// Ends on SIGINT, SIGTERM or `shutdown` (a dev director's `POST /shutdown`).

@@ -41,7 +41,7 @@ pub struct GlobalArgs {
     /// Don't color output
     #[arg(long = "no-color", global = true)]
     pub no_color: bool,
-    /// The director's URL (default: the CLI config, else a dev director started on demand)
+    /// The director's URL, or `dev` for this user's dev director (default: the CLI config, else a dev director started on demand)
     #[arg(
         long = "director",
         global = true,
