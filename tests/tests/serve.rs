@@ -230,8 +230,13 @@ fn a_download_that_stalls_fails_the_upload_instead_of_hanging() {
             .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 100000000\r\n\r\n")
             .unwrap();
         stream.write_all(&[0x1f; 1000]).unwrap();
-        // Held open (and silent) until the director gives up and closes it.
-        let _ = read_until_closed(&mut stream);
+        // Held open (and silent) until the director gives up and closes it: longer than
+        // the test waits for the upload to end.
+        stream
+            .set_read_timeout(Some(Duration::from_secs(600)))
+            .unwrap();
+        let mut rest = Vec::new();
+        let _ = stream.read_to_end(&mut rest);
     });
     let mut upload = tests::director()
         .env("HOME", director.dir.path())
