@@ -123,7 +123,9 @@ pub async fn recorded_dev_director(record: &DevRecord) -> Result<DevListener, Cl
             &director_api::ChallengeRequest {
                 nonce: nonce.clone(),
             },
-            Duration::from_secs(2),
+            // A refused connection fails at once; only a listener that accepts and stays
+            // silent waits this long (a busy dev director is not taken for a dead one).
+            Duration::from_secs(10),
         )
         .await;
     let proof = match answer {

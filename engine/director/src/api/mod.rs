@@ -304,3 +304,28 @@ async fn authenticate(
         .into_response()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::challenge_proof;
+
+    #[test]
+    fn a_challenge_proof_needs_the_token_and_binds_the_url_and_the_nonce() {
+        let proof = |token, url, nonce| challenge_proof(token, url, nonce).unwrap();
+        let nonce = "00112233445566778899aabbccddeeff";
+        let right = proof("token", "http://127.0.0.1:25555", nonce);
+        assert_eq!(right.len(), 64);
+        assert_eq!(right, proof("token", "http://127.0.0.1:25555", nonce));
+        for other in [
+            proof("other token", "http://127.0.0.1:25555", nonce),
+            proof("token", "http://127.0.0.1:25556", nonce),
+            proof(
+                "token",
+                "http://127.0.0.1:25555",
+                "ffeeddccbbaa99887766554433221100",
+            ),
+        ] {
+            assert_ne!(right, other);
+        }
+    }
+}
