@@ -58,7 +58,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
     let http_limits = HttpLimits::new(&config.limits);
     let fetch = fetch_client(&config.limits)?;
-    let (listener, url) = listen(&config, dev).await?;
+    let (listener, address, url) = listen(&config, dev).await?;
     let director_id = secret(&data_dir.join("director-id"), 16)?;
     let bus = match &config.mbus {
         Some(mbus) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
@@ -139,8 +139,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let listener = LimitedListener::new(listener, http_limits);
     match acceptor {
         Some(acceptor) => {
-            let listener = TlsListener::start(listener, acceptor)
-                .map_err(io("reading the listening address"))?;
+            let listener = TlsListener::start(listener, address, acceptor);
             serve_connections(listener, app, http_limits, stopped(shutdown)).await;
         }
         None => serve_connections(listener, app, http_limits, stopped(shutdown)).await,
@@ -206,11 +205,11 @@ fn fresh_directory(directory: &Path) -> Result<PathBuf, ServeError> {
 }
 
 /// Binds the configured address (a dev director whose port is taken takes a free one) and
-/// answers the listener with the director's URL.
+/// answers the listener with its address and the director's URL.
 async fn listen(
     config: &DirectorConfig,
     dev: bool,
-) -> Result<(tokio::net::TcpListener, String), ServeError> {
+) -> Result<(tokio::net::TcpListener, SocketAddr, String), ServeError> {
     let listener = match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(e) if dev && e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -228,7 +227,7 @@ async fn listen(
     } else {
         "http"
     };
-    Ok((listener, format!("{scheme}://{address}")))
+    Ok((listener, address, format!("{scheme}://{address}")))
 }
 
 /// The configured CPI and how `/info` describes it (its kind, no paths).
@@ -622,17 +621,18 @@ struct TlsListener {
 type TlsStream = tokio_openssl::SslStream<Connection<tokio::net::TcpStream>>;
 
 impl TlsListener {
+    /// Starts the accept loop on `listener`, which listens on `address`.
     fn start(
         listener: LimitedListener,
+        address: SocketAddr,
         acceptor: Arc<openssl::ssl::SslAcceptor>,
-    ) -> std::io::Result<TlsListener> {
-        let address = axum::serve::Listener::local_addr(&listener)?;
+    ) -> TlsListener {
         let (sender, connections) = tokio::sync::mpsc::channel(64);
         tokio::spawn(accept_tls(listener, acceptor, sender));
-        Ok(TlsListener {
+        TlsListener {
             connections,
             address,
-        })
+        }
     }
 }
 
