@@ -715,15 +715,19 @@ fn a_dead_dev_directors_port_taken_by_another_director_is_not_used() {
         "the other director to listen on the dead one's port",
     );
 
-    // The user's next command sees that the director there does not take its token and
-    // starts its own again, elsewhere.
+    // The user's next command sees that the director there cannot prove it holds its token
+    // (and does not send it there), says so, and starts its own again, elsewhere.
     let out = user.run(&["tasks"]);
     let _ = foreign.kill();
     let _ = foreign.wait();
     assert_eq!(out.code, 0, "{}", out.stderr);
     assert!(
-        out.stderr.contains("Started a dev director at")
-            && !out.stderr.contains(&format!("at {url} ")),
+        out.stderr.starts_with(&format!(
+            "the listener at {url} is not the dev director this CLI started"
+        )) && out.stderr.contains("Started a dev director at")
+            && !out
+                .stderr
+                .contains(&format!("Started a dev director at {url} ")),
         "{}",
         out.stderr
     );

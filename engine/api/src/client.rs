@@ -16,7 +16,7 @@ use crate::deployments::{
     PlanAnswer, RecordedVm, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode};
-use crate::info::{Info, Message};
+use crate::info::{ChallengeProof, ChallengeRequest, Info, Message};
 use crate::releases::{
     BlobLink, CleanupRequest, DeleteQuery, ExportRequest, Release, RemoteUpload, Stemcell,
     UploadQuery,
@@ -240,18 +240,21 @@ impl Client {
         self.info_within(Duration::from_secs(10)).await
     }
 
-    /// Whether the director answers and takes this client's token, within `timeout`.
-    pub async fn accepts_token(&self, timeout: Duration) -> bool {
-        self.info_within(timeout).await.is_ok()
-            && self
-                .decode::<Vec<Task>>(
-                    "GET /tasks",
-                    self.request(reqwest::Method::GET, "/tasks")
-                        .query(&[("limit", "1")])
-                        .timeout(timeout),
-                )
-                .await
-                .is_ok()
+    /// `POST /challenge` within `timeout`, always without the token (this is how a client
+    /// checks that a listener holds the token before sending it).
+    pub async fn challenge(
+        &self,
+        request: &ChallengeRequest,
+        timeout: Duration,
+    ) -> Result<ChallengeProof, ClientError> {
+        self.decode(
+            "POST /challenge",
+            self.http
+                .post(format!("{}/challenge", self.url))
+                .json(request)
+                .timeout(timeout),
+        )
+        .await
     }
 
     /// `GET /openapi.json`.

@@ -1,4 +1,4 @@
-//! `GET /info` (the only route without a token) and `GET /openapi.json`.
+//! `GET /info` and `POST /challenge` (the routes without a token) and `GET /openapi.json`.
 
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
@@ -29,4 +29,20 @@ pub struct Info {
 pub struct Message {
     /// What happened.
     pub message: String,
+}
+
+/// `POST /challenge`: a client's fresh random nonce (hex, 32 to 128 digits), sent without a
+/// token, for the director to prove it holds the token before the client sends it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChallengeRequest {
+    /// The nonce.
+    pub nonce: String,
+}
+
+/// The director's answer to a challenge: hex HMAC-SHA256, keyed with its token, of
+/// `director challenge`, its own URL and the nonce, one per line.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ChallengeProof {
+    /// The HMAC.
+    pub proof: String,
 }

@@ -20,5 +20,5 @@ pub mod tasks;
 
 pub use deployments::{ConfigKind, StateChange};
 pub use error::{ApiError, ErrorCode};
-pub use info::{Info, Message};
+pub use info::{ChallengeProof, ChallengeRequest, Info, Message};
 pub use tasks::{Task, TaskAccepted, TaskState};

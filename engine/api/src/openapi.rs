@@ -17,7 +17,7 @@ use crate::deployments::{
     StateChange, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode, ErrorDetails, LockHolder};
-use crate::info::{Info, Message};
+use crate::info::{ChallengeProof, ChallengeRequest, Info, Message};
 use crate::releases::{
     BlobLink, CleanupRequest, DeleteQuery, ExportRequest, ExportedRelease, Release, ReleaseVersion,
     RemoteUpload, Stemcell, UploadQuery,
@@ -51,7 +51,7 @@ pub fn document_json() -> String {
     modifiers(&BearerToken),
     security(("token" = [])),
     paths(
-        info, openapi_json, blob, put_blob,
+        info, challenge, openapi_json, blob, put_blob,
         tasks, task, cancel_task, task_output,
         releases, upload_release, delete_release,
         stemcells, upload_stemcell, delete_stemcell,
@@ -63,7 +63,8 @@ pub fn document_json() -> String {
         export_release, export_link, blob_link,
     ),
     components(schemas(
-        ApiError, ErrorCode, ErrorDetails, LockHolder, Info, Message,
+        ApiError, ErrorCode, ErrorDetails, LockHolder, Info, Message, ChallengeRequest,
+        ChallengeProof,
         Task, TaskState, TaskAccepted, OutputKind, TaskEvent, EventState, EventError, EventData,
         Release, ReleaseVersion, Stemcell, RemoteUpload, CleanupRequest, ExportRequest,
         ExportedRelease, BlobLink,
@@ -90,6 +91,12 @@ impl Modify for BearerToken {
 #[utoipa::path(get, path = "/info", security(()), tag = "director",
     responses((status = 200, description = "The director", body = Info)))]
 fn info() {}
+
+#[utoipa::path(post, path = "/challenge", security(()), tag = "director",
+    request_body = ChallengeRequest,
+    responses((status = 200, description = "The proof that the director holds the token",
+        body = ChallengeProof), (status = 400, body = ApiError)))]
+fn challenge() {}
 
 #[utoipa::path(get, path = "/openapi.json", security(()), tag = "director",
     responses((status = 200, description = "This document", content_type = "application/json")))]
@@ -288,6 +295,7 @@ mod tests {
         let paths: Vec<&str> = document.paths.paths.keys().map(String::as_str).collect();
         for path in [
             "/info",
+            "/challenge",
             "/openapi.json",
             "/tasks/{id}/output",
             "/deployments/{name}/errands/{errand}/runs",
@@ -297,6 +305,6 @@ mod tests {
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
-        assert_eq!(paths.len(), 28, "{paths:?}");
+        assert_eq!(paths.len(), 29, "{paths:?}");
     }
 }

@@ -47,12 +47,19 @@ pub struct TargetFlags {
     pub ca_cert: Option<String>,
 }
 
-/// Finds the director: flags/environment, then the CLI config, then the dev director
-/// (started when nothing answers; `say` prints the one line that says so).
+/// The `--director` value that names this user's dev director, whatever the CLI config says.
+pub const DEV_TARGET: &str = "dev";
+
+/// Finds the director: flags/environment (`dev` for the dev director), then the CLI config,
+/// then the dev director (started when nothing answers; `say` prints the one line that says
+/// so).
 pub async fn connect(
     flags: &TargetFlags,
     say: &mut dyn FnMut(&str),
 ) -> Result<Client, ClientError> {
+    if flags.url.as_deref() == Some(DEV_TARGET) {
+        return dev(say).await;
+    }
     if let Some(url) = &flags.url {
         return Ok(Client::new(
             url,
@@ -77,17 +84,84 @@ pub async fn connect(
 pub async fn dev(say: &mut dyn FnMut(&str)) -> Result<Client, ClientError> {
     let data_dir = config::data_dir();
     if let Some(record) = DevRecord::load(&data_dir) {
-        let client =
-            Client::new(&record.url, Some(record.token.clone()), None)?.reading_local_files();
-        // After a dev director died, another one (another user's, or a test's) may have
-        // taken its port; one that does not take the record's token is not ours to use.
-        if client.accepts_token(Duration::from_secs(2)).await {
-            return Ok(client);
+        match recorded_dev_director(&record).await? {
+            DevListener::Ours(client) => return Ok(client.reading_local_files()),
+            DevListener::Gone => {}
+            DevListener::Stranger(why) => say(&stranger_message(&record.url, &why)),
         }
     }
     Ok(start_dev_director(&data_dir, say)
         .await?
         .reading_local_files())
+}
+
+/// What listens at the URL a dev director recorded.
+pub enum DevListener {
+    /// The dev director that wrote the record: a client with its token.
+    Ours(Client),
+    /// Nothing (it stopped or died).
+    Gone,
+    /// Something that could not prove it holds the record's token, and why.
+    Stranger(String),
+}
+
+/// Checks, before the token goes anywhere, that the listener at `record.url` is the dev
+/// director that wrote the record: after that director died, any process (another user's,
+/// a test's director) may have taken its port. The listener must answer a fresh random
+/// nonce, sent without the token, with [`crate::api::challenge_proof`], which needs the
+/// token and binds the recorded URL.
+pub async fn recorded_dev_director(record: &DevRecord) -> Result<DevListener, ClientError> {
+    let mut bytes = [0u8; 32];
+    openssl::rand::rand_bytes(&mut bytes).map_err(|e| ClientError::Io {
+        context: "drawing a random challenge".to_string(),
+        source: std::io::Error::other(e),
+    })?;
+    let nonce: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let anonymous = Client::new(&record.url, None, None)?;
+    let answer = anonymous
+        .challenge(
+            &director_api::ChallengeRequest {
+                nonce: nonce.clone(),
+            },
+            // A refused connection fails at once; only a listener that accepts and stays
+            // silent waits this long (a busy dev director is not taken for a dead one).
+            Duration::from_secs(10),
+        )
+        .await;
+    let proof = match answer {
+        Ok(answer) => answer.proof,
+        Err(director_api::client::ClientError::Unreachable { .. }) => {
+            return Ok(DevListener::Gone);
+        }
+        Err(e) => {
+            return Ok(DevListener::Stranger(format!(
+                "it does not answer the challenge: {e}"
+            )));
+        }
+    };
+    let expected =
+        crate::api::challenge_proof(&record.token, &record.url, &nonce).unwrap_or_default();
+    if expected.is_empty()
+        || proof.len() != expected.len()
+        || !openssl::memcmp::eq(proof.as_bytes(), expected.as_bytes())
+    {
+        return Ok(DevListener::Stranger(
+            "its answer to the challenge does not prove it holds the dev director's token"
+                .to_string(),
+        ));
+    }
+    Ok(DevListener::Ours(Client::new(
+        &record.url,
+        Some(record.token.clone()),
+        None,
+    )?))
+}
+
+/// What the CLI says of a listener that is not the dev director it started.
+pub fn stranger_message(url: &str, why: &str) -> String {
+    format!(
+        "the listener at {url} is not the dev director this CLI started ({why}); the dev director's token was not sent to it"
+    )
 }
 
 /// Uploads `file` (`upload-release`, `upload-stemcell`, a deploy's local releases), with a

@@ -178,7 +178,7 @@ pub enum BlobstoreSettings {
     },
 }
 
-/// `limits`.
+/// `limits`: uploads, and what one slow or idle client may hold of the API server.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
@@ -188,6 +188,24 @@ pub struct Limits {
     /// How many times larger than the compressed archive its content may be.
     #[serde(default = "default_max_expansion")]
     pub max_expansion_ratio: u64,
+    /// Seconds a client may take to send a request's headers; a kept-alive connection that
+    /// sends no next request is closed after as long.
+    #[serde(default = "default_header_read_timeout")]
+    pub header_read_timeout: u64,
+    /// Seconds a request body may go without a byte arriving, and a response without the
+    /// client taking a byte (a progress timeout: a large upload that keeps moving is never cut).
+    #[serde(default = "default_idle_timeout")]
+    pub idle_timeout: u64,
+    /// Connections served at once (TLS handshakes included); more wait in the kernel's
+    /// backlog until one ends, so clients cannot exhaust the director's file descriptors.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// Seconds to connect to a URL the director downloads (`upload-release URL`).
+    #[serde(default = "default_fetch_connect_timeout")]
+    pub fetch_connect_timeout: u64,
+    /// Seconds such a download may go without data.
+    #[serde(default = "default_fetch_idle_timeout")]
+    pub fetch_idle_timeout: u64,
 }
 
 impl Default for Limits {
@@ -195,6 +213,28 @@ impl Default for Limits {
         Limits {
             max_upload_bytes: default_max_upload(),
             max_expansion_ratio: default_max_expansion(),
+            header_read_timeout: default_header_read_timeout(),
+            idle_timeout: default_idle_timeout(),
+            max_connections: default_max_connections(),
+            fetch_connect_timeout: default_fetch_connect_timeout(),
+            fetch_idle_timeout: default_fetch_idle_timeout(),
+        }
+    }
+}
+
+impl Limits {
+    /// The first limit that cannot work (a zero timeout or connection cap), named.
+    fn check(&self) -> Result<(), String> {
+        let zero = [
+            ("header_read_timeout", self.header_read_timeout == 0),
+            ("idle_timeout", self.idle_timeout == 0),
+            ("max_connections", self.max_connections == 0),
+            ("fetch_connect_timeout", self.fetch_connect_timeout == 0),
+            ("fetch_idle_timeout", self.fetch_idle_timeout == 0),
+        ];
+        match zero.iter().find(|(_, is_zero)| *is_zero) {
+            Some((name, _)) => Err(format!("limits.{name} must be at least 1")),
+            None => Ok(()),
         }
     }
 }
@@ -213,6 +253,23 @@ fn default_max_upload() -> u64 {
 }
 fn default_max_expansion() -> u64 {
     20
+}
+fn default_header_read_timeout() -> u64 {
+    30
+}
+fn default_idle_timeout() -> u64 {
+    120
+}
+fn default_max_connections() -> usize {
+    // Well under the usual soft limit of 1024 descriptors: the state database, blobs, task
+    // logs and the bus need theirs too.
+    512
+}
+fn default_fetch_connect_timeout() -> u64 {
+    30
+}
+fn default_fetch_idle_timeout() -> u64 {
+    120
 }
 
 impl DirectorConfig {
@@ -240,7 +297,16 @@ impl DirectorConfig {
             path: path.to_path_buf(),
             source,
         })?;
-        serde_yaml::from_str(&text).map_err(|source| ConfigError::parse(path, source))
+        let config: DirectorConfig =
+            serde_yaml::from_str(&text).map_err(|source| ConfigError::parse(path, source))?;
+        config
+            .limits
+            .check()
+            .map_err(|message| ConfigError::Invalid {
+                path: path.to_path_buf(),
+                message,
+            })?;
+        Ok(config)
     }
 
     /// The database URL (default: SQLite in the data directory).
@@ -365,6 +431,14 @@ pub enum ConfigError {
         /// What is wrong.
         source: serde_yaml::Error,
     },
+    /// A value parses but cannot be used.
+    #[error("{}: {message}", path.display())]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// The config could not be encoded.
     #[error("cannot encode {}: {source}", path.display())]
     Encode {
@@ -468,6 +542,24 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn http_limits_have_defaults_and_refuse_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        std::fs::write(&path, "data_dir: /x\nlimits: {header_read_timeout: 2}\n").unwrap();
+        let limits = DirectorConfig::load(&path).unwrap().limits;
+        assert_eq!(
+            (limits.header_read_timeout, limits.max_connections),
+            (2, 512)
+        );
+        std::fs::write(&path, "data_dir: /x\nlimits: {max_connections: 0}\n").unwrap();
+        let error = DirectorConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.ends_with("director.yml: limits.max_connections must be at least 1"),
+            "{error}"
+        );
     }
 
     #[test]

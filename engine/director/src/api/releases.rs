@@ -232,7 +232,10 @@ async fn receive_or_fetch(
             remote.location
         )));
     }
-    let response = reqwest::get(&remote.location)
+    let response = director
+        .fetch
+        .get(&remote.location)
+        .send()
         .await
         .and_then(reqwest::Response::error_for_status)
         .map_err(|e| {

@@ -2,12 +2,17 @@
 //! bus, CPI, the dev director's defaults and records), then serving until a signal or, for a
 //! dev director, `POST /shutdown`.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::Router;
 use director_api::ConfigKind;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
@@ -51,7 +56,10 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let blobstore = open_blobstore(&config, &state).await?;
     let uploads_dir = fresh_directory(&data_dir.join("uploads"))?;
     let staging_dir = fresh_directory(&data_dir.join("staging"))?;
-    let (listener, url) = listen(&config, dev).await?;
+    let acceptor = config.tls.as_ref().map(tls_acceptor).transpose()?;
+    let http_limits = HttpLimits::new(&config.limits);
+    let fetch = fetch_client(&config.limits)?;
+    let (listener, address, url) = listen(&config, dev).await?;
     let bus = match (&config.mbus, &config.bus_limits) {
         (Some(mbus), None) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
         (Some(_), Some(_)) => Err(ServeError::Config(
@@ -76,7 +84,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             .and_then(|tls| std::fs::read_to_string(&tls.certificate).ok()),
         templates: crate::ops::TemplateCache::default(),
         timeouts: crate::ops::Timeouts {
-            agent_wait: std::time::Duration::from_secs(config.agent.wait_timeout),
+            agent_wait: Duration::from_secs(config.agent.wait_timeout),
             heartbeat_interval: config.agent.heartbeat_interval,
             ..crate::ops::Timeouts::default()
         },
@@ -125,6 +133,8 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             },
         },
         max_upload_bytes: config.limits.max_upload_bytes,
+        idle_timeout: http_limits.idle_timeout,
+        fetch,
         shutdown: shutdown.clone(),
         services,
         staging_dir,
@@ -137,13 +147,14 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         state.backend().as_str(),
         director_location(&config)
     );
-    let served = match &config.tls {
-        Some(tls) => serve_tls(listener, app, tls, stopped(shutdown)).await,
-        None => axum::serve(listener, app.into_make_service())
-            .with_graceful_shutdown(stopped(shutdown))
-            .await
-            .map_err(io("serving HTTP")),
-    };
+    let listener = LimitedListener::new(listener, http_limits);
+    match acceptor {
+        Some(acceptor) => {
+            let listener = TlsListener::start(listener, address, acceptor);
+            serve_connections(listener, app, http_limits, stopped(shutdown)).await;
+        }
+        None => serve_connections(listener, app, http_limits, stopped(shutdown)).await,
+    }
     runner.shutdown().await;
     beating.abort();
     bus.shutdown().await;
@@ -151,7 +162,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         let _ = std::fs::remove_file(DevRecord::path(&data_dir));
     }
     state.close().await;
-    served
+    Ok(())
 }
 
 /// Everything the director writes is its own: a umask of 077 for the process (the state
@@ -239,11 +250,11 @@ fn fresh_directory(directory: &Path) -> Result<PathBuf, ServeError> {
 }
 
 /// Binds the configured address (a dev director whose port is taken takes a free one) and
-/// answers the listener with the director's URL.
+/// answers the listener with its address and the director's URL.
 async fn listen(
     config: &DirectorConfig,
     dev: bool,
-) -> Result<(tokio::net::TcpListener, String), ServeError> {
+) -> Result<(tokio::net::TcpListener, SocketAddr, String), ServeError> {
     let listener = match tokio::net::TcpListener::bind(&config.listen).await {
         Ok(listener) => listener,
         Err(e) if dev && e.kind() == std::io::ErrorKind::AddrInUse => {
@@ -261,7 +272,7 @@ async fn listen(
     } else {
         "http"
     };
-    Ok((listener, format!("{scheme}://{address}")))
+    Ok((listener, address, format!("{scheme}://{address}")))
 }
 
 /// The configured CPI and how `/info` describes it (its kind, no paths).
@@ -317,7 +328,7 @@ async fn set_default_cloud_config(state: &State) -> Result<(), ServeError> {
 }
 
 /// A dev director records its URL, token and pid for the CLI (`dev.yml`) and targets the
-/// CLI config at itself.
+/// CLI config at itself, unless that names another director.
 fn record_dev_director(data_dir: &Path, url: &str, token: &str) -> Result<(), ServeError> {
     let record = DevRecord {
         url: url.to_string(),
@@ -329,14 +340,35 @@ fn record_dev_director(data_dir: &Path, url: &str, token: &str) -> Result<(), Se
         "writing {}",
         DevRecord::path(data_dir).display()
     )))?;
-    ClientConfig {
-        url: Some(url.to_string()),
-        token: Some(secrets::Redacted(token.to_string())),
-        ca_cert: None,
-        dev: true,
+    target_cli(url, token)
+}
+
+/// Targets the CLI config at the dev director, unless it names another director (a URL
+/// without `dev: true`: the user's production director, with its token and CA) or cannot
+/// be read: that stays as it is, and the log says how to reach the dev director instead.
+fn target_cli(url: &str, token: &str) -> Result<(), ServeError> {
+    const HOW: &str = "left as it is; `director --director dev ...` (or DIRECTOR_URL=dev) talks to this dev director";
+    match ClientConfig::load() {
+        Ok(saved) => match saved.url {
+            Some(other) if !saved.dev => eprintln!(
+                "the CLI config {} targets {}: {HOW}",
+                ClientConfig::path().display(),
+                secrets::redact_urls(&other)
+            ),
+            _ => {
+                return ClientConfig {
+                    url: Some(url.to_string()),
+                    token: Some(secrets::Redacted(token.to_string())),
+                    ca_cert: None,
+                    dev: true,
+                }
+                .save()
+                .map_err(ServeError::from);
+            }
+        },
+        Err(e) => eprintln!("{e}: {HOW}"),
     }
-    .save()
-    .map_err(ServeError::from)
+    Ok(())
 }
 
 /// Ends on SIGINT, SIGTERM or `shutdown` (a dev director's `POST /shutdown`).
@@ -363,12 +395,90 @@ fn director_location(config: &DirectorConfig) -> String {
     }
 }
 
-async fn serve_tls(
-    listener: tokio::net::TcpListener,
+/// The API server's limits, from `director.yml`'s `limits`.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct HttpLimits {
+    /// How long a client may take to send a request's headers (or an idle kept-alive
+    /// connection may wait for its next request).
+    pub header_read_timeout: Duration,
+    /// How long a request body or a response may go without progress.
+    pub idle_timeout: Duration,
+    /// Connections served at once.
+    pub max_connections: usize,
+}
+
+impl HttpLimits {
+    pub(crate) fn new(limits: &crate::config::Limits) -> HttpLimits {
+        HttpLimits {
+            header_read_timeout: Duration::from_secs(limits.header_read_timeout),
+            idle_timeout: Duration::from_secs(limits.idle_timeout),
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+/// The director's own HTTP client for the URLs it downloads (`upload-release URL`): a
+/// connect timeout, and a read timeout that is a progress timeout (a large release that
+/// keeps arriving is never cut), so a server that stalls cannot hold an upload forever.
+fn fetch_client(limits: &crate::config::Limits) -> Result<reqwest::Client, ServeError> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(limits.fetch_connect_timeout))
+        .read_timeout(Duration::from_secs(limits.fetch_idle_timeout))
+        .build()
+        .map_err(|e| ServeError::Config(format!("the HTTP client for downloads: {e}")))
+}
+
+/// Serves `app` on `listener`'s connections, each with hyper's header read timeout, until
+/// `signal`; then stops accepting and lets the requests in flight finish.
+async fn serve_connections<L>(
+    mut listener: L,
     app: Router,
+    limits: HttpLimits,
+    signal: impl Future<Output = ()>,
+) where
+    L: axum::serve::Listener,
+    L::Io: Unpin,
+{
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .keep_alive(true);
+    let stopping = CancellationToken::new();
+    let mut connections = tokio::task::JoinSet::new();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            () = &mut signal => break,
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            (io, _address) = listener.accept() => {
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let connection =
+                    builder.serve_connection(hyper_util::rt::TokioIo::new(io), service);
+                let stopping = stopping.clone();
+                connections.spawn(async move {
+                    tokio::pin!(connection);
+                    tokio::select! {
+                        // A connection's end (a client gone, a timeout) is no server error.
+                        _ = connection.as_mut() => {}
+                        () = stopping.cancelled() => {
+                            connection.as_mut().graceful_shutdown();
+                            let _ = connection.await;
+                        }
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    stopping.cancel();
+    while connections.join_next().await.is_some() {}
+}
+
+/// The OpenSSL acceptor of `tls`'s certificate and key.
+fn tls_acceptor(
     tls: &crate::config::TlsConfig,
-    signals: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<(), ServeError> {
+) -> Result<Arc<openssl::ssl::SslAcceptor>, ServeError> {
     use openssl::ssl::{SslAcceptor, SslFiletype, SslMethod};
     let mut acceptor = SslAcceptor::mozilla_intermediate_v5(SslMethod::tls())
         .map_err(|e| ServeError::Config(format!("TLS: {e}")))?;
@@ -391,83 +501,217 @@ async fn serve_tls(
     acceptor.check_private_key().map_err(|e| {
         ServeError::Config(format!("TLS: the key does not match the certificate: {e}"))
     })?;
-    let acceptor = Arc::new(acceptor.build());
-    let listener =
-        TlsListener::start(listener, acceptor).map_err(io("reading the listening address"))?;
-    axum::serve(listener, app.into_make_service())
-        .with_graceful_shutdown(signals)
-        .await
-        .map_err(io("serving HTTPS"))
+    Ok(Arc::new(acceptor.build()))
 }
 
 /// How long a client may take to complete its TLS handshake.
-const HANDSHAKE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The longest pause after a failed `accept` (out of file descriptors, say).
-const MAX_ACCEPT_BACKOFF: std::time::Duration = std::time::Duration::from_secs(1);
+const MAX_ACCEPT_BACKOFF: Duration = Duration::from_secs(1);
 
-/// A listener that hands axum connections whose TLS handshake (OpenSSL) completed. Each
+/// A TCP listener that holds at most `max_connections` connections open: it accepts only
+/// with a permit in hand, so beyond the cap new clients wait in the kernel's backlog (no
+/// descriptor of ours) until a connection ends. A failing `accept` is retried with a
+/// growing pause instead of spinning.
+struct LimitedListener {
+    listener: tokio::net::TcpListener,
+    permits: Arc<tokio::sync::Semaphore>,
+    idle_timeout: Duration,
+}
+
+impl LimitedListener {
+    fn new(listener: tokio::net::TcpListener, limits: HttpLimits) -> LimitedListener {
+        LimitedListener {
+            listener,
+            permits: Arc::new(tokio::sync::Semaphore::new(limits.max_connections)),
+            idle_timeout: limits.idle_timeout,
+        }
+    }
+}
+
+impl axum::serve::Listener for LimitedListener {
+    type Io = Connection<tokio::net::TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        let mut backoff = Duration::from_millis(10);
+        loop {
+            let Ok(permit) = self.permits.clone().acquire_owned().await else {
+                // The semaphore is never closed; were it, nothing more would be accepted.
+                return std::future::pending().await;
+            };
+            match self.listener.accept().await {
+                Ok((stream, address)) => {
+                    return (Connection::new(stream, permit, self.idle_timeout), address);
+                }
+                Err(_) => {
+                    drop(permit);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
+                }
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.listener.local_addr()
+    }
+}
+
+/// An accepted connection: it holds its listener permit until dropped, and a write the
+/// client takes no byte of for `idle_timeout` fails (a client that stopped reading a
+/// response, a blob download, frees its connection).
+struct Connection<S> {
+    stream: S,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    idle_timeout: Duration,
+    stalled: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<S> Connection<S> {
+    fn new(
+        stream: S,
+        permit: tokio::sync::OwnedSemaphorePermit,
+        idle_timeout: Duration,
+    ) -> Connection<S> {
+        Connection {
+            stream,
+            _permit: permit,
+            idle_timeout,
+            stalled: None,
+        }
+    }
+
+    /// `poll` of a write or flush: a ready one resets the stall clock, a pending one fails
+    /// once it has been pending for `idle_timeout`.
+    fn progress<T>(
+        &mut self,
+        poll: Poll<std::io::Result<T>>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<T>> {
+        if poll.is_ready() {
+            self.stalled = None;
+            return poll;
+        }
+        let idle_timeout = self.idle_timeout;
+        let stalled = self
+            .stalled
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(idle_timeout)));
+        match stalled.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("the client took no data for {} s", idle_timeout.as_secs()),
+            ))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Connection<S> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Connection<S> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write(cx, buf);
+        this.progress(poll, cx)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_write_vectored(cx, bufs);
+        this.progress(poll, cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_flush(cx);
+        this.progress(poll, cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let poll = Pin::new(&mut this.stream).poll_shutdown(cx);
+        this.progress(poll, cx)
+    }
+}
+
+/// A listener that hands out connections whose TLS handshake (OpenSSL) completed. Each
 /// handshake runs in a task of its own under [`HANDSHAKE_TIMEOUT`], so a client that
-/// connects and sends nothing delays nobody; a failing `accept` is retried with a growing
-/// pause instead of spinning.
+/// connects and sends nothing delays nobody; handshakes hold their connection's permit of
+/// the [`LimitedListener`] underneath.
 struct TlsListener {
     connections: tokio::sync::mpsc::Receiver<(TlsStream, SocketAddr)>,
     address: SocketAddr,
 }
 
-type TlsStream = tokio_openssl::SslStream<tokio::net::TcpStream>;
+type TlsStream = tokio_openssl::SslStream<Connection<tokio::net::TcpStream>>;
 
 impl TlsListener {
+    /// Starts the accept loop on `listener`, which listens on `address`.
     fn start(
-        listener: tokio::net::TcpListener,
+        listener: LimitedListener,
+        address: SocketAddr,
         acceptor: Arc<openssl::ssl::SslAcceptor>,
-    ) -> std::io::Result<TlsListener> {
-        let address = listener.local_addr()?;
+    ) -> TlsListener {
         let (sender, connections) = tokio::sync::mpsc::channel(64);
         tokio::spawn(accept_tls(listener, acceptor, sender));
-        Ok(TlsListener {
+        TlsListener {
             connections,
             address,
-        })
+        }
     }
 }
 
-/// Accepts connections until the listener is dropped; every handshake is a task in a
+/// Accepts connections until the receiving side is dropped; every handshake is a task in a
 /// `JoinSet` that ends with this loop.
 async fn accept_tls(
-    listener: tokio::net::TcpListener,
+    mut listener: LimitedListener,
     acceptor: Arc<openssl::ssl::SslAcceptor>,
     sender: tokio::sync::mpsc::Sender<(TlsStream, SocketAddr)>,
 ) {
+    use axum::serve::Listener;
     let mut handshakes = tokio::task::JoinSet::new();
-    let mut backoff = std::time::Duration::from_millis(10);
     loop {
         tokio::select! {
             () = sender.closed() => break,
             Some(_) = handshakes.join_next(), if !handshakes.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, address)) => {
-                    backoff = std::time::Duration::from_millis(10);
-                    let acceptor = acceptor.clone();
-                    let sender = sender.clone();
-                    handshakes.spawn(async move {
-                        let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
-                            return;
-                        };
-                        let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else {
-                            return;
-                        };
-                        let handshake = std::pin::Pin::new(&mut tls).accept();
-                        if let Ok(Ok(())) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-                            let _ = sender.send((tls, address)).await;
-                        }
-                    });
-                }
-                Err(_) => {
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(MAX_ACCEPT_BACKOFF);
-                }
-            },
+            (stream, address) = listener.accept() => {
+                let acceptor = acceptor.clone();
+                let sender = sender.clone();
+                handshakes.spawn(async move {
+                    let Ok(ssl) = openssl::ssl::Ssl::new(acceptor.context()) else {
+                        return;
+                    };
+                    let Ok(mut tls) = tokio_openssl::SslStream::new(ssl, stream) else {
+                        return;
+                    };
+                    let handshake = Pin::new(&mut tls).accept();
+                    if let Ok(Ok(())) = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
+                        let _ = sender.send((tls, address)).await;
+                    }
+                });
+            }
         }
     }
 }
@@ -486,5 +730,57 @@ impl axum::serve::Listener for TlsListener {
 
     fn local_addr(&self) -> std::io::Result<Self::Addr> {
         Ok(self.address)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    async fn connection(
+        stream: tokio::io::DuplexStream,
+        idle_timeout: Duration,
+    ) -> Connection<tokio::io::DuplexStream> {
+        let permit = Arc::new(tokio::sync::Semaphore::new(1))
+            .acquire_owned()
+            .await
+            .unwrap();
+        Connection::new(stream, permit, idle_timeout)
+    }
+
+    #[tokio::test]
+    async fn a_write_the_client_takes_nothing_of_fails_after_the_idle_timeout() {
+        let (server, _client) = tokio::io::duplex(64);
+        let mut connection = connection(server, Duration::from_secs(1)).await;
+        let written =
+            tokio::time::timeout(Duration::from_secs(60), connection.write_all(&[0; 4096]))
+                .await
+                .expect("the write ends long before a minute");
+        let error = written.unwrap_err();
+        assert_eq!(error.kind(), std::io::ErrorKind::TimedOut);
+        assert_eq!(error.to_string(), "the client took no data for 1 s");
+    }
+
+    #[tokio::test]
+    async fn a_slow_reader_that_keeps_reading_is_never_cut() {
+        let (server, mut client) = tokio::io::duplex(64);
+        let mut connection = connection(server, Duration::from_secs(5)).await;
+        let reader = tokio::spawn(async move {
+            let mut received = 0;
+            let mut buffer = [0u8; 64];
+            loop {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                match client.read(&mut buffer).await.unwrap() {
+                    0 => return received,
+                    n => received += n,
+                }
+            }
+        });
+        // 64 reads 0.1 s apart: longer than the idle timeout in all, never idle that long.
+        connection.write_all(&[0; 4096]).await.unwrap();
+        connection.shutdown().await.unwrap();
+        drop(connection);
+        assert_eq!(reader.await.unwrap(), 4096);
     }
 }

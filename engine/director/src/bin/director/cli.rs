@@ -41,7 +41,7 @@ pub struct GlobalArgs {
     /// Don't color output
     #[arg(long = "no-color", global = true)]
     pub no_color: bool,
-    /// The director's URL (default: the CLI config, else a dev director started on demand)
+    /// The director's URL, or `dev` for this user's dev director (default: the CLI config, else a dev director started on demand)
     #[arg(
         long = "director",
         global = true,
@@ -260,7 +260,7 @@ pub struct ServeArgs {
     /// The director configuration (director.yml)
     #[arg(long = "config", value_name = "PATH", conflicts_with = "dev")]
     pub config: Option<PathBuf>,
-    /// Dev mode: SQLite, local blobstore, all under $XDG_DATA_HOME/director; writes the CLI config
+    /// Dev mode: SQLite, local blobstore, all under $XDG_DATA_HOME/director; targets the CLI config at it unless that names another director
     #[arg(long = "dev")]
     pub dev: bool,
     /// Serve plain HTTP on an address other hosts reach (the token then crosses the network in clear)

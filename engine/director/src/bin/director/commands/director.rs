@@ -146,7 +146,11 @@ pub fn status(global: &GlobalArgs, ui: &mut Ui) -> u8 {
 /// deployments' local VMs keep running and how to delete them.
 pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
     runtime().block_on(async {
-        let client = if global.director.is_some() {
+        let named = global
+            .director
+            .as_deref()
+            .filter(|target| *target != cli_client::DEV_TARGET);
+        let client = if named.is_some() {
             match connect(global, ui).await {
                 Ok(client) => client,
                 Err(e) => return fail(ui, e),
@@ -157,8 +161,15 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
                 ui.say("no dev director is running");
                 return 0;
             };
-            match Client::new(&record.url, Some(record.token), None) {
-                Ok(client) => client,
+            match cli_client::recorded_dev_director(&record).await {
+                Ok(cli_client::DevListener::Ours(client)) => client,
+                Ok(cli_client::DevListener::Gone) => {
+                    ui.say("no dev director is running");
+                    return 0;
+                }
+                Ok(cli_client::DevListener::Stranger(why)) => {
+                    return fail(ui, cli_client::stranger_message(&record.url, &why));
+                }
                 Err(e) => return fail(ui, e),
             }
         };
@@ -174,7 +185,7 @@ pub fn stop_server(global: &GlobalArgs, ui: &mut Ui) -> u8 {
         // its tasks and its bus have shut down).
         let data_dir = config::data_dir();
         for _ in 0..200 {
-            let record_gone = global.director.is_some()
+            let record_gone = named.is_some()
                 || director::api::DevRecord::load(&data_dir).is_none_or(|r| r.url != client.url());
             if client.info().await.is_err() && record_gone {
                 ui.say(&format!("stopped the dev director at {}", client.url()));
