@@ -162,6 +162,8 @@ impl User {
             .env("XDG_DATA_HOME", self.home.path().join("data"))
             .env("XDG_CONFIG_HOME", self.home.path().join("config"))
             .env("NO_COLOR", "1")
+            // Never the user's default dev director port.
+            .env("DIRECTOR_DEV_LISTEN", "127.0.0.1:0")
             .env_remove("DIRECTOR_URL")
             .env_remove("DIRECTOR_TOKEN")
             .env_remove("DIRECTOR_CA_CERT")

@@ -243,6 +243,7 @@ pub struct UploadContext {
 /// Stores a file as a blob whose digest must be `digest` (`sha256:<hex>`), and records it.
 async fn store(
     upload: &UploadContext,
+    task: director_state::TaskId,
     path: &Path,
     digest: &str,
     what: &str,
@@ -261,8 +262,8 @@ async fn store(
             source,
         })
     })?;
-    // Held against a concurrent clean-up until the release version's record refers to it
-    // (or the hold expires after a failed import).
+    // Held against a concurrent clean-up while the import runs: its release or stemcell
+    // record refers to it once the import is done.
     let (stored, _hold) = upload
         .blobstore
         .put_held(
@@ -270,7 +271,7 @@ async fn store(
             file,
             Some(&expected),
             Purpose::Import,
-            None,
+            Some(task),
             IMPORT_HOLD,
         )
         .await
@@ -490,7 +491,14 @@ impl ReleaseImport<'_> {
             let step = format!("{}/{}", job.name, job.fingerprint);
             stage.started(&step, *index);
             let path = archive.job_archive(&job.name);
-            store(upload, &path, &job.sha1, &format!("job {step}")).await?;
+            store(
+                upload,
+                self.context.id,
+                &path,
+                &job.sha1,
+                &format!("job {step}"),
+            )
+            .await?;
             stage.finished(&step, *index);
         }
         for package in &self.manifest().packages {
@@ -498,7 +506,14 @@ impl ReleaseImport<'_> {
             let step = format!("{}/{}", package.name, package.fingerprint);
             stage.started(&step, *index);
             let path = archive.package_archive(&package.name);
-            store(upload, &path, &package.sha1, &format!("package {step}")).await?;
+            store(
+                upload,
+                self.context.id,
+                &path,
+                &package.sha1,
+                &format!("package {step}"),
+            )
+            .await?;
             stage.finished(&step, *index);
         }
         Ok(())
@@ -517,6 +532,7 @@ impl ReleaseImport<'_> {
         stage.started(&step, *index);
         let stored = store(
             self.upload,
+            self.context.id,
             &self.archive.compiled_package_archive(&package.name),
             &package.sha1,
             &format!("compiled package {step} for {}", package.stemcell),
@@ -572,6 +588,7 @@ impl ReleaseImport<'_> {
             stage.started(&step, *index);
             let stored = store(
                 self.upload,
+                self.context.id,
                 &self.archive.package_archive(&package.name),
                 &package.sha1,
                 &format!("package {step}"),
@@ -614,7 +631,14 @@ impl ReleaseImport<'_> {
             stage.started(&step, *index);
             let job_path = self.archive.job_archive(&job.name);
             let spec = self.job_spec(&job_path, &job.name, &step).await?;
-            let stored = store(self.upload, &job_path, &job.sha1, &format!("job {step}")).await?;
+            let stored = store(
+                self.upload,
+                self.context.id,
+                &job_path,
+                &job.sha1,
+                &format!("job {step}"),
+            )
+            .await?;
             jobs.push(NewJob {
                 name: job.name.clone(),
                 version: job.fingerprint.clone(),
@@ -1079,7 +1103,7 @@ pub async fn export_release(
             file,
             None,
             Purpose::ExportedRelease,
-            Some(context.id),
+            None,
             std::time::Duration::ZERO,
         )
         .await

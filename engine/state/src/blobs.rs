@@ -21,8 +21,8 @@
 
 use std::future::Future;
 
-use super::sql::{Begin, Columns, Conn, params};
-use super::{Failure, Object, State, StateError, TaskId, now};
+use super::sql::{Begin, Columns, Conn, Param, params, placeholders};
+use super::{Failure, Object, State, StateError, TaskId, TaskState, now};
 
 /// A blob to record.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -408,16 +408,28 @@ impl Blobs<'_> {
         })
     }
 
-    /// Removes the slots whose `held_until` is before `now` (seconds since the epoch): their
-    /// blobs are then kept only by real records. Answers how many went.
+    /// Removes the slots whose `held_until` is before `now` (seconds since the epoch) and
+    /// those of a task that has ended (its records refer to what it kept; a failed task's
+    /// blobs are garbage): their blobs are then kept only by real records. Answers how many
+    /// went.
     pub async fn remove_expired_slots(&self, now: i64) -> Result<u64, StateError> {
+        let running: Vec<&str> = TaskState::RUNNING.iter().map(|s| s.as_str()).collect();
         on_pool!(
             self.state,
             "removing expired blob slots".to_string(),
             |pool| {
                 let mut conn = pool.acquire().await?;
+                let mut values = vec![Param::from(now)];
+                values.extend(running.iter().map(|state| Param::from(*state)));
                 Ok(conn
-                    .run("DELETE FROM blob_slots WHERE held_until < $1", params![now])
+                    .run(
+                        &format!(
+                            "DELETE FROM blob_slots WHERE held_until < $1 OR task_id IN \
+                             (SELECT id FROM tasks WHERE state NOT IN ({}))",
+                            placeholders(2, running.len())
+                        ),
+                        &values,
+                    )
                     .await?)
             }
         )

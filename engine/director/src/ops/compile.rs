@@ -580,7 +580,9 @@ async fn compile_one(
         .next_build(package.id, os, stemcell_version)
         .await?;
     let version = format!("{}.{build}", package.fingerprint);
-    let upload = services.upload_url(Purpose::CompiledPackage, None).await?;
+    let upload = services
+        .upload_url(Purpose::CompiledPackage, Some(pool.task))
+        .await?;
     let request = agent_protocol::CompileRequest {
         name: package.name.clone(),
         version: version.clone(),

@@ -449,6 +449,7 @@ async fn record_errands(
     prepared: &PreparedDeploy,
     instances: &BTreeMap<String, Instance>,
     builds: &Builds,
+    task: director_state::TaskId,
 ) -> Result<(), TaskError> {
     for group in prepared
         .prepared
@@ -476,7 +477,7 @@ async fn record_errands(
                 continue;
             }
             let (spec, rendered) =
-                super::update::apply_spec(services, &prepared.name, work, builds)
+                super::update::apply_spec(services, &prepared.name, work, builds, task)
                     .await
                     .map_err(DeployError::from)?;
             let rows = services.state.instances();
@@ -673,7 +674,7 @@ async fn execute(
         cids: &cids,
     };
     updater.all().await?;
-    record_errands(services, prepared, &instances, &builds).await?;
+    record_errands(services, prepared, &instances, &builds, context.id).await?;
     // post-deploy follows changes; a deploy that changed no instance has nothing to follow.
     if prepared
         .prepared

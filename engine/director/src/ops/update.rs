@@ -268,6 +268,7 @@ pub async fn apply_spec(
     deployment: &str,
     work: &InstanceWork,
     builds: &Builds,
+    task: TaskId,
 ) -> Result<(ApplySpec, Vec<(String, String)>), UpdateError> {
     let stemcell = StemcellKey::new(&work.spec.stemcell.os, &work.spec.stemcell.version);
     let mut packages = BTreeMap::new();
@@ -300,15 +301,15 @@ pub async fn apply_spec(
                 job: job.name.clone(),
                 source,
             })?;
-        // Held (against clean-up) while agents may still fetch it with its signed URL; the
-        // instance's rendered_templates record keeps it after that.
+        // Held (against clean-up) while the task runs (agents fetch it with its signed URL);
+        // the instance's rendered_templates record keeps it after that.
         let (stored, _hold) = services
             .blobstore
             .put_bytes_held(
                 &services.state,
                 bytes.into(),
                 Purpose::RenderedTemplates,
-                None,
+                Some(task),
                 services.timeouts.blob_url,
             )
             .await
@@ -592,7 +593,7 @@ impl InstanceUpdate<'_> {
         let state = self.services.state.instances();
         state.set_update_completed(instance.id, false).await?;
         let (spec, rendered_blobs) =
-            apply_spec(self.services, self.deployment, work, self.builds).await?;
+            apply_spec(self.services, self.deployment, work, self.builds, self.task).await?;
         let alive = match &instance.vm {
             Some(vm) => self.answers(&vm.agent_id).await,
             None => false,

@@ -787,10 +787,9 @@ pub async fn delete_stemcell_image(services: &Services, label: &str, cid: &str) 
 /// it) until the CLI fetched its link or the slot expired.
 async fn fetch_logs_from(
     services: &Services,
-    context: &TaskContext,
     agent_id: &str,
 ) -> Result<UploadedBlob, VerbError> {
-    let upload = services.upload_url(Purpose::Logs, Some(context.id)).await?;
+    let upload = services.upload_url(Purpose::Logs, None).await?;
     let answer = agent_task(
         services,
         agent_id,
@@ -840,7 +839,7 @@ pub async fn fetch_logs(
             stage.started(&step, index);
             let agent_id = instance.vm.as_ref().map(|vm| vm.agent_id.as_str());
             let result = match agent_id {
-                Some(agent_id) => fetch_logs_from(services, context, agent_id).await,
+                Some(agent_id) => fetch_logs_from(services, agent_id).await,
                 None => Err(VerbError::NoVm {
                     instance: instance_name(instance),
                 }),

@@ -68,6 +68,10 @@ struct Status<'a> {
     url: &'a str,
 }
 
+/// Where a dev director listens instead of [`config::DEFAULT_LISTEN`] (`127.0.0.1:0`: a
+/// free port).
+const DEV_LISTEN_VARIABLE: &str = "DIRECTOR_DEV_LISTEN";
+
 /// `director serve [--config director.yml] [--dev]`.
 pub fn serve(args: ServeArgs, ui: &mut Ui) -> u8 {
     let config = match (&args.config, args.dev) {
@@ -75,7 +79,14 @@ pub fn serve(args: ServeArgs, ui: &mut Ui) -> u8 {
             Ok(config) => config,
             Err(e) => return fail(ui, e),
         },
-        (None, true) => DirectorConfig::dev(&config::data_dir()),
+        (None, true) => {
+            let mut config = DirectorConfig::dev(&config::data_dir());
+            // Tests (and a user running several dev directors) move it off 25555.
+            if let Ok(listen) = std::env::var(DEV_LISTEN_VARIABLE) {
+                config.listen = listen;
+            }
+            config
+        }
         (None, false) => {
             return fail(
                 ui,
