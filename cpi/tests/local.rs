@@ -417,8 +417,8 @@ fn a_vm_whose_agent_fails_is_cleaned_up() {
 fn vms_are_found_by_their_agent_id_and_half_made_ones_are_removed() {
     let fixture = fixture();
     let stemcell = fixture.stemcell(FAKE_AGENT);
-    let a = fixture.create_vm(&stemcell, "agent-a", "127.0.10.80", &[]);
-    let b = fixture.create_vm(&stemcell, "agent-b", "127.0.10.81", &[]);
+    let a = fixture.create_vm(&stemcell, "agent-a", "127.0.45.80", &[]);
+    let b = fixture.create_vm(&stemcell, "agent-b", "127.0.45.81", &[]);
     let cpi = &fixture.cpi;
     assert_eq!(cpi.find_vm_by_agent_id("agent-a").unwrap(), Some(a.clone()));
     assert_eq!(cpi.find_vm_by_agent_id("agent-b").unwrap(), Some(b.clone()));

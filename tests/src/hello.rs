@@ -53,6 +53,21 @@ compilation: {{workers: 2, reuse_compilation_vms: true, az: z1, vm_type: default
     assert_eq!(out.code, 0, "{}", out.stderr);
 }
 
+/// The quickstart's cloud config (`manifests/cloud-config-local.yml`) moved to the test's
+/// own loopback /24 (`127.0.NET.0/24`): the user's own quickstart on 127.0.10.0/24 may be
+/// running on this host. Answers the quickstart manifest's path.
+pub fn quickstart_on_own_network(user: &User, net: u8) -> PathBuf {
+    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
+    let cloud_config = std::fs::read_to_string(manifests.join("cloud-config-local.yml"))
+        .unwrap()
+        .replace("127.0.10.", &format!("127.0.{net}."));
+    let path = user.home.path().join("cloud-config-local.yml");
+    std::fs::write(&path, cloud_config).unwrap();
+    let out = user.run(&["update-cloud-config", path.to_str().unwrap(), "-n"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    manifests.join("quickstart.yml")
+}
+
 /// How the test deployment looks.
 #[derive(Clone)]
 pub struct Hello {

@@ -4,12 +4,11 @@
 //! succeed, because upload slots and holds keep those blobs until their records land or the
 //! CLI has downloaded them.
 
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use tests::User;
-use tests::hello::deploy;
+use tests::hello::{deploy, quickstart_on_own_network};
 
 /// Runs `clean-up` back to back until `stop` is set; answers how many ran.
 fn clean_up_loop(user: &User, stop: &AtomicBool) -> usize {
@@ -25,10 +24,8 @@ fn clean_up_loop(user: &User, stop: &AtomicBool) -> usize {
 #[test]
 fn clean_up_in_a_loop_during_a_deploy_and_a_logs_fetch_takes_nothing_in_flight() {
     let user = User::new();
-    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests/quickstart.yml");
-    // The dev director starts (and the quickstart's stemcell is there) before the loop.
-    let out = user.run(&["status"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
+    // The dev director starts before the loop, on a network of the test's own.
+    let manifest = quickstart_on_own_network(&user, 48);
 
     let stop = Arc::new(AtomicBool::new(false));
     let sweeps = AtomicUsize::new(0);

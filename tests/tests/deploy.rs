@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use tests::User;
 use tests::hello::{
-    Hello, all_running, by_group, client_says, deploy, ids, instances, set_cloud_config,
-    stage_tasks, steps, upload_stemcell, write_manifest,
+    Hello, all_running, by_group, client_says, deploy, ids, instances, quickstart_on_own_network,
+    set_cloud_config, stage_tasks, steps, upload_stemcell, write_manifest,
 };
 
 #[test]
@@ -21,19 +21,7 @@ fn the_quickstart_deploys_and_a_second_deploy_changes_nothing() {
     // The README's first command, as a user on a fresh machine runs it, but on a /24 of its
     // own: the user's own quickstart (127.0.10.0/24) may still run on this host.
     let user = User::new();
-    let manifests = Path::new(env!("CARGO_MANIFEST_DIR")).join("../manifests");
-    let cloud_config = std::fs::read_to_string(manifests.join("cloud-config-local.yml"))
-        .unwrap()
-        .replace("127.0.10.", "127.0.20.");
-    let cloud_config_path = user.home.path().join("cloud-config-local.yml");
-    std::fs::write(&cloud_config_path, cloud_config).unwrap();
-    let out = user.run(&[
-        "update-cloud-config",
-        cloud_config_path.to_str().unwrap(),
-        "-n",
-    ]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let manifest = manifests.join("quickstart.yml");
+    let manifest = quickstart_on_own_network(&user, 20);
     let (code, events, stderr) = deploy(&user, &manifest, &[]);
     assert_eq!(code, 0, "{stderr}");
     assert!(

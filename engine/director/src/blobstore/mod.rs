@@ -232,7 +232,7 @@ fn verified(
 }
 
 /// The blobstore.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Blobstore {
     store: Arc<dyn ObjectStore>,
     location: String,
@@ -244,6 +244,16 @@ pub struct Blobstore {
 }
 
 const CHUNK: usize = 1 << 20;
+
+/// The location only: the signing key (an HMAC key) never prints.
+impl std::fmt::Debug for Blobstore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Blobstore")
+            .field("location", &self.location)
+            .field("signing_key", &"<redacted>")
+            .finish_non_exhaustive()
+    }
+}
 
 impl Blobstore {
     /// Opens a blobstore; `signing_key` signs the URLs agents use (keep it secret, keep it
@@ -895,12 +905,16 @@ mod tests {
     use super::*;
 
     fn local() -> (tempfile::TempDir, Blobstore) {
+        local_signing_with(b"key")
+    }
+
+    fn local_signing_with(key: &[u8]) -> (tempfile::TempDir, Blobstore) {
         let dir = tempfile::tempdir().unwrap();
         let store = Blobstore::open(
             &BlobstoreConfig::Local {
                 path: dir.path().join("blobs"),
             },
-            b"key".to_vec(),
+            key.to_vec(),
         )
         .unwrap();
         (dir, store)
@@ -1008,6 +1022,16 @@ mod tests {
             .unwrap_err();
         assert!(matches!(error, BlobstoreError::TooLarge { limit: 10 }));
         assert!(store.list().await.unwrap().is_empty());
+    }
+
+    #[test]
+    fn debug_never_prints_the_signing_key() {
+        let (_dir, store) = local_signing_with(b"hmac-signing-secret");
+        let printed = format!("{store:?}");
+        assert!(printed.contains("<redacted>"), "{printed}");
+        for leak in ["hmac-signing-secret", "104, 109, 97, 99"] {
+            assert!(!printed.contains(leak), "{printed}");
+        }
     }
 
     #[tokio::test]

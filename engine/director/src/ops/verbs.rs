@@ -785,10 +785,7 @@ pub async fn delete_stemcell_image(services: &Services, label: &str, cid: &str) 
 /// One agent's `fetch_logs`, into an upload URL made for it: the blob it reports must be
 /// the one that URL received. The URL's slot keeps holding the tarball (nothing records
 /// it) until the CLI fetched its link or the slot expired.
-async fn fetch_logs_from(
-    services: &Services,
-    agent_id: &str,
-) -> Result<UploadedBlob, VerbError> {
+async fn fetch_logs_from(services: &Services, agent_id: &str) -> Result<UploadedBlob, VerbError> {
     let upload = services.upload_url(Purpose::Logs, None).await?;
     let answer = agent_task(
         services,
