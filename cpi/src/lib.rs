@@ -4,10 +4,12 @@
 //! Calls are blocking (a CPI is a process per call in BOSH, and IaaS calls are slow anyway);
 //! the engine runs them on a blocking thread. Implementations: [`local`] (a VM is a directory
 //! plus an agent process on this host), [`external`] (any BOSH CPI binary, JSON over
-//! stdin/stdout), later `docker`. Only this crate knows the CPI JSON envelope
-//! ([`protocol`]); the `cpi` binary serves the local CPI over it, which is how protocol
-//! conformance is tested.
+//! stdin/stdout) and `docker` (a VM is a container of the Docker engine; cargo feature
+//! `docker`). Only this crate knows the CPI JSON envelope ([`protocol`]); the `cpi` binary
+//! serves the local CPI over it, which is how protocol conformance is tested.
 
+#[cfg(feature = "docker")]
+pub mod docker;
 pub mod external;
 pub mod local;
 pub mod protocol;

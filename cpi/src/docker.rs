@@ -1,0 +1,766 @@
+//! `DockerCpi`: a VM is a container of the local Docker engine (feature `docker`).
+//!
+//! - Stemcells: `create_stemcell` imports a `docker-rootfs` stemcell's image (a gzipped root
+//!   file system tarball) with the engine's image import (`POST /images/create?fromSrc=-`, no
+//!   registry), tagged `<name>:<version>` from the stemcell's `cloud_properties`; the CID is
+//!   the image id (`sha256:…`); the image is labelled with the director
+//!   ([`DIRECTOR_LABEL`]). `delete_stemcell` removes the image; a missing one succeeds,
+//!   as in [`crate::local`].
+//! - VMs: a container named `<prefix>vm-<uuid>` (the CID) from the stemcell's image, whose
+//!   main process is the agent (`/var/vcap/bosh/bin/bosh-agent --settings
+//!   /var/vcap/bosh/settings.json`) under Docker's init (`--init`, which reaps zombies). Its
+//!   hostname is the CID (the director does not pass the instance id to `create_vm`). The
+//!   agent's settings (mode 0600) are copied into the created container before it starts.
+//!   Labels name the director ([`DIRECTOR_LABEL`]) and the agent ([`AGENT_ID_LABEL`]).
+//! - Networks: every manual network of `create_vm` is a user-defined bridge network named
+//!   `<prefix>net-<a.b.c.d>-<prefix length>` after its subnet (from the IP and netmask the
+//!   director gives), with the director's gateway, made on first use and labelled with the
+//!   director; the container gets the IP the director allocated. `delete_vm` removes the
+//!   VM's networks that no other container uses. Dynamic and VIP networks are refused
+//!   (`NotSupported`) in this version.
+//! - Metadata: labels cannot change on a container, so `set_vm_metadata` keeps the metadata
+//!   in a file in the container, `/var/vcap/bosh/vm-metadata.json` (copied in with the
+//!   engine's archive API, which works on stopped containers too); it goes with the
+//!   container.
+//! - Persistent disks are not implemented yet (`NotImplemented`).
+//!
+//! Calls are blocking: each runs on the CPI's own small tokio runtime, so a `DockerCpi` must
+//! not be called from inside an async task (the director calls CPIs on blocking threads).
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use bollard::Docker;
+use bollard::errors::Error as DockerError;
+use bollard::models::{
+    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
+    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+};
+use bollard::query_parameters::{
+    CreateContainerOptions, CreateImageOptions, InspectNetworkOptions, RemoveContainerOptions,
+    RemoveImageOptions, RestartContainerOptions, UploadToContainerOptions,
+};
+use bollard::{body_full, body_try_stream};
+use futures::StreamExt as _;
+use serde_json::Value;
+
+use crate::{Cpi, CpiError, ErrorKind, Info, Result};
+
+/// The label naming the director that made a container or network.
+pub const DIRECTOR_LABEL: &str = "bosh.director";
+/// The label naming a container's agent.
+pub const AGENT_ID_LABEL: &str = "bosh.agent-id";
+/// The agent in a stemcell's image.
+pub const AGENT_IN_VM: &str = "/var/vcap/bosh/bin/bosh-agent";
+/// Where `create_vm` puts the agent's settings.
+pub const SETTINGS_IN_VM: &str = "/var/vcap/bosh/settings.json";
+/// Where `set_vm_metadata` keeps a VM's metadata.
+pub const METADATA_IN_VM: &str = "/var/vcap/bosh/vm-metadata.json";
+/// Seconds the engine gives the agent to stop on `reboot_vm` and `delete_vm`.
+const STOP_TIMEOUT_SECONDS: i32 = 10;
+/// Seconds a request to the engine may take (an image import included).
+const REQUEST_TIMEOUT_SECONDS: u64 = 600;
+
+/// Where the engine is and how this CPI names what it makes.
+#[derive(Clone, Debug)]
+pub struct DockerConfig {
+    /// The engine's Unix socket (`/var/run/docker.sock`).
+    pub socket: PathBuf,
+    /// The director's id, put on every container and network as [`DIRECTOR_LABEL`].
+    pub director_id: String,
+    /// Put before the names of containers and networks (e.g. `bosh-`), so several directors
+    /// (or test runs) share one engine.
+    pub name_prefix: String,
+}
+
+impl DockerConfig {
+    /// The local engine's default socket, `director_id` and the `bosh-` prefix.
+    pub fn local(director_id: impl Into<String>) -> DockerConfig {
+        DockerConfig {
+            socket: PathBuf::from("/var/run/docker.sock"),
+            director_id: director_id.into(),
+            name_prefix: "bosh-".to_string(),
+        }
+    }
+}
+
+/// The Docker CPI (see the module's documentation).
+pub struct DockerCpi {
+    docker: Docker,
+    runtime: tokio::runtime::Runtime,
+    config: DockerConfig,
+}
+
+impl std::fmt::Debug for DockerCpi {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        formatter
+            .debug_struct("DockerCpi")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
+    }
+}
+
+impl DockerCpi {
+    /// Connects to the engine and agrees on an API version; fails, naming the socket, when
+    /// the engine does not answer.
+    pub fn new(config: DockerConfig) -> Result<DockerCpi> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("docker-cpi")
+            .enable_all()
+            .build()
+            .map_err(|error| {
+                cloud_error(format!("cannot start the Docker CPI's runtime: {error}"))
+            })?;
+        let socket = config.socket.display().to_string();
+        let docker = runtime.block_on(async {
+            let docker = Docker::connect_with_unix(
+                &socket,
+                REQUEST_TIMEOUT_SECONDS,
+                bollard::API_DEFAULT_VERSION,
+            )
+            .map_err(|error| {
+                cloud_error(format!(
+                    "cannot connect to the Docker engine at {socket}: {error}"
+                ))
+            })?;
+            docker.negotiate_version().await.map_err(|error| {
+                cloud_error(format!(
+                    "the Docker engine at {socket} does not answer: {error}"
+                ))
+            })
+        })?;
+        Ok(DockerCpi {
+            docker,
+            runtime,
+            config,
+        })
+    }
+
+    /// The configuration this CPI was made with.
+    pub fn config(&self) -> &DockerConfig {
+        &self.config
+    }
+
+    fn labels(&self) -> HashMap<String, String> {
+        HashMap::from([(DIRECTOR_LABEL.to_string(), self.config.director_id.clone())])
+    }
+
+    /// Copies `contents` into the container as the file `path` (absolute) with `mode`.
+    async fn put_file(&self, vm_cid: &str, path: &str, contents: &[u8], mode: u32) -> Result<()> {
+        let archive =
+            single_file_tar(path.trim_start_matches('/'), contents, mode).map_err(|error| {
+                cloud_error(format!("cannot archive {path} for VM {vm_cid}: {error}"))
+            })?;
+        let options = UploadToContainerOptions {
+            path: "/".to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(vm_cid, Some(options), body_full(archive.into()))
+            .await
+            .map_err(|error| match not_found(&error) {
+                true => vm_not_found(vm_cid),
+                false => cloud_error(format!("cannot write {path} into VM {vm_cid}: {error}")),
+            })
+    }
+
+    /// The bridge network for a manual network, made when missing; answers its name.
+    async fn ensure_network(&self, name: &str, spec: &ManualNetwork) -> Result<String> {
+        let docker_name = format!(
+            "{}net-{}-{}",
+            self.config.name_prefix, spec.subnet, spec.prefix_length
+        );
+        let inspect = self
+            .docker
+            .inspect_network(&docker_name, None::<InspectNetworkOptions>)
+            .await;
+        match inspect {
+            Ok(_) => return Ok(docker_name),
+            Err(error) if not_found(&error) => {}
+            Err(error) => {
+                return Err(cloud_error(format!(
+                    "cannot inspect Docker network {docker_name} (network '{name}'): {error}"
+                )));
+            }
+        }
+        let request = NetworkCreateRequest {
+            name: docker_name.clone(),
+            driver: Some("bridge".to_string()),
+            ipam: Some(Ipam {
+                config: Some(vec![IpamConfig {
+                    subnet: Some(format!("{}/{}", spec.subnet, spec.prefix_length)),
+                    gateway: spec.gateway.map(|gateway| gateway.to_string()),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+            labels: Some(self.labels()),
+            ..Default::default()
+        };
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(docker_name),
+            // Made in the meantime by a parallel create_vm.
+            Err(error) if conflict(&error) => Ok(docker_name),
+            Err(error) => Err(cloud_error(format!(
+                "cannot create Docker network {docker_name} for network '{name}' ({}/{}): {error}",
+                spec.subnet, spec.prefix_length
+            ))),
+        }
+    }
+
+    async fn create_vm_async(
+        &self,
+        agent_id: &str,
+        stemcell_cid: &str,
+        networks: &Value,
+        environment: &Value,
+    ) -> Result<(String, Value)> {
+        let vm_cid = format!("{}vm-{}", self.config.name_prefix, uuid::Uuid::new_v4());
+        let settings = crate::local::agent_settings(agent_id, &vm_cid, networks, environment)
+            .map_err(|message| CpiError::new(ErrorKind::CpiError, message))?;
+        let settings = serde_json::to_vec_pretty(&settings)
+            .map_err(|error| cloud_error(format!("cannot encode the agent's settings: {error}")))?;
+        match self.docker.inspect_image(stemcell_cid).await {
+            Ok(_) => {}
+            Err(error) if not_found(&error) => {
+                return Err(cloud_error(format!("stemcell {stemcell_cid} not found")));
+            }
+            Err(error) => {
+                return Err(cloud_error(format!(
+                    "cannot inspect stemcell {stemcell_cid}: {error}"
+                )));
+            }
+        }
+        let mut endpoints = Vec::new();
+        if let Value::Object(networks) = networks {
+            for (name, spec) in networks {
+                let spec = ManualNetwork::parse(name, spec)?;
+                let docker_name = self.ensure_network(name, &spec).await?;
+                endpoints.push((docker_name, spec.ip));
+            }
+        }
+        let endpoint = |ip: Ipv4Addr| EndpointSettings {
+            ipam_config: Some(EndpointIpamConfig {
+                ipv4_address: Some(ip.to_string()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let mut labels = self.labels();
+        labels.insert(AGENT_ID_LABEL.to_string(), agent_id.to_string());
+        let first = endpoints.first().cloned();
+        let body = ContainerCreateBody {
+            image: Some(stemcell_cid.to_string()),
+            hostname: Some(vm_cid.clone()),
+            labels: Some(labels),
+            entrypoint: Some(vec![AGENT_IN_VM.to_string()]),
+            cmd: Some(vec!["--settings".to_string(), SETTINGS_IN_VM.to_string()]),
+            host_config: Some(HostConfig {
+                init: Some(true),
+                network_mode: Some(
+                    first
+                        .as_ref()
+                        .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
+                ),
+                ..Default::default()
+            }),
+            networking_config: first.map(|(name, ip)| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(name, endpoint(ip))])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(vm_cid.clone()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|error| creation_failed(format!("cannot create VM {vm_cid}: {error}")))?;
+        let started = async {
+            for (name, ip) in endpoints.iter().skip(1) {
+                let request = NetworkConnectRequest {
+                    container: vm_cid.clone(),
+                    endpoint_config: Some(endpoint(*ip)),
+                };
+                self.docker
+                    .connect_network(name, request)
+                    .await
+                    .map_err(|error| {
+                        creation_failed(format!(
+                            "cannot connect VM {vm_cid} to Docker network {name} with {ip}: {error}"
+                        ))
+                    })?;
+            }
+            self.put_file(&vm_cid, SETTINGS_IN_VM, &settings, 0o600)
+                .await?;
+            self.docker
+                .start_container(&vm_cid, None)
+                .await
+                .map_err(|error| creation_failed(format!("cannot start VM {vm_cid}: {error}")))
+        }
+        .await;
+        if let Err(error) = started {
+            let _ = self.remove_container(&vm_cid).await;
+            self.remove_unused_networks(endpoints.iter().map(|(name, _)| name.as_str()))
+                .await;
+            return Err(error);
+        }
+        Ok((vm_cid, networks.clone()))
+    }
+
+    /// Removes a container (stopping it); answers whether there was one.
+    async fn remove_container(&self, vm_cid: &str) -> Result<bool> {
+        let options = RemoveContainerOptions {
+            force: true,
+            v: true,
+            ..Default::default()
+        };
+        match self.docker.remove_container(vm_cid, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(error) if not_found(&error) => Ok(false),
+            Err(error) => Err(cloud_error(format!("cannot delete VM {vm_cid}: {error}"))),
+        }
+    }
+
+    /// Removes the networks of this CPI among `names` that no container uses any more.
+    async fn remove_unused_networks(&self, names: impl Iterator<Item = &str>) {
+        for name in names {
+            let Ok(network) = self
+                .docker
+                .inspect_network(name, None::<InspectNetworkOptions>)
+                .await
+            else {
+                continue;
+            };
+            let ours = network
+                .labels
+                .as_ref()
+                .and_then(|labels| labels.get(DIRECTOR_LABEL))
+                .is_some_and(|director| *director == self.config.director_id);
+            let used = network
+                .containers
+                .as_ref()
+                .is_some_and(|containers| !containers.is_empty());
+            if ours && !used {
+                // Another create_vm may have joined it meanwhile: the engine then refuses.
+                let _ = self.docker.remove_network(name).await;
+            }
+        }
+    }
+}
+
+impl Cpi for DockerCpi {
+    fn info(&self) -> Result<Info> {
+        Ok(Info {
+            api_version: 2,
+            stemcell_formats: vec!["docker-rootfs".to_string()],
+        })
+    }
+
+    fn create_stemcell(&self, image_path: &Path, cloud_properties: &Value) -> Result<String> {
+        let (repository, tag) = image_reference(cloud_properties)?;
+        let reference = format!("{repository}:{tag}");
+        self.runtime.block_on(async {
+            let options = CreateImageOptions {
+                from_src: Some("-".to_string()),
+                repo: Some(repository.clone()),
+                tag: Some(tag.clone()),
+                // JSON quoting is the Dockerfile's double-quoted string.
+                changes: vec![format!(
+                    "LABEL {DIRECTOR_LABEL}={}",
+                    Value::from(self.config.director_id.as_str())
+                )],
+                ..Default::default()
+            };
+            // Streamed: a stemcell's image is hundreds of megabytes.
+            let image = tokio::fs::File::open(image_path).await.map_err(|error| {
+                cloud_error(format!(
+                    "cannot read stemcell image {}: {error}",
+                    image_path.display()
+                ))
+            })?;
+            let body = body_try_stream(tokio_util::io::ReaderStream::new(image));
+            let mut progress = self.docker.create_image(Some(options), Some(body), None);
+            while let Some(item) = progress.next().await {
+                item.map_err(|error| {
+                    cloud_error(format!(
+                        "cannot import stemcell image {} as {reference}: {error}",
+                        image_path.display()
+                    ))
+                })?;
+            }
+            let inspect = self
+                .docker
+                .inspect_image(&reference)
+                .await
+                .map_err(|error| {
+                    cloud_error(format!(
+                        "stemcell image {} imported, but {reference} cannot be inspected: {error}",
+                        image_path.display()
+                    ))
+                })?;
+            inspect.id.ok_or_else(|| {
+                cloud_error(format!("the Docker engine gave {reference} no image id"))
+            })
+        })
+    }
+
+    fn delete_stemcell(&self, stemcell_cid: &str) -> Result<()> {
+        self.runtime.block_on(async {
+            let options = RemoveImageOptions {
+                force: true,
+                ..Default::default()
+            };
+            match self
+                .docker
+                .remove_image(stemcell_cid, Some(options), None)
+                .await
+            {
+                Ok(_) => Ok(()),
+                Err(error) if not_found(&error) => Ok(()),
+                Err(error) => Err(cloud_error(format!(
+                    "cannot delete stemcell {stemcell_cid}: {error}"
+                ))),
+            }
+        })
+    }
+
+    fn create_vm(
+        &self,
+        agent_id: &str,
+        stemcell_cid: &str,
+        _cloud_properties: &Value,
+        networks: &Value,
+        disk_cids: &[String],
+        environment: &Value,
+    ) -> Result<(String, Value)> {
+        if !disk_cids.is_empty() {
+            return Err(CpiError::new(
+                ErrorKind::NotImplemented,
+                "the Docker CPI does not support persistent disks yet",
+            ));
+        }
+        self.runtime
+            .block_on(self.create_vm_async(agent_id, stemcell_cid, networks, environment))
+    }
+
+    fn delete_vm(&self, vm_cid: &str) -> Result<()> {
+        self.runtime.block_on(async {
+            let networks = match self.docker.inspect_container(vm_cid, None).await {
+                Ok(container) => container
+                    .network_settings
+                    .and_then(|settings| settings.networks)
+                    .map(|networks| networks.into_keys().collect::<Vec<_>>())
+                    .unwrap_or_default(),
+                Err(error) if not_found(&error) => return Err(vm_not_found(vm_cid)),
+                Err(error) => {
+                    return Err(cloud_error(format!("cannot inspect VM {vm_cid}: {error}")));
+                }
+            };
+            if !self.remove_container(vm_cid).await? {
+                return Err(vm_not_found(vm_cid));
+            }
+            self.remove_unused_networks(networks.iter().map(String::as_str))
+                .await;
+            Ok(())
+        })
+    }
+
+    fn has_vm(&self, vm_cid: &str) -> Result<bool> {
+        self.runtime.block_on(async {
+            match self.docker.inspect_container(vm_cid, None).await {
+                Ok(_) => Ok(true),
+                Err(error) if not_found(&error) => Ok(false),
+                Err(error) => Err(cloud_error(format!("cannot inspect VM {vm_cid}: {error}"))),
+            }
+        })
+    }
+
+    fn reboot_vm(&self, vm_cid: &str) -> Result<()> {
+        self.runtime.block_on(async {
+            let options = RestartContainerOptions {
+                t: Some(STOP_TIMEOUT_SECONDS),
+                ..Default::default()
+            };
+            self.docker
+                .restart_container(vm_cid, Some(options))
+                .await
+                .map_err(|error| match not_found(&error) {
+                    true => vm_not_found(vm_cid),
+                    false => cloud_error(format!("cannot reboot VM {vm_cid}: {error}")),
+                })
+        })
+    }
+
+    fn set_vm_metadata(&self, vm_cid: &str, metadata: &Value) -> Result<()> {
+        let contents = serde_json::to_vec_pretty(metadata).map_err(|error| {
+            cloud_error(format!("cannot encode VM {vm_cid}'s metadata: {error}"))
+        })?;
+        self.runtime
+            .block_on(self.put_file(vm_cid, METADATA_IN_VM, &contents, 0o644))
+    }
+
+    fn create_disk(&self, _: u64, _: &Value, _: Option<&str>) -> Result<String> {
+        Err(disks_not_implemented())
+    }
+
+    fn delete_disk(&self, _: &str) -> Result<()> {
+        Err(disks_not_implemented())
+    }
+
+    fn has_disk(&self, _: &str) -> Result<bool> {
+        Err(disks_not_implemented())
+    }
+
+    fn attach_disk(&self, _: &str, _: &str) -> Result<Value> {
+        Err(disks_not_implemented())
+    }
+
+    fn detach_disk(&self, _: &str, _: &str) -> Result<()> {
+        Err(disks_not_implemented())
+    }
+
+    fn get_disks(&self, vm_cid: &str) -> Result<Vec<String>> {
+        // No disk can be attached yet; still answer VMNotFound for a missing VM.
+        match self.has_vm(vm_cid)? {
+            true => Ok(Vec::new()),
+            false => Err(vm_not_found(vm_cid)),
+        }
+    }
+
+    fn set_disk_metadata(&self, _: &str, _: &Value) -> Result<()> {
+        Err(disks_not_implemented())
+    }
+
+    fn find_vm_by_agent_id(&self, agent_id: &str) -> Result<Option<String>> {
+        self.runtime.block_on(async {
+            let filters = HashMap::from([(
+                "label".to_string(),
+                vec![
+                    format!("{DIRECTOR_LABEL}={}", self.config.director_id),
+                    format!("{AGENT_ID_LABEL}={agent_id}"),
+                ],
+            )]);
+            let options = bollard::query_parameters::ListContainersOptions {
+                all: true,
+                filters: Some(filters),
+                ..Default::default()
+            };
+            let containers = self
+                .docker
+                .list_containers(Some(options))
+                .await
+                .map_err(|error| cloud_error(format!("cannot list containers: {error}")))?;
+            Ok(containers
+                .into_iter()
+                .filter_map(|container| container.names)
+                .flatten()
+                .map(|name| name.trim_start_matches('/').to_string())
+                .next())
+        })
+    }
+}
+
+/// A manual network of `create_vm`'s `networks`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct ManualNetwork {
+    ip: Ipv4Addr,
+    subnet: Ipv4Addr,
+    prefix_length: u32,
+    gateway: Option<Ipv4Addr>,
+}
+
+impl ManualNetwork {
+    fn parse(name: &str, spec: &Value) -> Result<ManualNetwork> {
+        let kind = spec["type"].as_str().unwrap_or("manual");
+        if kind != "manual" {
+            return Err(CpiError::new(
+                ErrorKind::NotSupported,
+                format!(
+                    "network '{name}' is of type {kind}; the Docker CPI supports manual networks only"
+                ),
+            ));
+        }
+        let address = |field: &str| -> Result<Option<Ipv4Addr>> {
+            match &spec[field] {
+                Value::Null => Ok(None),
+                Value::String(text) => text.parse().map(Some).map_err(|_| {
+                    CpiError::new(
+                        ErrorKind::CpiError,
+                        format!("network '{name}': {field} '{text}' is not an IPv4 address"),
+                    )
+                }),
+                other => Err(CpiError::new(
+                    ErrorKind::CpiError,
+                    format!("network '{name}': {field} must be an IPv4 address, not {other}"),
+                )),
+            }
+        };
+        let missing = |field: &str| {
+            CpiError::new(
+                ErrorKind::CpiError,
+                format!("network '{name}' has no {field} (a manual network needs ip and netmask)"),
+            )
+        };
+        let ip = address("ip")?.ok_or_else(|| missing("ip"))?;
+        let netmask = u32::from(address("netmask")?.ok_or_else(|| missing("netmask"))?);
+        if netmask.leading_ones() + netmask.trailing_zeros() != 32 {
+            return Err(CpiError::new(
+                ErrorKind::CpiError,
+                format!(
+                    "network '{name}': netmask {} is not contiguous",
+                    Ipv4Addr::from(netmask)
+                ),
+            ));
+        }
+        Ok(ManualNetwork {
+            ip,
+            subnet: Ipv4Addr::from(u32::from(ip) & netmask),
+            prefix_length: netmask.leading_ones(),
+            gateway: address("gateway")?,
+        })
+    }
+}
+
+/// The image's `<repository>:<tag>` from a stemcell's `cloud_properties` (`name`,
+/// `version`), in Docker's alphabet: lowercase repository, tags of `[A-Za-z0-9_.-]`.
+fn image_reference(cloud_properties: &Value) -> Result<(String, String)> {
+    let field = |key: &str| {
+        cloud_properties[key]
+            .as_str()
+            .filter(|value| !value.is_empty())
+            .ok_or_else(|| {
+                CpiError::new(
+                    ErrorKind::CpiError,
+                    format!(
+                        "the stemcell's cloud_properties have no {key} (the image is tagged \
+                         <name>:<version>)"
+                    ),
+                )
+            })
+    };
+    let repository: String = field("name")?
+        .chars()
+        .map(|c| match c.to_ascii_lowercase() {
+            c @ ('a'..='z' | '0'..='9' | '.' | '-' | '_' | '/') => c,
+            _ => '-',
+        })
+        .collect();
+    let mut tag: String = field("version")?
+        .chars()
+        .map(|c| match c {
+            'A'..='Z' | 'a'..='z' | '0'..='9' | '.' | '-' | '_' => c,
+            _ => '_',
+        })
+        .collect();
+    if !tag.starts_with(|c: char| c.is_ascii_alphanumeric() || c == '_') {
+        tag.insert(0, '_');
+    }
+    tag.truncate(128);
+    Ok((repository, tag))
+}
+
+/// A tar archive holding one file at `path` (relative) with `mode`, owned by root.
+fn single_file_tar(path: &str, contents: &[u8], mode: u32) -> std::io::Result<Vec<u8>> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_gnu();
+    header.set_size(contents.len() as u64);
+    header.set_mode(mode);
+    header.set_uid(0);
+    header.set_gid(0);
+    header.set_entry_type(tar::EntryType::Regular);
+    builder.append_data(&mut header, path, contents)?;
+    builder.into_inner()
+}
+
+fn status(error: &DockerError) -> Option<u16> {
+    match error {
+        DockerError::DockerResponseServerError { status_code, .. } => Some(*status_code),
+        _ => None,
+    }
+}
+
+fn not_found(error: &DockerError) -> bool {
+    status(error) == Some(404)
+}
+
+fn conflict(error: &DockerError) -> bool {
+    status(error) == Some(409)
+}
+
+fn cloud_error(message: impl Into<String>) -> CpiError {
+    CpiError::new(ErrorKind::CloudError, message)
+}
+
+fn creation_failed(message: impl Into<String>) -> CpiError {
+    CpiError {
+        kind: ErrorKind::VmCreationFailed,
+        message: message.into(),
+        ok_to_retry: true,
+    }
+}
+
+fn vm_not_found(vm_cid: &str) -> CpiError {
+    CpiError::new(ErrorKind::VmNotFound, format!("VM {vm_cid} not found"))
+}
+
+fn disks_not_implemented() -> CpiError {
+    CpiError::new(
+        ErrorKind::NotImplemented,
+        "the Docker CPI does not support persistent disks yet",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_manual_network_gives_its_subnet() {
+        let spec = json!({"type": "manual", "ip": "10.244.3.7", "netmask": "255.255.255.0",
+            "gateway": "10.244.3.1"});
+        assert_eq!(
+            ManualNetwork::parse("default", &spec).unwrap(),
+            ManualNetwork {
+                ip: Ipv4Addr::new(10, 244, 3, 7),
+                subnet: Ipv4Addr::new(10, 244, 3, 0),
+                prefix_length: 24,
+                gateway: Some(Ipv4Addr::new(10, 244, 3, 1)),
+            }
+        );
+    }
+
+    #[test]
+    fn other_networks_are_refused_with_their_name() {
+        let error = ManualNetwork::parse("public", &json!({"type": "dynamic"})).unwrap_err();
+        assert_eq!(error.kind, ErrorKind::NotSupported);
+        assert!(error.message.contains("'public'"), "{}", error.message);
+        let error = ManualNetwork::parse(
+            "default",
+            &json!({"ip": "10.0.0.2", "netmask": "255.0.255.0"}),
+        )
+        .unwrap_err();
+        assert!(
+            error.message.contains("not contiguous"),
+            "{}",
+            error.message
+        );
+        let error = ManualNetwork::parse("default", &json!({"netmask": "255.0.0.0"})).unwrap_err();
+        assert!(error.message.contains("no ip"), "{}", error.message);
+    }
+
+    #[test]
+    fn image_references_use_dockers_alphabet() {
+        let properties = json!({"name": "bosh-docker-Debian", "version": "12.8+dev.1"});
+        assert_eq!(
+            image_reference(&properties).unwrap(),
+            ("bosh-docker-debian".to_string(), "12.8_dev.1".to_string())
+        );
+        let error = image_reference(&json!({"name": "x"})).unwrap_err();
+        assert!(error.message.contains("no version"), "{}", error.message);
+    }
+}

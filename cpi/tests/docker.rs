@@ -1,0 +1,409 @@
+//! `DockerCpi` against this host's Docker engine (`/var/run/docker.sock`): a stemcell
+//! imported from a tiny root file system built here (the host's `/bin/sh`, `sleep`, `cat`
+//! and their libraries, plus a fake agent), a VM's container with the IP, hostname, labels
+//! and settings asked for, reboot, deletion, and nothing left behind. The tests fail, never
+//! skip, when the engine does not answer. Every run uses its own director id (a label on
+//! everything the CPI makes) and name prefix; what a failed run leaves is removed on drop.
+//! Inspection goes through the `docker` command, independent of the CPI's client.
+
+use std::io::Read as _;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use cpi::docker::{AGENT_ID_LABEL, DIRECTOR_LABEL, DockerConfig, DockerCpi};
+use cpi::{Cpi, ErrorKind};
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use serde_json::{Value, json};
+
+/// The fake agent: it reads the settings the CPI placed before the start (and exits when
+/// they are missing), then sleeps as the container's main process.
+const FAKE_AGENT: &str = "#!/bin/sh\n[ \"$1\" = --settings ] || exit 2\ncat \"$2\" > /dev/null || exit 3\nexec sleep 100000\n";
+
+/// One test's own director id, prefix and CPI; removes what carries its label on drop.
+struct Run {
+    director_id: String,
+    prefix: String,
+    cpi: DockerCpi,
+    dir: tempfile::TempDir,
+}
+
+impl Run {
+    fn new() -> Run {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let director_id = format!("cpi-test-{id}");
+        let prefix = format!("cpi-test-{}-", &id[..12]);
+        let config = DockerConfig {
+            name_prefix: prefix.clone(),
+            ..DockerConfig::local(&director_id)
+        };
+        let cpi = match DockerCpi::new(config) {
+            Ok(cpi) => cpi,
+            Err(error) => panic!("the Docker engine must answer for these tests: {error}"),
+        };
+        Run {
+            director_id,
+            prefix,
+            cpi,
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn label_filter(&self) -> String {
+        format!("label={DIRECTOR_LABEL}={}", self.director_id)
+    }
+
+    /// What of this run is left: containers, networks, images (ids or names).
+    fn leftovers(&self) -> Vec<String> {
+        let filter = self.label_filter();
+        let mut left = Vec::new();
+        for args in [
+            vec!["ps", "-aq", "--filter", &filter],
+            vec!["network", "ls", "-q", "--filter", &filter],
+            vec!["images", "-q", "--filter", &filter],
+        ] {
+            left.extend(docker(&args).lines().map(str::to_string));
+        }
+        left
+    }
+}
+
+impl Drop for Run {
+    fn drop(&mut self) {
+        let filter = self.label_filter();
+        for (list, remove) in [
+            (vec!["ps", "-aq", "--filter", &filter], vec!["rm", "-f"]),
+            (
+                vec!["network", "ls", "-q", "--filter", &filter],
+                vec!["network", "rm"],
+            ),
+            (vec!["images", "-q", "--filter", &filter], vec!["rmi", "-f"]),
+        ] {
+            let Ok(output) = Command::new("docker").args(&list).output() else {
+                continue;
+            };
+            let ids: Vec<String> = String::from_utf8_lossy(&output.stdout)
+                .lines()
+                .map(str::to_string)
+                .collect();
+            if !ids.is_empty() {
+                let _ = Command::new("docker").args(&remove).args(&ids).output();
+            }
+        }
+    }
+}
+
+/// Runs `docker args`, which must succeed; answers its standard output.
+fn docker(args: &[&str]) -> String {
+    let output = Command::new("docker").args(args).output().unwrap();
+    assert!(
+        output.status.success(),
+        "docker {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8(output.stdout).unwrap()
+}
+
+/// `docker inspect` of one object.
+fn inspect(args: &[&str]) -> Value {
+    let mut all = vec!["inspect"];
+    all.extend_from_slice(args);
+    let list: Value = serde_json::from_str(&docker(&all)).unwrap();
+    list[0].clone()
+}
+
+fn exists(kind: &str, name: &str) -> bool {
+    Command::new("docker")
+        .args([kind, "inspect", name])
+        .output()
+        .unwrap()
+        .status
+        .success()
+}
+
+/// A file of a container, with its mode, through `docker cp` (works on any state).
+fn read_from_container(container: &str, path: &str) -> (String, u32) {
+    let output = Command::new("docker")
+        .args(["cp", &format!("{container}:{path}"), "-"])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "docker cp {path}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let mut archive = tar::Archive::new(output.stdout.as_slice());
+    let mut entry = archive.entries().unwrap().next().unwrap().unwrap();
+    let mode = entry.header().mode().unwrap();
+    let mut contents = String::new();
+    entry.read_to_string(&mut contents).unwrap();
+    (contents, mode & 0o7777)
+}
+
+/// A gzipped root file system: the host's `sh`, `sleep`, `cat` and the libraries `ldd`
+/// names for them, and [`FAKE_AGENT`] as `/var/vcap/bosh/bin/bosh-agent`.
+fn rootfs_image(dir: &Path) -> PathBuf {
+    let programs = ["/bin/sh", "/bin/sleep", "/bin/cat"];
+    let mut files: Vec<String> = programs.iter().map(|p| p.to_string()).collect();
+    let ldd = Command::new("ldd").args(programs).output().unwrap();
+    assert!(ldd.status.success(), "ldd {programs:?}");
+    for line in String::from_utf8(ldd.stdout).unwrap().lines() {
+        if let Some(library) = line
+            .split_whitespace()
+            .find(|word| word.starts_with('/') && !word.ends_with(':'))
+        {
+            files.push(library.to_string());
+        }
+    }
+    files.sort();
+    files.dedup();
+    let path = dir.join("image.tgz");
+    let mut archive = tar::Builder::new(GzEncoder::new(
+        std::fs::File::create(&path).unwrap(),
+        Compression::fast(),
+    ));
+    for file in &files {
+        // Followed: `/bin/sh` is a link to dash on Debian.
+        archive
+            .append_path_with_name(file, file.trim_start_matches('/'))
+            .unwrap();
+    }
+    for directory in ["tmp", "var/vcap/bosh/bin"] {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(tar::EntryType::Directory);
+        header.set_mode(0o755);
+        header.set_size(0);
+        archive
+            .append_data(&mut header, directory, std::io::empty())
+            .unwrap();
+    }
+    let mut header = tar::Header::new_gnu();
+    header.set_mode(0o755);
+    header.set_size(FAKE_AGENT.len() as u64);
+    archive
+        .append_data(
+            &mut header,
+            "var/vcap/bosh/bin/bosh-agent",
+            FAKE_AGENT.as_bytes(),
+        )
+        .unwrap();
+    archive.into_inner().unwrap().finish().unwrap();
+    path
+}
+
+/// A /24 of 10.200.0.0/13 picked at random (parallel runs do not share one).
+fn random_subnet() -> [u8; 3] {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    [10, 200 + bytes[0] % 8, bytes[1]]
+}
+
+fn environment() -> Value {
+    json!({"bosh": {
+        "mbus": "nats://agent:secret@127.0.0.1:4222",
+        "blobstores": [{"provider": "director", "options": {"endpoint": "http://127.0.0.1:25555"}}],
+    }})
+}
+
+#[test]
+fn a_stemcell_and_a_vm_live_and_die_on_the_docker_engine() {
+    let run = Run::new();
+    let image = rootfs_image(run.dir.path());
+    let stemcell_name = format!("{}stemcell", run.prefix);
+
+    // create_stemcell: the image is imported and tagged <name>:<version>.
+    let stemcell = run
+        .cpi
+        .create_stemcell(
+            &image,
+            &json!({"name": stemcell_name, "version": "1.2+dev.3"}),
+        )
+        .unwrap();
+    let image_info = inspect(&["--type", "image", &stemcell]);
+    assert_eq!(image_info["Id"], stemcell.as_str());
+    assert_eq!(
+        image_info["RepoTags"],
+        json!([format!("{stemcell_name}:1.2_dev.3")])
+    );
+
+    // create_vm: running, with the IP, hostname and labels asked for and the settings
+    // placed before the start (the fake agent exits without them).
+    let [a, b, c] = random_subnet();
+    let ip = format!("{a}.{b}.{c}.5");
+    let networks = json!({"default": {
+        "type": "manual", "ip": ip, "netmask": "255.255.255.0",
+        "gateway": format!("{a}.{b}.{c}.1"), "default": ["dns", "gateway"],
+    }});
+    let (vm, answered) = run
+        .cpi
+        .create_vm(
+            "agent-1",
+            &stemcell,
+            &json!({}),
+            &networks,
+            &[],
+            &environment(),
+        )
+        .unwrap();
+    assert!(vm.starts_with(&run.prefix), "{vm}");
+    assert_eq!(answered, networks);
+    let container = inspect(&["--type", "container", &vm]);
+    assert_eq!(container["State"]["Running"], true, "{container:#}");
+    assert_eq!(container["Config"]["Hostname"], vm.as_str());
+    assert_eq!(container["Config"]["Labels"][AGENT_ID_LABEL], "agent-1");
+    assert_eq!(
+        container["Config"]["Labels"][DIRECTOR_LABEL],
+        run.director_id.as_str()
+    );
+    assert_eq!(container["HostConfig"]["Init"], true);
+    let endpoints = container["NetworkSettings"]["Networks"]
+        .as_object()
+        .unwrap();
+    assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+    let (network, endpoint) = endpoints.iter().next().unwrap();
+    assert_eq!(endpoint["IPAddress"], ip.as_str());
+    let network_info = inspect(&["--type", "network", network]);
+    assert_eq!(
+        network_info["IPAM"]["Config"][0]["Subnet"],
+        format!("{a}.{b}.{c}.0/24")
+    );
+    assert_eq!(
+        network_info["IPAM"]["Config"][0]["Gateway"],
+        format!("{a}.{b}.{c}.1")
+    );
+    let (settings, mode) = read_from_container(&vm, "/var/vcap/bosh/settings.json");
+    let settings: Value = serde_json::from_str(&settings).unwrap();
+    assert_eq!(settings["agent_id"], "agent-1");
+    assert_eq!(settings["vm"]["name"], vm.as_str());
+    assert_eq!(settings["networks"]["default"]["ip"], ip.as_str());
+    assert_eq!(mode, 0o600);
+
+    assert!(run.cpi.has_vm(&vm).unwrap());
+    assert_eq!(
+        run.cpi.find_vm_by_agent_id("agent-1").unwrap(),
+        Some(vm.clone())
+    );
+    assert_eq!(run.cpi.find_vm_by_agent_id("agent-2").unwrap(), None);
+    assert!(
+        !run.cpi
+            .has_vm(&format!("{}vm-missing", run.prefix))
+            .unwrap()
+    );
+
+    // set_vm_metadata: kept in a file in the container.
+    let metadata = json!({"deployment": "d", "job": "web", "index": "0"});
+    run.cpi.set_vm_metadata(&vm, &metadata).unwrap();
+    let (kept, _) = read_from_container(&vm, "/var/vcap/bosh/vm-metadata.json");
+    assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), metadata);
+
+    // reboot_vm: started again, same address.
+    let started = container["State"]["StartedAt"].clone();
+    run.cpi.reboot_vm(&vm).unwrap();
+    let rebooted = inspect(&["--type", "container", &vm]);
+    assert_eq!(rebooted["State"]["Running"], true, "{rebooted:#}");
+    assert_ne!(rebooted["State"]["StartedAt"], started);
+    assert_eq!(
+        rebooted["NetworkSettings"]["Networks"][network]["IPAddress"],
+        ip.as_str()
+    );
+
+    // delete_vm: the container and its network are gone; a second delete is VMNotFound.
+    run.cpi.delete_vm(&vm).unwrap();
+    assert!(!run.cpi.has_vm(&vm).unwrap());
+    assert!(!exists("container", &vm));
+    assert!(!exists("network", network));
+    assert_eq!(
+        run.cpi.delete_vm(&vm).unwrap_err().kind,
+        ErrorKind::VmNotFound
+    );
+    assert_eq!(
+        run.cpi.reboot_vm(&vm).unwrap_err().kind,
+        ErrorKind::VmNotFound
+    );
+
+    // delete_stemcell: the image is gone; deleting it again succeeds.
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+    assert!(!exists("image", &stemcell));
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+
+    assert_eq!(run.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn a_vm_that_cannot_be_made_is_not_left_behind() {
+    let run = Run::new();
+    let image = rootfs_image(run.dir.path());
+    let stemcell = run
+        .cpi
+        .create_stemcell(
+            &image,
+            &json!({"name": format!("{}stemcell", run.prefix), "version": "1"}),
+        )
+        .unwrap();
+    // Two VMs cannot have one IP: the second create_vm fails and removes its container.
+    let [a, b, c] = random_subnet();
+    let networks = json!({"default": {
+        "type": "manual", "ip": format!("{a}.{b}.{c}.9"), "netmask": "255.255.255.0",
+        "gateway": format!("{a}.{b}.{c}.1"),
+    }});
+    let (vm, _) = run
+        .cpi
+        .create_vm(
+            "agent-1",
+            &stemcell,
+            &json!({}),
+            &networks,
+            &[],
+            &environment(),
+        )
+        .unwrap();
+    let error = run
+        .cpi
+        .create_vm(
+            "agent-2",
+            &stemcell,
+            &json!({}),
+            &networks,
+            &[],
+            &environment(),
+        )
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::VmCreationFailed, "{error:?}");
+    assert_eq!(run.cpi.find_vm_by_agent_id("agent-2").unwrap(), None);
+
+    // A stemcell that is not there is named.
+    let error = run
+        .cpi
+        .create_vm(
+            "agent-3",
+            "sha256:0000",
+            &json!({}),
+            &networks,
+            &[],
+            &environment(),
+        )
+        .unwrap_err();
+    assert!(error.message.contains("sha256:0000"), "{error:?}");
+
+    // Disks are not implemented yet, and say so.
+    let error = run.cpi.create_disk(10, &json!({}), Some(&vm)).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::NotImplemented);
+
+    run.cpi.delete_vm(&vm).unwrap();
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+    assert_eq!(run.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn an_engine_that_does_not_answer_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-docker.sock");
+    let config = DockerConfig {
+        socket: socket.clone(),
+        ..DockerConfig::local("cpi-test")
+    };
+    let error = DockerCpi::new(config).unwrap_err();
+    assert!(
+        error.message.contains(&socket.display().to_string()),
+        "{error:?}"
+    );
+}
