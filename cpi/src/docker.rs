@@ -25,7 +25,11 @@
 //! - Persistent disks are not implemented yet (`NotImplemented`).
 //!
 //! Calls are blocking: each runs on the CPI's own small tokio runtime, so a `DockerCpi` must
-//! not be called from inside an async task (the director calls CPIs on blocking threads).
+//! not be made or called from inside an async task (the director calls CPIs on blocking
+//! threads); it may be dropped anywhere.
+//!
+//! A `create_vm` racing a `delete_vm` that removes the network it is about to join fails
+//! with `VMCreationFailed` and `ok_to_retry` (the retry makes the network again).
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -88,8 +92,17 @@ impl DockerConfig {
 /// The Docker CPI (see the module's documentation).
 pub struct DockerCpi {
     docker: Docker,
-    runtime: tokio::runtime::Runtime,
+    /// Always `Some` until dropped (taken to shut it down without blocking).
+    runtime: Option<tokio::runtime::Runtime>,
     config: DockerConfig,
+}
+
+impl Drop for DockerCpi {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
 }
 
 impl std::fmt::Debug for DockerCpi {
@@ -133,7 +146,7 @@ impl DockerCpi {
         })?;
         Ok(DockerCpi {
             docker,
-            runtime,
+            runtime: Some(runtime),
             config,
         })
     }
@@ -141,6 +154,14 @@ impl DockerCpi {
     /// The configuration this CPI was made with.
     pub fn config(&self) -> &DockerConfig {
         &self.config
+    }
+
+    /// Runs `future` to its end on the CPI's runtime (there until the CPI is dropped).
+    fn block_on<T>(&self, future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        match &self.runtime {
+            Some(runtime) => runtime.block_on(future),
+            None => Err(cloud_error("the Docker CPI is shut down")),
+        }
     }
 
     fn labels(&self) -> HashMap<String, String> {
@@ -363,7 +384,7 @@ impl Cpi for DockerCpi {
     fn create_stemcell(&self, image_path: &Path, cloud_properties: &Value) -> Result<String> {
         let (repository, tag) = image_reference(cloud_properties)?;
         let reference = format!("{repository}:{tag}");
-        self.runtime.block_on(async {
+        self.block_on(async {
             let options = CreateImageOptions {
                 from_src: Some("-".to_string()),
                 repo: Some(repository.clone()),
@@ -409,7 +430,7 @@ impl Cpi for DockerCpi {
     }
 
     fn delete_stemcell(&self, stemcell_cid: &str) -> Result<()> {
-        self.runtime.block_on(async {
+        self.block_on(async {
             let options = RemoveImageOptions {
                 force: true,
                 ..Default::default()
@@ -443,12 +464,11 @@ impl Cpi for DockerCpi {
                 "the Docker CPI does not support persistent disks yet",
             ));
         }
-        self.runtime
-            .block_on(self.create_vm_async(agent_id, stemcell_cid, networks, environment))
+        self.block_on(self.create_vm_async(agent_id, stemcell_cid, networks, environment))
     }
 
     fn delete_vm(&self, vm_cid: &str) -> Result<()> {
-        self.runtime.block_on(async {
+        self.block_on(async {
             let networks = match self.docker.inspect_container(vm_cid, None).await {
                 Ok(container) => container
                     .network_settings
@@ -470,7 +490,7 @@ impl Cpi for DockerCpi {
     }
 
     fn has_vm(&self, vm_cid: &str) -> Result<bool> {
-        self.runtime.block_on(async {
+        self.block_on(async {
             match self.docker.inspect_container(vm_cid, None).await {
                 Ok(_) => Ok(true),
                 Err(error) if not_found(&error) => Ok(false),
@@ -480,7 +500,7 @@ impl Cpi for DockerCpi {
     }
 
     fn reboot_vm(&self, vm_cid: &str) -> Result<()> {
-        self.runtime.block_on(async {
+        self.block_on(async {
             let options = RestartContainerOptions {
                 t: Some(STOP_TIMEOUT_SECONDS),
                 ..Default::default()
@@ -499,8 +519,7 @@ impl Cpi for DockerCpi {
         let contents = serde_json::to_vec_pretty(metadata).map_err(|error| {
             cloud_error(format!("cannot encode VM {vm_cid}'s metadata: {error}"))
         })?;
-        self.runtime
-            .block_on(self.put_file(vm_cid, METADATA_IN_VM, &contents, 0o644))
+        self.block_on(self.put_file(vm_cid, METADATA_IN_VM, &contents, 0o644))
     }
 
     fn create_disk(&self, _: u64, _: &Value, _: Option<&str>) -> Result<String> {
@@ -536,7 +555,7 @@ impl Cpi for DockerCpi {
     }
 
     fn find_vm_by_agent_id(&self, agent_id: &str) -> Result<Option<String>> {
-        self.runtime.block_on(async {
+        self.block_on(async {
             let filters = HashMap::from([(
                 "label".to_string(),
                 vec![
