@@ -113,7 +113,7 @@ pub enum BusError {
     Settings(String),
     /// The `bus_limits` settings cannot work.
     #[error("bus_limits: {0}")]
-    Limits(String),
+    Limits(#[from] crate::limits::LimitsError),
     /// The authorization file could not be read or written.
     #[error("cannot {action} the bus authorization file {path}: {detail}")]
     AuthorizationFile {

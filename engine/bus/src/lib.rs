@@ -47,7 +47,7 @@ pub use broker::{Broker, BrokerEvent, BrokerHandle, BrokerOptions, Operation};
 pub use client::Bus;
 pub use embedded_accounts::PersistentBroker;
 pub use error::{BusError, human_duration};
-pub use limits::{BusLimits, MAX_MESSAGE_BYTES, PublishRate};
+pub use limits::{BusLimits, LimitsError, MAX_MESSAGE_BYTES, PublishRate};
 pub use nats_server::{MbusConfig, NatsServerAccounts};
 
 use accounts::generate_password;

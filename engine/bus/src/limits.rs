@@ -78,7 +78,7 @@ impl BusLimits {
     /// Why these limits cannot work with messages of up to `max_payload` bytes, if they
     /// cannot: a zero would refuse every agent, a byte burst below the largest message would
     /// refuse an agent's largest answer forever.
-    pub fn check(&self, max_payload: usize) -> Result<(), String> {
+    pub fn check(&self, max_payload: usize) -> Result<(), LimitsError> {
         let rate = &self.publish_rate;
         let zero = [
             ("max_connections", self.max_connections == 0),
@@ -92,23 +92,52 @@ impl BusLimits {
             ("publish_rate.bytes_per_second", rate.bytes_per_second == 0),
         ];
         if let Some((name, _)) = zero.iter().find(|(_, is_zero)| *is_zero) {
-            return Err(format!("{name} is 0, which no agent can work with"));
+            return Err(LimitsError::Zero { name });
         }
         let largest = u64::try_from(max_payload).unwrap_or(u64::MAX);
         if rate.bytes_burst < largest {
-            return Err(format!(
-                "publish_rate.bytes_burst is {}, less than the largest message ({largest} bytes): an agent could never send its largest answer",
-                rate.bytes_burst
-            ));
+            return Err(LimitsError::BurstBelowMessage {
+                burst: rate.bytes_burst,
+                largest,
+            });
         }
         if self.max_pending_bytes < max_payload {
-            return Err(format!(
-                "max_pending_bytes is {}, less than the largest message ({max_payload} bytes)",
-                self.max_pending_bytes
-            ));
+            return Err(LimitsError::PendingBelowMessage {
+                pending: self.max_pending_bytes,
+                largest: max_payload,
+            });
         }
         Ok(())
     }
+}
+
+/// Why [`BusLimits`] cannot work.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LimitsError {
+    /// A limit is zero.
+    #[error("{name} is 0, which no agent can work with")]
+    Zero {
+        /// The setting (`publish_rate.messages_burst`).
+        name: &'static str,
+    },
+    /// The byte burst cannot carry the largest message.
+    #[error(
+        "publish_rate.bytes_burst is {burst}, less than the largest message ({largest} bytes): an agent could never send its largest answer"
+    )]
+    BurstBelowMessage {
+        /// The configured burst.
+        burst: u64,
+        /// The largest message.
+        largest: u64,
+    },
+    /// The pending-output cap cannot hold the largest message.
+    #[error("max_pending_bytes is {pending}, less than the largest message ({largest} bytes)")]
+    PendingBelowMessage {
+        /// The configured cap.
+        pending: usize,
+        /// The largest message.
+        largest: usize,
+    },
 }
 
 /// One account's publish budget (see [`PublishRate`]). Pure: the caller says what time it is.
@@ -236,7 +265,7 @@ mod tests {
         let check = |change: fn(&mut BusLimits)| {
             let mut limits = BusLimits::default();
             change(&mut limits);
-            limits.check(MAX_MESSAGE_BYTES).unwrap_err()
+            limits.check(MAX_MESSAGE_BYTES).unwrap_err().to_string()
         };
         assert_eq!(
             check(|l| l.max_connections = 0),

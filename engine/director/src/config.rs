@@ -224,7 +224,7 @@ impl Default for Limits {
 
 impl Limits {
     /// The first limit that cannot work (a zero timeout or connection cap), named.
-    fn check(&self) -> Result<(), String> {
+    fn check(&self) -> Result<(), ZeroLimit> {
         let zero = [
             ("header_read_timeout", self.header_read_timeout == 0),
             ("idle_timeout", self.idle_timeout == 0),
@@ -233,10 +233,18 @@ impl Limits {
             ("fetch_idle_timeout", self.fetch_idle_timeout == 0),
         ];
         match zero.iter().find(|(_, is_zero)| *is_zero) {
-            Some((name, _)) => Err(format!("limits.{name} must be at least 1")),
+            Some((name, _)) => Err(ZeroLimit { name }),
             None => Ok(()),
         }
     }
+}
+
+/// A `limits` setting that is zero and must not be.
+#[derive(Debug, thiserror::Error)]
+#[error("limits.{name} must be at least 1")]
+pub struct ZeroLimit {
+    /// The setting (`header_read_timeout`).
+    pub name: &'static str,
 }
 
 fn default_name() -> String {
@@ -299,13 +307,10 @@ impl DirectorConfig {
         })?;
         let config: DirectorConfig =
             serde_yaml::from_str(&text).map_err(|source| ConfigError::parse(path, source))?;
-        config
-            .limits
-            .check()
-            .map_err(|message| ConfigError::Invalid {
-                path: path.to_path_buf(),
-                message,
-            })?;
+        config.limits.check().map_err(|zero| ConfigError::Invalid {
+            path: path.to_path_buf(),
+            message: zero.to_string(),
+        })?;
         Ok(config)
     }
 
