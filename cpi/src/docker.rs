@@ -22,7 +22,24 @@
 //!   in a file in the container, `/var/vcap/bosh/vm-metadata.json` (copied in with the
 //!   engine's archive API, which works on stopped containers too); it goes with the
 //!   container.
-//! - Persistent disks are not implemented yet (`NotImplemented`).
+//! - Persistent disks: a disk is a named volume `<prefix>disk-<uuid>` (the CID), labelled
+//!   with the director and its size in MB ([`DISK_SIZE_LABEL`]; recorded, not enforced:
+//!   the local driver has no sizes). Docker cannot mount a volume into a running container,
+//!   so `attach_disk` and `detach_disk` re-create the VM's container under the same name
+//!   (the CID) with the same image, hostname, labels, networks and IPs, host settings and
+//!   `/var/vcap/bosh` (the agent's settings and state, the VM's metadata), and the volume
+//!   mounted at `/var/vcap/disks/<disk cid>` ([`DISKS_IN_VM`]) or not. The answer of
+//!   `attach_disk`, also put in the settings' `disks.persistent` as the local CPI does, is
+//!   `{"path": "/var/vcap/disks/<disk cid>"}`: the agent's `mount_disk` makes
+//!   `/var/vcap/store` show that directory (a volume mounted at the store itself would leave
+//!   the agent nothing to mount, and `migrate_disk` needs both disks at once). The rest of
+//!   the container's writable layer (`/var/vcap/data`: packages, jobs) is not carried over
+//!   (an ephemeral-disk volume would be the way to keep it). The old container is stopped
+//!   and renamed `<cid>-replaced` while the new one is made, and comes back when that
+//!   fails; it is removed once the new one runs. `get_disks` lists the volumes mounted
+//!   below [`DISKS_IN_VM`]; `delete_disk` refuses a disk a container still mounts.
+//!   `set_disk_metadata` checks that the disk exists and keeps nothing: a volume's labels
+//!   cannot change, and a file on the volume would show in the job's data.
 //!
 //! Calls are blocking: each runs on the CPI's own small tokio runtime, so a `DockerCpi` must
 //! not be made or called from inside an async task (the director calls CPIs on blocking
@@ -38,12 +55,15 @@ use std::path::{Path, PathBuf};
 use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
-    ContainerCreateBody, EndpointIpamConfig, EndpointSettings, HostConfig, Ipam, IpamConfig,
-    NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
+    HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest,
+    NetworkingConfig, VolumeCreateRequest,
 };
 use bollard::query_parameters::{
-    CreateContainerOptions, CreateImageOptions, InspectNetworkOptions, RemoveContainerOptions,
-    RemoveImageOptions, RestartContainerOptions, UploadToContainerOptions,
+    CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
+    InspectNetworkOptions, ListContainersOptions, RemoveContainerOptions, RemoveImageOptions,
+    RemoveVolumeOptions, RenameContainerOptions, RestartContainerOptions, StopContainerOptions,
+    UploadToContainerOptions,
 };
 use bollard::{body_full, body_try_stream};
 use futures::StreamExt as _;
@@ -59,6 +79,12 @@ pub const AGENT_ID_LABEL: &str = "bosh.agent-id";
 pub const AGENT_IN_VM: &str = "/var/vcap/bosh/bin/bosh-agent";
 /// Where `create_vm` puts the agent's settings.
 pub const SETTINGS_IN_VM: &str = "/var/vcap/bosh/settings.json";
+/// The label of a disk's volume holding its size in MB.
+pub const DISK_SIZE_LABEL: &str = "bosh.disk-size-mb";
+/// Where attached disks' volumes are mounted in a VM, each at `<DISKS_IN_VM>/<disk cid>`.
+pub const DISKS_IN_VM: &str = "/var/vcap/disks";
+/// The agent's directory in a VM, carried over when a VM's container is re-created.
+const AGENT_DIR_IN_VM: &str = "/var/vcap/bosh";
 /// Where `set_vm_metadata` keeps a VM's metadata.
 pub const METADATA_IN_VM: &str = "/var/vcap/bosh/vm-metadata.json";
 /// Seconds the engine gives the agent to stop on `reboot_vm` and `delete_vm`.
@@ -236,11 +262,21 @@ impl DockerCpi {
         agent_id: &str,
         stemcell_cid: &str,
         networks: &Value,
+        disk_cids: &[String],
         environment: &Value,
     ) -> Result<(String, Value)> {
         let vm_cid = format!("{}vm-{}", self.config.name_prefix, uuid::Uuid::new_v4());
-        let settings = crate::local::agent_settings(agent_id, &vm_cid, networks, environment)
+        let mut settings = crate::local::agent_settings(agent_id, &vm_cid, networks, environment)
             .map_err(|message| CpiError::new(ErrorKind::CpiError, message))?;
+        let mut mounts = Vec::new();
+        for disk_cid in disk_cids {
+            self.check_disk_free(disk_cid, &vm_cid).await?;
+            settings
+                .disks
+                .persistent
+                .insert(disk_cid.clone(), disk_hint(disk_cid));
+            mounts.push(disk_mount(disk_cid));
+        }
         let settings = serde_json::to_vec_pretty(&settings)
             .map_err(|error| cloud_error(format!("cannot encode the agent's settings: {error}")))?;
         match self.docker.inspect_image(stemcell_cid).await {
@@ -280,6 +316,7 @@ impl DockerCpi {
             cmd: Some(vec!["--settings".to_string(), SETTINGS_IN_VM.to_string()]),
             host_config: Some(HostConfig {
                 init: Some(true),
+                mounts: (!mounts.is_empty()).then_some(mounts),
                 network_mode: Some(
                     first
                         .as_ref()
@@ -344,6 +381,275 @@ impl DockerCpi {
             Err(error) if not_found(&error) => Ok(false),
             Err(error) => Err(cloud_error(format!("cannot delete VM {vm_cid}: {error}"))),
         }
+    }
+
+    /// A VM's container, or `VMNotFound`.
+    async fn inspect_vm(&self, vm_cid: &str) -> Result<ContainerInspectResponse> {
+        self.docker
+            .inspect_container(vm_cid, None)
+            .await
+            .map_err(|error| match not_found(&error) {
+                true => vm_not_found(vm_cid),
+                false => cloud_error(format!("cannot inspect VM {vm_cid}: {error}")),
+            })
+    }
+
+    /// Whether the volume `disk_cid` exists and is this director's.
+    async fn disk_exists(&self, disk_cid: &str) -> Result<bool> {
+        match self.docker.inspect_volume(disk_cid).await {
+            Ok(volume) => Ok(volume.labels.get(DIRECTOR_LABEL) == Some(&self.config.director_id)),
+            Err(error) if not_found(&error) => Ok(false),
+            Err(error) => Err(cloud_error(format!(
+                "cannot inspect disk {disk_cid}: {error}"
+            ))),
+        }
+    }
+
+    /// Fails unless the disk exists and no container but `vm_cid`'s mounts it.
+    async fn check_disk_free(&self, disk_cid: &str, vm_cid: &str) -> Result<()> {
+        if !self.disk_exists(disk_cid).await? {
+            return Err(disk_not_found(disk_cid));
+        }
+        let options = ListContainersOptions {
+            all: true,
+            filters: Some(HashMap::from([(
+                "volume".to_string(),
+                vec![disk_cid.to_string()],
+            )])),
+            ..Default::default()
+        };
+        let containers = self
+            .docker
+            .list_containers(Some(options))
+            .await
+            .map_err(|error| {
+                cloud_error(format!(
+                    "cannot list the containers of disk {disk_cid}: {error}"
+                ))
+            })?;
+        let other = containers
+            .into_iter()
+            .filter_map(|container| container.names)
+            .flatten()
+            .map(|name| name.trim_start_matches('/').to_string())
+            .find(|name| *name != vm_cid);
+        match other {
+            Some(other) => Err(cloud_error(format!(
+                "disk {disk_cid} is attached to VM {other}; detach it first"
+            ))),
+            None => Ok(()),
+        }
+    }
+
+    /// A file or directory of a container as a tar archive.
+    async fn download(&self, vm_cid: &str, path: &str) -> Result<Vec<u8>> {
+        let options = DownloadFromContainerOptions {
+            path: path.to_string(),
+        };
+        let mut stream = self.docker.download_from_container(vm_cid, Some(options));
+        let mut archive = Vec::new();
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|error| match not_found(&error) {
+                true => cloud_error(format!("VM {vm_cid} has no {path}")),
+                false => cloud_error(format!("cannot read {path} of VM {vm_cid}: {error}")),
+            })?;
+            archive.extend_from_slice(&chunk);
+        }
+        Ok(archive)
+    }
+
+    /// Re-creates the VM's container (`old`) with `mounts` and the agent's settings changed
+    /// by `edit` (their `disks.persistent`): same name, image, hostname, labels, networks
+    /// and IPs, host settings and [`AGENT_DIR_IN_VM`]; running when the old one ran. The
+    /// old container is stopped and renamed meanwhile, and comes back when anything fails.
+    async fn recreate_vm(
+        &self,
+        vm_cid: &str,
+        old: &ContainerInspectResponse,
+        mounts: Vec<Mount>,
+        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
+    ) -> Result<()> {
+        let agent_dir = self.download(vm_cid, AGENT_DIR_IN_VM).await?;
+        let mut settings = settings_in_archive(&agent_dir)
+            .map_err(|error| {
+                cloud_error(format!(
+                    "cannot read {SETTINGS_IN_VM} of VM {vm_cid}: {error}"
+                ))
+            })?
+            .ok_or_else(|| cloud_error(format!("VM {vm_cid} has no {SETTINGS_IN_VM}")))?;
+        edit(persistent_disks(&mut settings).ok_or_else(|| {
+            cloud_error(format!(
+                "{SETTINGS_IN_VM} of VM {vm_cid}: disks.persistent is not a map"
+            ))
+        })?);
+        let settings = serde_json::to_vec_pretty(&settings)
+            .map_err(|error| cloud_error(format!("cannot encode the agent's settings: {error}")))?;
+        let running = old
+            .state
+            .as_ref()
+            .and_then(|state| state.running)
+            .unwrap_or(false);
+        if running {
+            let options = StopContainerOptions {
+                t: Some(STOP_TIMEOUT_SECONDS),
+                ..Default::default()
+            };
+            match self.docker.stop_container(vm_cid, Some(options)).await {
+                Ok(()) => {}
+                // Stopped meanwhile.
+                Err(error) if status(&error) == Some(304) => {}
+                Err(error) => {
+                    return Err(cloud_error(format!("cannot stop VM {vm_cid}: {error}")));
+                }
+            }
+        }
+        let replaced = format!("{vm_cid}-replaced");
+        let restore = |error: CpiError| async move {
+            if running {
+                let _ = self.docker.start_container(vm_cid, None).await;
+            }
+            error
+        };
+        let rename = RenameContainerOptions {
+            name: replaced.clone(),
+        };
+        if let Err(error) = self.docker.rename_container(vm_cid, rename).await {
+            return Err(restore(cloud_error(format!(
+                "cannot rename VM {vm_cid} to {replaced} to re-create it: {error}"
+            )))
+            .await);
+        }
+        let made = self
+            .create_replacement(vm_cid, old, mounts, agent_dir, &settings, running)
+            .await;
+        if let Err(error) = made {
+            let _ = self.remove_container(vm_cid).await;
+            let back = RenameContainerOptions {
+                name: vm_cid.to_string(),
+            };
+            let _ = self.docker.rename_container(&replaced, back).await;
+            return Err(restore(error).await);
+        }
+        self.remove_container(&replaced).await.map_err(|error| {
+            cloud_error(format!(
+                "VM {vm_cid} was re-created, but its old container {replaced} remains: {error}"
+            ))
+        })?;
+        Ok(())
+    }
+
+    /// Makes (and starts when `start`) the container `vm_cid` re-creating `old`.
+    async fn create_replacement(
+        &self,
+        vm_cid: &str,
+        old: &ContainerInspectResponse,
+        mounts: Vec<Mount>,
+        agent_dir: Vec<u8>,
+        settings: &[u8],
+        start: bool,
+    ) -> Result<()> {
+        let config = old.config.clone().unwrap_or_default();
+        let mut host_config = old.host_config.clone().unwrap_or_default();
+        host_config.mounts = (!mounts.is_empty()).then_some(mounts);
+        let primary = host_config.network_mode.clone();
+        let mut endpoints: Vec<(String, Option<String>)> = old
+            .network_settings
+            .as_ref()
+            .and_then(|settings| settings.networks.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(name, endpoint)| {
+                let ip = endpoint
+                    .ipam_config
+                    .and_then(|ipam| ipam.ipv4_address)
+                    .or(endpoint.ip_address)
+                    .filter(|ip| !ip.is_empty());
+                (name, ip)
+            })
+            .collect();
+        // The network the container was made on first, the others connected after.
+        endpoints.sort_by_key(|(name, _)| Some(name) != primary.as_ref());
+        let endpoint = |ip: Option<String>| EndpointSettings {
+            ipam_config: ip.map(|ip| EndpointIpamConfig {
+                ipv4_address: Some(ip),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let first = endpoints
+            .first()
+            .filter(|(name, _)| Some(name) == primary.as_ref())
+            .cloned();
+        let skip = usize::from(first.is_some());
+        let body = ContainerCreateBody {
+            image: old.image.clone(),
+            hostname: config.hostname,
+            domainname: config.domainname,
+            user: config.user,
+            env: config.env,
+            cmd: config.cmd,
+            entrypoint: config.entrypoint,
+            labels: config.labels,
+            working_dir: config.working_dir,
+            stop_signal: config.stop_signal,
+            stop_timeout: config.stop_timeout,
+            exposed_ports: config.exposed_ports,
+            host_config: Some(host_config),
+            networking_config: first.map(|(name, ip)| NetworkingConfig {
+                endpoints_config: Some(HashMap::from([(name, endpoint(ip))])),
+            }),
+            ..Default::default()
+        };
+        let options = CreateContainerOptions {
+            name: Some(vm_cid.to_string()),
+            ..Default::default()
+        };
+        self.docker
+            .create_container(Some(options), body)
+            .await
+            .map_err(|error| cloud_error(format!("cannot re-create VM {vm_cid}: {error}")))?;
+        for (name, ip) in endpoints.into_iter().skip(skip) {
+            let request = NetworkConnectRequest {
+                container: vm_cid.to_string(),
+                endpoint_config: Some(endpoint(ip.clone())),
+            };
+            self.docker
+                .connect_network(&name, request)
+                .await
+                .map_err(|error| {
+                    cloud_error(format!(
+                        "cannot connect the re-created VM {vm_cid} to Docker network {name}: \
+                         {error}"
+                    ))
+                })?;
+        }
+        let options = UploadToContainerOptions {
+            path: Path::new(AGENT_DIR_IN_VM)
+                .parent()
+                .unwrap_or(Path::new("/"))
+                .display()
+                .to_string(),
+            ..Default::default()
+        };
+        self.docker
+            .upload_to_container(vm_cid, Some(options), body_full(agent_dir.into()))
+            .await
+            .map_err(|error| {
+                cloud_error(format!(
+                    "cannot copy {AGENT_DIR_IN_VM} into the re-created VM {vm_cid}: {error}"
+                ))
+            })?;
+        self.put_file(vm_cid, SETTINGS_IN_VM, settings, 0o600)
+            .await?;
+        if start {
+            self.docker
+                .start_container(vm_cid, None)
+                .await
+                .map_err(|error| {
+                    cloud_error(format!("cannot start the re-created VM {vm_cid}: {error}"))
+                })?;
+        }
+        Ok(())
     }
 
     /// Removes the networks of this CPI among `names` that no container uses any more.
@@ -458,13 +764,13 @@ impl Cpi for DockerCpi {
         disk_cids: &[String],
         environment: &Value,
     ) -> Result<(String, Value)> {
-        if !disk_cids.is_empty() {
-            return Err(CpiError::new(
-                ErrorKind::NotImplemented,
-                "the Docker CPI does not support persistent disks yet",
-            ));
-        }
-        self.block_on(self.create_vm_async(agent_id, stemcell_cid, networks, environment))
+        self.block_on(self.create_vm_async(
+            agent_id,
+            stemcell_cid,
+            networks,
+            disk_cids,
+            environment,
+        ))
     }
 
     fn delete_vm(&self, vm_cid: &str) -> Result<()> {
@@ -522,36 +828,103 @@ impl Cpi for DockerCpi {
         self.block_on(self.put_file(vm_cid, METADATA_IN_VM, &contents, 0o644))
     }
 
-    fn create_disk(&self, _: u64, _: &Value, _: Option<&str>) -> Result<String> {
-        Err(disks_not_implemented())
+    fn create_disk(
+        &self,
+        size_mb: u64,
+        _cloud_properties: &Value,
+        _vm_hint: Option<&str>,
+    ) -> Result<String> {
+        let disk_cid = format!("{}disk-{}", self.config.name_prefix, uuid::Uuid::new_v4());
+        let mut labels = self.labels();
+        labels.insert(DISK_SIZE_LABEL.to_string(), size_mb.to_string());
+        let request = VolumeCreateRequest {
+            name: Some(disk_cid.clone()),
+            driver: Some("local".to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.block_on(async {
+            self.docker.create_volume(request).await.map_err(|error| {
+                cloud_error(format!(
+                    "cannot create disk {disk_cid} ({size_mb} MB): {error}"
+                ))
+            })?;
+            Ok(disk_cid.clone())
+        })
     }
 
-    fn delete_disk(&self, _: &str) -> Result<()> {
-        Err(disks_not_implemented())
+    fn delete_disk(&self, disk_cid: &str) -> Result<()> {
+        self.block_on(async {
+            // A missing disk is deleted already; another director's volume is not touched.
+            if !self.disk_exists(disk_cid).await? {
+                return Ok(());
+            }
+            let options = RemoveVolumeOptions { force: false };
+            match self.docker.remove_volume(disk_cid, Some(options)).await {
+                Ok(()) => Ok(()),
+                Err(error) if not_found(&error) => Ok(()),
+                Err(error) if conflict(&error) => Err(cloud_error(format!(
+                    "disk {disk_cid} is attached to a VM; detach it first"
+                ))),
+                Err(error) => Err(cloud_error(format!(
+                    "cannot delete disk {disk_cid}: {error}"
+                ))),
+            }
+        })
     }
 
-    fn has_disk(&self, _: &str) -> Result<bool> {
-        Err(disks_not_implemented())
+    fn has_disk(&self, disk_cid: &str) -> Result<bool> {
+        self.block_on(self.disk_exists(disk_cid))
     }
 
-    fn attach_disk(&self, _: &str, _: &str) -> Result<Value> {
-        Err(disks_not_implemented())
+    fn attach_disk(&self, vm_cid: &str, disk_cid: &str) -> Result<Value> {
+        let hint = disk_hint(disk_cid);
+        self.block_on(async {
+            let container = self.inspect_vm(vm_cid).await?;
+            if attached_disks(&container).iter().any(|d| d == disk_cid) {
+                return Ok(hint.clone());
+            }
+            self.check_disk_free(disk_cid, vm_cid).await?;
+            let mut mounts = mounts_of(&container);
+            mounts.push(disk_mount(disk_cid));
+            self.recreate_vm(vm_cid, &container, mounts, |persistent| {
+                persistent.insert(disk_cid.to_string(), hint.clone());
+            })
+            .await?;
+            Ok(hint.clone())
+        })
     }
 
-    fn detach_disk(&self, _: &str, _: &str) -> Result<()> {
-        Err(disks_not_implemented())
+    fn detach_disk(&self, vm_cid: &str, disk_cid: &str) -> Result<()> {
+        self.block_on(async {
+            let container = self.inspect_vm(vm_cid).await?;
+            if !attached_disks(&container).iter().any(|d| d == disk_cid) {
+                return Err(CpiError::new(
+                    ErrorKind::DiskNotAttached,
+                    format!("disk {disk_cid} is not attached to VM {vm_cid}"),
+                ));
+            }
+            let mounts = mounts_of(&container)
+                .into_iter()
+                .filter(|mount| mounted_disk(mount) != Some(disk_cid))
+                .collect();
+            self.recreate_vm(vm_cid, &container, mounts, |persistent| {
+                persistent.remove(disk_cid);
+            })
+            .await
+        })
     }
 
     fn get_disks(&self, vm_cid: &str) -> Result<Vec<String>> {
-        // No disk can be attached yet; still answer VMNotFound for a missing VM.
-        match self.has_vm(vm_cid)? {
-            true => Ok(Vec::new()),
-            false => Err(vm_not_found(vm_cid)),
-        }
+        self.block_on(async { Ok(attached_disks(&self.inspect_vm(vm_cid).await?)) })
     }
 
-    fn set_disk_metadata(&self, _: &str, _: &Value) -> Result<()> {
-        Err(disks_not_implemented())
+    fn set_disk_metadata(&self, disk_cid: &str, _metadata: &Value) -> Result<()> {
+        // Not kept (see the module's documentation); the disk must exist.
+        match self.has_disk(disk_cid)? {
+            true => Ok(()),
+            false => Err(disk_not_found(disk_cid)),
+        }
     }
 
     fn find_vm_by_agent_id(&self, agent_id: &str) -> Result<Option<String>> {
@@ -726,11 +1099,93 @@ fn vm_not_found(vm_cid: &str) -> CpiError {
     CpiError::new(ErrorKind::VmNotFound, format!("VM {vm_cid} not found"))
 }
 
-fn disks_not_implemented() -> CpiError {
+fn disk_not_found(disk_cid: &str) -> CpiError {
     CpiError::new(
-        ErrorKind::NotImplemented,
-        "the Docker CPI does not support persistent disks yet",
+        ErrorKind::DiskNotFound,
+        format!("disk {disk_cid} not found"),
     )
+}
+
+/// What `attach_disk` answers for a disk, and puts in the agent's settings: where the
+/// disk's volume is mounted in the VM.
+fn disk_hint(disk_cid: &str) -> Value {
+    serde_json::json!({ "path": format!("{DISKS_IN_VM}/{disk_cid}") })
+}
+
+/// The mount of a disk's volume in a VM.
+fn disk_mount(disk_cid: &str) -> Mount {
+    Mount {
+        target: Some(format!("{DISKS_IN_VM}/{disk_cid}")),
+        source: Some(disk_cid.to_string()),
+        typ: Some(MountType::VOLUME),
+        ..Default::default()
+    }
+}
+
+/// Whether `mount` is an attached disk's; answers its CID.
+fn mounted_disk(mount: &Mount) -> Option<&str> {
+    let target = mount.target.as_deref()?.strip_prefix(DISKS_IN_VM)?;
+    match (&mount.typ, mount.source.as_deref()) {
+        (Some(MountType::VOLUME), Some(source)) if target.strip_prefix('/') == Some(source) => {
+            Some(source)
+        }
+        _ => None,
+    }
+}
+
+/// The mounts a container was made with.
+fn mounts_of(container: &ContainerInspectResponse) -> Vec<Mount> {
+    container
+        .host_config
+        .as_ref()
+        .and_then(|host_config| host_config.mounts.clone())
+        .unwrap_or_default()
+}
+
+/// The disks a container mounts, in attachment order.
+fn attached_disks(container: &ContainerInspectResponse) -> Vec<String> {
+    mounts_of(container)
+        .iter()
+        .filter_map(mounted_disk)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The agent's settings in an archive of [`AGENT_DIR_IN_VM`] (entries `bosh/…`).
+fn settings_in_archive(archive: &[u8]) -> std::result::Result<Option<Value>, String> {
+    let wanted = Path::new(SETTINGS_IN_VM)
+        .strip_prefix(
+            Path::new(AGENT_DIR_IN_VM)
+                .parent()
+                .unwrap_or(Path::new("/")),
+        )
+        .map_err(|error| error.to_string())?;
+    let mut archive = tar::Archive::new(archive);
+    for entry in archive.entries().map_err(|error| error.to_string())? {
+        let mut entry = entry.map_err(|error| error.to_string())?;
+        if entry.path().map_err(|error| error.to_string())? != wanted {
+            continue;
+        }
+        let mut text = Vec::new();
+        std::io::Read::read_to_end(&mut entry, &mut text).map_err(|error| error.to_string())?;
+        return serde_json::from_slice(&text)
+            .map(Some)
+            .map_err(|error| error.to_string());
+    }
+    Ok(None)
+}
+
+/// The `disks.persistent` map of the agent's settings, made when missing or null.
+fn persistent_disks(settings: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+    let mut at = settings;
+    for key in ["disks", "persistent"] {
+        let next = at.as_object_mut()?.entry(key).or_insert(Value::Null);
+        if next.is_null() {
+            *next = Value::Object(serde_json::Map::new());
+        }
+        at = next;
+    }
+    at.as_object_mut()
 }
 
 #[cfg(test)]
@@ -770,6 +1225,37 @@ mod tests {
         );
         let error = ManualNetwork::parse("default", &json!({"netmask": "255.0.0.0"})).unwrap_err();
         assert!(error.message.contains("no ip"), "{}", error.message);
+    }
+
+    #[test]
+    fn only_volumes_below_the_disks_directory_are_disks() {
+        assert_eq!(mounted_disk(&disk_mount("d-1")), Some("d-1"));
+        let elsewhere = Mount {
+            target: Some("/var/vcap/data".to_string()),
+            ..disk_mount("d-1")
+        };
+        assert_eq!(mounted_disk(&elsewhere), None);
+        let bind = Mount {
+            typ: Some(MountType::BIND),
+            ..disk_mount("d-1")
+        };
+        assert_eq!(mounted_disk(&bind), None);
+    }
+
+    #[test]
+    fn persistent_disks_of_settings_are_made_when_missing_and_never_replace_data() {
+        let mut settings = json!({"agent_id": "a", "disks": {"persistent": null}});
+        persistent_disks(&mut settings)
+            .unwrap()
+            .insert("d-1".to_string(), disk_hint("d-1"));
+        assert_eq!(
+            settings["disks"]["persistent"]["d-1"]["path"],
+            "/var/vcap/disks/d-1"
+        );
+        let mut settings = json!({"agent_id": "a"});
+        assert!(persistent_disks(&mut settings).unwrap().is_empty());
+        assert!(persistent_disks(&mut json!({"disks": []})).is_none());
+        assert!(persistent_disks(&mut json!("text")).is_none());
     }
 
     #[test]

@@ -10,7 +10,7 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cpi::docker::{AGENT_ID_LABEL, DIRECTOR_LABEL, DockerConfig, DockerCpi};
+use cpi::docker::{AGENT_ID_LABEL, DIRECTOR_LABEL, DISK_SIZE_LABEL, DockerConfig, DockerCpi};
 use cpi::{Cpi, ErrorKind};
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -53,13 +53,14 @@ impl Run {
         format!("label={DIRECTOR_LABEL}={}", self.director_id)
     }
 
-    /// What of this run is left: containers, networks, images (ids or names).
+    /// What of this run is left: containers, networks, volumes, images (ids or names).
     fn leftovers(&self) -> Vec<String> {
         let filter = self.label_filter();
         let mut left = Vec::new();
         for args in [
             vec!["ps", "-aq", "--filter", &filter],
             vec!["network", "ls", "-q", "--filter", &filter],
+            vec!["volume", "ls", "-q", "--filter", &filter],
             vec!["images", "-q", "--filter", &filter],
         ] {
             left.extend(docker(&args).lines().map(str::to_string));
@@ -76,6 +77,10 @@ impl Drop for Run {
             (
                 vec!["network", "ls", "-q", "--filter", &filter],
                 vec!["network", "rm"],
+            ),
+            (
+                vec!["volume", "ls", "-q", "--filter", &filter],
+                vec!["volume", "rm", "-f"],
             ),
             (vec!["images", "-q", "--filter", &filter], vec!["rmi", "-f"]),
         ] {
@@ -328,6 +333,170 @@ fn a_stemcell_and_a_vm_live_and_die_on_the_docker_engine() {
     assert_eq!(run.leftovers(), Vec::<String>::new());
 }
 
+/// Runs `sh -c script` in a running container; answers its standard output.
+fn exec(container: &str, script: &str) -> String {
+    docker(&["exec", container, "sh", "-c", script])
+}
+
+#[test]
+fn a_disk_is_a_volume_that_keeps_its_data_from_vm_to_vm() {
+    let run = Run::new();
+    let image = rootfs_image(run.dir.path());
+    let stemcell = run
+        .cpi
+        .create_stemcell(
+            &image,
+            &json!({"name": format!("{}stemcell", run.prefix), "version": "1"}),
+        )
+        .unwrap();
+    let [a, b, c] = random_subnet();
+    let network = |host: u8| {
+        json!({"default": {
+            "type": "manual", "ip": format!("{a}.{b}.{c}.{host}"), "netmask": "255.255.255.0",
+            "gateway": format!("{a}.{b}.{c}.1"),
+        }})
+    };
+    let create_vm = |agent: &str, host: u8, disks: &[String]| {
+        run.cpi
+            .create_vm(
+                agent,
+                &stemcell,
+                &json!({}),
+                &network(host),
+                disks,
+                &environment(),
+            )
+            .map(|(vm, _)| vm)
+    };
+    let ip_of = |container: &Value| {
+        let endpoints = container["NetworkSettings"]["Networks"]
+            .as_object()
+            .unwrap();
+        assert_eq!(endpoints.len(), 1, "{endpoints:?}");
+        endpoints.values().next().unwrap()["IPAddress"].clone()
+    };
+    let settings_of = |vm: &str| -> Value {
+        serde_json::from_str(&read_from_container(vm, "/var/vcap/bosh/settings.json").0).unwrap()
+    };
+    let first = create_vm("agent-1", 5, &[]).unwrap();
+    let metadata = json!({"deployment": "d", "job": "db", "index": "0"});
+    run.cpi.set_vm_metadata(&first, &metadata).unwrap();
+    let before = inspect(&["--type", "container", &first]);
+
+    // create_disk: a volume of this director with its size in a label.
+    let disk = run.cpi.create_disk(1024, &json!({}), Some(&first)).unwrap();
+    assert!(disk.starts_with(&run.prefix), "{disk}");
+    let volume = inspect(&["--type", "volume", &disk]);
+    assert_eq!(volume["Labels"][DISK_SIZE_LABEL], "1024");
+    assert_eq!(volume["Labels"][DIRECTOR_LABEL], run.director_id.as_str());
+    assert!(run.cpi.has_disk(&disk).unwrap());
+    assert!(
+        !run.cpi
+            .has_disk(&format!("{}disk-missing", run.prefix))
+            .unwrap()
+    );
+
+    // attach_disk: a new container under the same name, with the same IP, hostname,
+    // labels and metadata, the volume mounted where the answer (and the settings) say.
+    let hint = run.cpi.attach_disk(&first, &disk).unwrap();
+    let path = format!("/var/vcap/disks/{disk}");
+    assert_eq!(hint, json!({"path": path}));
+    let after = inspect(&["--type", "container", &first]);
+    assert_ne!(
+        after["Id"], before["Id"],
+        "the container was not re-created"
+    );
+    assert_eq!(after["State"]["Running"], true, "{after:#}");
+    assert_eq!(ip_of(&after), json!(format!("{a}.{b}.{c}.5")));
+    assert_eq!(after["Config"]["Hostname"], first.as_str());
+    assert_eq!(after["Config"]["Labels"], before["Config"]["Labels"]);
+    assert_eq!(after["HostConfig"]["Init"], true);
+    let settings = settings_of(&first);
+    assert_eq!(settings["disks"]["persistent"][&disk], hint);
+    assert_eq!(settings["agent_id"], "agent-1");
+    let (kept, _) = read_from_container(&first, "/var/vcap/bosh/vm-metadata.json");
+    assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), metadata);
+    assert_eq!(run.cpi.get_disks(&first).unwrap(), vec![disk.clone()]);
+    assert!(!exists("container", &format!("{first}-replaced")));
+
+    // Attaching again changes nothing.
+    assert_eq!(run.cpi.attach_disk(&first, &disk).unwrap(), hint);
+    assert_eq!(inspect(&["--type", "container", &first])["Id"], after["Id"]);
+
+    exec(&first, &format!("echo kept > {path}/data"));
+    let error = run.cpi.delete_disk(&disk).unwrap_err();
+    assert!(
+        error.message.contains("detach it first"),
+        "{}",
+        error.message
+    );
+    assert!(exists("volume", &disk));
+
+    // detach_disk: re-created without it, same IP; a second detach is DiskNotAttached.
+    run.cpi.detach_disk(&first, &disk).unwrap();
+    assert_eq!(run.cpi.get_disks(&first).unwrap(), Vec::<String>::new());
+    let detached = inspect(&["--type", "container", &first]);
+    assert_eq!(detached["State"]["Running"], true, "{detached:#}");
+    assert_eq!(ip_of(&detached), json!(format!("{a}.{b}.{c}.5")));
+    assert_eq!(settings_of(&first)["disks"]["persistent"], json!({}));
+    assert_eq!(
+        exec(
+            &first,
+            &format!("[ -e {path}/data ] && echo there || echo gone")
+        ),
+        "gone\n"
+    );
+    assert_eq!(
+        run.cpi.detach_disk(&first, &disk).unwrap_err().kind,
+        ErrorKind::DiskNotAttached
+    );
+
+    // On a new VM the data is there; the first VM cannot take the disk meanwhile.
+    let second = create_vm("agent-2", 6, &[]).unwrap();
+    run.cpi.attach_disk(&second, &disk).unwrap();
+    assert_eq!(exec(&second, &format!("cat {path}/data")), "kept\n");
+    let error = run.cpi.attach_disk(&first, &disk).unwrap_err();
+    assert!(error.message.contains(&second), "{}", error.message);
+    run.cpi.detach_disk(&second, &disk).unwrap();
+
+    // create_vm with the disk mounts it from the start.
+    let third = create_vm("agent-3", 7, std::slice::from_ref(&disk)).unwrap();
+    assert_eq!(run.cpi.get_disks(&third).unwrap(), vec![disk.clone()]);
+    assert_eq!(settings_of(&third)["disks"]["persistent"][&disk], hint);
+    assert_eq!(exec(&third, &format!("cat {path}/data")), "kept\n");
+
+    // Deleting VMs keeps the disk; delete_disk removes the volume, and again succeeds.
+    for vm in [&first, &second, &third] {
+        run.cpi.delete_vm(vm).unwrap();
+    }
+    assert!(run.cpi.has_disk(&disk).unwrap());
+    run.cpi.set_disk_metadata(&disk, &metadata).unwrap();
+    run.cpi.delete_disk(&disk).unwrap();
+    assert!(!exists("volume", &disk));
+    assert!(!run.cpi.has_disk(&disk).unwrap());
+    run.cpi.delete_disk(&disk).unwrap();
+    assert_eq!(
+        run.cpi
+            .set_disk_metadata(&disk, &metadata)
+            .unwrap_err()
+            .kind,
+        ErrorKind::DiskNotFound
+    );
+    assert_eq!(
+        run.cpi.get_disks(&first).unwrap_err().kind,
+        ErrorKind::VmNotFound
+    );
+    assert_eq!(
+        create_vm("agent-4", 8, std::slice::from_ref(&disk))
+            .unwrap_err()
+            .kind,
+        ErrorKind::DiskNotFound
+    );
+
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+    assert_eq!(run.leftovers(), Vec::<String>::new());
+}
+
 #[test]
 fn a_vm_that_cannot_be_made_is_not_left_behind() {
     let run = Run::new();
@@ -384,9 +553,16 @@ fn a_vm_that_cannot_be_made_is_not_left_behind() {
         .unwrap_err();
     assert!(error.message.contains("sha256:0000"), "{error:?}");
 
-    // Disks are not implemented yet, and say so.
-    let error = run.cpi.create_disk(10, &json!({}), Some(&vm)).unwrap_err();
-    assert_eq!(error.kind, ErrorKind::NotImplemented);
+    // A disk that is not there, or a VM that is not there, is named.
+    let missing = format!("{}disk-missing", run.prefix);
+    let error = run.cpi.attach_disk(&vm, &missing).unwrap_err();
+    assert_eq!(error.kind, ErrorKind::DiskNotFound, "{error:?}");
+    assert!(error.message.contains(&missing), "{error:?}");
+    let error = run
+        .cpi
+        .attach_disk(&format!("{}vm-missing", run.prefix), &missing)
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::VmNotFound, "{error:?}");
 
     run.cpi.delete_vm(&vm).unwrap();
     run.cpi.delete_stemcell(&stemcell).unwrap();
