@@ -375,8 +375,10 @@ where
                 cancel.clone(),
                 finished.clone(),
             ));
+            // Fires when the job returns, and also if it panics (renewal must not outlive it).
+            let stop_renewing = finished.drop_guard();
             let outcome = job(context).await;
-            finished.cancel();
+            drop(stop_renewing);
             match renewing.await {
                 Ok(Some(lost)) => Err(TaskError::message(lost)),
                 _ => outcome,
