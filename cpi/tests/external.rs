@@ -203,6 +203,76 @@ fn the_cpi_binary_answers_bad_calls_with_the_error_envelope() {
     assert_eq!(error.kind, ErrorKind::NotImplemented);
 }
 
+/// `cpi --type docker` against this host's engine: the Docker CPI behind the same envelope,
+/// bad calls answered with BOSH's errors (not JSON, unknown method, wrong arguments, no
+/// director id, an engine that is not there), never a crash.
+#[cfg(feature = "docker")]
+#[test]
+fn the_cpi_binary_serves_the_docker_cpi() {
+    let docker = ["--type", "docker"];
+    let info = br#"{"method":"info","arguments":[],"context":{"director_uuid":"d-1"}}"#;
+    let (response, success) = run_binary(&docker, info);
+    assert!(success);
+    assert_eq!(
+        response,
+        json!({"result": {"api_version": 2, "stemcell_formats": ["docker-rootfs"]},
+            "error": null, "log": ""})
+    );
+
+    let (response, success) = run_binary(&docker, b"not json");
+    assert!(success);
+    assert_eq!(response["error"]["type"], "InvalidCall");
+    let message = response["error"]["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Request cannot be deserialized, details: "),
+        "{message}"
+    );
+
+    let (response, success) = run_binary(
+        &docker,
+        br#"{"method":"resize_disk","arguments":["disk-1",10],"context":{"director_uuid":"d-1"}}"#,
+    );
+    assert!(success);
+    assert_eq!(
+        response,
+        json!({"result": null, "error": {"type": "InvalidCall",
+            "message": "Method is not known, got 'resize_disk'", "ok_to_retry": false}, "log": ""})
+    );
+
+    let (response, _) = run_binary(
+        &docker,
+        br#"{"method":"has_vm","arguments":[42],"context":{"director_uuid":"d-1"}}"#,
+    );
+    assert_eq!(
+        response["error"]["message"],
+        "Arguments are not correct, details: argument 0 of 'has_vm': invalid type: integer \
+         `42`, expected a string"
+    );
+
+    let (response, _) = run_binary(&docker, br#"{"method":"info","arguments":[],"context":{}}"#);
+    assert_eq!(
+        response["error"],
+        json!({"type": "Bosh::Clouds::CpiError", "ok_to_retry": false,
+            "message": "the docker cpi needs the director's id: context.director_uuid is missing"})
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-engine.sock");
+    let (response, success) = run_binary(
+        &["--type", "docker", "--socket", socket.to_str().unwrap()],
+        info,
+    );
+    assert!(success);
+    assert_eq!(response["error"]["type"], "Bosh::Clouds::CloudError");
+    let message = response["error"]["message"].as_str().unwrap();
+    assert!(message.contains(socket.to_str().unwrap()), "{message}");
+
+    // Through `ExternalCpi`, as a director configured for `cpi --type docker` calls it.
+    let external = ExternalCpi::new(CPI_BINARY, DIRECTOR_UUID).with_arguments(["--type", "docker"]);
+    assert_eq!(external.info().unwrap().stemcell_formats, ["docker-rootfs"]);
+    assert!(!external.has_vm("bosh-vm-not-there").unwrap());
+}
+
 #[test]
 fn requests_follow_boshs_envelope_and_environment() {
     let dir = tempfile::tempdir().unwrap();

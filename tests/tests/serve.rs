@@ -1,7 +1,9 @@
 //! The API server's limits and the CLI's targets, through the real binaries: idle, slow and
 //! stalled clients are closed and cannot take the director's file descriptors, downloads of
 //! `upload-release URL` give up on a server that stalls, the dev director's token goes only
-//! to the dev director this CLI started, and `serve --dev` leaves a non-dev target alone.
+//! to the dev director this CLI started, `serve --dev` leaves a non-dev target alone, and a
+//! director configured for the Docker CPI says so in `/info` or fails to start naming the
+//! engine's socket.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -33,6 +35,11 @@ struct Director {
 
 impl Director {
     fn start(limits: &str) -> Director {
+        Director::start_with(&format!("limits: {limits}\n"))
+    }
+
+    /// A director whose `director.yml` ends with `settings` (YAML lines).
+    fn start_with(settings: &str) -> Director {
         let dir = tempfile::tempdir().unwrap();
         let port = TcpListener::bind("127.0.0.1:0")
             .unwrap()
@@ -43,7 +50,7 @@ impl Director {
         std::fs::write(
             &config,
             format!(
-                "listen: 127.0.0.1:{port}\ndata_dir: {}\nlimits: {limits}\n",
+                "listen: 127.0.0.1:{port}\ndata_dir: {}\n{settings}",
                 dir.path().join("data").display()
             ),
         )
@@ -417,5 +424,43 @@ fn serve_dev_leaves_a_non_dev_target_in_the_cli_config_alone() {
             .starts_with(&format!("stopped the dev director at {dev_url}")),
         "{}",
         stop.stderr
+    );
+}
+
+#[test]
+fn a_director_configured_for_docker_says_so_or_names_the_engine_it_cannot_reach() {
+    let director = Director::start_with("cpi: {type: docker}\n");
+    let out = director.run(&["status", "--json"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let info: serde_json::Value = serde_json::from_str(&out.stdout).unwrap();
+    assert_eq!(info["cpi"], "docker", "{info}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("no-engine.sock");
+    let config = dir.path().join("director.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:0\ndata_dir: {}\ncpi: {{type: docker, socket: {}}}\n",
+            dir.path().join("data").display(),
+            socket.display()
+        ),
+    )
+    .unwrap();
+    let log = dir.path().join("director.log");
+    let mut child = tests::serve(&config, &log);
+    let mut status = None;
+    wait_for(
+        || {
+            status = child.try_wait().unwrap();
+            status.is_some()
+        },
+        "the director to give up",
+    );
+    assert!(!status.unwrap().success());
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        log.contains("cpi (docker)") && log.contains(&socket.display().to_string()),
+        "{log}"
     );
 }

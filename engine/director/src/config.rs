@@ -73,7 +73,7 @@ pub struct DirectorConfig {
     #[serde(default)]
     pub bus_limits: Option<BusLimits>,
     /// The CPI (default: the local CPI under `<data_dir>/cpi`).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "cpi_settings")]
     pub cpi: Option<CpiSettings>,
     /// Agents: how long to wait for one and how often they report.
     #[serde(default)]
@@ -90,6 +90,12 @@ pub enum CpiSettings {
         #[serde(default)]
         root: Option<PathBuf>,
     },
+    /// VMs are containers of a Docker engine on this host (`cpi::docker`).
+    Docker {
+        /// The engine's Unix socket (default `/var/run/docker.sock`).
+        #[serde(default, deserialize_with = "socket_path")]
+        socket: Option<PathBuf>,
+    },
     /// Any BOSH CPI executable, JSON on stdin and stdout.
     External {
         /// The executable.
@@ -101,6 +107,24 @@ pub enum CpiSettings {
         #[serde(default)]
         context: serde_json::Value,
     },
+}
+
+/// `cpi`, its errors prefixed with the field's name (a tagged enum's errors have no place).
+fn cpi_settings<'de, D>(deserializer: D) -> Result<Option<CpiSettings>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<CpiSettings>::deserialize(deserializer)
+        .map_err(|error| serde::de::Error::custom(format!("cpi: {error}")))
+}
+
+/// `cpi.socket`, its errors prefixed with the field's name.
+fn socket_path<'de, D>(deserializer: D) -> Result<Option<PathBuf>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Option::<PathBuf>::deserialize(deserializer)
+        .map_err(|error| serde::de::Error::custom(format!("socket: {error}")))
 }
 
 /// `agent`.
@@ -612,6 +636,49 @@ mod tests {
             BusLimits::default().publish_rate.messages_burst
         );
         assert_eq!(DirectorConfig::dev(Path::new("/d")).bus_limits, None);
+    }
+
+    #[test]
+    fn reads_the_docker_cpi_and_names_a_bad_value() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("director.yml");
+        let load = |text: &str| {
+            std::fs::write(&path, text).unwrap();
+            DirectorConfig::load(&path)
+        };
+        assert_eq!(
+            load("data_dir: /d\ncpi: {type: docker}\n").unwrap().cpi,
+            Some(CpiSettings::Docker { socket: None })
+        );
+        assert_eq!(
+            load("data_dir: /d\ncpi: {type: docker, socket: /run/docker.sock}\n")
+                .unwrap()
+                .cpi,
+            Some(CpiSettings::Docker {
+                socket: Some(PathBuf::from("/run/docker.sock"))
+            })
+        );
+        for (text, expected) in [
+            (
+                "data_dir: /d\ncpi: {type: docker, sockets: /s}\n",
+                "unknown field `sockets`",
+            ),
+            (
+                "data_dir: /d\ncpi: {type: docker, socket: [/s]}\n",
+                "socket",
+            ),
+            (
+                "data_dir: /d\ncpi: {type: dockr}\n",
+                "unknown variant `dockr`",
+            ),
+        ] {
+            let error = load(text).unwrap_err().to_string();
+            assert!(
+                error.contains("director.yml") && error.contains("cpi: "),
+                "{error}"
+            );
+            assert!(error.contains(expected), "{expected} not in {error}");
+        }
     }
 
     #[test]

@@ -70,7 +70,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             director_bus::DirectorBus::start_embedded(&data_dir, &director_id, limits).await
         }
     }?;
-    let (cpi, cpi_description) = cloud(&config, &director_id);
+    let (cpi, cpi_description) = cloud(&config, &director_id).await?;
     let services = Arc::new(crate::ops::Services {
         state: state.clone(),
         blobstore: blobstore.clone(),
@@ -276,8 +276,11 @@ async fn listen(
 }
 
 /// The configured CPI and how `/info` describes it (its kind, no paths).
-fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, String) {
-    match &config.cpi {
+async fn cloud(
+    config: &DirectorConfig,
+    director_id: &str,
+) -> Result<(Arc<dyn cpi::Cpi>, String), ServeError> {
+    Ok(match &config.cpi {
         // Local VMs do not see the data directory (token, state database, blobs).
         None | Some(crate::config::CpiSettings::Local { root: None }) => {
             let root = config.data_dir.join("cpi");
@@ -287,6 +290,20 @@ fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, Stri
         Some(crate::config::CpiSettings::Local { root: Some(root) }) => {
             let local = cpi::LocalCpi::new(root.clone()).hiding(config.data_dir.clone());
             (Arc::new(local), "local".to_string())
+        }
+        // The Docker CPI runs its own runtime: made on a blocking thread, not in this task.
+        Some(crate::config::CpiSettings::Docker { socket }) => {
+            let mut docker = cpi::docker::DockerConfig::local(director_id);
+            if let Some(socket) = socket {
+                docker.socket = socket.clone();
+            }
+            let made = tokio::task::spawn_blocking(move || cpi::docker::DockerCpi::new(docker))
+                .await
+                .map_err(|error| {
+                    ServeError::Config(format!("cpi (docker): cannot be started: {error}"))
+                })?
+                .map_err(|error| ServeError::Config(format!("cpi (docker): {error}")))?;
+            (Arc::new(made), "docker".to_string())
         }
         Some(crate::config::CpiSettings::External {
             command,
@@ -303,7 +320,7 @@ fn cloud(config: &DirectorConfig, director_id: &str) -> (Arc<dyn cpi::Cpi>, Stri
                 "external".to_string(),
             )
         }
-    }
+    })
 }
 
 /// The embedded default needs no setup: a dev director without a cloud config starts with
