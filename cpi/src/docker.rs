@@ -967,7 +967,19 @@ struct ManualNetwork {
 
 impl ManualNetwork {
     fn parse(name: &str, spec: &Value) -> Result<ManualNetwork> {
-        let kind = spec["type"].as_str().unwrap_or("manual");
+        // The agent's own network type: what create_vm's `networks` hold.
+        let spec: agent_protocol::NetworkSpec =
+            serde_json::from_value(spec.clone()).map_err(|error| {
+                CpiError::new(
+                    ErrorKind::CpiError,
+                    format!("network '{name}' is not a network spec: {error}"),
+                )
+            })?;
+        let kind = if spec.kind.is_empty() {
+            "manual"
+        } else {
+            spec.kind.as_str()
+        };
         if kind != "manual" {
             return Err(CpiError::new(
                 ErrorKind::NotSupported,
@@ -976,20 +988,16 @@ impl ManualNetwork {
                 ),
             ));
         }
-        let address = |field: &str| -> Result<Option<Ipv4Addr>> {
-            match &spec[field] {
-                Value::Null => Ok(None),
-                Value::String(text) => text.parse().map(Some).map_err(|_| {
-                    CpiError::new(
-                        ErrorKind::CpiError,
-                        format!("network '{name}': {field} '{text}' is not an IPv4 address"),
-                    )
-                }),
-                other => Err(CpiError::new(
-                    ErrorKind::CpiError,
-                    format!("network '{name}': {field} must be an IPv4 address, not {other}"),
-                )),
+        let address = |field: &str, text: &str| -> Result<Option<Ipv4Addr>> {
+            if text.is_empty() {
+                return Ok(None);
             }
+            text.parse().map(Some).map_err(|_| {
+                CpiError::new(
+                    ErrorKind::CpiError,
+                    format!("network '{name}': {field} '{text}' is not an IPv4 address"),
+                )
+            })
         };
         let missing = |field: &str| {
             CpiError::new(
@@ -997,8 +1005,9 @@ impl ManualNetwork {
                 format!("network '{name}' has no {field} (a manual network needs ip and netmask)"),
             )
         };
-        let ip = address("ip")?.ok_or_else(|| missing("ip"))?;
-        let netmask = u32::from(address("netmask")?.ok_or_else(|| missing("netmask"))?);
+        let ip = address("ip", &spec.ip)?.ok_or_else(|| missing("ip"))?;
+        let netmask =
+            u32::from(address("netmask", &spec.netmask)?.ok_or_else(|| missing("netmask"))?);
         if netmask.leading_ones() + netmask.trailing_zeros() != 32 {
             return Err(CpiError::new(
                 ErrorKind::CpiError,
@@ -1012,7 +1021,7 @@ impl ManualNetwork {
             ip,
             subnet: Ipv4Addr::from(u32::from(ip) & netmask),
             prefix_length: netmask.leading_ones(),
-            gateway: address("gateway")?,
+            gateway: address("gateway", &spec.gateway)?,
         })
     }
 }

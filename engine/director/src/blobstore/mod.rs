@@ -518,41 +518,6 @@ impl Blobstore {
         stored
     }
 
-    /// Stores bytes held in memory for a holder that records the blob first (see
-    /// [`Blobstore::put_recorded`]): `record` runs before the content is put under its name.
-    pub async fn put_bytes_recorded<F, Fut, E>(
-        &self,
-        content: Bytes,
-        record: F,
-    ) -> Result<StoredBlob, RecordedError<E>>
-    where
-        F: FnOnce(StoredBlob) -> Fut,
-        Fut: std::future::Future<Output = Result<(), E>>,
-    {
-        let id = BlobId::from_hasher(Sha256::new_with_prefix(&content));
-        let size = content.len() as u64;
-        record(StoredBlob {
-            id: id.clone(),
-            size,
-            created: false,
-        })
-        .await
-        .map_err(RecordedError::Record)?;
-        if self.exists(&id).await? {
-            return Ok(StoredBlob {
-                id,
-                size,
-                created: false,
-            });
-        }
-        let staging = StorePath::from(format!("staging/{}", uuid::Uuid::new_v4()));
-        self.store
-            .put(&staging, PutPayload::from_bytes(content))
-            .await
-            .map_err(|e| self.backend(e))?;
-        Ok(self.publish(&staging, id, size).await?)
-    }
-
     /// Stores bytes held in memory.
     pub async fn put_bytes(&self, content: Bytes) -> Result<StoredBlob, BlobstoreError> {
         let id = BlobId::from_hasher(Sha256::new_with_prefix(&content));

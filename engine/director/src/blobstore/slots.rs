@@ -258,18 +258,8 @@ impl Blobstore {
         task: Option<TaskId>,
         valid_for: Duration,
     ) -> Result<(StoredBlob, String), RecordedError<StateError>> {
-        let slot = hold(purpose, task, valid_for);
-        let held = &slot;
-        let stored = self
-            .put_bytes_recorded(content, |blob| async move {
-                state
-                    .blobs()
-                    .hold(&NewBlob::from(&blob), held)
-                    .await
-                    .map(|_| ())
-            })
-            .await?;
-        Ok((stored, slot.nonce))
+        self.put_held(state, &content[..], None, purpose, task, valid_for)
+            .await
     }
 
     /// Holds a recorded blob for a download link valid for `valid_for`; answers false when
