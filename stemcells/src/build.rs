@@ -60,6 +60,14 @@ pub struct BuildOptions {
     pub work_parent: Option<PathBuf>,
     /// Keep the work directory (root file system, image) after the build.
     pub keep_work_dir: bool,
+    /// Where finished root file systems (debootstrap, packages and post-install, before
+    /// the agent) are kept by recipe and mirrors, so that a rebuild with another agent or
+    /// version skips the Debian part. For development and tests: a release build leaves it
+    /// out to get today's security fixes.
+    pub base_cache: Option<PathBuf>,
+    /// Stop once the root file system is in `base_cache` (no agent, no stemcells): fills
+    /// the cache ahead of the builds that use it.
+    pub base_only: bool,
 }
 
 /// A stemcell tarball that was written.
@@ -103,6 +111,9 @@ pub enum BuildError {
          binary with --agent"
     )]
     AgentMissing(String),
+    /// `--base-only` without `--base-cache`.
+    #[error("--base-only keeps the root file system in --base-cache: name that directory")]
+    BaseOnlyWithoutCache,
     /// `--agent` names a directory or such.
     #[error("agent binary {0} is not a regular file")]
     AgentNotAFile(String),
@@ -171,7 +182,12 @@ fn io_error(action: &'static str, path: &Path) -> impl FnOnce(io::Error) -> Buil
 /// Builds the stemcells; `log` receives one line per step (for stderr).
 pub fn build(options: &BuildOptions, log: &dyn Fn(&str)) -> Result<BuildReport, BuildError> {
     let recipe = recipe::debian_bookworm();
-    check_agent(&options.agent)?;
+    if options.base_only && options.base_cache.is_none() {
+        return Err(BuildError::BaseOnlyWithoutCache);
+    }
+    if !options.base_only {
+        check_agent(&options.agent)?;
+    }
     if let Some(version) = &options.version {
         if StemcellVersion::parse(version).is_none() {
             return Err(BuildError::BadVersion(version.clone()));
@@ -210,37 +226,52 @@ pub fn build(options: &BuildOptions, log: &dyn Fn(&str)) -> Result<BuildReport, 
     log(&format!("work directory: {}", work.path().display()));
     let root = work.path().join("rootfs");
 
+    let cache = options
+        .base_cache
+        .as_ref()
+        .map(|dir| BaseCache::new(dir, &recipe, &mirror, security.as_deref()));
     let started = Instant::now();
-    log(&format!(
-        "debootstrap {} from {mirror} (minbase)",
-        recipe.suite
-    ));
-    run(
-        Command::new(&debootstrap)
-            .args(["--variant=minbase", "--components=main"])
-            .arg(format!("--keyring={DEBIAN_KEYRING}"))
-            .arg(recipe.suite)
-            .arg(&root)
-            .arg(&mirror),
-        "debootstrap",
-    )?;
-    timed("debootstrap", started);
+    let cached = match &cache {
+        Some(cache) => cache.restore(&root, log)?,
+        None => None,
+    };
+    let lists = match cached {
+        Some(lists) => {
+            timed("cached root", started);
+            lists
+        }
+        None => {
+            let lists = debian_root(
+                &debootstrap,
+                &root,
+                &recipe,
+                &mirror,
+                &security,
+                log,
+                &mut timed,
+            )?;
+            if let Some(cache) = &cache {
+                let started = Instant::now();
+                cache.store(&root, &lists, log)?;
+                timed("cache root", started);
+            }
+            lists
+        }
+    };
+    if options.base_only {
+        let kept_work_dir = work.finish()?;
+        return Ok(BuildReport {
+            version: String::new(),
+            image_size: 0,
+            image_entries: 0,
+            image_skipped: Vec::new(),
+            outputs: Vec::new(),
+            steps,
+            kept_work_dir,
+        });
+    }
 
     let started = Instant::now();
-    let lists = install_packages(&root, &recipe, &mirror, security.as_deref(), log)?;
-    timed("packages", started);
-
-    let started = Instant::now();
-    log("post-install configuration");
-    // As an argument rather than on stdin, so that no command of the script can read the
-    // rest of it.
-    let mut script = Command::new("chroot");
-    chroot_env(
-        script
-            .arg(&root)
-            .args(["/bin/sh", "-euc", recipe.post_install, "post-install.sh"]),
-    );
-    run(&mut script, "post-install.sh")?;
     write_in_root(
         &root,
         "var/vcap/bosh/bin/bosh-agent",
@@ -253,8 +284,6 @@ pub fn build(options: &BuildOptions, log: &dyn Fn(&str)) -> Result<BuildReport, 
         Content::Bytes(recipe.agent_config.as_bytes()),
         0o644,
     )?;
-    timed("configure", started);
-
     let version = match &options.version {
         Some(version) => version.clone(),
         None => {
@@ -268,6 +297,14 @@ pub fn build(options: &BuildOptions, log: &dyn Fn(&str)) -> Result<BuildReport, 
         }
     };
     log(&format!("version: {version}"));
+    // As BOSH's stemcells say it; it also makes two versions two different images.
+    write_in_root(
+        &root,
+        "var/vcap/bosh/etc/stemcell_version",
+        Content::Bytes(format!("{version}\n").as_bytes()),
+        0o644,
+    )?;
+    timed("configure", started);
 
     let started = Instant::now();
     let image_path = work.path().join("image");
@@ -317,6 +354,176 @@ pub fn build(options: &BuildOptions, log: &dyn Fn(&str)) -> Result<BuildReport, 
         steps,
         kept_work_dir,
     })
+}
+
+/// Debootstrap, the recipe's packages and its post-install script, into `root`.
+fn debian_root(
+    debootstrap: &Path,
+    root: &Path,
+    recipe: &Recipe,
+    mirror: &str,
+    security: &Option<String>,
+    log: &dyn Fn(&str),
+    timed: &mut dyn FnMut(&'static str, Instant),
+) -> Result<Lists, BuildError> {
+    let started = Instant::now();
+    log(&format!(
+        "debootstrap {} from {mirror} (minbase)",
+        recipe.suite
+    ));
+    run(
+        Command::new(debootstrap)
+            .args(["--variant=minbase", "--components=main"])
+            .arg(format!("--keyring={DEBIAN_KEYRING}"))
+            .arg(recipe.suite)
+            .arg(root)
+            .arg(mirror),
+        "debootstrap",
+    )?;
+    timed("debootstrap", started);
+
+    let started = Instant::now();
+    let lists = install_packages(root, recipe, mirror, security.as_deref(), log)?;
+    timed("packages", started);
+
+    let started = Instant::now();
+    log("post-install configuration");
+    // As an argument rather than on stdin, so that no command of the script can read the
+    // rest of it.
+    let mut script = Command::new("chroot");
+    chroot_env(
+        script
+            .arg(root)
+            .args(["/bin/sh", "-euc", recipe.post_install, "post-install.sh"]),
+    );
+    run(&mut script, "post-install.sh")?;
+    timed("post-install", started);
+    Ok(lists)
+}
+
+/// Finished root file systems kept by what made them (`--base-cache`): `<dir>/<os>-<key>/`
+/// holds `rootfs/` and the lists (`packages.txt`, `dev_tools_file_list.txt`,
+/// `architecture`); an entry is made in a temporary directory and renamed into place, so
+/// one that exists is whole.
+struct BaseCache {
+    entry: PathBuf,
+}
+
+impl BaseCache {
+    fn new(dir: &Path, recipe: &Recipe, mirror: &str, security: Option<&str>) -> BaseCache {
+        use sha2::{Digest, Sha256};
+        let mut hash = Sha256::new();
+        for part in [
+            recipe.suite,
+            recipe.post_install,
+            mirror,
+            security.unwrap_or(""),
+        ] {
+            hash.update(part.as_bytes());
+            hash.update([0]);
+        }
+        for package in recipe.packages.iter().chain(&recipe.dev_tools) {
+            hash.update(package.as_bytes());
+            hash.update([0]);
+        }
+        let key: String = hash.finalize()[..8]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        BaseCache {
+            entry: dir.join(format!("{}-{key}", recipe.operating_system)),
+        }
+    }
+
+    /// Copies the cached root into `root` (which must not exist); `None` when there is none.
+    fn restore(&self, root: &Path, log: &dyn Fn(&str)) -> Result<Option<Lists>, BuildError> {
+        let cached = self.entry.join("rootfs");
+        if !cached.is_dir() {
+            log(&format!(
+                "no cached root file system at {}",
+                self.entry.display()
+            ));
+            return Ok(None);
+        }
+        let read = |name: &str| {
+            let path = self.entry.join(name);
+            fs::read_to_string(&path).map_err(io_error("read", &path))
+        };
+        let lists = Lists {
+            packages: read("packages.txt")?,
+            dev_tools: read("dev_tools_file_list.txt")?,
+            architecture: read("architecture")?.trim().to_string(),
+        };
+        let built = fs::metadata(&cached)
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map_or_else(
+                || "an unknown time".to_string(),
+                |d| format!("{}s after the epoch", d.as_secs()),
+            );
+        log(&format!(
+            "reusing the root file system cached at {} (built {built}); leave out --base-cache for today's packages",
+            self.entry.display()
+        ));
+        copy_tree(&cached, root)?;
+        Ok(Some(lists))
+    }
+
+    /// Keeps a copy of `root` and its lists.
+    fn store(&self, root: &Path, lists: &Lists, log: &dyn Fn(&str)) -> Result<(), BuildError> {
+        let parent = self.entry.parent().unwrap_or(Path::new("."));
+        fs::create_dir_all(parent).map_err(io_error("create", parent))?;
+        let staging = parent.join(format!(
+            ".staging-{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos())
+        ));
+        let made = (|| {
+            fs::create_dir(&staging).map_err(io_error("create", &staging))?;
+            copy_tree(root, &staging.join("rootfs"))?;
+            for (name, text) in [
+                ("packages.txt", lists.packages.as_str()),
+                ("dev_tools_file_list.txt", lists.dev_tools.as_str()),
+                ("architecture", lists.architecture.as_str()),
+            ] {
+                let path = staging.join(name);
+                fs::write(&path, text).map_err(io_error("write", &path))?;
+            }
+            match fs::rename(&staging, &self.entry) {
+                Ok(()) => Ok(()),
+                // Another build stored the same root meanwhile.
+                Err(error) if self.entry.is_dir() => {
+                    let _ = error;
+                    fs::remove_dir_all(&staging).map_err(io_error("remove", &staging))
+                }
+                Err(error) => Err(io_error("rename into place", &self.entry)(error)),
+            }
+        })();
+        if made.is_err() {
+            let _ = fs::remove_dir_all(&staging);
+        }
+        made?;
+        log(&format!(
+            "cached the root file system at {}",
+            self.entry.display()
+        ));
+        Ok(())
+    }
+}
+
+/// `cp -a` (keeping owners, modes, links, device nodes and times), with reflinks where the
+/// file system has them.
+fn copy_tree(from: &Path, to: &Path) -> Result<(), BuildError> {
+    run(
+        Command::new("cp")
+            .args(["-a", "--reflink=auto", "--no-target-directory"])
+            .arg(from)
+            .arg(to),
+        "cp -a",
+    )
 }
 
 fn check_agent(agent: &Path) -> Result<(), BuildError> {
@@ -927,6 +1134,8 @@ mod tests {
             version: None,
             work_parent: None,
             keep_work_dir: false,
+            base_cache: None,
+            base_only: false,
         };
         let error = build(&options, &|_| {}).unwrap_err();
         assert_eq!(

@@ -16,8 +16,8 @@ use stemcells::{BuildOptions, Format, build};
 #[command(name = "build-stemcell")]
 struct Args {
     /// The agent binary, installed as /var/vcap/bosh/bin/bosh-agent.
-    #[arg(long, value_name = "PATH")]
-    agent: PathBuf,
+    #[arg(long, value_name = "PATH", required_unless_present = "base_only")]
+    agent: Option<PathBuf>,
     /// Where the stemcell tarballs are written.
     #[arg(long, value_name = "DIR", default_value = ".")]
     output: PathBuf,
@@ -39,6 +39,15 @@ struct Args {
     /// Keep the work directory (root file system and image) after the build.
     #[arg(long)]
     keep_work_dir: bool,
+    /// Reuse the root file system (debootstrap, packages, post-install) a build with the
+    /// same recipe and mirrors kept in DIR, or keep this one there. For development and
+    /// tests: leave it out to get today's security fixes.
+    #[arg(long, value_name = "DIR")]
+    base_cache: Option<PathBuf>,
+    /// Only make the root file system and keep it in --base-cache (no agent, no stemcell):
+    /// fills the cache ahead of the builds that use it.
+    #[arg(long, requires = "base_cache")]
+    base_only: bool,
 }
 
 fn parse_format(text: &str) -> Result<Format, String> {
@@ -55,7 +64,7 @@ fn main() -> ExitCode {
     formats.sort();
     formats.dedup();
     let options = BuildOptions {
-        agent: args.agent,
+        agent: args.agent.unwrap_or_default(),
         output: args.output,
         formats,
         mirror: args.mirror,
@@ -63,11 +72,17 @@ fn main() -> ExitCode {
         version: args.version,
         work_parent: Some(args.work_dir),
         keep_work_dir: args.keep_work_dir,
+        base_cache: args.base_cache,
+        base_only: args.base_only,
     };
     let log = |line: &str| eprintln!("build-stemcell: {line}");
     match build(&options, &log) {
         Ok(report) => {
             let total: f64 = report.steps.iter().map(|(_, d)| d.as_secs_f64()).sum();
+            if options.base_only {
+                log(&format!("root file system cached in {total:.0}s"));
+                return ExitCode::SUCCESS;
+            }
             log(&format!(
                 "built version {} in {total:.0}s (image: {} bytes, {} entries)",
                 report.version, report.image_size, report.image_entries
