@@ -331,13 +331,33 @@ fn a_director_killed_during_an_upload_leaves_nothing_half_written() {
     );
 }
 
-fn stemcell_tarball(dir: &Path, name: &str, version: &str, image_content: &[u8]) -> PathBuf {
+/// A `local` stemcell whose image is a root file system holding only an "agent" made of
+/// `agent_content` (the local CPI takes the agent out of the image at upload).
+fn stemcell_tarball(dir: &Path, name: &str, version: &str, agent_content: &[u8]) -> PathBuf {
     let work = dir.join(format!("stemcell-{version}"));
-    std::fs::create_dir_all(&work).unwrap();
-    std::fs::write(work.join("image"), image_content).unwrap();
+    let root = work.join("root");
+    std::fs::create_dir_all(root.join("var/vcap/bosh/bin")).unwrap();
+    std::fs::write(root.join("var/vcap/bosh/bin/bosh-agent"), agent_content).unwrap();
+    let status = Command::new("tar")
+        .args(["-czf", "../image", "."])
+        .current_dir(&root)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    stemcell_tarball_of(dir, &work, name, version, "local")
+}
+
+/// A stemcell tarball of `work/image` as it is, for `format`.
+fn stemcell_tarball_of(
+    dir: &Path,
+    work: &Path,
+    name: &str,
+    version: &str,
+    format: &str,
+) -> PathBuf {
     let digest = Command::new("sha256sum")
         .arg("image")
-        .current_dir(&work)
+        .current_dir(work)
         .output()
         .unwrap();
     let digest = String::from_utf8(digest.stdout)
@@ -349,18 +369,69 @@ fn stemcell_tarball(dir: &Path, name: &str, version: &str, image_content: &[u8])
     std::fs::write(
         work.join("stemcell.MF"),
         format!(
-            "name: {name}\nversion: '{version}'\napi_version: 3\noperating_system: debian-bookworm\nsha1: sha256:{digest}\nstemcell_formats: [local]\ncloud_properties: {{}}\n"
+            "name: {name}\nversion: '{version}'\napi_version: 3\noperating_system: debian-bookworm\nsha1: sha256:{digest}\nstemcell_formats: [{format}]\ncloud_properties: {{}}\n"
         ),
     )
     .unwrap();
     let tarball = dir.join(format!("{name}-{version}.tgz"));
     let status = Command::new("tar")
         .args(["-czf", tarball.to_str().unwrap(), "stemcell.MF", "image"])
-        .current_dir(&work)
+        .current_dir(work)
         .status()
         .unwrap();
     assert!(status.success());
     tarball
+}
+
+#[test]
+fn a_stemcell_the_cpi_cannot_take_fails_its_upload_and_leaves_nothing() {
+    let user = User::new();
+    let work = user.home.path().join("broken");
+    std::fs::create_dir_all(&work).unwrap();
+    std::fs::write(work.join("image"), b"not a gzipped tar").unwrap();
+    let tarball = stemcell_tarball_of(
+        user.home.path(),
+        &work,
+        "bosh-local-debian-bookworm",
+        "1.0",
+        "local",
+    );
+    let out = user.run(&["upload-stemcell", tarball.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "the CPI could not take stemcell bosh-local-debian-bookworm/1.0: cannot read stemcell image"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(user.json(&["stemcells"]), serde_json::json!([]));
+    assert_eq!(user.blob_count(), 0, "nothing was stored");
+
+    // A stemcell of a format the CPI does not take is refused by name.
+    stemcell_tarball(
+        user.home.path(),
+        "bosh-docker-debian-bookworm",
+        "2.0",
+        b"agent",
+    );
+    let docker_only = stemcell_tarball_of(
+        user.home.path(),
+        &user.home.path().join("stemcell-2.0"),
+        "bosh-docker-debian-bookworm",
+        "2.0",
+        "docker-rootfs",
+    );
+    let out = user.run(&["upload-stemcell", docker_only.to_str().unwrap()]);
+    assert_eq!(out.code, 1, "{}", out.stderr);
+    assert!(
+        out.stderr.contains(
+            "stemcell bosh-docker-debian-bookworm/2.0 is made for docker-rootfs and this director's CPI takes local"
+        ),
+        "{}",
+        out.stderr
+    );
+    assert_eq!(user.json(&["stemcells"]), serde_json::json!([]));
 }
 
 #[test]

@@ -18,6 +18,11 @@ pub struct Info {
     pub blobstore: String,
     /// The message bus.
     pub bus: String,
+    /// Where agents connect: the bus and the endpoint they fetch and upload blobs at
+    /// (`nats://172.17.0.1:4222, blobs at http://172.17.0.1:25556`). Empty from a director
+    /// older than this field.
+    #[serde(default)]
+    pub agents: String,
     /// The CPI.
     pub cpi: String,
     /// Whether this is a dev director (`stop-server` may stop it).

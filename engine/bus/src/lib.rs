@@ -99,12 +99,14 @@ impl DirectorBus {
         }
     }
 
-    /// The embedded broker for a director whose state lives in `dir`: on the port it had
-    /// before (a free one when that is taken), with the agent accounts it had (see
-    /// [`PersistentBroker`]) and `limits` on what its agents may do. Its events (refusals,
-    /// agents over a limit) go to the director's log, stderr.
+    /// The embedded broker for a director whose state lives in `dir`, listening on `host`
+    /// (where agents reach the director): on the port it had before (a free one when that
+    /// is taken), with the agent accounts it had (see [`PersistentBroker`]) and `limits` on
+    /// what its agents may do. Its events (refusals, agents over a limit) go to the
+    /// director's log, stderr.
     pub async fn start_embedded(
         dir: &std::path::Path,
+        host: std::net::IpAddr,
         director_id: &str,
         limits: BusLimits,
     ) -> Result<DirectorBus, BusError> {
@@ -116,16 +118,17 @@ impl DirectorBus {
             limits,
             ..BrokerOptions::default()
         };
-        let any_port = "127.0.0.1:0";
+        let any_port = std::net::SocketAddr::new(host, 0).to_string();
         let broker = match previous {
             Some(port) => {
-                match Broker::start_with(&format!("127.0.0.1:{port}"), options.clone()).await {
+                let before = std::net::SocketAddr::new(host, port).to_string();
+                match Broker::start_with(&before, options.clone()).await {
                     Ok(broker) => broker,
-                    Err(BusError::Listen { .. }) => Broker::start_with(any_port, options).await?,
+                    Err(BusError::Listen { .. }) => Broker::start_with(&any_port, options).await?,
                     Err(other) => return Err(other),
                 }
             }
-            None => Broker::start_with(any_port, options).await?,
+            None => Broker::start_with(&any_port, options).await?,
         };
         let logger = log_events(&broker);
         let _ = std::fs::write(&port_file, broker.local_addr().port().to_string());

@@ -27,6 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const DIRECTOR_ID: &str = "d0";
 const DIRECTOR_PASSWORD: &str = "director-password-7f3e";
 const WAIT: Duration = Duration::from_secs(5);
+const LOCALHOST: std::net::IpAddr = std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
 
 enum Backend {
     Embedded(BrokerHandle),
@@ -860,6 +861,7 @@ async fn embedded_accounts_registered_concurrently_survive_a_director_restart() 
     for round in 0..ROUNDS {
         let director = director_bus::DirectorBus::start_embedded(
             dir.path(),
+            LOCALHOST,
             DIRECTOR_ID,
             BusLimits::default(),
         )
@@ -879,10 +881,14 @@ async fn embedded_accounts_registered_concurrently_survive_a_director_restart() 
         director.shutdown().await;
     }
 
-    let restarted =
-        director_bus::DirectorBus::start_embedded(dir.path(), DIRECTOR_ID, BusLimits::default())
-            .await
-            .unwrap();
+    let restarted = director_bus::DirectorBus::start_embedded(
+        dir.path(),
+        LOCALHOST,
+        DIRECTOR_ID,
+        BusLimits::default(),
+    )
+    .await
+    .unwrap();
     let url = restarted.broker().unwrap().url();
     let recorded: HashMap<String, String> =
         serde_json::from_str(&std::fs::read_to_string(dir.path().join("bus-agents.json")).unwrap())

@@ -137,6 +137,11 @@ pub struct AgentSettings {
     /// Seconds between heartbeats.
     #[serde(default = "default_heartbeat")]
     pub heartbeat_interval: u64,
+    /// Where agents reach the director: the embedded bus and the endpoint agents fetch and
+    /// upload blobs at listen on this address. Default: 127.0.0.1, or with the Docker CPI
+    /// the gateway of Docker's default bridge (the host as every container sees it).
+    #[serde(default)]
+    pub address: Option<std::net::IpAddr>,
 }
 
 impl Default for AgentSettings {
@@ -144,6 +149,7 @@ impl Default for AgentSettings {
         AgentSettings {
             wait_timeout: default_agent_wait(),
             heartbeat_interval: default_heartbeat(),
+            address: None,
         }
     }
 }

@@ -131,6 +131,26 @@ pub enum UploadError {
         /// `name/version`.
         release: String,
     },
+    /// The stemcell's formats are none the CPI takes.
+    #[error(
+        "stemcell {stemcell} is made for {formats} and this director's CPI takes {accepted}: upload a stemcell of one of those formats"
+    )]
+    StemcellFormat {
+        /// The stemcell.
+        stemcell: StemcellKey,
+        /// Its `stemcell_formats`.
+        formats: String,
+        /// The CPI's.
+        accepted: String,
+    },
+    /// The CPI refused the stemcell's image.
+    #[error("the CPI could not take stemcell {stemcell}: {source}")]
+    CreateStemcell {
+        /// The stemcell.
+        stemcell: StemcellKey,
+        /// Why.
+        source: cpi::CpiError,
+    },
     /// The stemcell to export for is not uploaded.
     #[error("no stemcell {stemcell} is uploaded (see `director stemcells`)")]
     StemcellNotUploaded {
@@ -238,6 +258,8 @@ pub struct UploadContext {
     pub staging_dir: PathBuf,
     /// Archive limits.
     pub limits: Limits,
+    /// The CPI, given each stemcell's image at upload (`create_stemcell`).
+    pub cpi: Arc<dyn cpi::Cpi>,
 }
 
 /// Stores a file as a blob whose digest must be `digest` (`sha256:<hex>`), and records it.
@@ -864,6 +886,18 @@ pub async fn import_stemcell(
             ));
         }
     }
+    // The CPI takes the image now, so a stemcell it cannot boot fails its upload rather
+    // than a later deploy. (A `--fix` of a stemcell the CPI has keeps the CPI's copy.)
+    let cid = match upload
+        .state
+        .stemcells()
+        .find(&manifest.name, &manifest.version)
+        .await?
+    {
+        Some(existing) if !existing.cid.is_empty() => None,
+        _ if archive.image_size() == 0 => None,
+        _ => Some(give_stemcell_to_cpi(context, upload, &archive, &key).await?),
+    };
     let stage = log.stage("Uploading stemcell", vec![], 1);
     stage.started(&label, 1);
     // A light stemcell has an empty image: there is nothing to keep.
@@ -883,19 +917,25 @@ pub async fn import_stemcell(
         Some(record(upload, &stored).await?)
     };
     stage.finished(&label, 1);
-    if fix
-        && upload
+    if fix {
+        if let Some(existing) = upload
             .state
             .stemcells()
             .find(&manifest.name, &manifest.version)
             .await?
-            .is_some()
-    {
-        return Ok(format!(
-            "stemcell {label} is already uploaded; its image was stored again"
-        ));
+        {
+            if let Some(cid) = cid {
+                upload.state.stemcells().set_cid(existing.id, &cid).await?;
+            }
+            return Ok(format!(
+                "stemcell {label} is already uploaded; its image was stored again"
+            ));
+        }
     }
-    context.checkpoint()?;
+    if let Err(error) = context.checkpoint() {
+        forget_stemcell(upload, cid).await;
+        return Err(error);
+    }
     let recorded = upload
         .state
         .stemcells()
@@ -907,18 +947,85 @@ pub async fn import_stemcell(
             api_version: i64::try_from(manifest.api_version).unwrap_or(i64::MAX),
             cloud_properties: serde_json::Value::Object(manifest.cloud_properties.clone()),
             formats: manifest.stemcell_formats.clone(),
-            // The CPI's create_stemcell arrives with the CPIs; until then the image blob is
-            // the stemcell's only home.
-            cid: String::new(),
+            // Empty for a light stemcell: a deploy gives the CPI nothing.
+            cid: cid.clone().unwrap_or_default(),
             image_blob_id: stored.map(|s| s.blob_id),
         })
         .await;
     match recorded {
         Ok(_) => Ok(format!("uploaded stemcell {label}")),
-        Err(StateError::AlreadyExists { .. }) => Ok(format!(
-            "stemcell {label} is already uploaded; nothing changed"
-        )),
-        Err(e) => Err(e.into()),
+        Err(StateError::AlreadyExists { .. }) => {
+            forget_stemcell(upload, cid).await;
+            Ok(format!(
+                "stemcell {label} is already uploaded; nothing changed"
+            ))
+        }
+        Err(e) => {
+            forget_stemcell(upload, cid).await;
+            Err(e.into())
+        }
+    }
+}
+
+/// Gives the stemcell's image to the CPI (`create_stemcell`), after checking that the CPI
+/// takes one of its formats; answers the CPI's id for it.
+async fn give_stemcell_to_cpi(
+    context: &TaskContext,
+    upload: &UploadContext,
+    archive: &StemcellArchive,
+    key: &StemcellKey,
+) -> Result<String, TaskError> {
+    let manifest = &archive.manifest;
+    let cpi = upload.cpi.clone();
+    let info = tokio::task::spawn_blocking(move || cpi.info())
+        .await
+        .map_err(|source| UploadError::Join { source })?
+        .map_err(|source| UploadError::CreateStemcell {
+            stemcell: key.clone(),
+            source,
+        })?;
+    let takes = |format: &String| info.stemcell_formats.contains(format);
+    if !manifest.stemcell_formats.is_empty()
+        && !info.stemcell_formats.is_empty()
+        && !manifest.stemcell_formats.iter().any(takes)
+    {
+        return Err(UploadError::StemcellFormat {
+            stemcell: key.clone(),
+            formats: manifest.stemcell_formats.join(", "),
+            accepted: info.stemcell_formats.join(", "),
+        }
+        .into());
+    }
+    let stage = context
+        .log
+        .stage("Creating stemcell in the cloud", vec![], 1);
+    stage.started(&key.to_string(), 1);
+    let (cpi, image) = (upload.cpi.clone(), archive.image());
+    let properties = serde_json::Value::Object(manifest.cloud_properties.clone());
+    let created = tokio::task::spawn_blocking(move || cpi.create_stemcell(&image, &properties))
+        .await
+        .map_err(|source| UploadError::Join { source })?;
+    match created {
+        Ok(cid) => {
+            stage.finished(&key.to_string(), 1);
+            Ok(cid)
+        }
+        Err(source) => {
+            stage.failed(&key.to_string(), 1, &source.to_string());
+            Err(UploadError::CreateStemcell {
+                stemcell: key.clone(),
+                source,
+            }
+            .into())
+        }
+    }
+}
+
+/// Deletes a stemcell given to the CPI by an upload that then recorded nothing.
+async fn forget_stemcell(upload: &UploadContext, cid: Option<String>) {
+    if let Some(cid) = cid {
+        let cpi = upload.cpi.clone();
+        let _ = tokio::task::spawn_blocking(move || cpi.delete_stemcell(&cid)).await;
     }
 }
 

@@ -115,6 +115,8 @@ impl DevRecord {
 /// What the handlers share.
 #[derive(Clone)]
 pub(crate) struct Director {
+    /// The API's URL (what the CLI targets; bound into `/challenge`'s proof).
+    pub url: String,
     pub info: Info,
     pub token: Arc<String>,
     pub state: Arc<State>,
@@ -150,6 +152,18 @@ fn router(director: Director) -> Router {
         .route("/openapi.json", get(openapi))
         .merge(blobs::signed_routes())
         .merge(protected)
+        .layer(middleware::from_fn(move |request, next| {
+            body_idle_timeout(idle_timeout, request, next)
+        }))
+        .with_state(director)
+}
+
+/// What the agents' own listener serves: only the signed blob routes (no token is ever
+/// sent there).
+fn agent_router(director: Director) -> Router {
+    let idle_timeout = director.idle_timeout;
+    Router::new()
+        .merge(blobs::signed_routes())
         .layer(middleware::from_fn(move |request, next| {
             body_idle_timeout(idle_timeout, request, next)
         }))
@@ -239,7 +253,7 @@ async fn challenge(
             "the nonce must be 32 to 128 hexadecimal digits",
         ));
     }
-    let proof = challenge_proof(&director.token, &director.services.director_url, nonce)
+    let proof = challenge_proof(&director.token, &director.url, nonce)
         .ok_or_else(|| Failure::internal("the challenge's HMAC could not be computed"))?;
     Ok(Json(ChallengeProof { proof }))
 }

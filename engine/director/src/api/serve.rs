@@ -3,7 +3,7 @@
 //! dev director, `POST /shutdown`.
 
 use std::future::Future;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,7 +16,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_util::sync::CancellationToken;
 
 use super::{
-    DEV_CLOUD_CONFIG, DevRecord, Director, Info, ServeError, VERSION, WORKERS, io, router,
+    DEV_CLOUD_CONFIG, DevRecord, Director, Info, ServeError, VERSION, WORKERS, agent_router, io,
+    router,
 };
 use crate::blobstore::Blobstore;
 use crate::config::{ClientConfig, DirectorConfig};
@@ -60,6 +61,12 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
     let http_limits = HttpLimits::new(&config.limits);
     let fetch = fetch_client(&config.limits)?;
     let (listener, address, url) = listen(&config, dev).await?;
+    let (cpi, cpi_description, cpi_agent_address) = cloud(&config, &director_id).await?;
+    let agent_address = config
+        .agent
+        .address
+        .or(cpi_agent_address)
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     let bus = match (&config.mbus, &config.bus_limits) {
         (Some(mbus), None) => director_bus::DirectorBus::start(Some(mbus), &director_id).await,
         (Some(_), Some(_)) => Err(ServeError::Config(
@@ -67,17 +74,18 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         ))?,
         (None, limits) => {
             let limits = limits.clone().unwrap_or_default();
-            director_bus::DirectorBus::start_embedded(&data_dir, &director_id, limits).await
+            director_bus::DirectorBus::start_embedded(&data_dir, agent_address, &director_id, limits)
+                .await
         }
     }?;
-    let (cpi, cpi_description) = cloud(&config, &director_id).await?;
+    let agents = AgentEndpoint::open(&data_dir, agent_address, address, &url).await?;
     let services = Arc::new(crate::ops::Services {
         state: state.clone(),
         blobstore: blobstore.clone(),
-        cpi,
+        cpi: cpi.clone(),
         bus: bus.bus.clone(),
         accounts: bus.accounts.clone(),
-        director_url: url.clone(),
+        agent_url: agents.url.clone(),
         ca_cert: config
             .tls
             .as_ref()
@@ -112,11 +120,20 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             Some(mbus) => format!("nats-server at {}", secrets::redact_urls(&mbus.url)),
             None => format!("embedded at {}", bus.bus.url()),
         },
+        agents: format!(
+            "bus at {}, blobs at {}",
+            match &config.mbus {
+                Some(mbus) => secrets::redact_urls(mbus.agent_url.as_ref().unwrap_or(&mbus.url)),
+                None => bus.bus.url().to_string(),
+            },
+            agents.url
+        ),
         cpi: cpi_description,
         dev,
     };
     let shutdown = CancellationToken::new();
-    let app = router(Director {
+    let director = Director {
+        url: url.clone(),
         info,
         token: Arc::new(token.clone()),
         state: state.clone(),
@@ -124,6 +141,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         runner: runner.clone(),
         uploads_dir,
         upload: UploadContext {
+            cpi: cpi.clone(),
             state: state.clone(),
             blobstore,
             staging_dir: staging_dir.clone(),
@@ -138,7 +156,8 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         shutdown: shutdown.clone(),
         services,
         staging_dir,
-    });
+    };
+    let app = router(director.clone());
     if dev {
         record_dev_director(&data_dir, &url, &token)?;
     }
@@ -147,14 +166,27 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         state.backend().as_str(),
         director_location(&config)
     );
-    let listener = LimitedListener::new(listener, http_limits);
-    match acceptor {
-        Some(acceptor) => {
-            let listener = TlsListener::start(listener, address, acceptor);
-            serve_connections(listener, app, http_limits, stopped(shutdown)).await;
-        }
-        None => serve_connections(listener, app, http_limits, stopped(shutdown)).await,
+    if let Some(own) = agents.listener {
+        eprintln!("agents fetch and upload blobs at {}", agents.url);
+        let address = agents.address;
+        tokio::spawn(serve_listener(
+            own,
+            address,
+            acceptor.clone(),
+            agent_router(director),
+            http_limits,
+            stopped(shutdown.clone()),
+        ));
     }
+    serve_listener(
+        listener,
+        address,
+        acceptor,
+        app,
+        http_limits,
+        stopped(shutdown),
+    )
+    .await;
     runner.shutdown().await;
     beating.abort();
     bus.shutdown().await;
@@ -251,6 +283,89 @@ fn fresh_directory(directory: &Path) -> Result<PathBuf, ServeError> {
 
 /// Binds the configured address (a dev director whose port is taken takes a free one) and
 /// answers the listener with its address and the director's URL.
+/// Serves `app` on `listener` (with TLS when there is an acceptor) until `signal`.
+async fn serve_listener(
+    listener: tokio::net::TcpListener,
+    address: SocketAddr,
+    acceptor: Option<Arc<openssl::ssl::SslAcceptor>>,
+    app: Router,
+    http_limits: HttpLimits,
+    signal: impl Future<Output = ()>,
+) {
+    let listener = LimitedListener::new(listener, http_limits);
+    match acceptor {
+        Some(acceptor) => {
+            let listener = TlsListener::start(listener, address, acceptor);
+            serve_connections(listener, app, http_limits, signal).await;
+        }
+        None => serve_connections(listener, app, http_limits, signal).await,
+    }
+}
+
+/// Where agents fetch and upload blobs (signed URLs): the API's own listener when it
+/// listens on the agents' address (or on every address), else a listener of its own on
+/// that address serving only the signed blob routes, on the port it had before when that
+/// is free (running agents keep the URL they were given).
+struct AgentEndpoint {
+    /// The URL agents are given.
+    url: String,
+    /// The endpoint's own listener, when the API's is not reachable at the address.
+    listener: Option<tokio::net::TcpListener>,
+    /// Where that listener listens.
+    address: SocketAddr,
+}
+
+impl AgentEndpoint {
+    async fn open(
+        data_dir: &Path,
+        agent_address: IpAddr,
+        api: SocketAddr,
+        api_url: &str,
+    ) -> Result<AgentEndpoint, ServeError> {
+        let scheme = api_url
+            .split_once("://")
+            .map_or("http", |(scheme, _)| scheme);
+        if api.ip() == agent_address || api.ip().is_unspecified() {
+            let address = SocketAddr::new(agent_address, api.port());
+            return Ok(AgentEndpoint {
+                url: format!("{scheme}://{address}"),
+                listener: None,
+                address,
+            });
+        }
+        let port_file = data_dir.join("agents.port");
+        let previous = std::fs::read_to_string(&port_file)
+            .ok()
+            .and_then(|port| port.trim().parse::<u16>().ok());
+        let listener = match previous {
+            Some(port) => {
+                match tokio::net::TcpListener::bind(SocketAddr::new(agent_address, port)).await {
+                    Ok(listener) => Ok(listener),
+                    Err(_) => {
+                        tokio::net::TcpListener::bind(SocketAddr::new(agent_address, 0)).await
+                    }
+                }
+            }
+            None => tokio::net::TcpListener::bind(SocketAddr::new(agent_address, 0)).await,
+        }
+        .map_err(|source| ServeError::Io {
+            context: format!(
+                "listening for agents on {agent_address} (agent: address in director.yml)"
+            ),
+            source,
+        })?;
+        let address = listener
+            .local_addr()
+            .map_err(io("reading the agents' listening address"))?;
+        let _ = std::fs::write(&port_file, address.port().to_string());
+        Ok(AgentEndpoint {
+            url: format!("{scheme}://{address}"),
+            listener: Some(listener),
+            address,
+        })
+    }
+}
+
 async fn listen(
     config: &DirectorConfig,
     dev: bool,
@@ -275,21 +390,22 @@ async fn listen(
     Ok((listener, address, format!("{scheme}://{address}")))
 }
 
-/// The configured CPI and how `/info` describes it (its kind, no paths).
+/// The configured CPI, how `/info` describes it (its kind, no paths) and where its VMs
+/// reach this host when that is not 127.0.0.1 (the Docker CPI's bridge gateway).
 async fn cloud(
     config: &DirectorConfig,
     director_id: &str,
-) -> Result<(Arc<dyn cpi::Cpi>, String), ServeError> {
+) -> Result<(Arc<dyn cpi::Cpi>, String, Option<IpAddr>), ServeError> {
     Ok(match &config.cpi {
         // Local VMs do not see the data directory (token, state database, blobs).
         None | Some(crate::config::CpiSettings::Local { root: None }) => {
             let root = config.data_dir.join("cpi");
             let local = cpi::LocalCpi::new(root).hiding(config.data_dir.clone());
-            (Arc::new(local), "local".to_string())
+            (Arc::new(local), "local".to_string(), None)
         }
         Some(crate::config::CpiSettings::Local { root: Some(root) }) => {
             let local = cpi::LocalCpi::new(root.clone()).hiding(config.data_dir.clone());
-            (Arc::new(local), "local".to_string())
+            (Arc::new(local), "local".to_string(), None)
         }
         // The Docker CPI runs its own runtime: made on a blocking thread, not in this task.
         Some(crate::config::CpiSettings::Docker { socket }) => {
@@ -297,13 +413,22 @@ async fn cloud(
             if let Some(socket) = socket {
                 docker.socket = socket.clone();
             }
-            let made = tokio::task::spawn_blocking(move || cpi::docker::DockerCpi::new(docker))
-                .await
-                .map_err(|error| {
-                    ServeError::Config(format!("cpi (docker): cannot be started: {error}"))
-                })?
-                .map_err(|error| ServeError::Config(format!("cpi (docker): {error}")))?;
-            (Arc::new(made), "docker".to_string())
+            let made = tokio::task::spawn_blocking(move || {
+                let docker = cpi::docker::DockerCpi::new(docker)?;
+                let gateway = docker.agent_address()?;
+                Ok::<_, cpi::CpiError>((docker, gateway))
+            })
+            .await
+            .map_err(|error| {
+                ServeError::Config(format!("cpi (docker): cannot be started: {error}"))
+            })?
+            .map_err(|error| ServeError::Config(format!("cpi (docker): {error}")))?;
+            let (docker, gateway) = made;
+            (
+                Arc::new(docker),
+                "docker".to_string(),
+                Some(IpAddr::V4(gateway)),
+            )
         }
         Some(crate::config::CpiSettings::External {
             command,
@@ -318,6 +443,7 @@ async fn cloud(
                         .with_context(context),
                 ),
                 "external".to_string(),
+                None,
             )
         }
     })

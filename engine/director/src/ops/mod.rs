@@ -66,8 +66,9 @@ pub struct Services {
     pub bus: Bus,
     /// Agent accounts on the bus.
     pub accounts: Arc<dyn AgentAccounts>,
-    /// The director's URL as agents reach it (for signed blob URLs).
-    pub director_url: String,
+    /// The director's URL as agents reach it (for signed blob URLs): the agent endpoint,
+    /// on `agent.address` (see `api::serve`).
+    pub agent_url: String,
     /// A CA certificate agents trust for that URL.
     pub ca_cert: Option<String>,
     /// Template sources.
@@ -79,7 +80,7 @@ pub struct Services {
 impl std::fmt::Debug for Services {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Services")
-            .field("director_url", &self.director_url)
+            .field("agent_url", &self.agent_url)
             .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
@@ -90,7 +91,7 @@ impl Services {
     pub fn blob_url(&self, id: &BlobId) -> String {
         format!(
             "{}{}",
-            self.director_url,
+            self.agent_url,
             self.blobstore.signed_path(id, self.timeouts.blob_url)
         )
     }
@@ -107,7 +108,7 @@ impl Services {
         self.blobstore
             .open_upload(
                 &self.state,
-                &self.director_url,
+                &self.agent_url,
                 purpose,
                 task,
                 self.timeouts.agent_task,

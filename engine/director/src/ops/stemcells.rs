@@ -1,6 +1,7 @@
-//! The stemcells a deploy's VMs boot from, as the CPI knows them: a stemcell uploaded to the
-//! director is given to the CPI (`create_stemcell`) the first time a deploy uses it, and its
-//! CPI id recorded.
+//! The stemcells a deploy's VMs boot from, as the CPI knows them. An upload gives the CPI the
+//! stemcell (`uploads::import_stemcell`); one recorded by an older director without a CPI id
+//! is given to the CPI (`create_stemcell`) the first time a deploy uses it, and its CPI id
+//! recorded.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

@@ -557,6 +557,7 @@ impl InstanceUpdate<'_> {
                     vm_cid: vm.cid.clone(),
                     source,
                 })?;
+            super::vms::agent_back_after_disk_change(self.services, &vm.agent_id, &cid).await?;
             self.agent_task(
                 &vm.agent_id,
                 "migrate_disk",

@@ -113,6 +113,14 @@ pub enum VmError {
         /// Why.
         source: cpi::CpiError,
     },
+    /// The agent did not answer again after its VM's disks changed.
+    #[error("the agent did not come back after disk {disk_cid} was attached or detached: {source}")]
+    AgentGoneAfterDiskChange {
+        /// The disk.
+        disk_cid: String,
+        /// Why.
+        source: Box<BusError>,
+    },
     /// The agent could not mount a disk.
     #[error("mounting disk {disk_cid}: {source}")]
     MountDisk {
@@ -339,10 +347,13 @@ pub async fn create_vm(services: &Services, request: &VmRequest) -> Result<Creat
         &json!({"bosh": {
             "mbus": credentials.mbus_url(),
             "blobstores": [{"provider": "director", "options": {
-                "endpoint": services.director_url,
+                "endpoint": services.agent_url,
                 "ca_cert": services.ca_cert,
             }}],
             "heartbeat_interval": services.timeouts.heartbeat_interval,
+            // What set_vm_metadata will say, already at creation: a CPI whose VMs cannot
+            // change their tags later (Docker's labels) takes them from here.
+            "metadata": request.metadata,
         }}),
     );
     let (stemcell, cloud_properties, networks, disks) = (
@@ -644,6 +655,7 @@ pub async fn attach_and_mount(
             vm_cid: vm_cid.to_string(),
             source,
         })?;
+    agent_back_after_disk_change(services, agent_id, disk_cid).await?;
     services
         .bus
         .run_task(
@@ -659,6 +671,24 @@ pub async fn attach_and_mount(
             source: Box::new(source),
         })?;
     Ok(())
+}
+
+/// Waits until the VM's agent answers again after the CPI attached or detached a disk: a
+/// CPI may restart the VM to do it (Docker cannot add a volume to a running container), and
+/// a request sent while the agent reconnects would be lost (BOSH waits here too).
+pub async fn agent_back_after_disk_change(
+    services: &Services,
+    agent_id: &str,
+    disk_cid: &str,
+) -> Result<(), VmError> {
+    services
+        .bus
+        .wait_until_ready(agent_id, services.timeouts.agent_wait)
+        .await
+        .map_err(|source| VmError::AgentGoneAfterDiskChange {
+            disk_cid: disk_cid.to_string(),
+            source: Box::new(source),
+        })
 }
 
 /// Has the agent unmount a disk (when it can still answer) and detaches it from the VM.
@@ -690,6 +720,7 @@ pub async fn unmount_and_detach(
         .cpi_call(move |cpi| cpi.detach_disk(&vm, &disk))
         .await
     {
+        Ok(()) if agent_answers => agent_back_after_disk_change(services, agent_id, disk_cid).await,
         Ok(()) => Ok(()),
         Err(e) if already_gone(&e) || e.kind == cpi::ErrorKind::DiskNotAttached => Ok(()),
         Err(source) => Err(VmError::DetachDisk {
@@ -803,6 +834,7 @@ mod tests {
         );
         let bus = director_bus::DirectorBus::start_embedded(
             dir.path(),
+            std::net::Ipv4Addr::LOCALHOST.into(),
             "director-test",
             director_bus::BusLimits::default(),
         )
@@ -821,7 +853,7 @@ mod tests {
             cpi: cpi.clone(),
             bus: bus.bus.clone(),
             accounts: bus.accounts.clone(),
-            director_url: "http://127.0.0.1:1".to_string(),
+            agent_url: "http://127.0.0.1:1".to_string(),
             ca_cert: None,
             templates: crate::ops::TemplateCache::default(),
             timeouts: crate::ops::Timeouts::default(),

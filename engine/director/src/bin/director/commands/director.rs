@@ -141,6 +141,7 @@ pub fn status(global: &GlobalArgs, ui: &mut Ui) -> u8 {
                         vec!["State".to_string(), info.state.clone()],
                         vec!["Blobstore".to_string(), info.blobstore.clone()],
                         vec!["Bus".to_string(), info.bus.clone()],
+                        vec!["Agents".to_string(), info.agents.clone()],
                         vec!["CPI".to_string(), info.cpi.clone()],
                         vec!["Auth".to_string(), info.user_authentication.clone()],
                     ];
