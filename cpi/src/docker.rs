@@ -89,6 +89,8 @@ const AGENT_DIR_IN_VM: &str = "/var/vcap/bosh";
 pub const METADATA_IN_VM: &str = "/var/vcap/bosh/vm-metadata.json";
 /// Seconds the engine gives the agent to stop on `reboot_vm` and `delete_vm`.
 const STOP_TIMEOUT_SECONDS: i32 = 10;
+/// How often a network whose address pool is still taken (a removal under way) is tried.
+const NETWORK_TRIES: u32 = 40;
 /// Seconds a request to the engine may take (an image import included).
 const REQUEST_TIMEOUT_SECONDS: u64 = 600;
 
@@ -182,6 +184,31 @@ impl DockerCpi {
         &self.config
     }
 
+    /// TEMPORARY (replaced by the CPI branch's version): the default bridge's gateway.
+    pub fn agent_address(&self) -> Result<Ipv4Addr> {
+        self.block_on(async {
+            let network = self
+                .docker
+                .inspect_network("bridge", None::<InspectNetworkOptions>)
+                .await
+                .map_err(|error| cloud_error(format!("cannot inspect network bridge: {error}")))?;
+            network
+                .ipam
+                .and_then(|ipam| ipam.config)
+                .unwrap_or_default()
+                .into_iter()
+                .find_map(|config| {
+                    config.gateway.and_then(|g| g.parse().ok()).or_else(|| {
+                        let subnet = config.subnet?;
+                        let (base, _) = subnet.split_once('/')?;
+                        let base: Ipv4Addr = base.parse().ok()?;
+                        Some(Ipv4Addr::from(u32::from(base) + 1))
+                    })
+                })
+                .ok_or_else(|| cloud_error("Docker's bridge network has no gateway"))
+        })
+    }
+
     /// Runs `future` to its end on the CPI's runtime (there until the CPI is dropped).
     fn block_on<T>(&self, future: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         match &self.runtime {
@@ -219,41 +246,51 @@ impl DockerCpi {
             "{}net-{}-{}",
             self.config.name_prefix, spec.subnet, spec.prefix_length
         );
-        let inspect = self
-            .docker
-            .inspect_network(&docker_name, None::<InspectNetworkOptions>)
-            .await;
-        match inspect {
-            Ok(_) => return Ok(docker_name),
-            Err(error) if not_found(&error) => {}
-            Err(error) => {
-                return Err(cloud_error(format!(
-                    "cannot inspect Docker network {docker_name} (network '{name}'): {error}"
-                )));
+        // A parallel create_vm may be making it, or a parallel delete_vm removing it (its
+        // address pool is taken until the removal ends): look again for a few seconds.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let inspect = self
+                .docker
+                .inspect_network(&docker_name, None::<InspectNetworkOptions>)
+                .await;
+            match inspect {
+                Ok(_) => return Ok(docker_name),
+                Err(error) if not_found(&error) => {}
+                Err(error) => {
+                    return Err(cloud_error(format!(
+                        "cannot inspect Docker network {docker_name} (network '{name}'): {error}"
+                    )));
+                }
             }
-        }
-        let request = NetworkCreateRequest {
-            name: docker_name.clone(),
-            driver: Some("bridge".to_string()),
-            ipam: Some(Ipam {
-                config: Some(vec![IpamConfig {
-                    subnet: Some(format!("{}/{}", spec.subnet, spec.prefix_length)),
-                    gateway: spec.gateway.map(|gateway| gateway.to_string()),
+            let request = NetworkCreateRequest {
+                name: docker_name.clone(),
+                driver: Some("bridge".to_string()),
+                ipam: Some(Ipam {
+                    config: Some(vec![IpamConfig {
+                        subnet: Some(format!("{}/{}", spec.subnet, spec.prefix_length)),
+                        gateway: spec.gateway.map(|gateway| gateway.to_string()),
+                        ..Default::default()
+                    }]),
                     ..Default::default()
-                }]),
+                }),
+                labels: Some(self.labels()),
                 ..Default::default()
-            }),
-            labels: Some(self.labels()),
-            ..Default::default()
-        };
-        match self.docker.create_network(request).await {
-            Ok(_) => Ok(docker_name),
-            // Made in the meantime by a parallel create_vm.
-            Err(error) if conflict(&error) => Ok(docker_name),
-            Err(error) => Err(cloud_error(format!(
-                "cannot create Docker network {docker_name} for network '{name}' ({}/{}): {error}",
-                spec.subnet, spec.prefix_length
-            ))),
+            };
+            match self.docker.create_network(request).await {
+                Ok(_) => return Ok(docker_name),
+                Err(error) if conflict(&error) => return Ok(docker_name),
+                Err(error) if status(&error) == Some(403) && tries < NETWORK_TRIES => {
+                    tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+                }
+                Err(error) => {
+                    return Err(creation_failed(format!(
+                        "cannot create Docker network {docker_name} for network '{name}' ({}/{}): {error}",
+                        spec.subnet, spec.prefix_length
+                    )));
+                }
+            }
         }
     }
 
