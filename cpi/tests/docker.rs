@@ -1,7 +1,9 @@
 //! `DockerCpi` against this host's Docker engine (`/var/run/docker.sock`): a stemcell
-//! imported from a tiny root file system built here (the host's `/bin/sh`, `sleep`, `cat`
-//! and their libraries, plus a fake agent), a VM's container with the IP, hostname, labels
-//! and settings asked for, reboot, deletion, and nothing left behind. The tests fail, never
+//! imported from a tiny root file system built here (the host's `/bin/sh`, `sleep`, `cat`,
+//! `mkdir`, `ln`, sometimes `bash`, and their libraries, plus a fake agent), a VM's container
+//! with the IP, hostname, labels, limits, ports and settings asked for, disks, the ephemeral
+//! volume and the agent's state across re-creation, the address containers reach the host
+//! at, reboot, deletion, and nothing left behind. The tests fail, never
 //! skip, when the engine does not answer. Every run uses its own director id (a label on
 //! everything the CPI makes) and name prefix; what a failed run leaves is removed on drop.
 //! Inspection goes through the `docker` command, independent of the CPI's client.
@@ -10,7 +12,10 @@ use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use cpi::docker::{AGENT_ID_LABEL, DIRECTOR_LABEL, DISK_SIZE_LABEL, DockerConfig, DockerCpi};
+use cpi::docker::{
+    AGENT_ID_LABEL, DIRECTOR_LABEL, DISK_SIZE_LABEL, DockerConfig, DockerCpi, EPHEMERAL_FOR_LABEL,
+    ephemeral_volume_name,
+};
 use cpi::{Cpi, ErrorKind};
 use flate2::Compression;
 use flate2::write::GzEncoder;
@@ -51,6 +56,21 @@ impl Run {
 
     fn label_filter(&self) -> String {
         format!("label={DIRECTOR_LABEL}={}", self.director_id)
+    }
+
+    /// `docker <list> --filter <this run's label>`, one line an item.
+    fn list(&self, list: &[&str]) -> Vec<String> {
+        let filter = self.label_filter();
+        let mut args = list.to_vec();
+        args.extend(["--filter", &filter]);
+        docker(&args).lines().map(str::to_string).collect()
+    }
+
+    /// A stemcell of [`rootfs_image`] with the `extra` programs, in the engine.
+    fn stemcell(&self, extra: &[&str]) -> String {
+        let image = rootfs_image(self.dir.path(), extra);
+        let properties = json!({"name": format!("{}stemcell", self.prefix), "version": "1"});
+        self.cpi.create_stemcell(&image, &properties).unwrap()
     }
 
     /// What of this run is left: containers, networks, volumes, images (ids or names).
@@ -145,12 +165,14 @@ fn read_from_container(container: &str, path: &str) -> (String, u32) {
     (contents, mode & 0o7777)
 }
 
-/// A gzipped root file system: the host's `sh`, `sleep`, `cat` and the libraries `ldd`
-/// names for them, and [`FAKE_AGENT`] as `/var/vcap/bosh/bin/bosh-agent`.
-fn rootfs_image(dir: &Path) -> PathBuf {
-    let programs = ["/bin/sh", "/bin/sleep", "/bin/cat"];
+/// A gzipped root file system: the host's `sh`, `sleep`, `cat`, `mkdir`, `ln`, the
+/// `extra` programs and the libraries `ldd` names for them, and [`FAKE_AGENT`] as
+/// `/var/vcap/bosh/bin/bosh-agent`.
+fn rootfs_image(dir: &Path, extra: &[&str]) -> PathBuf {
+    let mut programs = vec!["/bin/sh", "/bin/sleep", "/bin/cat", "/bin/mkdir", "/bin/ln"];
+    programs.extend_from_slice(extra);
     let mut files: Vec<String> = programs.iter().map(|p| p.to_string()).collect();
-    let ldd = Command::new("ldd").args(programs).output().unwrap();
+    let ldd = Command::new("ldd").args(&programs).output().unwrap();
     assert!(ldd.status.success(), "ldd {programs:?}");
     for line in String::from_utf8(ldd.stdout).unwrap().lines() {
         if let Some(library) = line
@@ -212,7 +234,7 @@ fn environment() -> Value {
 #[test]
 fn a_stemcell_and_a_vm_live_and_die_on_the_docker_engine() {
     let run = Run::new();
-    let image = rootfs_image(run.dir.path());
+    let image = rootfs_image(run.dir.path(), &[]);
     let stemcell_name = format!("{}stemcell", run.prefix);
 
     // create_stemcell: the image is imported and tagged <name>:<version>.
@@ -341,7 +363,7 @@ fn exec(container: &str, script: &str) -> String {
 #[test]
 fn a_disk_is_a_volume_that_keeps_its_data_from_vm_to_vm() {
     let run = Run::new();
-    let image = rootfs_image(run.dir.path());
+    let image = rootfs_image(run.dir.path(), &[]);
     let stemcell = run
         .cpi
         .create_stemcell(
@@ -500,7 +522,7 @@ fn a_disk_is_a_volume_that_keeps_its_data_from_vm_to_vm() {
 #[test]
 fn a_vm_that_cannot_be_made_is_not_left_behind() {
     let run = Run::new();
-    let image = rootfs_image(run.dir.path());
+    let image = rootfs_image(run.dir.path(), &[]);
     let stemcell = run
         .cpi
         .create_stemcell(
@@ -538,6 +560,32 @@ fn a_vm_that_cannot_be_made_is_not_left_behind() {
         .unwrap_err();
     assert_eq!(error.kind, ErrorKind::VmCreationFailed, "{error:?}");
     assert_eq!(run.cpi.find_vm_by_agent_id("agent-2").unwrap(), None);
+    // Its ephemeral volume went with it: only the first VM's is left.
+    assert_eq!(
+        run.list(&["volume", "ls", "-q"]),
+        vec![ephemeral_volume_name(&vm)]
+    );
+    assert_eq!(run.list(&["ps", "-aq"]).len(), 1);
+
+    // Cloud properties it cannot take are refused before anything is made.
+    let error = run
+        .cpi
+        .create_vm(
+            "agent-2",
+            &stemcell,
+            &json!({"memory": 64, "instance_type": "m5.large"}),
+            &networks,
+            &[],
+            &environment(),
+        )
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::CpiError, "{error:?}");
+    assert!(
+        error.message.contains("cloud_properties.instance_type")
+            && error.message.contains("memory, cpus, ports, privileged"),
+        "{error:?}"
+    );
+    assert_eq!(run.list(&["volume", "ls", "-q"]).len(), 1);
 
     // A stemcell that is not there is named.
     let error = run
@@ -582,4 +630,342 @@ fn an_engine_that_does_not_answer_is_named() {
         error.message.contains(&socket.display().to_string()),
         "{error:?}"
     );
+}
+
+/// A manual network `default` on the /24 `subnet` with the IP `<subnet>.<host>`.
+fn manual_network([a, b, c]: [u8; 3], host: u8) -> Value {
+    json!({"default": {
+        "type": "manual", "ip": format!("{a}.{b}.{c}.{host}"), "netmask": "255.255.255.0",
+        "gateway": format!("{a}.{b}.{c}.1"),
+    }})
+}
+
+/// A TCP port of 127.0.0.1 that was free a moment ago.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+#[test]
+fn cloud_properties_limit_publish_and_privilege_a_vm_and_survive_its_re_creation() {
+    let run = Run::new();
+    let stemcell = run.stemcell(&[]);
+    let port = free_port();
+    let properties = json!({
+        "memory": 64, "cpus": 0.5, "privileged": false,
+        "ports": [format!("127.0.0.1:{port}:80/tcp"), "127.0.0.1::53/udp"],
+    });
+    let (vm, _) = run
+        .cpi
+        .create_vm(
+            "agent-1",
+            &stemcell,
+            &properties,
+            &manual_network(random_subnet(), 5),
+            &[],
+            &environment(),
+        )
+        .unwrap();
+    // What the engine holds, and the binding it made for the running container.
+    let check = |when: &str| {
+        let container = inspect(&["--type", "container", &vm]);
+        let host_config = &container["HostConfig"];
+        assert_eq!(host_config["Memory"], 64 * 1024 * 1024, "{when}");
+        assert_eq!(host_config["NanoCpus"], 500_000_000, "{when}");
+        assert_eq!(host_config["Privileged"], false, "{when}");
+        assert_eq!(
+            host_config["PortBindings"],
+            json!({
+                "80/tcp": [{"HostIp": "127.0.0.1", "HostPort": port.to_string()}],
+                "53/udp": [{"HostIp": "127.0.0.1", "HostPort": ""}],
+            }),
+            "{when}"
+        );
+        assert_eq!(
+            container["Config"]["ExposedPorts"],
+            json!({"80/tcp": {}, "53/udp": {}}),
+            "{when}"
+        );
+        assert_eq!(container["State"]["Running"], true, "{when}: {container:#}");
+        let ports = &container["NetworkSettings"]["Ports"];
+        assert_eq!(
+            ports["80/tcp"][0]["HostPort"],
+            port.to_string(),
+            "{when}: {ports}"
+        );
+        assert_eq!(ports["53/udp"][0]["HostIp"], "127.0.0.1", "{when}: {ports}");
+        container["Id"].clone()
+    };
+    let created = check("created");
+
+    // attach_disk and detach_disk re-create the container with the same host settings.
+    let disk = run.cpi.create_disk(100, &json!({}), Some(&vm)).unwrap();
+    run.cpi.attach_disk(&vm, &disk).unwrap();
+    let attached = check("after attach_disk");
+    assert_ne!(attached, created, "the container was not re-created");
+    run.cpi.detach_disk(&vm, &disk).unwrap();
+    assert_ne!(check("after detach_disk"), attached);
+    run.cpi.delete_vm(&vm).unwrap();
+
+    // privileged: the container runs privileged, or, on an engine that may not grant every
+    // capability (a container's own engine, as on this test's machine), its start is
+    // refused for exactly that, where the same VM unprivileged started above.
+    let privileged = run.cpi.create_vm(
+        "agent-2",
+        &stemcell,
+        &json!({"privileged": true}),
+        &manual_network(random_subnet(), 6),
+        &[],
+        &environment(),
+    );
+    match privileged {
+        Ok((vm, _)) => {
+            let container = inspect(&["--type", "container", &vm]);
+            assert_eq!(container["HostConfig"]["Privileged"], true);
+            run.cpi.attach_disk(&vm, &disk).unwrap();
+            let container = inspect(&["--type", "container", &vm]);
+            assert_eq!(
+                container["HostConfig"]["Privileged"], true,
+                "after attach_disk"
+            );
+            run.cpi.detach_disk(&vm, &disk).unwrap();
+            run.cpi.delete_vm(&vm).unwrap();
+        }
+        Err(error) => {
+            assert_eq!(error.kind, ErrorKind::VmCreationFailed, "{error:?}");
+            assert!(error.message.contains("unable to apply caps"), "{error:?}");
+            assert_eq!(run.list(&["ps", "-aq"]), Vec::<String>::new());
+        }
+    }
+
+    run.cpi.delete_disk(&disk).unwrap();
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+    assert_eq!(run.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn the_directors_metadata_and_group_label_the_container() {
+    let run = Run::new();
+    let stemcell = run.stemcell(&[]);
+    let mut environment = environment();
+    environment["bosh"]["group"] = json!("my-director-web-frontend");
+    environment["bosh"]["metadata"] = json!({
+        "deployment": "web", "instance_group": "frontend", "index": "2",
+        "id": "0b5c2f0e", "name": "frontend/0b5c2f0e", "director": "my-director",
+        "agent-id": "forged", "not-a-string": 7,
+    });
+    let (vm, _) = run
+        .cpi
+        .create_vm(
+            "agent-1",
+            &stemcell,
+            &json!({}),
+            &manual_network(random_subnet(), 5),
+            &[],
+            &environment,
+        )
+        .unwrap();
+    let labels = inspect(&["--type", "container", &vm])["Config"]["Labels"].clone();
+    assert_eq!(
+        labels,
+        json!({
+            "bosh.deployment": "web", "bosh.instance_group": "frontend", "bosh.index": "2",
+            "bosh.id": "0b5c2f0e", "bosh.name": "frontend/0b5c2f0e",
+            "bosh.group": "my-director-web-frontend",
+            DIRECTOR_LABEL: run.director_id, AGENT_ID_LABEL: "agent-1",
+        })
+    );
+    // Later metadata goes to the file: the labels stay.
+    let metadata = json!({"deployment": "web", "index": "3"});
+    run.cpi.set_vm_metadata(&vm, &metadata).unwrap();
+    let (kept, _) = read_from_container(&vm, "/var/vcap/bosh/vm-metadata.json");
+    assert_eq!(serde_json::from_str::<Value>(&kept).unwrap(), metadata);
+    assert_eq!(
+        inspect(&["--type", "container", &vm])["Config"]["Labels"],
+        labels
+    );
+
+    run.cpi.delete_vm(&vm).unwrap();
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+    assert_eq!(run.leftovers(), Vec::<String>::new());
+}
+
+/// What the agent leaves in a VM: unpacked jobs and packages and a job's data under the
+/// data directory, links to them, logs, its own state. Written with [`exec`].
+const AGENT_STATE: &str = "set -e
+mkdir -p /var/vcap/data/jobs/web/abc /var/vcap/data/packages/nginx/1 /var/vcap/data/web \
+  /var/vcap/jobs /var/vcap/packages /var/vcap/sys/log/web /var/vcap/sys/run/web
+echo job > /var/vcap/data/jobs/web/abc/marker
+echo package > /var/vcap/data/packages/nginx/1/marker
+echo data > /var/vcap/data/web/kept
+ln -s /var/vcap/data/jobs/web/abc /var/vcap/jobs/web
+ln -s /var/vcap/data/packages/nginx/1 /var/vcap/packages/nginx
+echo log > /var/vcap/sys/log/web/web.stdout.log
+echo running > /var/vcap/bosh/desired_state";
+
+/// Reads [`AGENT_STATE`] back, one line each.
+const AGENT_STATE_READ: &str = "cat /var/vcap/data/web/kept /var/vcap/jobs/web/marker \
+  /var/vcap/packages/nginx/marker /var/vcap/sys/log/web/web.stdout.log \
+  /var/vcap/bosh/desired_state
+[ -L /var/vcap/jobs/web ] && [ -L /var/vcap/packages/nginx ] && echo links";
+
+#[test]
+fn a_vms_ephemeral_volume_and_the_agents_state_survive_attach_and_detach_and_go_with_the_vm() {
+    let run = Run::new();
+    let stemcell = run.stemcell(&[]);
+    let (vm, _) = run
+        .cpi
+        .create_vm(
+            "agent-1",
+            &stemcell,
+            &json!({}),
+            &manual_network(random_subnet(), 5),
+            &[],
+            &environment(),
+        )
+        .unwrap();
+    let network = run.list(&["network", "ls", "-q"]);
+    assert_eq!(network.len(), 1, "{network:?}");
+
+    // The ephemeral volume: this director's, naming its VM, mounted at the data directory.
+    let ephemeral = ephemeral_volume_name(&vm);
+    assert_eq!(ephemeral, format!("{vm}-data"));
+    let volume = inspect(&["--type", "volume", &ephemeral]);
+    assert_eq!(volume["Labels"][DIRECTOR_LABEL], run.director_id.as_str());
+    assert_eq!(volume["Labels"][EPHEMERAL_FOR_LABEL], vm.as_str());
+    let mounts = inspect(&["--type", "container", &vm])["Mounts"].clone();
+    assert_eq!(mounts[0]["Name"], ephemeral.as_str(), "{mounts:#}");
+    assert_eq!(mounts[0]["Destination"], "/var/vcap/data", "{mounts:#}");
+
+    // It is not a persistent disk.
+    assert!(!run.cpi.has_disk(&ephemeral).unwrap());
+    let error = run.cpi.delete_disk(&ephemeral).unwrap_err();
+    assert!(
+        error
+            .message
+            .contains(&format!("VM {vm}'s ephemeral volume")),
+        "{error:?}"
+    );
+    assert!(exists("volume", &ephemeral));
+    assert_eq!(
+        run.cpi.attach_disk(&vm, &ephemeral).unwrap_err().kind,
+        ErrorKind::DiskNotFound
+    );
+    assert_eq!(run.cpi.get_disks(&vm).unwrap(), Vec::<String>::new());
+
+    // The agent's state is all there after attach_disk and after detach_disk.
+    exec(&vm, AGENT_STATE);
+    let expected = "data\njob\npackage\nlog\nrunning\nlinks\n";
+    assert_eq!(exec(&vm, AGENT_STATE_READ), expected);
+    let disk = run.cpi.create_disk(100, &json!({}), Some(&vm)).unwrap();
+    let before = inspect(&["--type", "container", &vm])["Id"].clone();
+    run.cpi.attach_disk(&vm, &disk).unwrap();
+    assert_ne!(inspect(&["--type", "container", &vm])["Id"], before);
+    assert_eq!(exec(&vm, AGENT_STATE_READ), expected, "after attach_disk");
+    assert_eq!(run.cpi.get_disks(&vm).unwrap(), vec![disk.clone()]);
+    run.cpi.detach_disk(&vm, &disk).unwrap();
+    assert_eq!(exec(&vm, AGENT_STATE_READ), expected, "after detach_disk");
+    assert_eq!(
+        run.list(&["volume", "ls", "-q"]).len(),
+        2,
+        "the ephemeral volume and the disk"
+    );
+
+    // delete_vm takes the container, its volume and its network; the disk stays.
+    run.cpi.delete_vm(&vm).unwrap();
+    assert!(!exists("volume", &ephemeral));
+    assert_eq!(run.list(&["ps", "-aq"]), Vec::<String>::new());
+    assert_eq!(run.list(&["network", "ls", "-q"]), Vec::<String>::new());
+    assert_eq!(run.list(&["volume", "ls", "-q"]), vec![disk.clone()]);
+    run.cpi.delete_disk(&disk).unwrap();
+
+    // A VM whose container is gone already: delete_vm still takes its volume.
+    let (lost, _) = run
+        .cpi
+        .create_vm(
+            "agent-2",
+            &stemcell,
+            &json!({}),
+            &manual_network(random_subnet(), 6),
+            &[],
+            &environment(),
+        )
+        .unwrap();
+    docker(&["rm", "-f", &lost]);
+    assert!(exists("volume", &ephemeral_volume_name(&lost)));
+    assert_eq!(
+        run.cpi.delete_vm(&lost).unwrap_err().kind,
+        ErrorKind::VmNotFound
+    );
+    assert!(!exists("volume", &ephemeral_volume_name(&lost)));
+
+    // Nothing of this director is left: no container, volume, network or image.
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+    assert_eq!(run.leftovers(), Vec::<String>::new());
+}
+
+#[test]
+fn containers_on_a_manual_network_reach_the_host_at_the_agent_address() {
+    let run = Run::new();
+    let address = run.cpi.agent_address().unwrap();
+    // It is the host's address on Docker's default bridge.
+    let bridge = inspect(&["--type", "network", "bridge"]);
+    let subnet = bridge["IPAM"]["Config"][0]["Subnet"].as_str().unwrap();
+    let (network, length) = subnet.split_once('/').unwrap();
+    let mask = u32::MAX << (32 - length.parse::<u32>().unwrap());
+    let network: std::net::Ipv4Addr = network.parse().unwrap();
+    assert_eq!(
+        u32::from(address) & mask,
+        u32::from(network),
+        "{address} in {subnet}"
+    );
+
+    // A listener there gets a connection from a VM on a network of the CPI, from its IP.
+    let listener = std::net::TcpListener::bind((address, 0)).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let stemcell = run.stemcell(&["/bin/bash"]);
+    let subnet = random_subnet();
+    let (vm, _) = run
+        .cpi
+        .create_vm(
+            "agent-1",
+            &stemcell,
+            &json!({}),
+            &manual_network(subnet, 5),
+            &[],
+            &environment(),
+        )
+        .unwrap();
+    docker(&[
+        "exec",
+        &vm,
+        "bash",
+        "-c",
+        &format!("echo hello from {vm} > /dev/tcp/{address}/{port}"),
+    ]);
+    listener.set_nonblocking(true).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let (mut connection, peer) = loop {
+        match listener.accept() {
+            Ok(accepted) => break accepted,
+            Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "no connection from {vm} to {address}:{port}"
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
+            Err(error) => panic!("accept: {error}"),
+        }
+    };
+    let [a, b, c] = subnet;
+    assert_eq!(peer.ip().to_string(), format!("{a}.{b}.{c}.5"));
+    connection.set_nonblocking(false).unwrap();
+    let mut text = String::new();
+    connection.read_to_string(&mut text).unwrap();
+    assert_eq!(text, format!("hello from {vm}\n"));
+
+    run.cpi.delete_vm(&vm).unwrap();
+    run.cpi.delete_stemcell(&stemcell).unwrap();
+    assert_eq!(run.leftovers(), Vec::<String>::new());
 }

@@ -4,42 +4,53 @@
 //!   file system tarball) with the engine's image import (`POST /images/create?fromSrc=-`, no
 //!   registry), tagged `<name>:<version>` from the stemcell's `cloud_properties`; the CID is
 //!   the image id (`sha256:…`); the image is labelled with the director
-//!   ([`DIRECTOR_LABEL`]). `delete_stemcell` removes the image; a missing one succeeds,
-//!   as in [`crate::local`].
+//!   ([`DIRECTOR_LABEL`]). `delete_stemcell` removes the image (not forced: an image a
+//!   container still uses is refused, naming it, rather than left behind untagged); a
+//!   missing one succeeds, as in [`crate::local`].
 //! - VMs: a container named `<prefix>vm-<uuid>` (the CID) from the stemcell's image, whose
 //!   main process is the agent (`/var/vcap/bosh/bin/bosh-agent --settings
 //!   /var/vcap/bosh/settings.json`) under Docker's init (`--init`, which reaps zombies). Its
 //!   hostname is the CID (the director does not pass the instance id to `create_vm`). The
 //!   agent's settings (mode 0600) are copied into the created container before it starts.
-//!   Labels name the director ([`DIRECTOR_LABEL`]) and the agent ([`AGENT_ID_LABEL`]).
+//!   `cloud_properties` set its memory and CPU limits, published ports and privileged mode
+//!   ([`VmProperties`], [`VM_CLOUD_PROPERTIES`]; anything else is refused).
+//! - Labels (fixed when the container is made, [`vm_labels`]): the director
+//!   ([`DIRECTOR_LABEL`]), the agent ([`AGENT_ID_LABEL`]), each string of the
+//!   environment's `bosh.metadata` as `bosh.<key>` (deployment, instance group, index, id,
+//!   name; a compilation VM's `compiling`) and `bosh.group` ([`GROUP_LABEL`]).
 //! - Networks: every manual network of `create_vm` is a user-defined bridge network named
 //!   `<prefix>net-<a.b.c.d>-<prefix length>` after its subnet (from the IP and netmask the
 //!   director gives), with the director's gateway, made on first use and labelled with the
 //!   director; the container gets the IP the director allocated. `delete_vm` removes the
 //!   VM's networks that no other container uses. Dynamic and VIP networks are refused
-//!   (`NotSupported`) in this version.
+//!   (`NotSupported`) in this version. [`DockerCpi::agent_address`] is where containers of
+//!   these networks reach the host (its address on Docker's default bridge).
 //! - Metadata: labels cannot change on a container, so `set_vm_metadata` keeps the metadata
 //!   in a file in the container, `/var/vcap/bosh/vm-metadata.json` (copied in with the
 //!   engine's archive API, which works on stopped containers too); it goes with the
 //!   container.
+//! - Ephemeral data: each VM has a named volume `<vm cid>-data`
+//!   ([`ephemeral_volume_name`], labelled with the director and [`EPHEMERAL_FOR_LABEL`])
+//!   mounted at `/var/vcap/data` ([`DATA_IN_VM`]), BOSH's ephemeral disk, where the agent
+//!   unpacks packages and jobs and jobs keep their data. It is not a persistent disk
+//!   (`has_disk` says no, `delete_disk` refuses it) and goes with the VM: `delete_vm`
+//!   removes it, and so does a failed `create_vm`.
 //! - Persistent disks: a disk is a named volume `<prefix>disk-<uuid>` (the CID), labelled
 //!   with the director and its size in MB ([`DISK_SIZE_LABEL`]; recorded, not enforced:
 //!   the local driver has no sizes). Docker cannot mount a volume into a running container,
-//!   so `attach_disk` and `detach_disk` re-create the VM's container under the same name
-//!   (the CID) with the same image, hostname, labels, networks and IPs, host settings and
-//!   `/var/vcap/bosh` (the agent's settings and state, the VM's metadata), and the volume
-//!   mounted at `/var/vcap/disks/<disk cid>` ([`DISKS_IN_VM`]) or not. The answer of
-//!   `attach_disk`, also put in the settings' `disks.persistent` as the local CPI does, is
-//!   `{"path": "/var/vcap/disks/<disk cid>"}`: the agent's `mount_disk` makes
-//!   `/var/vcap/store` show that directory (a volume mounted at the store itself would leave
-//!   the agent nothing to mount, and `migrate_disk` needs both disks at once). The rest of
-//!   the container's writable layer (`/var/vcap/data`: packages, jobs) is not carried over
-//!   (an ephemeral-disk volume would be the way to keep it). The old container is stopped
-//!   and renamed `<cid>-replaced` while the new one is made, and comes back when that
-//!   fails; it is removed once the new one runs. `get_disks` lists the volumes mounted
-//!   below [`DISKS_IN_VM`]; `delete_disk` refuses a disk a container still mounts.
-//!   `set_disk_metadata` checks that the disk exists and keeps nothing: a volume's labels
-//!   cannot change, and a file on the volume would show in the job's data.
+//!   so `attach_disk` and `detach_disk` re-create the VM's container (module `recreate`): same
+//!   name, image, hostname, labels, networks and IPs, host settings and ephemeral volume,
+//!   the agent's directories outside it carried over (`/var/vcap/bosh`, `jobs`, `packages`,
+//!   `sys`), and the disk's volume mounted at `/var/vcap/disks/<disk cid>` ([`DISKS_IN_VM`])
+//!   or not. The answer of `attach_disk`, also put in the settings' `disks.persistent` as
+//!   the local CPI does, is `{"path": "/var/vcap/disks/<disk cid>"}`: the agent's
+//!   `mount_disk` makes `/var/vcap/store` show that directory (a volume mounted at the store
+//!   itself would leave the agent nothing to mount, and `migrate_disk` needs both disks at
+//!   once), and shows it again when it starts in the re-created container. `get_disks`
+//!   lists the volumes mounted below [`DISKS_IN_VM`]; `delete_disk` refuses a disk a
+//!   container still mounts. `set_disk_metadata` checks that the disk exists and keeps
+//!   nothing: a volume's labels cannot change, and a file on the volume would show in the
+//!   job's data.
 //!
 //! Calls are blocking: each runs on the CPI's own small tokio runtime, so a `DockerCpi` must
 //! not be made or called from inside an async task (the director calls CPIs on blocking
@@ -47,6 +58,12 @@
 //!
 //! A `create_vm` racing a `delete_vm` that removes the network it is about to join fails
 //! with `VMCreationFailed` and `ok_to_retry` (the retry makes the network again).
+
+mod labels;
+mod network;
+mod properties;
+mod recreate;
+mod volumes;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -56,37 +73,36 @@ use bollard::Docker;
 use bollard::errors::Error as DockerError;
 use bollard::models::{
     ContainerCreateBody, ContainerInspectResponse, EndpointIpamConfig, EndpointSettings,
-    HostConfig, Ipam, IpamConfig, Mount, MountType, NetworkConnectRequest, NetworkCreateRequest,
-    NetworkingConfig, VolumeCreateRequest,
+    HostConfig, Ipam, IpamConfig, NetworkConnectRequest, NetworkCreateRequest, NetworkingConfig,
+    VolumeCreateRequest,
 };
 use bollard::query_parameters::{
     CreateContainerOptions, CreateImageOptions, DownloadFromContainerOptions,
-    InspectNetworkOptions, ListContainersOptions, RemoveContainerOptions, RemoveImageOptions,
-    RemoveVolumeOptions, RenameContainerOptions, RestartContainerOptions, StopContainerOptions,
-    UploadToContainerOptions,
+    InspectNetworkOptions, ListContainersOptions, ListNetworksOptions, RemoveContainerOptions,
+    RemoveImageOptions, RemoveVolumeOptions, RestartContainerOptions, UploadToContainerOptions,
 };
 use bollard::{body_full, body_try_stream};
 use futures::StreamExt as _;
 use serde_json::Value;
 
+pub use labels::{AGENT_ID_LABEL, DIRECTOR_LABEL, GROUP_LABEL, METADATA_LABEL_PREFIX, vm_labels};
+use network::{ManualNetwork, Subnet, host_address_on};
+pub use properties::{PublishedPort, VM_CLOUD_PROPERTIES, VmProperties};
+pub use volumes::{DATA_IN_VM, DISKS_IN_VM, EPHEMERAL_FOR_LABEL, ephemeral_volume_name};
+use volumes::{attached_disks, disk_hint, disk_mount, ephemeral_mount, mounted_disk, mounts_of};
+
 use crate::{Cpi, CpiError, ErrorKind, Info, Result};
 
-/// The label naming the director that made a container or network.
-pub const DIRECTOR_LABEL: &str = "bosh.director";
-/// The label naming a container's agent.
-pub const AGENT_ID_LABEL: &str = "bosh.agent-id";
 /// The agent in a stemcell's image.
 pub const AGENT_IN_VM: &str = "/var/vcap/bosh/bin/bosh-agent";
 /// Where `create_vm` puts the agent's settings.
 pub const SETTINGS_IN_VM: &str = "/var/vcap/bosh/settings.json";
 /// The label of a disk's volume holding its size in MB.
 pub const DISK_SIZE_LABEL: &str = "bosh.disk-size-mb";
-/// Where attached disks' volumes are mounted in a VM, each at `<DISKS_IN_VM>/<disk cid>`.
-pub const DISKS_IN_VM: &str = "/var/vcap/disks";
-/// The agent's directory in a VM, carried over when a VM's container is re-created.
-const AGENT_DIR_IN_VM: &str = "/var/vcap/bosh";
 /// Where `set_vm_metadata` keeps a VM's metadata.
 pub const METADATA_IN_VM: &str = "/var/vcap/bosh/vm-metadata.json";
+/// The Docker network whose gateway is [`DockerCpi::agent_address`].
+const DEFAULT_BRIDGE: &str = "bridge";
 /// Seconds the engine gives the agent to stop on `reboot_vm` and `delete_vm`.
 const STOP_TIMEOUT_SECONDS: i32 = 10;
 /// How often a network whose address pool is still taken (a removal under way) is tried.
@@ -99,10 +115,11 @@ const REQUEST_TIMEOUT_SECONDS: u64 = 600;
 pub struct DockerConfig {
     /// The engine's Unix socket (`/var/run/docker.sock`).
     pub socket: PathBuf,
-    /// The director's id, put on every container and network as [`DIRECTOR_LABEL`].
+    /// The director's id, put on every container, network, volume and image as
+    /// [`DIRECTOR_LABEL`].
     pub director_id: String,
-    /// Put before the names of containers and networks (e.g. `bosh-`), so several directors
-    /// (or test runs) share one engine.
+    /// Put before the names of containers, networks and volumes (e.g. `bosh-`), so several
+    /// directors (or test runs) share one engine.
     pub name_prefix: String,
 }
 
@@ -184,28 +201,50 @@ impl DockerCpi {
         &self.config
     }
 
-    /// TEMPORARY (replaced by the CPI branch's version): the default bridge's gateway.
+    /// The address at which containers on any of this CPI's bridge networks reach this host
+    /// (where the director's bus and blobstore should listen for their agents): this host's
+    /// address on Docker's default `bridge` network, i.e. its IPAM gateway, or, when the
+    /// engine does not list one (it omits it when `docker0` existed before it started), the
+    /// host's own address on that network's subnet. Linux delivers a packet from any bridge
+    /// to an address of the host locally, so the address serves every network of the CPI.
+    /// The engine must be on this host (the CPI talks to it over a Unix socket).
     pub fn agent_address(&self) -> Result<Ipv4Addr> {
-        self.block_on(async {
-            let network = self
-                .docker
-                .inspect_network("bridge", None::<InspectNetworkOptions>)
+        let network = self.block_on(async {
+            self.docker
+                .inspect_network(DEFAULT_BRIDGE, None::<InspectNetworkOptions>)
                 .await
-                .map_err(|error| cloud_error(format!("cannot inspect network bridge: {error}")))?;
-            network
-                .ipam
-                .and_then(|ipam| ipam.config)
-                .unwrap_or_default()
-                .into_iter()
-                .find_map(|config| {
-                    config.gateway.and_then(|g| g.parse().ok()).or_else(|| {
-                        let subnet = config.subnet?;
-                        let (base, _) = subnet.split_once('/')?;
-                        let base: Ipv4Addr = base.parse().ok()?;
-                        Some(Ipv4Addr::from(u32::from(base) + 1))
-                    })
+                .map_err(|error| {
+                    cloud_error(format!(
+                        "cannot inspect Docker's default network '{DEFAULT_BRIDGE}' for the \
+                         address containers reach the host at: {error}"
+                    ))
                 })
-                .ok_or_else(|| cloud_error("Docker's bridge network has no gateway"))
+        })?;
+        let configs = network
+            .ipam
+            .and_then(|ipam| ipam.config)
+            .unwrap_or_default();
+        if let Some(gateway) = configs
+            .iter()
+            .filter_map(|config| config.gateway.as_deref()?.parse::<Ipv4Addr>().ok())
+            .next()
+        {
+            return Ok(gateway);
+        }
+        let Some(subnet) = configs
+            .iter()
+            .filter_map(|config| Subnet::parse(config.subnet.as_deref()?))
+            .next()
+        else {
+            return Err(cloud_error(format!(
+                "Docker's default network '{DEFAULT_BRIDGE}' has no IPv4 gateway or subnet: no \
+                 address for containers to reach the host at"
+            )));
+        };
+        host_address_on(subnet).map_err(|reason| {
+            cloud_error(format!(
+                "Docker's default network '{DEFAULT_BRIDGE}' lists no gateway, and {reason}"
+            ))
         })
     }
 
@@ -217,8 +256,16 @@ impl DockerCpi {
         }
     }
 
-    fn labels(&self) -> HashMap<String, String> {
+    /// The labels of what this CPI makes besides containers: its director.
+    fn director_labels(&self) -> HashMap<String, String> {
         HashMap::from([(DIRECTOR_LABEL.to_string(), self.config.director_id.clone())])
+    }
+
+    /// Whether `labels` (of a network, volume or container) name this CPI's director.
+    fn is_ours(&self, labels: Option<&HashMap<String, String>>) -> bool {
+        labels
+            .and_then(|labels| labels.get(DIRECTOR_LABEL))
+            .is_some_and(|director| *director == self.config.director_id)
     }
 
     /// Copies `contents` into the container as the file `path` (absolute) with `mode`.
@@ -275,7 +322,7 @@ impl DockerCpi {
                     }]),
                     ..Default::default()
                 }),
-                labels: Some(self.labels()),
+                labels: Some(self.director_labels()),
                 ..Default::default()
             };
             match self.docker.create_network(request).await {
@@ -298,14 +345,23 @@ impl DockerCpi {
         &self,
         agent_id: &str,
         stemcell_cid: &str,
+        cloud_properties: &Value,
         networks: &Value,
         disk_cids: &[String],
         environment: &Value,
     ) -> Result<(String, Value)> {
+        // Everything that can be refused before anything is made.
+        let properties = VmProperties::parse(cloud_properties)?;
+        let mut manual_networks = Vec::new();
+        if let Value::Object(networks) = networks {
+            for (name, spec) in networks {
+                manual_networks.push((name.clone(), ManualNetwork::parse(name, spec)?));
+            }
+        }
         let vm_cid = format!("{}vm-{}", self.config.name_prefix, uuid::Uuid::new_v4());
         let mut settings = crate::local::agent_settings(agent_id, &vm_cid, networks, environment)
             .map_err(|message| CpiError::new(ErrorKind::CpiError, message))?;
-        let mut mounts = Vec::new();
+        let mut mounts = vec![ephemeral_mount(&vm_cid)];
         for disk_cid in disk_cids {
             self.check_disk_free(disk_cid, &vm_cid).await?;
             settings
@@ -327,13 +383,50 @@ impl DockerCpi {
                 )));
             }
         }
+        let mut host_config = HostConfig {
+            init: Some(true),
+            mounts: Some(mounts),
+            ..Default::default()
+        };
+        properties.apply(&mut host_config)?;
+        let body = ContainerCreateBody {
+            image: Some(stemcell_cid.to_string()),
+            hostname: Some(vm_cid.clone()),
+            labels: Some(vm_labels(&self.config.director_id, agent_id, environment)),
+            entrypoint: Some(vec![AGENT_IN_VM.to_string()]),
+            cmd: Some(vec!["--settings".to_string(), SETTINGS_IN_VM.to_string()]),
+            exposed_ports: properties.exposed_ports(),
+            host_config: Some(host_config),
+            ..Default::default()
+        };
+        // From here on, what was made goes again when anything fails.
         let mut endpoints = Vec::new();
-        if let Value::Object(networks) = networks {
-            for (name, spec) in networks {
-                let spec = ManualNetwork::parse(name, spec)?;
-                let docker_name = self.ensure_network(name, &spec).await?;
-                endpoints.push((docker_name, spec.ip));
-            }
+        let made = self
+            .make_vm(&vm_cid, &manual_networks, &mut endpoints, body, &settings)
+            .await;
+        if let Err(error) = made {
+            let _ = self.remove_container(&vm_cid).await;
+            let _ = self.remove_ephemeral_volume(&vm_cid).await;
+            self.remove_unused_networks(endpoints.iter().map(|(name, _)| name.as_str()))
+                .await;
+            return Err(error);
+        }
+        Ok((vm_cid, networks.clone()))
+    }
+
+    /// Makes VM `vm_cid`: its networks (each put in `endpoints` once it exists), its
+    /// ephemeral volume, its container from `body` on them, its settings; then starts it.
+    async fn make_vm(
+        &self,
+        vm_cid: &str,
+        manual_networks: &[(String, ManualNetwork)],
+        endpoints: &mut Vec<(String, Ipv4Addr)>,
+        mut body: ContainerCreateBody,
+        settings: &[u8],
+    ) -> Result<()> {
+        for (name, spec) in manual_networks {
+            let docker_name = self.ensure_network(name, spec).await?;
+            endpoints.push((docker_name, spec.ip));
         }
         let endpoint = |ip: Ipv4Addr| EndpointSettings {
             ipam_config: Some(EndpointIpamConfig {
@@ -342,68 +435,88 @@ impl DockerCpi {
             }),
             ..Default::default()
         };
-        let mut labels = self.labels();
-        labels.insert(AGENT_ID_LABEL.to_string(), agent_id.to_string());
         let first = endpoints.first().cloned();
-        let body = ContainerCreateBody {
-            image: Some(stemcell_cid.to_string()),
-            hostname: Some(vm_cid.clone()),
-            labels: Some(labels),
-            entrypoint: Some(vec![AGENT_IN_VM.to_string()]),
-            cmd: Some(vec!["--settings".to_string(), SETTINGS_IN_VM.to_string()]),
-            host_config: Some(HostConfig {
-                init: Some(true),
-                mounts: (!mounts.is_empty()).then_some(mounts),
-                network_mode: Some(
-                    first
-                        .as_ref()
-                        .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
-                ),
-                ..Default::default()
-            }),
-            networking_config: first.map(|(name, ip)| NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(name, endpoint(ip))])),
-            }),
-            ..Default::default()
-        };
+        if let Some(host_config) = body.host_config.as_mut() {
+            host_config.network_mode = Some(
+                first
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), |(name, _)| name.clone()),
+            );
+        }
+        body.networking_config = first.map(|(name, ip)| NetworkingConfig {
+            endpoints_config: Some(HashMap::from([(name, endpoint(ip))])),
+        });
+        self.create_ephemeral_volume(vm_cid).await?;
         let options = CreateContainerOptions {
-            name: Some(vm_cid.clone()),
+            name: Some(vm_cid.to_string()),
             ..Default::default()
         };
         self.docker
             .create_container(Some(options), body)
             .await
             .map_err(|error| creation_failed(format!("cannot create VM {vm_cid}: {error}")))?;
-        let started = async {
-            for (name, ip) in endpoints.iter().skip(1) {
-                let request = NetworkConnectRequest {
-                    container: vm_cid.clone(),
-                    endpoint_config: Some(endpoint(*ip)),
-                };
-                self.docker
-                    .connect_network(name, request)
-                    .await
-                    .map_err(|error| {
-                        creation_failed(format!(
-                            "cannot connect VM {vm_cid} to Docker network {name} with {ip}: {error}"
-                        ))
-                    })?;
-            }
-            self.put_file(&vm_cid, SETTINGS_IN_VM, &settings, 0o600)
-                .await?;
+        for (name, ip) in endpoints.iter().skip(1) {
+            let request = NetworkConnectRequest {
+                container: vm_cid.to_string(),
+                endpoint_config: Some(endpoint(*ip)),
+            };
             self.docker
-                .start_container(&vm_cid, None)
+                .connect_network(name, request)
                 .await
-                .map_err(|error| creation_failed(format!("cannot start VM {vm_cid}: {error}")))
+                .map_err(|error| {
+                    creation_failed(format!(
+                        "cannot connect VM {vm_cid} to Docker network {name} with {ip}: {error}"
+                    ))
+                })?;
         }
-        .await;
-        if let Err(error) = started {
-            let _ = self.remove_container(&vm_cid).await;
-            self.remove_unused_networks(endpoints.iter().map(|(name, _)| name.as_str()))
-                .await;
-            return Err(error);
+        self.put_file(vm_cid, SETTINGS_IN_VM, settings, 0o600)
+            .await?;
+        self.docker
+            .start_container(vm_cid, None)
+            .await
+            .map_err(|error| creation_failed(format!("cannot start VM {vm_cid}: {error}")))
+    }
+
+    /// Makes VM `vm_cid`'s ephemeral volume.
+    async fn create_ephemeral_volume(&self, vm_cid: &str) -> Result<()> {
+        let name = ephemeral_volume_name(vm_cid);
+        let mut labels = self.director_labels();
+        labels.insert(EPHEMERAL_FOR_LABEL.to_string(), vm_cid.to_string());
+        let request = VolumeCreateRequest {
+            name: Some(name.clone()),
+            driver: Some("local".to_string()),
+            labels: Some(labels),
+            ..Default::default()
+        };
+        self.docker
+            .create_volume(request)
+            .await
+            .map(|_| ())
+            .map_err(|error| {
+                creation_failed(format!(
+                    "cannot create VM {vm_cid}'s ephemeral volume {name}: {error}"
+                ))
+            })
+    }
+
+    /// Removes VM `vm_cid`'s ephemeral volume when it is there and ours; answers whether it
+    /// was there. Its containers must be gone.
+    async fn remove_ephemeral_volume(&self, vm_cid: &str) -> Result<bool> {
+        let name = ephemeral_volume_name(vm_cid);
+        match self.volume_labels(&name).await? {
+            Some(labels)
+                if self.is_ours(Some(&labels))
+                    && labels.get(EPHEMERAL_FOR_LABEL).map(String::as_str) == Some(vm_cid) => {}
+            _ => return Ok(false),
         }
-        Ok((vm_cid, networks.clone()))
+        let options = RemoveVolumeOptions { force: false };
+        match self.docker.remove_volume(&name, Some(options)).await {
+            Ok(()) => Ok(true),
+            Err(error) if not_found(&error) => Ok(false),
+            Err(error) => Err(cloud_error(format!(
+                "cannot delete VM {vm_cid}'s ephemeral volume {name}: {error}"
+            ))),
+        }
     }
 
     /// Removes a container (stopping it); answers whether there was one.
@@ -431,15 +544,37 @@ impl DockerCpi {
             })
     }
 
-    /// Whether the volume `disk_cid` exists and is this director's.
-    async fn disk_exists(&self, disk_cid: &str) -> Result<bool> {
-        match self.docker.inspect_volume(disk_cid).await {
-            Ok(volume) => Ok(volume.labels.get(DIRECTOR_LABEL) == Some(&self.config.director_id)),
-            Err(error) if not_found(&error) => Ok(false),
+    /// A container when it is there and this director's.
+    async fn our_container(&self, name: &str) -> Result<Option<ContainerInspectResponse>> {
+        match self.docker.inspect_container(name, None).await {
+            Ok(container) => {
+                let labels = container.config.as_ref().and_then(|c| c.labels.as_ref());
+                Ok(self.is_ours(labels).then_some(container))
+            }
+            Err(error) if not_found(&error) => Ok(None),
             Err(error) => Err(cloud_error(format!(
-                "cannot inspect disk {disk_cid}: {error}"
+                "cannot inspect container {name}: {error}"
             ))),
         }
+    }
+
+    /// A volume's labels, or `None` when there is no such volume.
+    async fn volume_labels(&self, name: &str) -> Result<Option<HashMap<String, String>>> {
+        match self.docker.inspect_volume(name).await {
+            Ok(volume) => Ok(Some(volume.labels)),
+            Err(error) if not_found(&error) => Ok(None),
+            Err(error) => Err(cloud_error(format!(
+                "cannot inspect volume {name}: {error}"
+            ))),
+        }
+    }
+
+    /// Whether the volume `disk_cid` exists, is this director's and is a persistent disk
+    /// (not a VM's ephemeral volume).
+    async fn disk_exists(&self, disk_cid: &str) -> Result<bool> {
+        Ok(self.volume_labels(disk_cid).await?.is_some_and(|labels| {
+            self.is_ours(Some(&labels)) && !labels.contains_key(EPHEMERAL_FOR_LABEL)
+        }))
     }
 
     /// Fails unless the disk exists and no container but `vm_cid`'s mounts it.
@@ -495,198 +630,33 @@ impl DockerCpi {
         Ok(archive)
     }
 
-    /// Re-creates the VM's container (`old`) with `mounts` and the agent's settings changed
-    /// by `edit` (their `disks.persistent`): same name, image, hostname, labels, networks
-    /// and IPs, host settings and [`AGENT_DIR_IN_VM`]; running when the old one ran. The
-    /// old container is stopped and renamed meanwhile, and comes back when anything fails.
-    async fn recreate_vm(
-        &self,
-        vm_cid: &str,
-        old: &ContainerInspectResponse,
-        mounts: Vec<Mount>,
-        edit: impl FnOnce(&mut serde_json::Map<String, Value>),
-    ) -> Result<()> {
-        let agent_dir = self.download(vm_cid, AGENT_DIR_IN_VM).await?;
-        let mut settings = settings_in_archive(&agent_dir)
-            .map_err(|error| {
-                cloud_error(format!(
-                    "cannot read {SETTINGS_IN_VM} of VM {vm_cid}: {error}"
-                ))
-            })?
-            .ok_or_else(|| cloud_error(format!("VM {vm_cid} has no {SETTINGS_IN_VM}")))?;
-        edit(persistent_disks(&mut settings).ok_or_else(|| {
-            cloud_error(format!(
-                "{SETTINGS_IN_VM} of VM {vm_cid}: disks.persistent is not a map"
-            ))
-        })?);
-        let settings = serde_json::to_vec_pretty(&settings)
-            .map_err(|error| cloud_error(format!("cannot encode the agent's settings: {error}")))?;
-        let running = old
-            .state
-            .as_ref()
-            .and_then(|state| state.running)
-            .unwrap_or(false);
-        if running {
-            let options = StopContainerOptions {
-                t: Some(STOP_TIMEOUT_SECONDS),
-                ..Default::default()
-            };
-            match self.docker.stop_container(vm_cid, Some(options)).await {
-                Ok(()) => {}
-                // Stopped meanwhile.
-                Err(error) if status(&error) == Some(304) => {}
-                Err(error) => {
-                    return Err(cloud_error(format!("cannot stop VM {vm_cid}: {error}")));
-                }
-            }
-        }
-        let replaced = format!("{vm_cid}-replaced");
-        let restore = |error: CpiError| async move {
-            if running {
-                let _ = self.docker.start_container(vm_cid, None).await;
-            }
-            error
-        };
-        let rename = RenameContainerOptions {
-            name: replaced.clone(),
-        };
-        if let Err(error) = self.docker.rename_container(vm_cid, rename).await {
-            return Err(restore(cloud_error(format!(
-                "cannot rename VM {vm_cid} to {replaced} to re-create it: {error}"
-            )))
-            .await);
-        }
-        let made = self
-            .create_replacement(vm_cid, old, mounts, agent_dir, &settings, running)
-            .await;
-        if let Err(error) = made {
-            let _ = self.remove_container(vm_cid).await;
-            let back = RenameContainerOptions {
-                name: vm_cid.to_string(),
-            };
-            let _ = self.docker.rename_container(&replaced, back).await;
-            return Err(restore(error).await);
-        }
-        self.remove_container(&replaced).await.map_err(|error| {
-            cloud_error(format!(
-                "VM {vm_cid} was re-created, but its old container {replaced} remains: {error}"
-            ))
-        })?;
-        Ok(())
-    }
-
-    /// Makes (and starts when `start`) the container `vm_cid` re-creating `old`.
-    async fn create_replacement(
-        &self,
-        vm_cid: &str,
-        old: &ContainerInspectResponse,
-        mounts: Vec<Mount>,
-        agent_dir: Vec<u8>,
-        settings: &[u8],
-        start: bool,
-    ) -> Result<()> {
-        let config = old.config.clone().unwrap_or_default();
-        let mut host_config = old.host_config.clone().unwrap_or_default();
-        host_config.mounts = (!mounts.is_empty()).then_some(mounts);
-        let primary = host_config.network_mode.clone();
-        let mut endpoints: Vec<(String, Option<String>)> = old
+    /// The networks a container is on.
+    fn networks_of(container: &ContainerInspectResponse) -> Vec<String> {
+        container
             .network_settings
             .as_ref()
-            .and_then(|settings| settings.networks.clone())
+            .and_then(|settings| settings.networks.as_ref())
+            .map(|networks| networks.keys().cloned().collect())
             .unwrap_or_default()
+    }
+
+    /// The names of this director's networks.
+    async fn our_networks(&self) -> Result<Vec<String>> {
+        let options = ListNetworksOptions {
+            filters: Some(HashMap::from([(
+                "label".to_string(),
+                vec![format!("{DIRECTOR_LABEL}={}", self.config.director_id)],
+            )])),
+        };
+        let networks = self
+            .docker
+            .list_networks(Some(options))
+            .await
+            .map_err(|error| cloud_error(format!("cannot list networks: {error}")))?;
+        Ok(networks
             .into_iter()
-            .map(|(name, endpoint)| {
-                let ip = endpoint
-                    .ipam_config
-                    .and_then(|ipam| ipam.ipv4_address)
-                    .or(endpoint.ip_address)
-                    .filter(|ip| !ip.is_empty());
-                (name, ip)
-            })
-            .collect();
-        // The network the container was made on first, the others connected after.
-        endpoints.sort_by_key(|(name, _)| Some(name) != primary.as_ref());
-        let endpoint = |ip: Option<String>| EndpointSettings {
-            ipam_config: ip.map(|ip| EndpointIpamConfig {
-                ipv4_address: Some(ip),
-                ..Default::default()
-            }),
-            ..Default::default()
-        };
-        let first = endpoints
-            .first()
-            .filter(|(name, _)| Some(name) == primary.as_ref())
-            .cloned();
-        let skip = usize::from(first.is_some());
-        let body = ContainerCreateBody {
-            image: old.image.clone(),
-            hostname: config.hostname,
-            domainname: config.domainname,
-            user: config.user,
-            env: config.env,
-            cmd: config.cmd,
-            entrypoint: config.entrypoint,
-            labels: config.labels,
-            working_dir: config.working_dir,
-            stop_signal: config.stop_signal,
-            stop_timeout: config.stop_timeout,
-            exposed_ports: config.exposed_ports,
-            host_config: Some(host_config),
-            networking_config: first.map(|(name, ip)| NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(name, endpoint(ip))])),
-            }),
-            ..Default::default()
-        };
-        let options = CreateContainerOptions {
-            name: Some(vm_cid.to_string()),
-            ..Default::default()
-        };
-        self.docker
-            .create_container(Some(options), body)
-            .await
-            .map_err(|error| cloud_error(format!("cannot re-create VM {vm_cid}: {error}")))?;
-        for (name, ip) in endpoints.into_iter().skip(skip) {
-            let request = NetworkConnectRequest {
-                container: vm_cid.to_string(),
-                endpoint_config: Some(endpoint(ip.clone())),
-            };
-            self.docker
-                .connect_network(&name, request)
-                .await
-                .map_err(|error| {
-                    cloud_error(format!(
-                        "cannot connect the re-created VM {vm_cid} to Docker network {name}: \
-                         {error}"
-                    ))
-                })?;
-        }
-        let options = UploadToContainerOptions {
-            path: Path::new(AGENT_DIR_IN_VM)
-                .parent()
-                .unwrap_or(Path::new("/"))
-                .display()
-                .to_string(),
-            ..Default::default()
-        };
-        self.docker
-            .upload_to_container(vm_cid, Some(options), body_full(agent_dir.into()))
-            .await
-            .map_err(|error| {
-                cloud_error(format!(
-                    "cannot copy {AGENT_DIR_IN_VM} into the re-created VM {vm_cid}: {error}"
-                ))
-            })?;
-        self.put_file(vm_cid, SETTINGS_IN_VM, settings, 0o600)
-            .await?;
-        if start {
-            self.docker
-                .start_container(vm_cid, None)
-                .await
-                .map_err(|error| {
-                    cloud_error(format!("cannot start the re-created VM {vm_cid}: {error}"))
-                })?;
-        }
-        Ok(())
+            .filter_map(|network| network.name)
+            .collect())
     }
 
     /// Removes the networks of this CPI among `names` that no container uses any more.
@@ -699,19 +669,48 @@ impl DockerCpi {
             else {
                 continue;
             };
-            let ours = network
-                .labels
-                .as_ref()
-                .and_then(|labels| labels.get(DIRECTOR_LABEL))
-                .is_some_and(|director| *director == self.config.director_id);
             let used = network
                 .containers
                 .as_ref()
                 .is_some_and(|containers| !containers.is_empty());
-            if ours && !used {
+            if self.is_ours(network.labels.as_ref()) && !used {
                 // Another create_vm may have joined it meanwhile: the engine then refuses.
                 let _ = self.docker.remove_network(name).await;
             }
+        }
+    }
+
+    async fn delete_vm_async(&self, vm_cid: &str) -> Result<()> {
+        let container = match self.docker.inspect_container(vm_cid, None).await {
+            Ok(container) => Some(container),
+            Err(error) if not_found(&error) => None,
+            Err(error) => {
+                return Err(cloud_error(format!("cannot inspect VM {vm_cid}: {error}")));
+            }
+        };
+        // The old container of a re-creation that was interrupted.
+        let replaced = self.our_container(&replaced_name(vm_cid)).await?;
+        let mut networks: Vec<String> = container.iter().flat_map(Self::networks_of).collect();
+        networks.extend(replaced.iter().flat_map(Self::networks_of));
+        if container.is_none() && replaced.is_none() {
+            // Removed behind the CPI's back: its networks are not known, so every network
+            // of this director that no container uses goes.
+            networks = self.our_networks().await?;
+        }
+        let removed = match container {
+            Some(_) => self.remove_container(vm_cid).await?,
+            None => false,
+        };
+        if replaced.is_some() {
+            self.remove_container(&replaced_name(vm_cid)).await?;
+        }
+        // A failed create_vm or an interrupted delete_vm may leave the volume alone.
+        self.remove_ephemeral_volume(vm_cid).await?;
+        self.remove_unused_networks(networks.iter().map(String::as_str))
+            .await;
+        match removed {
+            true => Ok(()),
+            false => Err(vm_not_found(vm_cid)),
         }
     }
 }
@@ -774,8 +773,9 @@ impl Cpi for DockerCpi {
 
     fn delete_stemcell(&self, stemcell_cid: &str) -> Result<()> {
         self.block_on(async {
+            // Not forced: forcing untags an image a stopped container uses and leaves it.
             let options = RemoveImageOptions {
-                force: true,
+                force: false,
                 ..Default::default()
             };
             match self
@@ -785,6 +785,9 @@ impl Cpi for DockerCpi {
             {
                 Ok(_) => Ok(()),
                 Err(error) if not_found(&error) => Ok(()),
+                Err(error) if conflict(&error) => Err(cloud_error(format!(
+                    "stemcell {stemcell_cid} is still used; delete its VMs first: {error}"
+                ))),
                 Err(error) => Err(cloud_error(format!(
                     "cannot delete stemcell {stemcell_cid}: {error}"
                 ))),
@@ -796,7 +799,7 @@ impl Cpi for DockerCpi {
         &self,
         agent_id: &str,
         stemcell_cid: &str,
-        _cloud_properties: &Value,
+        cloud_properties: &Value,
         networks: &Value,
         disk_cids: &[String],
         environment: &Value,
@@ -804,6 +807,7 @@ impl Cpi for DockerCpi {
         self.block_on(self.create_vm_async(
             agent_id,
             stemcell_cid,
+            cloud_properties,
             networks,
             disk_cids,
             environment,
@@ -811,25 +815,7 @@ impl Cpi for DockerCpi {
     }
 
     fn delete_vm(&self, vm_cid: &str) -> Result<()> {
-        self.block_on(async {
-            let networks = match self.docker.inspect_container(vm_cid, None).await {
-                Ok(container) => container
-                    .network_settings
-                    .and_then(|settings| settings.networks)
-                    .map(|networks| networks.into_keys().collect::<Vec<_>>())
-                    .unwrap_or_default(),
-                Err(error) if not_found(&error) => return Err(vm_not_found(vm_cid)),
-                Err(error) => {
-                    return Err(cloud_error(format!("cannot inspect VM {vm_cid}: {error}")));
-                }
-            };
-            if !self.remove_container(vm_cid).await? {
-                return Err(vm_not_found(vm_cid));
-            }
-            self.remove_unused_networks(networks.iter().map(String::as_str))
-                .await;
-            Ok(())
-        })
+        self.block_on(self.delete_vm_async(vm_cid))
     }
 
     fn has_vm(&self, vm_cid: &str) -> Result<bool> {
@@ -872,7 +858,7 @@ impl Cpi for DockerCpi {
         _vm_hint: Option<&str>,
     ) -> Result<String> {
         let disk_cid = format!("{}disk-{}", self.config.name_prefix, uuid::Uuid::new_v4());
-        let mut labels = self.labels();
+        let mut labels = self.director_labels();
         labels.insert(DISK_SIZE_LABEL.to_string(), size_mb.to_string());
         let request = VolumeCreateRequest {
             name: Some(disk_cid.clone()),
@@ -893,8 +879,17 @@ impl Cpi for DockerCpi {
     fn delete_disk(&self, disk_cid: &str) -> Result<()> {
         self.block_on(async {
             // A missing disk is deleted already; another director's volume is not touched.
-            if !self.disk_exists(disk_cid).await? {
+            let Some(labels) = self.volume_labels(disk_cid).await? else {
                 return Ok(());
+            };
+            if !self.is_ours(Some(&labels)) {
+                return Ok(());
+            }
+            if let Some(vm_cid) = labels.get(EPHEMERAL_FOR_LABEL) {
+                return Err(cloud_error(format!(
+                    "{disk_cid} is VM {vm_cid}'s ephemeral volume, not a persistent disk; it \
+                     goes with its VM"
+                )));
             }
             let options = RemoveVolumeOptions { force: false };
             match self.docker.remove_volume(disk_cid, Some(options)).await {
@@ -973,7 +968,7 @@ impl Cpi for DockerCpi {
                     format!("{AGENT_ID_LABEL}={agent_id}"),
                 ],
             )]);
-            let options = bollard::query_parameters::ListContainersOptions {
+            let options = ListContainersOptions {
                 all: true,
                 filters: Some(filters),
                 ..Default::default()
@@ -983,84 +978,27 @@ impl Cpi for DockerCpi {
                 .list_containers(Some(options))
                 .await
                 .map_err(|error| cloud_error(format!("cannot list containers: {error}")))?;
+            // Not the old container of a re-creation in progress: it is not the VM.
             Ok(containers
                 .into_iter()
                 .filter_map(|container| container.names)
                 .flatten()
                 .map(|name| name.trim_start_matches('/').to_string())
-                .next())
+                .find(|name| !is_replaced_name(name)))
         })
     }
 }
 
-/// A manual network of `create_vm`'s `networks`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-struct ManualNetwork {
-    ip: Ipv4Addr,
-    subnet: Ipv4Addr,
-    prefix_length: u32,
-    gateway: Option<Ipv4Addr>,
+/// The name of VM `vm_cid`'s old container while it is re-created.
+fn replaced_name(vm_cid: &str) -> String {
+    format!("{vm_cid}{REPLACED_SUFFIX}")
 }
 
-impl ManualNetwork {
-    fn parse(name: &str, spec: &Value) -> Result<ManualNetwork> {
-        // The agent's own network type: what create_vm's `networks` hold.
-        let spec: agent_protocol::NetworkSpec =
-            serde_json::from_value(spec.clone()).map_err(|error| {
-                CpiError::new(
-                    ErrorKind::CpiError,
-                    format!("network '{name}' is not a network spec: {error}"),
-                )
-            })?;
-        let kind = if spec.kind.is_empty() {
-            "manual"
-        } else {
-            spec.kind.as_str()
-        };
-        if kind != "manual" {
-            return Err(CpiError::new(
-                ErrorKind::NotSupported,
-                format!(
-                    "network '{name}' is of type {kind}; the Docker CPI supports manual networks only"
-                ),
-            ));
-        }
-        let address = |field: &str, text: &str| -> Result<Option<Ipv4Addr>> {
-            if text.is_empty() {
-                return Ok(None);
-            }
-            text.parse().map(Some).map_err(|_| {
-                CpiError::new(
-                    ErrorKind::CpiError,
-                    format!("network '{name}': {field} '{text}' is not an IPv4 address"),
-                )
-            })
-        };
-        let missing = |field: &str| {
-            CpiError::new(
-                ErrorKind::CpiError,
-                format!("network '{name}' has no {field} (a manual network needs ip and netmask)"),
-            )
-        };
-        let ip = address("ip", &spec.ip)?.ok_or_else(|| missing("ip"))?;
-        let netmask =
-            u32::from(address("netmask", &spec.netmask)?.ok_or_else(|| missing("netmask"))?);
-        if netmask.leading_ones() + netmask.trailing_zeros() != 32 {
-            return Err(CpiError::new(
-                ErrorKind::CpiError,
-                format!(
-                    "network '{name}': netmask {} is not contiguous",
-                    Ipv4Addr::from(netmask)
-                ),
-            ));
-        }
-        Ok(ManualNetwork {
-            ip,
-            subnet: Ipv4Addr::from(u32::from(ip) & netmask),
-            prefix_length: netmask.leading_ones(),
-            gateway: address("gateway", &spec.gateway)?,
-        })
-    }
+/// Put after a VM's CID to name its old container while it is re-created.
+const REPLACED_SUFFIX: &str = "-replaced";
+
+fn is_replaced_name(name: &str) -> bool {
+    name.ends_with(REPLACED_SUFFIX)
 }
 
 /// The image's `<repository>:<tag>` from a stemcell's `cloud_properties` (`name`,
@@ -1152,157 +1090,10 @@ fn disk_not_found(disk_cid: &str) -> CpiError {
     )
 }
 
-/// What `attach_disk` answers for a disk, and puts in the agent's settings: where the
-/// disk's volume is mounted in the VM.
-fn disk_hint(disk_cid: &str) -> Value {
-    serde_json::json!({ "path": format!("{DISKS_IN_VM}/{disk_cid}") })
-}
-
-/// The mount of a disk's volume in a VM.
-fn disk_mount(disk_cid: &str) -> Mount {
-    Mount {
-        target: Some(format!("{DISKS_IN_VM}/{disk_cid}")),
-        source: Some(disk_cid.to_string()),
-        typ: Some(MountType::VOLUME),
-        ..Default::default()
-    }
-}
-
-/// Whether `mount` is an attached disk's; answers its CID.
-fn mounted_disk(mount: &Mount) -> Option<&str> {
-    let target = mount.target.as_deref()?.strip_prefix(DISKS_IN_VM)?;
-    match (&mount.typ, mount.source.as_deref()) {
-        (Some(MountType::VOLUME), Some(source)) if target.strip_prefix('/') == Some(source) => {
-            Some(source)
-        }
-        _ => None,
-    }
-}
-
-/// The mounts a container was made with.
-fn mounts_of(container: &ContainerInspectResponse) -> Vec<Mount> {
-    container
-        .host_config
-        .as_ref()
-        .and_then(|host_config| host_config.mounts.clone())
-        .unwrap_or_default()
-}
-
-/// The disks a container mounts, in attachment order.
-fn attached_disks(container: &ContainerInspectResponse) -> Vec<String> {
-    mounts_of(container)
-        .iter()
-        .filter_map(mounted_disk)
-        .map(str::to_string)
-        .collect()
-}
-
-/// The agent's settings in an archive of [`AGENT_DIR_IN_VM`] (entries `bosh/…`).
-fn settings_in_archive(archive: &[u8]) -> std::result::Result<Option<Value>, String> {
-    let wanted = Path::new(SETTINGS_IN_VM)
-        .strip_prefix(
-            Path::new(AGENT_DIR_IN_VM)
-                .parent()
-                .unwrap_or(Path::new("/")),
-        )
-        .map_err(|error| error.to_string())?;
-    let mut archive = tar::Archive::new(archive);
-    for entry in archive.entries().map_err(|error| error.to_string())? {
-        let mut entry = entry.map_err(|error| error.to_string())?;
-        if entry.path().map_err(|error| error.to_string())? != wanted {
-            continue;
-        }
-        let mut text = Vec::new();
-        std::io::Read::read_to_end(&mut entry, &mut text).map_err(|error| error.to_string())?;
-        return serde_json::from_slice(&text)
-            .map(Some)
-            .map_err(|error| error.to_string());
-    }
-    Ok(None)
-}
-
-/// The `disks.persistent` map of the agent's settings, made when missing or null.
-fn persistent_disks(settings: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
-    let mut at = settings;
-    for key in ["disks", "persistent"] {
-        let next = at.as_object_mut()?.entry(key).or_insert(Value::Null);
-        if next.is_null() {
-            *next = Value::Object(serde_json::Map::new());
-        }
-        at = next;
-    }
-    at.as_object_mut()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    #[test]
-    fn a_manual_network_gives_its_subnet() {
-        let spec = json!({"type": "manual", "ip": "10.244.3.7", "netmask": "255.255.255.0",
-            "gateway": "10.244.3.1"});
-        assert_eq!(
-            ManualNetwork::parse("default", &spec).unwrap(),
-            ManualNetwork {
-                ip: Ipv4Addr::new(10, 244, 3, 7),
-                subnet: Ipv4Addr::new(10, 244, 3, 0),
-                prefix_length: 24,
-                gateway: Some(Ipv4Addr::new(10, 244, 3, 1)),
-            }
-        );
-    }
-
-    #[test]
-    fn other_networks_are_refused_with_their_name() {
-        let error = ManualNetwork::parse("public", &json!({"type": "dynamic"})).unwrap_err();
-        assert_eq!(error.kind, ErrorKind::NotSupported);
-        assert!(error.message.contains("'public'"), "{}", error.message);
-        let error = ManualNetwork::parse(
-            "default",
-            &json!({"ip": "10.0.0.2", "netmask": "255.0.255.0"}),
-        )
-        .unwrap_err();
-        assert!(
-            error.message.contains("not contiguous"),
-            "{}",
-            error.message
-        );
-        let error = ManualNetwork::parse("default", &json!({"netmask": "255.0.0.0"})).unwrap_err();
-        assert!(error.message.contains("no ip"), "{}", error.message);
-    }
-
-    #[test]
-    fn only_volumes_below_the_disks_directory_are_disks() {
-        assert_eq!(mounted_disk(&disk_mount("d-1")), Some("d-1"));
-        let elsewhere = Mount {
-            target: Some("/var/vcap/data".to_string()),
-            ..disk_mount("d-1")
-        };
-        assert_eq!(mounted_disk(&elsewhere), None);
-        let bind = Mount {
-            typ: Some(MountType::BIND),
-            ..disk_mount("d-1")
-        };
-        assert_eq!(mounted_disk(&bind), None);
-    }
-
-    #[test]
-    fn persistent_disks_of_settings_are_made_when_missing_and_never_replace_data() {
-        let mut settings = json!({"agent_id": "a", "disks": {"persistent": null}});
-        persistent_disks(&mut settings)
-            .unwrap()
-            .insert("d-1".to_string(), disk_hint("d-1"));
-        assert_eq!(
-            settings["disks"]["persistent"]["d-1"]["path"],
-            "/var/vcap/disks/d-1"
-        );
-        let mut settings = json!({"agent_id": "a"});
-        assert!(persistent_disks(&mut settings).unwrap().is_empty());
-        assert!(persistent_disks(&mut json!({"disks": []})).is_none());
-        assert!(persistent_disks(&mut json!("text")).is_none());
-    }
 
     #[test]
     fn image_references_use_dockers_alphabet() {
