@@ -65,6 +65,21 @@ fn quickstart_on_docker(docker_user: &DockerUser, net: u8) {
             ip,
             "container {cid} has the instance's address"
         );
+        let labels = docker(&[
+            "inspect",
+            "--format",
+            "{{index .Config.Labels \"bosh.deployment\"}} {{index .Config.Labels \"bosh.instance_group\"}} {{index .Config.Labels \"bosh.index\"}}",
+            cid,
+        ]);
+        assert_eq!(
+            labels.trim(),
+            format!(
+                "quickstart {} {}",
+                instance["instance_group"].as_str().unwrap(),
+                instance["index"]
+            ),
+            "container {cid} is labelled with its deployment, group and index"
+        );
     }
     // The link consumer reaches the provider, container to container.
     let client = list
