@@ -8,9 +8,10 @@
 //!   no write: the drain scripts keep quorum, the client moves to another member only when
 //!   a connection cannot be made;
 //! - a member whose persistent disk was wiped comes back as a new member of the cluster;
+//! - with one member down, a deploy fails at the next member's drain rather than stop it;
 //! - `delete-deployment` leaves no etcd running.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,20 +28,28 @@ const DEPLOYMENT: &str = "etcd";
 /// certificate).
 struct Deployed {
     user: User,
-    manifest: std::path::PathBuf,
-    vars: std::path::PathBuf,
+    manifest: PathBuf,
+    vars: PathBuf,
+    /// Ops files every deploy of the test applies.
+    ops: Vec<PathBuf>,
     client: Arc<EtcdClient>,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Deployed {
-    fn new(net: u8) -> Deployed {
+    /// Deploys with `properties` (name, value) set on the etcd job by ops files, for this
+    /// and every later deploy of the test.
+    fn new(net: u8, properties: &[(&str, &str)]) -> Deployed {
         let user = User::new();
         let release = tests::etcd::release(&user);
         let manifest = tests::etcd::manifest(&user, net, &release);
+        let ops: Vec<PathBuf> = properties
+            .iter()
+            .map(|(name, value)| property_ops(&user, name, value))
+            .collect();
         let vars = user.home.path().join("etcd-vars.yml");
         let started = Instant::now();
-        let (code, _, stderr) = deploy(&user, &manifest, &["--vars-store", vars_arg(&vars)]);
+        let (code, _, stderr) = deploy_etcd(&user, &manifest, &vars, &ops);
         assert_eq!(code, 0, "{stderr}");
         eprintln!(
             "etcd on 127.0.{net}.0/24: first deploy (3 members) took {:.1} s",
@@ -52,9 +61,21 @@ impl Deployed {
             user,
             manifest,
             vars,
+            ops,
             client: Arc::new(client),
             runtime: tokio::runtime::Runtime::new().unwrap(),
         }
+    }
+
+    /// Deploys again, with the test's ops files and these properties changed.
+    fn deploy(&self, properties: &[(&str, &str)]) -> (i32, Vec<Value>, String) {
+        let mut ops = self.ops.clone();
+        ops.extend(
+            properties
+                .iter()
+                .map(|(name, value)| property_ops(&self.user, name, value)),
+        );
+        deploy_etcd(&self.user, &self.manifest, &self.vars, &ops)
     }
 
     fn instances(&self) -> Vec<Value> {
@@ -133,8 +154,31 @@ fn client_urls_from_manifest(manifest: &Path) -> Vec<String> {
         .collect()
 }
 
-fn vars_arg(path: &Path) -> &str {
-    path.to_str().unwrap()
+/// `director deploy MANIFEST --vars-store VARS -o OPS…`.
+fn deploy_etcd(
+    user: &User,
+    manifest: &Path,
+    vars: &Path,
+    ops: &[PathBuf],
+) -> (i32, Vec<Value>, String) {
+    let mut args = vec!["--vars-store", vars.to_str().unwrap()];
+    for file in ops {
+        args.extend(["-o", file.to_str().unwrap()]);
+    }
+    deploy(user, manifest, &args)
+}
+
+/// An ops file of the user's that sets the etcd job's property `name` to `value`.
+fn property_ops(user: &User, name: &str, value: &str) -> PathBuf {
+    let path = user.home.path().join(format!("{name}-{value}.yml"));
+    std::fs::write(
+        &path,
+        format!(
+            "- type: replace\n  path: /instance_groups/name=etcd/jobs/name=etcd/properties/{name}?\n  value: {value}\n"
+        ),
+    )
+    .unwrap();
+    path
 }
 
 /// The command lines of this host's processes that mention `text`.
@@ -185,7 +229,7 @@ fn assert_all_running(list: &[Value]) {
 fn etcd_forms_a_cluster_and_rolls_every_member_under_load_without_a_failed_write() {
     let net = 73;
     let test_started = Instant::now();
-    let cluster = Deployed::new(net);
+    let cluster = Deployed::new(net, &[]);
     let list = cluster.instances();
     assert_all_running(&list);
 
@@ -233,12 +277,6 @@ fn etcd_forms_a_cluster_and_rolls_every_member_under_load_without_a_failed_write
 
     // A property every member renders: the deploy restarts all three, one at a time, while
     // a writer writes a key every 100 ms.
-    let ops = cluster.user.home.path().join("snapshot-count.yml");
-    std::fs::write(
-        &ops,
-        "- type: replace\n  path: /instance_groups/name=etcd/jobs/name=etcd/properties/snapshot_count?\n  value: 50000\n",
-    )
-    .unwrap();
     let phase = Instant::now();
     let writer = Writer::start(
         cluster.client.clone(),
@@ -248,16 +286,7 @@ fn etcd_forms_a_cluster_and_rolls_every_member_under_load_without_a_failed_write
     );
     // Writes before the roll begins, so the writer runs through all of it.
     std::thread::sleep(Duration::from_secs(1));
-    let (code, events, stderr) = deploy(
-        &cluster.user,
-        &cluster.manifest,
-        &[
-            "--vars-store",
-            vars_arg(&cluster.vars),
-            "-o",
-            ops.to_str().unwrap(),
-        ],
-    );
+    let (code, events, stderr) = cluster.deploy(&[("snapshot_count", "50000")]);
     std::thread::sleep(Duration::from_secs(1));
     let report = writer.stop();
     assert_eq!(code, 0, "{stderr}");
@@ -318,10 +347,12 @@ fn etcd_forms_a_cluster_and_rolls_every_member_under_load_without_a_failed_write
 }
 
 #[test]
-fn a_member_whose_persistent_disk_was_wiped_rejoins_as_a_new_member() {
+fn a_wiped_member_rejoins_as_a_new_member_and_a_drain_never_costs_quorum() {
     let net = 74;
     let test_started = Instant::now();
-    let cluster = Deployed::new(net);
+    // A short drain timeout, so that the drain that must fail fails soon: a drain script
+    // runs as the instance's current job rendered it.
+    let cluster = Deployed::new(net, &[("drain_timeout", "5")]);
     let list = cluster.instances();
     assert_all_running(&list);
     let before = cluster.started_members(3);
@@ -390,6 +421,40 @@ fn a_member_whose_persistent_disk_was_wiped_rejoins_as_a_new_member() {
     );
     eprintln!(
         "wiped member rejoined as a new member in {:.1} s",
+        phase.elapsed().as_secs_f64()
+    );
+
+    // With instance 2 stopped the cluster cannot spare another member: a deploy that
+    // restarts the members fails at the first running member's drain (after its
+    // drain_timeout) instead of stopping it, and removes nothing.
+    let phase = Instant::now();
+    let id = list[2]["id"].as_str().unwrap();
+    let out = cluster
+        .user
+        .run(&["-d", DEPLOYMENT, "stop", &format!("etcd/{id}")]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let (code, _, stderr) = cluster.deploy(&[("snapshot_count", "60000")]);
+    assert_ne!(code, 0, "the deploy went through: {stderr}");
+    assert!(
+        stderr.contains("stopping") && stderr.contains("now could lose quorum, so the drain fails"),
+        "{stderr}"
+    );
+    let running: Vec<String> = client_urls(&cluster.user, DEPLOYMENT)
+        .into_iter()
+        .take(2)
+        .collect();
+    let survivors = EtcdClient::new(running.clone(), &tls).unwrap();
+    for url in running {
+        let only = EtcdClient::new(vec![url.clone()], &tls).unwrap();
+        cluster
+            .runtime
+            .block_on(only.put("after the refused drain", &url))
+            .unwrap_or_else(|e| panic!("{url} no longer takes writes: {e}"));
+    }
+    let members = cluster.runtime.block_on(survivors.members()).unwrap();
+    assert_eq!(members.len(), 3, "the drain removed nothing: {members:#?}");
+    eprintln!(
+        "the drain refused to stop a member the cluster could not spare ({:.1} s)",
         phase.elapsed().as_secs_f64()
     );
 
