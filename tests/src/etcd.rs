@@ -11,8 +11,13 @@
 //! clients do towards a cluster: it stays on one member and moves to the next only when a
 //! connection cannot be made (nothing was sent, so nothing can have happened); any other
 //! error fails the call, because a request that reached a member may have taken effect.
-//! Each request has a connection of its own, so a member that stops can never break a
-//! request that was already on its way over a kept-alive connection. [`Writer`] writes a
+//! One answer is as certain as a refused connection, and there it goes further than
+//! etcd's clients: "raft proposal dropped", which a leader gives while leadership moves
+//! away from it (the proposal never entered the log), is sent again to the same member
+//! after a pause.
+//! Each request has a connection of its own with a full TLS handshake, so a member that
+//! turns new clients away before it stops is left at once, and no request of this client
+//! is in flight on it when it stops. [`Writer`] writes a
 //! key at a fixed pace in the background and reports what was acknowledged and what
 //! failed: the roll-under-load tests (local here, Docker later) use both.
 
@@ -119,9 +124,18 @@ pub fn release(user: &User) -> PathBuf {
 /// cloud config, moved the same way, on the user's director.
 pub fn manifest(user: &User, net: u8, release: &Path) -> PathBuf {
     crate::hello::quickstart_on_own_network(user, net);
-    let text = std::fs::read_to_string(repo().join("manifests/etcd.yml"))
+    let path = user.home.path().join("etcd.yml");
+    std::fs::write(&path, manifest_text(release, &format!("127.0.{net}."))).unwrap();
+    path
+}
+
+/// The text of `manifests/etcd.yml` with its members' addresses (static IPs and the
+/// certificates' alternative names) moved from `127.0.10.N` to `<prefix>N`, its release at
+/// `release` and its stemcell recipe the repository's: for any network, a Docker one too.
+pub fn manifest_text(release: &Path, prefix: &str) -> String {
+    std::fs::read_to_string(repo().join("manifests/etcd.yml"))
         .unwrap()
-        .replace("127.0.10.", &format!("127.0.{net}."))
+        .replace("127.0.10.", prefix)
         .replace(
             "file://../releases/etcd",
             &format!("file://{}", release.display()),
@@ -129,10 +143,7 @@ pub fn manifest(user: &User, net: u8, release: &Path) -> PathBuf {
         .replace(
             "file://../stemcells/",
             &format!("file://{}/stemcells/", repo().display()),
-        );
-    let path = user.home.path().join("etcd.yml");
-    std::fs::write(&path, text).unwrap();
-    path
+        )
 }
 
 /// The client URLs of the deployment's instances (`https://IP:2379`), by index.
@@ -187,6 +198,15 @@ pub enum EtcdError {
     /// No member took a connection (each refused it or did not answer in time), so nothing
     /// was sent: one reason per member tried.
     Unreachable(Vec<String>),
+    /// The member refused the proposal before it entered the raft log (raft's "proposal
+    /// dropped", which a leader answers while leadership moves away from it), again after
+    /// every retry: nothing happened.
+    Dropped {
+        /// The member's client URL.
+        endpoint: String,
+        /// etcd's message.
+        message: String,
+    },
     /// A member took the request and failed it, or the exchange broke once the request was
     /// on its way: it may or may not have taken effect, so it is not retried.
     Failed {
@@ -203,7 +223,9 @@ impl fmt::Display for EtcdError {
             EtcdError::Unreachable(reasons) => {
                 write!(f, "no member could be reached: {}", reasons.join("; "))
             }
-            EtcdError::Failed { endpoint, message } => write!(f, "{endpoint}: {message}"),
+            EtcdError::Dropped { endpoint, message } | EtcdError::Failed { endpoint, message } => {
+                write!(f, "{endpoint}: {message}")
+            }
         }
     }
 }
@@ -235,6 +257,8 @@ pub struct EtcdClient {
     current: AtomicUsize,
     /// How often it moved to another member.
     failovers: AtomicUsize,
+    /// How often a member dropped a proposal and it was sent again.
+    resent: AtomicUsize,
     http: reqwest::Client,
 }
 
@@ -242,6 +266,13 @@ pub struct EtcdClient {
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long a request may take once connected: a slow answer is not a failure.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How often, and how far apart, a dropped proposal is sent again: moving leadership takes
+/// milliseconds.
+const DROPPED_RETRIES: u32 = 5;
+const DROPPED_PAUSE: Duration = Duration::from_millis(100);
+/// What etcd answers for a proposal raft refused before it entered the log
+/// (`raft.ErrProposalDropped`).
+const PROPOSAL_DROPPED: &str = "raft proposal dropped";
 
 impl EtcdClient {
     /// A client of the members at `endpoints` (`https://IP:PORT`), trusting `tls.ca` only
@@ -250,17 +281,8 @@ impl EtcdClient {
         if endpoints.is_empty() {
             return Err("an etcd client needs at least one endpoint".to_string());
         }
-        let ca = reqwest::Certificate::from_pem(tls.ca.as_bytes())
-            .map_err(|e| format!("the CA is not a PEM certificate: {e}"))?;
-        let identity = reqwest::Identity::from_pem(
-            format!("{}\n{}", tls.certificate.trim(), tls.private_key.trim()).as_bytes(),
-        )
-        .map_err(|e| format!("the client certificate and key are not PEM: {e}"))?;
         let http = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(ca)
-            .identity(identity)
+            .use_preconfigured_tls(tls_config(tls)?)
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(REQUEST_TIMEOUT)
             // A connection per request (see the module's documentation).
@@ -271,6 +293,7 @@ impl EtcdClient {
             endpoints,
             current: AtomicUsize::new(0),
             failovers: AtomicUsize::new(0),
+            resent: AtomicUsize::new(0),
             http,
         })
     }
@@ -285,10 +308,32 @@ impl EtcdClient {
         self.failovers.load(Ordering::SeqCst)
     }
 
+    /// How often a member dropped a proposal (while leadership moved) and it was sent again.
+    pub fn resent(&self) -> usize {
+        self.resent.load(Ordering::SeqCst)
+    }
+
+    /// `POST <member><path>` with `body` ([`EtcdClient::call_once`]), sent again to the same
+    /// member after a pause while it answers that it dropped the proposal: nothing happened,
+    /// and once leadership has moved the member takes it.
+    async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+        let mut retries = 0;
+        loop {
+            match self.call_once(path, body).await {
+                Err(EtcdError::Dropped { .. }) if retries < DROPPED_RETRIES => {
+                    retries += 1;
+                    self.resent.fetch_add(1, Ordering::SeqCst);
+                    tokio::time::sleep(DROPPED_PAUSE).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
     /// `POST <member><path>` with `body`: the member in use first, then each other member
     /// in turn while connections cannot be made; the first member that takes the request
     /// stays in use. Answers the response's JSON.
-    async fn call(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
+    async fn call_once(&self, path: &str, body: &Value) -> Result<Value, EtcdError> {
         let count = self.endpoints.len();
         let first = self.current.load(Ordering::SeqCst);
         let mut unreachable = Vec::new();
@@ -386,6 +431,43 @@ impl EtcdClient {
     }
 }
 
+/// The client's TLS: only `tls.ca` trusted, `tls`'s certificate presented, and every
+/// connection a full handshake. Without session resumption a member that turns new clients
+/// away (the etcd job's drain does, by moving the certificate it serves aside before the
+/// member stops) is refused at once, where a resumed session would slip past it.
+fn tls_config(tls: &Tls) -> Result<rustls::ClientConfig, String> {
+    use rustls::pki_types::pem::PemObject as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(tls.ca.as_bytes()) {
+        let ca = ca.map_err(|e| format!("the CA is not a PEM certificate: {e}"))?;
+        roots
+            .add(ca)
+            .map_err(|e| format!("the CA cannot be trusted: {e}"))?;
+    }
+    if roots.is_empty() {
+        return Err("the CA is not a PEM certificate: no certificate in it".to_string());
+    }
+    let chain = CertificateDer::pem_slice_iter(tls.certificate.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the client certificate is not PEM: {e}"))?;
+    if chain.is_empty() {
+        return Err("the client certificate is not PEM: no certificate in it".to_string());
+    }
+    let key = PrivateKeyDer::from_pem_slice(tls.private_key.as_bytes())
+        .map_err(|e| format!("the client key is not a PEM private key: {e}"))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| format!("cannot set the TLS versions: {e}"))?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(chain, key)
+        .map_err(|e| format!("the client certificate and key do not go together: {e}"))?;
+    config.resumption = rustls::client::Resumption::disabled();
+    Ok(config)
+}
+
 /// An error with its sources, which say what really happened (refused, timed out, TLS).
 fn error_chain(error: &dyn std::error::Error) -> String {
     let mut text = error.to_string();
@@ -398,28 +480,39 @@ fn error_chain(error: &dyn std::error::Error) -> String {
     text
 }
 
-/// A member's answer: its JSON when the status is a success and it holds no `error`, else
-/// a failure with etcd's message.
+/// A member's answer, read and then classified by [`classify`].
 async fn answer(endpoint: &str, response: reqwest::Response) -> Result<Value, EtcdError> {
+    let status = response.status();
+    let text = response.text().await.map_err(|e| EtcdError::Failed {
+        endpoint: endpoint.to_string(),
+        message: format!("reading the answer: {}", error_chain(&e)),
+    })?;
+    classify(endpoint, status, &text)
+}
+
+/// A member's answer: its JSON when the status is a success and it holds no `error`; a
+/// dropped proposal ([`EtcdError::Dropped`]); else a failure with etcd's message.
+fn classify(endpoint: &str, status: reqwest::StatusCode, text: &str) -> Result<Value, EtcdError> {
     let failed = |message: String| EtcdError::Failed {
         endpoint: endpoint.to_string(),
         message,
     };
-    let status = response.status();
-    let text = response
-        .text()
-        .await
-        .map_err(|e| failed(format!("reading the answer: {}", error_chain(&e))))?;
-    let value: Value = serde_json::from_str(&text)
+    let value: Value = serde_json::from_str(text)
         .map_err(|e| failed(format!("HTTP {status}, not JSON ({e}): {text}")))?;
-    if !status.is_success() || value.get("error").is_some() {
-        let message = value["message"]
-            .as_str()
-            .or(value["error"].as_str())
-            .unwrap_or(&text);
-        return Err(failed(format!("HTTP {status}: {message}")));
+    if status.is_success() && value.get("error").is_none() {
+        return Ok(value);
     }
-    Ok(value)
+    let message = value["message"]
+        .as_str()
+        .or(value["error"].as_str())
+        .unwrap_or(text);
+    if message == PROPOSAL_DROPPED {
+        return Err(EtcdError::Dropped {
+            endpoint: endpoint.to_string(),
+            message: message.to_string(),
+        });
+    }
+    Err(failed(format!("HTTP {status}: {message}")))
 }
 
 /// The `kvs` of a range answer, decoded.
@@ -565,6 +658,37 @@ mod tests {
     }
 
     #[test]
+    fn answers_are_taken_dropped_proposals_told_apart_and_failures_named() {
+        let ok = reqwest::StatusCode::OK;
+        let error = reqwest::StatusCode::INTERNAL_SERVER_ERROR;
+        assert_eq!(
+            classify("m", ok, r#"{"header": {"revision": "2"}}"#).unwrap()["header"]["revision"],
+            "2"
+        );
+        let dropped =
+            r#"{"error": "raft proposal dropped", "message": "raft proposal dropped", "code": 2}"#;
+        assert!(matches!(
+            classify("m", error, dropped),
+            Err(EtcdError::Dropped { .. })
+        ));
+        let timed_out = r#"{"error": "etcdserver: request timed out", "message": "etcdserver: request timed out", "code": 14}"#;
+        assert_eq!(
+            classify(
+                "https://m:2379",
+                reqwest::StatusCode::SERVICE_UNAVAILABLE,
+                timed_out
+            )
+            .unwrap_err()
+            .to_string(),
+            "https://m:2379: HTTP 503 Service Unavailable: etcdserver: request timed out"
+        );
+        assert_eq!(
+            classify("m", error, "<html>").unwrap_err().to_string(),
+            "m: HTTP 500 Internal Server Error, not JSON (expected value at line 1 column 1): <html>"
+        );
+    }
+
+    #[test]
     fn a_client_needs_an_endpoint_and_pem_material() {
         let tls = Tls {
             ca: "not pem".to_string(),
@@ -575,10 +699,11 @@ mod tests {
             EtcdClient::new(vec![], &tls).err().as_deref(),
             Some("an etcd client needs at least one endpoint")
         );
-        assert!(
+        assert_eq!(
             EtcdClient::new(vec!["https://127.0.0.1:1".to_string()], &tls)
                 .err()
-                .is_some_and(|e| e.contains("not a PEM certificate") || e.contains("not PEM"))
+                .as_deref(),
+            Some("the CA is not a PEM certificate: no certificate in it")
         );
     }
 }

@@ -293,10 +293,11 @@ fn etcd_forms_a_cluster_and_rolls_every_member_under_load_without_a_failed_write
     let updated = stage_tasks(&events, "Updating instance", "finished");
     assert_eq!(updated.len(), 3, "every member restarts: {events:#?}");
     eprintln!(
-        "rolling deploy under load: {} writes acknowledged, {} failed writes, {} failovers, slowest write {} ms, {:.1} s",
+        "rolling deploy under load: {} writes acknowledged, {} failed writes, {} failovers, {} dropped proposals sent again, slowest write {} ms, {:.1} s",
         report.acknowledged.len(),
         report.failed.len(),
         cluster.client.failovers(),
+        cluster.client.resent(),
         report.slowest.as_millis(),
         phase.elapsed().as_secs_f64()
     );
