@@ -2,6 +2,7 @@
 //! running a command to capture its output.
 
 pub mod docker;
+pub mod etcd;
 pub mod hello;
 
 use std::path::{Path, PathBuf};
@@ -234,26 +235,7 @@ impl User {
             &Path::new(env!("CARGO_MANIFEST_DIR")).join("../releases/hello"),
             &dir,
         );
-        for args in [
-            vec!["init", "-q"],
-            vec!["add", "-A"],
-            vec![
-                "-c",
-                "user.name=t",
-                "-c",
-                "user.email=t@t",
-                "commit",
-                "-qm",
-                "hello",
-            ],
-        ] {
-            let status = Command::new("git")
-                .args(&args)
-                .current_dir(&dir)
-                .status()
-                .expect("git is installed");
-            assert!(status.success());
-        }
+        commit_all(&dir);
         dir
     }
 
@@ -322,6 +304,31 @@ impl Drop for User {
         if let Some(pid) = pid {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).output();
         }
+    }
+}
+
+/// Makes `dir` a fresh git repository with everything in it committed (as a release
+/// directory is when `create-release` records its commit).
+pub fn commit_all(dir: &Path) {
+    for args in [
+        vec!["init", "-q"],
+        vec!["add", "-A"],
+        vec![
+            "-c",
+            "user.name=t",
+            "-c",
+            "user.email=t@t",
+            "commit",
+            "-qm",
+            "release",
+        ],
+    ] {
+        let status = Command::new("git")
+            .args(&args)
+            .current_dir(dir)
+            .status()
+            .expect("git is installed");
+        assert!(status.success(), "git {args:?} in {}", dir.display());
     }
 }
 
