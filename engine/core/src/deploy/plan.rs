@@ -274,6 +274,9 @@ pub struct PlanOptions {
     pub canaries: Option<Count>,
     /// `--max-in-flight`.
     pub max_in_flight: Option<Count>,
+    /// With `--fix`: the ids of instances whose agents do not answer (their VMs died or
+    /// were killed); they are recreated even when nothing else changed.
+    pub unresponsive: std::collections::BTreeSet<String>,
 }
 
 /// What rendering one instance produced.
@@ -975,6 +978,10 @@ fn decide(
     if options.recreate {
         recreate = true;
         reasons.insert(0, "--recreate".to_string());
+    }
+    if options.unresponsive.contains(&old.uuid) {
+        recreate = true;
+        reasons.insert(0, "its agent does not answer (--fix)".to_string());
     }
     if !old.update_completed {
         reasons.push("its previous update did not finish".to_string());

@@ -378,6 +378,36 @@ fn a_property_change_restarts_only_the_instances_whose_templates_changed() {
 }
 
 #[test]
+fn fix_recreates_only_the_instances_whose_agents_do_not_answer() {
+    let first = first_deploy();
+    let silent = first.planned.plan.groups[0].instances[1].id.clone();
+    let fixed = prepare_with(
+        &manifest(3, "hello", "1"),
+        &catalog("1", "server-fp"),
+        &applied(&first),
+        &PlanOptions {
+            unresponsive: [silent.clone()].into(),
+            ..PlanOptions::default()
+        },
+    );
+    let changed: Vec<(String, Action, Vec<String>)> = fixed
+        .planned
+        .plan
+        .all_instances()
+        .filter(|i| i.action != Action::NoOp)
+        .map(|i| (i.id.clone(), i.action, i.reasons.clone()))
+        .collect();
+    assert_eq!(
+        changed,
+        vec![(
+            silent,
+            Action::Recreate,
+            vec!["its agent does not answer (--fix)".to_string()]
+        )]
+    );
+}
+
+#[test]
 fn scaling_out_and_back_touches_only_the_extra_instance_and_keeps_ips() {
     let first = prepare_with(
         &manifest(2, "hello", "1"),

@@ -121,6 +121,7 @@ fn plan_options(query: &DeployQuery) -> Reply<PlanOptions> {
         recreate: query.recreate,
         canaries: count(query.canaries.as_deref(), "--canaries")?,
         max_in_flight: count(query.max_in_flight.as_deref(), "--max-in-flight")?,
+        unresponsive: Default::default(),
     })
 }
 

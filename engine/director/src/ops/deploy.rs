@@ -569,12 +569,16 @@ pub async fn run_deploy(
     context.lock(&LockKey::Deployment(name.clone())).await?;
     let preparing = context.log.stage("Preparing deployment", vec![], 1);
     preparing.started("Preparing deployment", 1);
+    let mut plan_options = request.plan.clone();
+    if request.update.fix {
+        plan_options.unresponsive = unresponsive_instances(&services, &name).await?;
+    }
     let prepared = prepare_deploy(
         &services.state,
         &services.blobstore,
         &services.templates,
         &request.manifest_text,
-        &request.plan,
+        &plan_options,
     )
     .await;
     let mut prepared = match prepared {
@@ -609,6 +613,33 @@ pub async fn run_deploy(
         })
         .await;
     outcome.map(|()| summary(&prepared))
+}
+
+/// How long `--fix` waits for each agent's answer to `ping`.
+const FIX_PING: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// `--fix`: the instances of the deployment that have a VM whose agent does not answer a
+/// ping (all asked at once), for the plan to recreate (BOSH's `--fix`).
+async fn unresponsive_instances(
+    services: &Services,
+    deployment: &str,
+) -> Result<std::collections::BTreeSet<String>, TaskError> {
+    let Some(deployment) = services.state.deployments().find(deployment).await? else {
+        return Ok(Default::default());
+    };
+    let instances = services.state.instances().list(deployment.id).await?;
+    let pings = instances.iter().filter_map(|instance| {
+        let vm = instance.vm.as_ref()?;
+        Some(async move {
+            let answered = services
+                .bus
+                .request(&vm.agent_id, "ping", vec![], FIX_PING)
+                .await
+                .is_ok();
+            (!answered).then(|| instance.uuid.clone())
+        })
+    });
+    Ok(join_all(pings).await.into_iter().flatten().collect())
 }
 
 async fn execute(
