@@ -147,6 +147,41 @@ impl DockerUser {
     }
 }
 
+impl DockerUser {
+    /// `delete-deployment` of `deployment`, then checks what it leaves in Docker: BOSH
+    /// keeps persistent disks, orphaned, so their volumes (`disks` of them) are all that is
+    /// left; `clean-up --all` deletes them, and then nothing of this director is left.
+    pub fn delete_deployment_and_orphaned_disks(&self, deployment: &str, disks: usize) {
+        let out = self
+            .user
+            .run(&["-d", deployment, "delete-deployment", "-n"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let mut orphaned: Vec<String> = self
+            .user
+            .json(&["orphaned-disks"])
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|disk| format!("volume {}", disk["cid"].as_str().unwrap()))
+            .collect();
+        orphaned.sort();
+        assert_eq!(orphaned.len(), disks, "the deployment's disks are orphaned");
+        let mut left = self.leftovers();
+        left.sort();
+        assert_eq!(
+            left, orphaned,
+            "delete-deployment left only the orphaned disks' volumes in Docker"
+        );
+        let out = self.user.run(&["clean-up", "--all", "-n"]);
+        assert_eq!(out.code, 0, "{}", out.stderr);
+        let left = self.leftovers();
+        assert!(
+            left.is_empty(),
+            "clean-up --all left these in Docker: {left:?}"
+        );
+    }
+}
+
 impl Drop for DockerUser {
     fn drop(&mut self) {
         let label = format!("label=bosh.director={}", self.director_id);

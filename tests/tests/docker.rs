@@ -118,32 +118,7 @@ fn quickstart_on_docker(docker_user: &DockerUser, net: u8) {
         );
     }
 
-    // BOSH's delete-deployment keeps persistent disks, orphaned: their volumes are all
-    // that is left, until `clean-up --all` deletes orphaned disks.
-    let out = user.run(&["-d", "quickstart", "delete-deployment", "-n"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let orphaned = user.json(&["orphaned-disks"]);
-    let mut orphaned: Vec<String> = orphaned
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|disk| format!("volume {}", disk["cid"].as_str().unwrap()))
-        .collect();
-    orphaned.sort();
-    assert_eq!(orphaned.len(), 2, "the two servers' disks are orphaned");
-    let mut left = docker_user.leftovers();
-    left.sort();
-    assert_eq!(
-        left, orphaned,
-        "delete-deployment left only the orphaned disks' volumes in Docker"
-    );
-    let out = user.run(&["clean-up", "--all", "-n"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let left = docker_user.leftovers();
-    assert!(
-        left.is_empty(),
-        "clean-up --all left these in Docker: {left:?}"
-    );
+    docker_user.delete_deployment_and_orphaned_disks("quickstart", 2);
 }
 
 /// The host's address on Docker's default bridge (where containers reach the host).

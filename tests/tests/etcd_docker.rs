@@ -222,28 +222,5 @@ fn etcd_on_docker_rolls_a_new_stemcell_under_load_and_a_killed_member_comes_back
 
     // delete-deployment: the containers and networks go, the orphaned disks' volumes stay
     // until clean-up --all.
-    let out = user.run(&["-d", DEPLOYMENT, "delete-deployment", "-n"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let mut orphaned: Vec<String> = user
-        .json(&["orphaned-disks"])
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|disk| format!("volume {}", disk["cid"].as_str().unwrap()))
-        .collect();
-    orphaned.sort();
-    assert_eq!(orphaned.len(), 3, "the members' disks are orphaned");
-    let mut left = docker_user.leftovers();
-    left.sort();
-    assert_eq!(
-        left, orphaned,
-        "delete-deployment left only the orphaned disks"
-    );
-    let out = user.run(&["clean-up", "--all", "-n"]);
-    assert_eq!(out.code, 0, "{}", out.stderr);
-    let left = docker_user.leftovers();
-    assert!(
-        left.is_empty(),
-        "clean-up --all left these in Docker: {left:?}"
-    );
+    docker_user.delete_deployment_and_orphaned_disks(DEPLOYMENT, 3);
 }
