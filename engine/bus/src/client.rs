@@ -26,6 +26,8 @@ use crate::limits::MAX_MESSAGE_BYTES;
 
 /// How long one request waits for its answer unless told otherwise (BOSH's 45 s).
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(45);
+/// The first wait before polling a long call's task (later waits double, up to the poll).
+const FIRST_POLL: Duration = Duration::from_millis(20);
 /// How long a `cancel_task` after a timed-out long call may take.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Heartbeats a slow reader of [`Bus::heartbeats`] may fall behind before it skips some.
@@ -195,19 +197,22 @@ impl Bus {
         }
     }
 
-    /// Pings agent `agent_id` (each try waiting up to a second) until it answers, as BOSH's
-    /// `wait_until_ready` does after creating a VM: an agent that just subscribed may miss
-    /// a request sent at the same moment, a ping repeated does not.
+    /// Pings agent `agent_id` until it answers, as BOSH's `wait_until_ready` does after
+    /// creating a VM: an agent that just subscribed may miss a request sent at the same
+    /// moment, a ping repeated does not. The first tries wait 100 ms, each next one twice
+    /// as long up to a second, so a ping lost to a booting agent costs little.
     pub async fn wait_until_ready(
         &self,
         agent_id: &str,
         timeout: Duration,
     ) -> Result<(), BusError> {
         let started = Instant::now();
+        let mut attempt = Duration::from_millis(100);
         loop {
             let remaining = timeout.saturating_sub(started.elapsed());
-            let attempt = remaining.min(Duration::from_secs(1));
-            match self.request(agent_id, "ping", vec![], attempt).await {
+            let this_attempt = remaining.min(attempt);
+            attempt = (attempt * 2).min(Duration::from_secs(1));
+            match self.request(agent_id, "ping", vec![], this_attempt).await {
                 Ok(_) => return Ok(()),
                 Err(BusError::Timeout { .. }) if started.elapsed() < timeout => {}
                 Err(BusError::Timeout { .. }) => {
@@ -219,7 +224,8 @@ impl Bus {
     }
 
     /// Like [`Bus::request`] for a long call (`apply`, `drain`, `stop`, `compile_package`,
-    /// …): when the agent answers with a task handle, polls `get_task` every `poll` until a
+    /// …): when the agent answers with a task handle, polls `get_task` (after 20 ms, then
+    /// waiting twice as long each time, up to `poll`) until a
     /// plain value or an exception comes back. Past `timeout` (for the whole call), asks the
     /// agent to `cancel_task` and fails with [`BusError::Timeout`].
     pub async fn run_task(
@@ -274,9 +280,14 @@ impl Bus {
         let Some(task) = running_task(&first) else {
             return Ok(first);
         };
+        // Short tasks are the common case: the first polls come quickly, then each waits
+        // twice as long as the one before, up to `poll`.
+        let mut wait = poll.min(FIRST_POLL);
         loop {
+            let this_wait = wait.min(remaining());
+            wait = (wait * 2).min(poll);
             tokio::select! {
-                () = tokio::time::sleep(poll.min(remaining())) => {}
+                () = tokio::time::sleep(this_wait) => {}
                 () = cancel.cancelled() => {
                     self.cancel_agent_task(agent_id, &task).await;
                     return Err(cancelled());

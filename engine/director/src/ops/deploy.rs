@@ -145,8 +145,8 @@ pub struct DeployRequest {
     pub update: UpdateOptions,
 }
 
-/// How many VMs are created or deleted at once outside of updates (BOSH's `max_threads` is 32).
-const PARALLEL_VMS: usize = 8;
+/// How many VMs are created or deleted at once outside of updates (BOSH's `max_threads`).
+const PARALLEL_VMS: usize = 32;
 
 /// The deployment name a manifest declares.
 pub fn manifest_name(text: &str) -> Result<String, DeployError> {

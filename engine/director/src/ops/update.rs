@@ -685,12 +685,14 @@ impl InstanceUpdate<'_> {
         Ok(())
     }
 
-    /// Waits until every process runs: first after `min_ms`, then polling until `max_ms`.
+    /// Waits until every process runs: first after `min_ms`, then polling until `max_ms`
+    /// (after 100 ms, each wait twice the one before, up to a second).
     async fn watch(&self, agent_id: &str, watch: WatchTime) -> Result<(), UpdateError> {
         let started = Instant::now();
         self.pause(Duration::from_millis(watch.min_ms.min(watch.max_ms)))
             .await?;
         let deadline = Duration::from_millis(watch.max_ms.max(watch.min_ms));
+        let mut wait = Duration::from_millis(100);
         loop {
             let answer = self
                 .services
@@ -711,8 +713,8 @@ impl InstanceUpdate<'_> {
                     report: not_running(&state, started.elapsed()),
                 });
             }
-            self.pause(Duration::from_secs(1).min(deadline - started.elapsed()))
-                .await?;
+            self.pause(wait.min(deadline - started.elapsed())).await?;
+            wait = (wait * 2).min(Duration::from_secs(1));
         }
     }
 }
