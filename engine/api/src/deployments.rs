@@ -225,6 +225,19 @@ pub struct Instance {
     pub stemcell: Option<InstanceStemcell>,
     /// What the agent said, with `live`.
     pub agent: Option<LiveAgent>,
+    /// What the health monitor concluded (none while it has not judged the instance yet,
+    /// and when it is off).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health: Option<InstanceHealth>,
+}
+
+/// The health monitor's judgement of an instance.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct InstanceHealth {
+    /// `healthy`, `unresponsive agent`, `missing vm` or `failing`.
+    pub state: String,
+    /// Since when (Unix seconds).
+    pub since: i64,
 }
 
 /// The stemcell an instance runs.

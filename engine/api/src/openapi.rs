@@ -12,9 +12,9 @@ use utoipa::{Modify, OpenApi};
 
 use crate::deployments::{
     Config, ConfigKind, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment,
-    DeploymentManifest, ErrandRun, Event, EventsQuery, Instance, InstanceStemcell, InstancesQuery,
-    LiveAgent, LogTarball, LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, RecordedVm,
-    StateChange, StateChangeRequest,
+    DeploymentManifest, ErrandRun, Event, EventsQuery, Instance, InstanceHealth, InstanceStemcell,
+    InstancesQuery, LiveAgent, LogTarball, LogsRequest, NameVersion, OrphanedDisk, PlanAnswer,
+    RecordedVm, StateChange, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode, ErrorDetails, LockHolder};
 use crate::info::{ChallengeProof, ChallengeRequest, Info, Message};
@@ -69,7 +69,7 @@ pub fn document_json() -> String {
         Release, ReleaseVersion, Stemcell, RemoteUpload, CleanupRequest, ExportRequest,
         ExportedRelease, BlobLink,
         Config, ConfigKind, ConfigUpdated, PlanAnswer, Deployment, NameVersion,
-        DeploymentManifest, Instance, InstanceStemcell, LiveAgent, StateChange,
+        DeploymentManifest, Instance, InstanceHealth, InstanceStemcell, LiveAgent, StateChange,
         StateChangeRequest, LogsRequest, LogTarball, ErrandRun, Event, OrphanedDisk,
         RecordedVm,
     ))

@@ -78,6 +78,9 @@ pub struct DirectorConfig {
     /// Agents: how long to wait for one and how often they report.
     #[serde(default)]
     pub agent: AgentSettings,
+    /// The health monitor: when an agent counts as unresponsive, how often to look.
+    #[serde(default)]
+    pub health_monitor: crate::health::HealthSettings,
 }
 
 /// `cpi`.
@@ -326,6 +329,7 @@ impl DirectorConfig {
             bus_limits: None,
             cpi: None,
             agent: AgentSettings::default(),
+            health_monitor: crate::health::HealthSettings::default(),
         }
     }
 

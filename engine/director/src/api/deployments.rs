@@ -9,8 +9,8 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use director_api::deployments::{
     Config, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment, DeploymentManifest,
-    Event, EventsQuery, Instance, InstanceStemcell, InstancesQuery, LiveAgent, LogsRequest,
-    NameVersion, OrphanedDisk, PlanAnswer, RecordedVm, StateChangeRequest,
+    Event, EventsQuery, Instance, InstanceHealth, InstanceStemcell, InstancesQuery, LiveAgent,
+    LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, RecordedVm, StateChangeRequest,
 };
 use director_api::error::LockHolder;
 use director_api::{ApiError, ConfigKind};
@@ -286,7 +286,11 @@ async fn deployment(
     Ok(Json(DeploymentManifest { name, manifest }))
 }
 
-fn instance_view(instance: &director_state::Instance, agent: Option<LiveAgent>) -> Instance {
+fn instance_view(
+    instance: &director_state::Instance,
+    agent: Option<LiveAgent>,
+    health: &crate::health::HealthView,
+) -> Instance {
     let applied = instance
         .observed
         .as_ref()
@@ -309,6 +313,13 @@ fn instance_view(instance: &director_state::Instance, agent: Option<LiveAgent>) 
         vm_type: applied.vm_type,
         stemcell: applied.stemcell,
         agent,
+        health: instance.vm.as_ref().and_then(|vm| {
+            let finding = health.finding(instance.id, &vm.agent_id)?;
+            Some(InstanceHealth {
+                state: finding.health.as_str().to_string(),
+                since: finding.since,
+            })
+        }),
     }
 }
 
@@ -366,7 +377,7 @@ async fn instances(
     Ok(Json(
         list.iter()
             .zip(agents)
-            .map(|(instance, agent)| instance_view(instance, agent))
+            .map(|(instance, agent)| instance_view(instance, agent, &director.services.health))
             .collect(),
     ))
 }
@@ -414,7 +425,6 @@ async fn change_state(
     find(&director, &name).await?;
     refuse_if_locked(&director, &name).await?;
     let services = director.services.clone();
-    let staging = director.staging_dir.clone();
     let deployment = name.clone();
     submit(
         &director,
@@ -429,9 +439,8 @@ async fn change_state(
                 &context,
                 &deployment,
                 change.state,
-                change.target.as_deref(),
+                crate::ops::verbs::Selection::Target(change.target.as_deref()),
                 change.skip_drain,
-                &staging,
             )
             .await
         },

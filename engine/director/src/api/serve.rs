@@ -96,6 +96,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             heartbeat_interval: config.agent.heartbeat_interval,
             ..crate::ops::Timeouts::default()
         },
+        health: crate::health::HealthView::new(config.health_monitor.enabled),
     });
     // VMs a director that stopped was making, before any task runs (ops::vms::reconcile).
     for outcome in crate::ops::vms::reconcile(&services).await? {
@@ -132,6 +133,12 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         dev,
     };
     let shutdown = CancellationToken::new();
+    crate::health::spawn(
+        services.clone(),
+        runner.clone(),
+        config.health_monitor,
+        shutdown.clone(),
+    );
     let director = Director {
         url: url.clone(),
         info,

@@ -75,6 +75,8 @@ pub struct Services {
     pub templates: TemplateCache,
     /// Timeouts.
     pub timeouts: Timeouts,
+    /// What the health monitor concluded about each instance.
+    pub health: crate::health::HealthView,
 }
 
 impl std::fmt::Debug for Services {

@@ -347,7 +347,7 @@ pub async fn apply_spec(
 }
 
 impl InstanceUpdate<'_> {
-    fn status(&self, status: &str) {
+    pub(super) fn status(&self, status: &str) {
         self.stage.status(&self.step, self.index, status, 50);
     }
 

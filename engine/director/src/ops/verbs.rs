@@ -325,24 +325,46 @@ impl Deployed {
     }
 }
 
-/// `start`, `stop`, `restart` or `recreate` (`state`) the targeted instances, one at a time.
+/// Which instances a verb works on.
+#[derive(Clone, Copy, Debug)]
+pub enum Selection<'a> {
+    /// `group`, `group/id` or `group/index`; every instance when `None` (the operator's).
+    Target(Option<&'a str>),
+    /// These instances (by id), each only if its agent still does not answer a ping: the
+    /// resurrector's `scan and fix`, always a recreate.
+    Unresponsive(&'a [String]),
+}
+
+/// How long the resurrector's last ping before a recreate waits.
+const RECHECK: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// `start`, `stop`, `restart` or `recreate` (`state`) the selected instances, one at a time.
 pub async fn change_state(
     services: &Services,
     context: &TaskContext,
     name: &str,
     state: StateChange,
-    target: Option<&str>,
+    selection: Selection<'_>,
     skip_drain: bool,
-    _staging: &Path,
 ) -> Result<String, TaskError> {
     context.lock(&LockKey::Deployment(name.to_string())).await?;
     let deployed = deployed(services, name).await?;
     let instances: Vec<Instance> = deployed
-        .instances(services, |i| {
-            targeted(i, target) && !deployed.errands.contains(&i.instance_group)
+        .instances(services, |i| match selection {
+            Selection::Target(target) => {
+                targeted(i, target) && !deployed.errands.contains(&i.instance_group)
+            }
+            Selection::Unresponsive(ids) => i.vm.is_some() && ids.contains(&i.uuid),
         })
         .await?;
+    let target = match selection {
+        Selection::Target(target) => target,
+        Selection::Unresponsive(_) => None,
+    };
     if instances.is_empty() {
+        if let Selection::Unresponsive(_) = selection {
+            return Ok(format!("no instance of deployment '{name}' to fix"));
+        }
         return Err(VerbError::NoInstanceMatches {
             deployment: name.to_string(),
             target: target.unwrap_or("").to_string(),
@@ -384,7 +406,26 @@ pub async fn change_state(
             .get(&instance.instance_group)
             .copied()
             .unwrap_or(DEFAULT_WATCH);
-        let result = one(services, &update, instance, state, watch).await;
+        let result = match selection {
+            Selection::Target(_) => one(services, &update, instance, state, watch).await,
+            Selection::Unresponsive(_) => {
+                let agent_id = instance.vm.as_ref().map(|vm| vm.agent_id.as_str());
+                let answers = match agent_id {
+                    Some(agent_id) => services
+                        .bus
+                        .request(agent_id, "ping", vec![], RECHECK)
+                        .await
+                        .is_ok(),
+                    None => false,
+                };
+                if answers {
+                    update.status("its agent answers again: left alone");
+                    stage.finished(&step, index);
+                    continue;
+                }
+                recreate(services, &update, instance, false, watch).await
+            }
+        };
         match result {
             Ok(()) => stage.finished(&step, index),
             Err(e) => {
@@ -397,11 +438,15 @@ pub async fn change_state(
             }
         }
     }
+    let (user, reason) = match selection {
+        Selection::Target(_) => ("admin", None),
+        Selection::Unresponsive(_) => (crate::health::USER, Some("its agent stopped answering")),
+    };
     let _ = services
         .state
         .events()
         .insert(&NewEvent {
-            user: "admin".to_string(),
+            user: user.to_string(),
             action: match state {
                 StateChange::Start => "start",
                 StateChange::Stop => "stop",
@@ -413,7 +458,10 @@ pub async fn change_state(
             object_name: target.map(str::to_string),
             deployment: Some(name.to_string()),
             task: Some(context.id),
-            context: json!({"instances": instances.iter().map(|i| format!("{}/{}", i.instance_group, i.uuid)).collect::<Vec<_>>()}),
+            context: json!({
+                "instances": instances.iter().map(|i| format!("{}/{}", i.instance_group, i.uuid)).collect::<Vec<_>>(),
+                "reason": reason,
+            }),
             error: None,
         })
         .await;

@@ -857,6 +857,7 @@ mod tests {
             ca_cert: None,
             templates: crate::ops::TemplateCache::default(),
             timeouts: crate::ops::Timeouts::default(),
+            health: crate::health::HealthView::new(false),
         };
         let deployment = state.deployments().create("d").await.unwrap().id;
         // What a director killed while compiling leaves: a compilation VM without a CPI id

@@ -225,7 +225,7 @@ pub fn instances(global: &GlobalArgs, args: InstancesArgs, ui: &mut Ui) -> u8 {
             print_json(ui, &list);
             return 0;
         }
-        let mut header = vec!["Instance", "Process State", "AZ", "IPs"];
+        let mut header = vec!["Instance", "Process State", "Health", "AZ", "IPs"];
         if args.ps {
             header.insert(1, "Process");
         }
@@ -237,6 +237,7 @@ pub fn instances(global: &GlobalArgs, args: InstancesArgs, ui: &mut Ui) -> u8 {
             let mut row = vec![
                 instance_name(i),
                 process_state(i),
+                text(i.health.as_ref().map(|health| health.state.as_str())),
                 text(i.az.as_deref()),
                 i.ips.join(", "),
             ];
@@ -259,6 +260,7 @@ pub fn instances(global: &GlobalArgs, args: InstancesArgs, ui: &mut Ui) -> u8 {
                         String::new(),
                         printable(&format!("{}/{}", p.job, p.name)),
                         printable(&p.state),
+                        String::new(),
                         String::new(),
                         String::new(),
                     ];

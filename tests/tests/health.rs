@@ -1,0 +1,290 @@
+//! The health monitor and the resurrector, on the local CPI through the real binaries: a
+//! director whose agents heartbeat every second and which calls an agent silent for 4 s
+//! unresponsive.
+//!
+//! - Every instance of a fresh deploy is judged healthy (`director instances` shows it).
+//!   `kill -9` of one VM's whole process tree (the agent and its jobs): an `hm` event says
+//!   the agent is unresponsive, the resurrector's `scan and fix` task recreates the VM with
+//!   the same IP and persistent disk within 90 s, its processes run, a file written on the
+//!   disk before is still there, and the events tell the story.
+//! - Meltdown: 2 of 3 instances killed with a threshold of 2 and 50 %: nothing is recreated
+//!   and an event says why with the counts; once the 20 s window has passed, both are.
+
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use tests::User;
+use tests::hello::{Hello, by_group, deploy, instances, set_cloud_config, upload_stemcell};
+
+/// This test's loopback /24.
+const NET: u8 = 49;
+
+fn health(instance: &Value) -> &str {
+    instance["health"]["state"].as_str().unwrap_or("-")
+}
+
+/// A director with fast heartbeats, a 4 s agent timeout and `resurrector` settings.
+fn director(resurrector: &str) -> User {
+    User::with_director_config(&format!(
+        "agent: {{heartbeat_interval: 1}}\nhealth_monitor: {{agent_timeout: 4, analyze_interval: 1, resurrector: {resurrector}}}"
+    ))
+}
+
+/// The hello deployment on `net` with two servers (each with a persistent disk) and a
+/// client: three VMs.
+fn deploy_hello(user: &User, net: u8) {
+    set_cloud_config(user, net);
+    upload_stemcell(user, "1", None);
+    let release = user.hello_release();
+    let manifest = tests::hello::write_manifest(user, &release, &Hello::default());
+    let (code, _, stderr) = deploy(user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+}
+
+fn hm_events(user: &User) -> Vec<Value> {
+    let events = user.json(&["-d", "hello", "events"]);
+    events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["user"] == "hm")
+        .cloned()
+        .collect()
+}
+
+/// Waits up to `limit` for `done` to hold of the instances; answers them.
+fn wait_for(
+    user: &User,
+    limit: Duration,
+    what: &str,
+    done: impl Fn(&[Value]) -> bool,
+) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let list = instances(user);
+        if done(&list) {
+            return list;
+        }
+        assert!(
+            started.elapsed() < limit,
+            "{what} within {limit:?}: {list:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// `kill -9` of every process in the mount namespace of local VM `vm_cid`'s agent (the
+/// agent, the jobs it started, their children): the VM's whole process tree.
+fn kill_vm(user: &User, vm_cid: &str) {
+    let record: Value = serde_json::from_slice(
+        &std::fs::read(user.data_dir().join("cpi/vms").join(vm_cid).join("vm.json")).unwrap(),
+    )
+    .unwrap();
+    let pid = record["pid"].as_u64().expect("the agent's pid");
+    let namespace = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
+    let pids: Vec<String> = std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .filter(|name| name.parse::<u32>().is_ok())
+        .filter(|other| {
+            std::fs::read_link(format!("/proc/{other}/ns/mnt"))
+                .ok()
+                .as_ref()
+                == Some(&namespace)
+        })
+        .collect();
+    assert!(!pids.is_empty(), "nothing of VM {vm_cid} was running");
+    // A process may end between the listing and the kill: kill's status says nothing.
+    let _ = std::process::Command::new("kill")
+        .arg("-9")
+        .args(&pids)
+        .status();
+}
+
+#[test]
+fn a_killed_vm_comes_back_with_its_ip_and_disk_and_the_events_tell_the_story() {
+    let user = director("{}");
+    deploy_hello(&user, NET);
+    wait_for(
+        &user,
+        Duration::from_secs(30),
+        "every instance healthy",
+        |list| list.iter().all(|i| health(i) == "healthy"),
+    );
+    let out = user.run(&["-d", "hello", "instances"]);
+    assert!(out.stdout.contains("Health"), "{}", out.stdout);
+    assert!(out.stdout.contains("healthy"), "{}", out.stdout);
+
+    let before = instances(&user);
+    let victim = by_group(&before, "hello-server")[0].clone();
+    let id = victim["id"].as_str().unwrap().to_string();
+    let disk = victim["disk_cid"]
+        .as_str()
+        .expect("a persistent disk")
+        .to_string();
+    let kept = user
+        .data_dir()
+        .join("cpi/disks")
+        .join(&disk)
+        .join("written-before.txt");
+    std::fs::write(&kept, "still here\n").unwrap();
+
+    let killed = Instant::now();
+    kill_vm(&user, victim["vm_cid"].as_str().unwrap());
+    let list = wait_for(
+        &user,
+        Duration::from_secs(90),
+        "the instance recreated and running",
+        |list| {
+            list.iter().any(|i| {
+                i["id"] == id.as_str()
+                    && i["vm_cid"] != victim["vm_cid"]
+                    && i["agent"]["job_state"] == "running"
+            })
+        },
+    );
+    println!(
+        "recreated and running {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    let back = list.iter().find(|i| i["id"] == id.as_str()).unwrap();
+    assert_eq!(back["ips"], victim["ips"], "the same IP");
+    assert_eq!(back["disk_cid"], victim["disk_cid"], "the same disk");
+    assert_eq!(std::fs::read_to_string(&kept).unwrap(), "still here\n");
+    for other in list.iter().filter(|i| i["id"] != id.as_str()) {
+        assert!(
+            before.iter().any(|i| i["vm_cid"] == other["vm_cid"]),
+            "only the killed VM was replaced: {other:#?}"
+        );
+    }
+
+    // The story: unresponsive, a scan and fix decided, the instance recreated by hm.
+    let started = Instant::now();
+    let story = loop {
+        let events = hm_events(&user);
+        if events.iter().any(|e| e["action"] == "recreate") {
+            break events;
+        }
+        assert!(started.elapsed() < Duration::from_secs(10), "{events:#?}");
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let name = format!("hello-server/{id}");
+    let unresponsive = story
+        .iter()
+        .find(|e| e["action"] == "unresponsive agent")
+        .unwrap_or_else(|| panic!("{story:#?}"));
+    assert_eq!(unresponsive["object_name"], name.as_str());
+    assert_eq!(unresponsive["deployment"], "hello");
+    assert!(
+        unresponsive["context"]["silent_for_s"].as_u64().unwrap() >= 4,
+        "{story:#?}"
+    );
+    let resurrect = story
+        .iter()
+        .find(|e| e["action"] == "resurrect")
+        .unwrap_or_else(|| panic!("{story:#?}"));
+    assert_eq!(resurrect["object_type"], "deployment");
+    assert!(
+        resurrect["context"]["instances"][0]
+            .as_str()
+            .unwrap()
+            .starts_with(&name),
+        "{story:#?}"
+    );
+    let recreate = story.iter().find(|e| e["action"] == "recreate").unwrap();
+    assert!(recreate["task"].is_i64(), "{story:#?}");
+    assert_eq!(recreate["context"]["instances"][0], name.as_str());
+    let tasks = user.json(&["tasks", "--recent", "--all"]);
+    let task = tasks
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["id"] == recreate["task"])
+        .unwrap_or_else(|| panic!("{tasks:#?}"));
+    assert_eq!(task["description"], "scan and fix", "{task:#?}");
+    assert_eq!(task["user"], "hm", "{task:#?}");
+    assert_eq!(task["state"], "done", "{task:#?}");
+    // Nobody else was judged unhealthy.
+    assert!(
+        story
+            .iter()
+            .filter(|e| e["object_type"] == "instance" && e["action"] != "recreate")
+            .all(|e| e["object_name"] == name.as_str()),
+        "{story:#?}"
+    );
+}
+
+#[test]
+fn a_meltdown_recreates_nothing_and_says_why_until_the_window_has_passed() {
+    let user = director("{minimum_down_jobs: 2, percent_threshold: 0.5, time_threshold: 20}");
+    deploy_hello(&user, NET + 1);
+    wait_for(
+        &user,
+        Duration::from_secs(30),
+        "every instance healthy",
+        |list| list.iter().all(|i| health(i) == "healthy"),
+    );
+    let before = instances(&user);
+    let servers = by_group(&before, "hello-server");
+    let victims: Vec<String> = servers
+        .iter()
+        .map(|i| i["vm_cid"].as_str().unwrap().to_string())
+        .collect();
+    let killed = Instant::now();
+    for vm_cid in &victims {
+        kill_vm(&user, vm_cid);
+    }
+
+    let started = Instant::now();
+    let meltdown = loop {
+        let events = hm_events(&user);
+        if let Some(event) = events.iter().find(|e| e["action"] == "meltdown") {
+            break event.clone();
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a meltdown event: {events:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    assert_eq!(meltdown["object_type"], "deployment");
+    assert_eq!(meltdown["context"]["down"], 2, "{meltdown:#?}");
+    assert_eq!(meltdown["context"]["instances"], 3, "{meltdown:#?}");
+    assert_eq!(meltdown["context"]["minimum_down_jobs"], 2, "{meltdown:#?}");
+    assert!(
+        meltdown["context"]["why"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 3"),
+        "{meltdown:#?}"
+    );
+
+    // Inside the window nothing is recreated.
+    while killed.elapsed() < Duration::from_secs(15) {
+        let list = instances(&user);
+        for vm_cid in &victims {
+            assert!(
+                list.iter().any(|i| i["vm_cid"] == vm_cid.as_str()),
+                "recreated during a meltdown: {list:#?}"
+            );
+        }
+        assert!(!hm_events(&user).iter().any(|e| e["action"] == "resurrect"));
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    // Once the window has passed, healing resumes.
+    wait_for(
+        &user,
+        Duration::from_secs(90),
+        "both servers recreated and running",
+        |list| {
+            let servers = by_group(list, "hello-server");
+            servers.len() == 2
+                && servers.iter().all(|i| {
+                    !victims.iter().any(|v| i["vm_cid"] == v.as_str())
+                        && i["agent"]["job_state"] == "running"
+                })
+        },
+    );
+}
