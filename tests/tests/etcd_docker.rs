@@ -72,8 +72,13 @@ fn vm_cids(list: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Waits (up to 60 s) until `client` lists 3 started members.
-fn three_started_members(runtime: &tokio::runtime::Runtime, client: &EtcdClient) -> Vec<Member> {
+/// Waits (up to 60 s) until `client` lists 3 started members. When they do not, the
+/// failure quotes the end of every member's etcd logs.
+fn three_started_members(
+    runtime: &tokio::runtime::Runtime,
+    client: &EtcdClient,
+    docker_user: &DockerUser,
+) -> Vec<Member> {
     let started = Instant::now();
     loop {
         match runtime.block_on(client.members()) {
@@ -81,7 +86,29 @@ fn three_started_members(runtime: &tokio::runtime::Runtime, client: &EtcdClient)
                 return members;
             }
             other if started.elapsed() > Duration::from_secs(60) => {
-                panic!("the cluster never listed 3 started members: {other:?}")
+                let label = format!("label=bosh.director={}", docker_user.director_id);
+                let containers = docker(&["ps", "-q", "--filter", &label]);
+                let logs: Vec<String> = containers
+                    .lines()
+                    .map(|id| {
+                        let tail = std::process::Command::new("docker")
+                            .args([
+                                "exec",
+                                id,
+                                "sh",
+                                "-c",
+                                "tail -n 40 /var/vcap/sys/log/etcd/*.log",
+                            ])
+                            .output()
+                            .map(|out| String::from_utf8_lossy(&out.stdout).into_owned())
+                            .unwrap_or_default();
+                        format!("--- {id}\n{tail}")
+                    })
+                    .collect();
+                panic!(
+                    "the cluster never listed 3 started members: {other:?}\n{}",
+                    logs.join("\n")
+                )
             }
             _ => std::thread::sleep(Duration::from_millis(500)),
         }
@@ -112,7 +139,7 @@ fn etcd_on_docker_rolls_a_new_stemcell_under_load_and_a_killed_member_comes_back
     let tls = Tls::from_vars_store(user, &vars, "etcd_client_tls");
     let client = Arc::new(EtcdClient::new(client_urls(user, DEPLOYMENT), &tls).unwrap());
     let runtime = tokio::runtime::Runtime::new().unwrap();
-    three_started_members(&runtime, &client);
+    three_started_members(&runtime, &client, &docker_user);
 
     // 1,000 keys, 8 writers at a time.
     runtime.block_on(async {
@@ -190,7 +217,7 @@ fn etcd_on_docker_rolls_a_new_stemcell_under_load_and_a_killed_member_comes_back
     for key in &report.acknowledged {
         assert!(rolled.contains_key(key), "acknowledged {key} is missing");
     }
-    three_started_members(&runtime, &client);
+    three_started_members(&runtime, &client, &docker_user);
 
     // docker kill, then deploy --fix: the member comes back on its volume.
     let victim = &list[1];
@@ -207,7 +234,7 @@ fn etcd_on_docker_rolls_a_new_stemcell_under_load_and_a_killed_member_comes_back
         "--fix recreated the killed member's container"
     );
     let alone = EtcdClient::new(vec![victim_url.clone()], &tls).unwrap();
-    let members = three_started_members(&runtime, &alone);
+    let members = three_started_members(&runtime, &alone, &docker_user);
     assert_eq!(members.len(), 3);
     let value = runtime
         .block_on(alone.get("initial/0999"))

@@ -288,3 +288,101 @@ fn a_meltdown_recreates_nothing_and_says_why_until_the_window_has_passed() {
         },
     );
 }
+
+#[test]
+fn update_resurrection_pauses_the_resurrector_and_on_ends_a_meltdown() {
+    let user = director("{minimum_down_jobs: 2, percent_threshold: 0.5, time_threshold: 600}");
+    deploy_hello(&user, NET + 2);
+    wait_for(
+        &user,
+        Duration::from_secs(30),
+        "every instance healthy",
+        |list| list.iter().all(|i| health(i) == "healthy"),
+    );
+
+    // Paused: a killed VM is reported and left alone.
+    let out = user.run(&["update-resurrection", "off"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    assert!(out.stderr.contains("resurrection paused"), "{}", out.stderr);
+    let before = instances(&user);
+    let client = by_group(&before, "hello-client")[0].clone();
+    kill_vm(&user, client["vm_cid"].as_str().unwrap());
+    wait_for(
+        &user,
+        Duration::from_secs(30),
+        "the client unresponsive",
+        |list| {
+            list.iter()
+                .any(|i| i["id"] == client["id"] && health(i) == "unresponsive agent")
+        },
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        !hm_events(&user).iter().any(|e| e["action"] == "resurrect"),
+        "nothing is recreated while resurrection is paused"
+    );
+
+    // Resumed: the client comes back.
+    let out = user.run(&["update-resurrection", "on"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_for(
+        &user,
+        Duration::from_secs(90),
+        "the client recreated",
+        |list| {
+            list.iter().any(|i| {
+                i["id"] == client["id"]
+                    && i["vm_cid"] != client["vm_cid"]
+                    && i["agent"]["job_state"] == "running"
+            })
+        },
+    );
+
+    // Two of three down within the window: a meltdown, which `on` ends.
+    let servers: Vec<String> = by_group(&instances(&user), "hello-server")
+        .iter()
+        .map(|i| i["vm_cid"].as_str().unwrap().to_string())
+        .collect();
+    for vm_cid in &servers {
+        kill_vm(&user, vm_cid);
+    }
+    let started = Instant::now();
+    while !hm_events(&user).iter().any(|e| e["action"] == "meltdown") {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a meltdown event"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    let list = instances(&user);
+    for vm_cid in &servers {
+        assert!(
+            list.iter().any(|i| i["vm_cid"] == vm_cid.as_str()),
+            "recreated during a meltdown: {list:#?}"
+        );
+    }
+    let out = user.run(&["update-resurrection", "on"]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    wait_for(
+        &user,
+        Duration::from_secs(90),
+        "both servers recreated",
+        |list| {
+            let servers_now = by_group(list, "hello-server");
+            servers_now.iter().all(|i| {
+                !servers.iter().any(|v| i["vm_cid"] == v.as_str())
+                    && i["agent"]["job_state"] == "running"
+            })
+        },
+    );
+    let events = user.json(&["events"]);
+    let switches: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["object_type"] == "resurrection")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(switches, ["resume", "resume", "pause"], "newest first");
+}

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::deployments::{
     Config, ConfigKind, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment,
     DeploymentManifest, Event, EventsQuery, Instance, InstancesQuery, LogsRequest, OrphanedDisk,
-    PlanAnswer, RecordedVm, StateChangeRequest,
+    PlanAnswer, RecordedVm, ResurrectionRequest, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::info::{ChallengeProof, ChallengeRequest, Info, Message};
@@ -628,6 +628,18 @@ impl Client {
     /// `GET /events`.
     pub async fn events(&self, query: &EventsQuery) -> Result<Vec<Event>, ClientError> {
         self.get_with("/events", query).await
+    }
+
+    /// `PUT /resurrection`.
+    pub async fn update_resurrection(&self, paused: bool) -> Result<Message, ClientError> {
+        self.decode(
+            "PUT /resurrection",
+            self.request(reqwest::Method::PUT, "/resurrection")
+                .json(&ResurrectionRequest {
+                    resurrection_paused: paused,
+                }),
+        )
+        .await
     }
 
     /// `GET /disks?orphaned=true`.

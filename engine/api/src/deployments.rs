@@ -331,6 +331,14 @@ pub struct DeleteDeploymentQuery {
     pub force: bool,
 }
 
+/// `PUT /resurrection` (BOSH's): pause or resume the resurrector for every deployment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ResurrectionRequest {
+    /// True stops recreating unresponsive instances; false resumes it, and meltdown counts
+    /// only instances that went down from then on.
+    pub resurrection_paused: bool,
+}
+
 /// `GET /events` parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -14,7 +14,7 @@ use crate::deployments::{
     Config, ConfigKind, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment,
     DeploymentManifest, ErrandRun, Event, EventsQuery, Instance, InstanceHealth, InstanceStemcell,
     InstancesQuery, LiveAgent, LogTarball, LogsRequest, NameVersion, OrphanedDisk, PlanAnswer,
-    RecordedVm, StateChange, StateChangeRequest,
+    RecordedVm, ResurrectionRequest, StateChange, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode, ErrorDetails, LockHolder};
 use crate::info::{ChallengeProof, ChallengeRequest, Info, Message};
@@ -59,7 +59,7 @@ pub fn document_json() -> String {
         config, update_config,
         deployments, deploy, plan, deployment, delete_deployment,
         instances, recorded_vms, change_state, fetch_logs, run_errand,
-        events, disks, delete_disk,
+        events, update_resurrection, disks, delete_disk,
         export_release, export_link, blob_link,
     ),
     components(schemas(
@@ -71,7 +71,7 @@ pub fn document_json() -> String {
         Config, ConfigKind, ConfigUpdated, PlanAnswer, Deployment, NameVersion,
         DeploymentManifest, Instance, InstanceHealth, InstanceStemcell, LiveAgent, StateChange,
         StateChangeRequest, LogsRequest, LogTarball, ErrandRun, Event, OrphanedDisk,
-        RecordedVm,
+        RecordedVm, ResurrectionRequest,
     ))
 )]
 struct ApiDoc;
@@ -243,6 +243,10 @@ fn run_errand() {}
     responses((status = 200, body = Vec<Event>)))]
 fn events() {}
 
+#[utoipa::path(put, path = "/resurrection", tag = "deployments", request_body = ResurrectionRequest,
+    responses((status = 200, body = Message), (status = 400, body = ApiError)))]
+fn update_resurrection() {}
+
 #[utoipa::path(get, path = "/disks", tag = "disks",
     params(("orphaned" = Option<bool>, Query, description = "Only orphaned disks (the only kind listed)")),
     responses((status = 200, body = Vec<OrphanedDisk>)))]
@@ -302,9 +306,10 @@ mod tests {
             "/releases/export",
             "/blobs/uploads/{nonce}",
             "/deployments/{name}/vm_records",
+            "/resurrection",
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
-        assert_eq!(paths.len(), 29, "{paths:?}");
+        assert_eq!(paths.len(), 30, "{paths:?}");
     }
 }

@@ -34,6 +34,8 @@ use crate::tasks::TaskRunner;
 
 /// The user health events are recorded under (BOSH's health monitor's).
 pub const USER: &str = "hm";
+/// The director attribute `director update-resurrection` sets (`true` or `false`).
+pub const RESURRECTION_PAUSED: &str = "resurrection_paused";
 
 /// `health_monitor` in `director.yml`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -344,6 +346,13 @@ impl Monitor {
         // from by now is in the state read after.
         let beats = view.known().beats.clone();
         let state = &services.state;
+        let switch = state.attributes().get(RESURRECTION_PAUSED).await?;
+        // Paused: nothing is recreated. Resumed: meltdown counts from then on.
+        let resurrection = match &switch {
+            Some(set) if set.value == "true" => None,
+            Some(set) => Some(set.updated_at),
+            None => Some(i64::MIN),
+        };
         let locked: HashSet<String> = state
             .locks()
             .list()
@@ -374,8 +383,10 @@ impl Monitor {
             }
             self.analyze_deployment(services, &deployment.name, &instances, &beats)
                 .await;
-            self.resurrect(services, &deployment.name, &instances)
-                .await?;
+            if let Some(resumed_at) = resurrection {
+                self.resurrect(services, &deployment.name, &instances, resumed_at)
+                    .await?;
+            }
         }
         self.report_rogues(services, &beats, &known_agents, began)
             .await;
@@ -480,6 +491,7 @@ impl Monitor {
         services: &Arc<Services>,
         deployment: &str,
         instances: &[Instance],
+        resumed_at: i64,
     ) -> Result<(), StateError> {
         if !self.resurrector.enabled {
             return Ok(());
@@ -511,7 +523,8 @@ impl Monitor {
         }
         let with_vms = instances.iter().filter(|i| i.vm.is_some()).count();
         let since = director_state::now()
-            .saturating_sub(i64::try_from(self.resurrector.time_threshold).unwrap_or(i64::MAX));
+            .saturating_sub(i64::try_from(self.resurrector.time_threshold).unwrap_or(i64::MAX))
+            .max(resumed_at);
         let recent = down
             .iter()
             .filter(|(_, finding)| finding.since >= since)

@@ -43,6 +43,7 @@ macro_rules! on_pool {
     }};
 }
 
+mod attributes;
 mod blobs;
 mod deployments;
 mod directors;
@@ -68,6 +69,7 @@ use sqlx::{PgPool, SqlitePool};
 
 use sql::{Columns, Conn, params};
 
+pub use attributes::{Attribute, Attributes};
 pub use blobs::{Blob, Blobs, DeleteError, NewBlob, NewSlot, Slot, Taken};
 pub use deployments::{Deployment, DeploymentManifest, Deployments};
 pub use directors::Directors;
@@ -227,6 +229,11 @@ impl State {
     /// The audit trail.
     pub fn events(&self) -> Events<'_> {
         Events { state: self }
+    }
+
+    /// Director-wide settings changed at run time (`resurrection_paused`).
+    pub fn attributes(&self) -> Attributes<'_> {
+        Attributes { state: self }
     }
 
     /// Named locks held by tasks.

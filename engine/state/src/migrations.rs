@@ -53,6 +53,7 @@ const SQLITE: &[Embedded] = embedded!("sqlite":
     3 "0003_blob_slots.sql" "blob slots",
     4 "0004_vm_records.sql" "vm records",
     5 "0005_task_owners.sql" "task owners",
+    6 "0006_director_attributes.sql" "director attributes",
 );
 
 /// The migrations of PostgreSQL, in order; the same versions as [`SQLITE`].
@@ -62,10 +63,11 @@ const POSTGRES: &[Embedded] = embedded!("postgres":
     3 "0003_blob_slots.sql" "blob slots",
     4 "0004_vm_records.sql" "vm records",
     5 "0005_task_owners.sql" "task owners",
+    6 "0006_director_attributes.sql" "director attributes",
 );
 
 /// The schema version a freshly opened database has.
-pub const LATEST_SCHEMA_VERSION: i64 = 5;
+pub const LATEST_SCHEMA_VERSION: i64 = 6;
 
 #[derive(Debug)]
 struct Source(&'static [Embedded]);
@@ -171,6 +173,14 @@ mod tests {
         (
             "postgres/0005_task_owners.sql",
             "11bb80149aa066a0c51f6e5facbf7d63c5d3bc87fc0515881348656ddae2ecdf",
+        ),
+        (
+            "sqlite/0006_director_attributes.sql",
+            "7e7936fbf23a83ff08eb79b1902c874315bc4b6df068771d70fc6808d09b72c8",
+        ),
+        (
+            "postgres/0006_director_attributes.sql",
+            "485d7c3f931f96d669263792ef845f9a757b4a4acd7214917ce1004009248b55",
         ),
     ];
 

@@ -65,6 +65,7 @@ on_both_backends! {
         check_upload_slots_are_taken_once_and_filled_once,
         check_deployments_and_manifest_history,
         check_events_round_trip,
+        check_director_attributes_are_set_and_read_back,
         check_instances_vms_disks_and_addresses,
         check_configs_credentials_and_links,
         check_vm_records_hold_addresses_until_the_vm_is_gone,
@@ -1427,6 +1428,23 @@ async fn check_deployments_and_manifest_history(state: &State) {
         error.to_string(),
         format!("release version {} does not exist", i64::MAX)
     );
+}
+
+async fn check_director_attributes_are_set_and_read_back(state: &State) {
+    let attributes = state.attributes();
+    assert_eq!(attributes.get("resurrection_paused").await.unwrap(), None);
+    attributes.set("resurrection_paused", "true").await.unwrap();
+    let set = attributes
+        .set("resurrection_paused", "false")
+        .await
+        .unwrap();
+    let read = attributes
+        .get("resurrection_paused")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(read, set);
+    assert_eq!(read.value, "false");
 }
 
 async fn check_events_round_trip(state: &State) {

@@ -10,10 +10,11 @@ use axum::routing::{get, post};
 use director_api::deployments::{
     Config, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment, DeploymentManifest,
     Event, EventsQuery, Instance, InstanceHealth, InstanceStemcell, InstancesQuery, LiveAgent,
-    LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, RecordedVm, StateChangeRequest,
+    LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, RecordedVm, ResurrectionRequest,
+    StateChangeRequest,
 };
 use director_api::error::LockHolder;
-use director_api::{ApiError, ConfigKind};
+use director_api::{ApiError, ConfigKind, Message};
 use futures::future::join_all;
 use serde_json::json;
 
@@ -45,6 +46,7 @@ pub(super) fn routes() -> Router {
             post(run_errand),
         )
         .route("/events", get(events))
+        .route("/resurrection", axum::routing::put(update_resurrection))
         .route("/disks", get(disks))
         .route("/disks/{cid}", axum::routing::delete(delete_disk))
 }
@@ -498,6 +500,50 @@ async fn delete_deployment(
 }
 
 /// `GET /events[?deployment=…]`.
+/// `PUT /resurrection`: pauses or resumes the resurrector (an event records who did it).
+async fn update_resurrection(
+    AxumState(director): AxumState<Director>,
+    request: Result<Json<ResurrectionRequest>, axum::extract::rejection::JsonRejection>,
+) -> Reply<Json<Message>> {
+    let Json(request) = request.map_err(|e| {
+        Failure::bad_request(format!(
+            "expected {{\"resurrection_paused\": true|false}}: {}",
+            e.body_text()
+        ))
+    })?;
+    let paused = request.resurrection_paused;
+    director
+        .state
+        .attributes()
+        .set(
+            crate::health::RESURRECTION_PAUSED,
+            if paused { "true" } else { "false" },
+        )
+        .await?;
+    let _ = director
+        .state
+        .events()
+        .insert(&director_state::NewEvent {
+            user: "admin".to_string(),
+            action: if paused { "pause" } else { "resume" }.to_string(),
+            object_type: "resurrection".to_string(),
+            object_name: None,
+            deployment: None,
+            task: None,
+            context: json!({}),
+            error: None,
+        })
+        .await;
+    Ok(Json(Message {
+        message: if paused {
+            "resurrection paused: unresponsive instances are left alone"
+        } else {
+            "resurrection resumed: meltdown counts only instances that go down from now on"
+        }
+        .to_string(),
+    }))
+}
+
 async fn events(
     AxumState(director): AxumState<Director>,
     Query(query): Query<EventsQuery>,

@@ -119,6 +119,8 @@ pub enum Command {
     Manifest,
     /// Show the director's events (what changed, when, by which task)
     Events(EventsArgs),
+    /// Turn the resurrector on or off for every deployment
+    UpdateResurrection(ResurrectionArgs),
     /// Start the jobs of instances (-d; all, a GROUP, or GROUP/ID)
     Start(TargetArgs),
     /// Drain and stop the jobs of instances (-d; all, a GROUP, or GROUP/ID)
@@ -337,6 +339,15 @@ pub struct TaskArgs {
 pub struct CancelTaskArgs {
     /// The task id
     pub id: i64,
+}
+
+/// `director update-resurrection on|off`.
+#[derive(Debug, Args)]
+pub struct ResurrectionArgs {
+    /// `on` recreates unresponsive instances again (meltdown counts from now on); `off` leaves
+    /// them alone
+    #[arg(value_parser = ["on", "off"])]
+    pub state: String,
 }
 
 /// `director clean-up`.

@@ -19,7 +19,8 @@ use director_core::release::{self, CreateOptions};
 use serde::Serialize;
 
 use crate::cli::{
-    CancelTaskArgs, CleanUpArgs, DeleteArgs, GlobalArgs, ServeArgs, TaskArgs, TasksArgs, UploadArgs,
+    CancelTaskArgs, CleanUpArgs, DeleteArgs, GlobalArgs, ResurrectionArgs, ServeArgs, TaskArgs,
+    TasksArgs, UploadArgs,
 };
 use crate::ui::{Ui, columns};
 
@@ -638,6 +639,23 @@ pub fn cancel_task(global: &GlobalArgs, args: CancelTaskArgs, ui: &mut Ui) -> u8
             Err(e) => return fail(ui, e),
         };
         match client.cancel_task(args.id).await {
+            Ok(answer) => {
+                ui.say(&answer.message);
+                0
+            }
+            Err(e) => fail(ui, e),
+        }
+    })
+}
+
+/// `director update-resurrection on|off`.
+pub fn update_resurrection(global: &GlobalArgs, args: ResurrectionArgs, ui: &mut Ui) -> u8 {
+    runtime().block_on(async {
+        let client = match connect(global, ui).await {
+            Ok(client) => client,
+            Err(e) => return fail(ui, e),
+        };
+        match client.update_resurrection(args.state == "off").await {
             Ok(answer) => {
                 ui.say(&answer.message);
                 0

@@ -121,6 +121,7 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::Vms(args) => deployments::vms(&cli.global, args, ui),
         Command::Manifest => deployments::manifest(&cli.global, ui),
         Command::Events(args) => deployments::events(&cli.global, args, ui),
+        Command::UpdateResurrection(args) => director::update_resurrection(&cli.global, args, ui),
         Command::Start(args) => {
             deployments::change_state(&cli.global, StateChange::Start, args, ui)
         }
