@@ -384,6 +384,8 @@ pub async fn change_state(
         StateChange::Recreate => "Recreating instance",
     };
     let stage = context.log.stage(verb, vec![], instances.len() as u32);
+    // The instances acted on (the resurrector leaves those whose agents answer again).
+    let mut acted: Vec<String> = Vec::new();
     for (n, instance) in instances.iter().enumerate() {
         context.checkpoint()?;
         let step = instance.label();
@@ -427,7 +429,10 @@ pub async fn change_state(
             }
         };
         match result {
-            Ok(()) => stage.finished(&step, index),
+            Ok(()) => {
+                stage.finished(&step, index);
+                acted.push(format!("{}/{}", instance.instance_group, instance.uuid));
+            }
             Err(e) => {
                 stage.failed(&step, index, &e.to_string());
                 return Err(VerbError::Instance {
@@ -442,33 +447,35 @@ pub async fn change_state(
         Selection::Target(_) => ("admin", None),
         Selection::Unresponsive(_) => (crate::health::USER, Some("its agent stopped answering")),
     };
-    let _ = services
-        .state
-        .events()
-        .insert(&NewEvent {
-            user: user.to_string(),
-            action: match state {
-                StateChange::Start => "start",
-                StateChange::Stop => "stop",
-                StateChange::Restart => "restart",
-                StateChange::Recreate => "recreate",
-            }
-            .to_string(),
-            object_type: "instance".to_string(),
-            object_name: target.map(str::to_string),
-            deployment: Some(name.to_string()),
-            task: Some(context.id),
-            context: json!({
-                "instances": instances.iter().map(|i| format!("{}/{}", i.instance_group, i.uuid)).collect::<Vec<_>>(),
-                "reason": reason,
-            }),
-            error: None,
-        })
-        .await;
+    if !acted.is_empty() {
+        let _ = services
+            .state
+            .events()
+            .insert(&NewEvent {
+                user: user.to_string(),
+                action: match state {
+                    StateChange::Start => "start",
+                    StateChange::Stop => "stop",
+                    StateChange::Restart => "restart",
+                    StateChange::Recreate => "recreate",
+                }
+                .to_string(),
+                object_type: "instance".to_string(),
+                object_name: target.map(str::to_string),
+                deployment: Some(name.to_string()),
+                task: Some(context.id),
+                context: json!({
+                    "instances": acted,
+                    "reason": reason,
+                }),
+                error: None,
+            })
+            .await;
+    }
     Ok(format!(
         "{} {} instance(s) of deployment '{name}'",
         verb.trim_end_matches(" instance").to_lowercase(),
-        instances.len()
+        acted.len()
     ))
 }
 
