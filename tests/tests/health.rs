@@ -386,3 +386,79 @@ fn update_resurrection_pauses_the_resurrector_and_on_ends_a_meltdown() {
         .collect();
     assert_eq!(switches, ["resume", "resume", "pause"], "newest first");
 }
+
+#[test]
+fn the_resurrection_config_leaves_the_groups_it_turns_off_alone() {
+    let user = director("{}");
+    deploy_hello(&user, NET + 3);
+    let rules = user.home.path().join("resurrection.yml");
+    std::fs::write(
+        &rules,
+        "rules:\n- enabled: false\n  include: {instance_groups: [hello-client]}\n",
+    )
+    .unwrap();
+    let out = user.run(&[
+        "update-config",
+        "--type",
+        "resurrection",
+        rules.to_str().unwrap(),
+        "-n",
+    ]);
+    assert_eq!(out.code, 0, "{}", out.stderr);
+    let out = user.run(&["config", "--type", "resurrection"]);
+    assert!(out.stdout.contains("hello-client"), "{}", out.stdout);
+    wait_for(
+        &user,
+        Duration::from_secs(30),
+        "every instance healthy",
+        |list| list.iter().all(|i| health(i) == "healthy"),
+    );
+
+    let before = instances(&user);
+    let client = by_group(&before, "hello-client")[0].clone();
+    let server = by_group(&before, "hello-server")[0].clone();
+    kill_vm(&user, client["vm_cid"].as_str().unwrap());
+    kill_vm(&user, server["vm_cid"].as_str().unwrap());
+    let list = wait_for(
+        &user,
+        Duration::from_secs(90),
+        "the server recreated",
+        |list| {
+            list.iter().any(|i| {
+                i["id"] == server["id"]
+                    && i["vm_cid"] != server["vm_cid"]
+                    && i["agent"]["job_state"] == "running"
+            })
+        },
+    );
+    let left = list.iter().find(|i| i["id"] == client["id"]).unwrap();
+    assert_eq!(left["vm_cid"], client["vm_cid"], "the client is left alone");
+    assert_eq!(health(left), "unresponsive agent", "{left:#?}");
+    let resurrected: Vec<Value> = hm_events(&user)
+        .into_iter()
+        .filter(|e| e["action"] == "resurrect")
+        .collect();
+    assert!(
+        resurrected.iter().all(|e| {
+            let named = e["context"]["instances"].to_string();
+            named.contains("hello-server/") && !named.contains("hello-client/")
+        }),
+        "{resurrected:#?}"
+    );
+
+    // A config that does not read is refused, with its place.
+    std::fs::write(&rules, "rules:\n- include: {instance_groups: [x]}\n").unwrap();
+    let out = user.run(&[
+        "update-config",
+        "--type",
+        "resurrection",
+        rules.to_str().unwrap(),
+        "-n",
+    ]);
+    assert_ne!(out.code, 0);
+    assert!(
+        out.stderr.contains("missing required key 'enabled'"),
+        "{}",
+        out.stderr
+    );
+}

@@ -16,14 +16,17 @@ pub enum ConfigKind {
     Cloud,
     /// Releases and addons put on every matching instance group.
     Runtime,
+    /// Rules that turn the resurrector off for deployments and instance groups.
+    Resurrection,
 }
 
 impl ConfigKind {
-    /// `cloud` or `runtime`, as in paths and the state database.
+    /// `cloud`, `runtime` or `resurrection`, as in paths and the state database.
     pub fn as_str(self) -> &'static str {
         match self {
             ConfigKind::Cloud => "cloud",
             ConfigKind::Runtime => "runtime",
+            ConfigKind::Resurrection => "resurrection",
         }
     }
 }
@@ -41,10 +44,11 @@ impl std::str::FromStr for ConfigKind {
         match text {
             "cloud" => Ok(ConfigKind::Cloud),
             "runtime" => Ok(ConfigKind::Runtime),
+            "resurrection" => Ok(ConfigKind::Resurrection),
             other => Err(UnknownValue {
                 what: "config type",
                 given: other.to_string(),
-                expected: "cloud or runtime",
+                expected: "cloud, runtime or resurrection",
             }),
         }
     }

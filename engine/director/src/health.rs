@@ -21,8 +21,9 @@ use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use agent_protocol::Heartbeat;
-use director_api::StateChange;
 use director_api::tasks::TaskState;
+use director_api::{ConfigKind, StateChange};
+use director_core::manifest::ResurrectionConfig;
 use director_state::{Instance, InstanceId, NewEvent, NewTask, StateError, TaskId};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -328,6 +329,37 @@ pub fn judge(observation: &Observation<'_>, agent_timeout: Duration) -> Option<H
     }
 }
 
+/// The resurrection config's rules (none when it is not set; a stored config that no longer
+/// reads, which its validation at update prevents, counts as none and is said).
+async fn resurrection_rules(
+    state: &director_state::State,
+) -> Result<ResurrectionConfig, StateError> {
+    let stored = state
+        .instances()
+        .config(
+            ConfigKind::Resurrection,
+            crate::ops::prepare::DEFAULT_CONFIG,
+        )
+        .await?;
+    let Some((_, text)) = stored else {
+        return Ok(ResurrectionConfig::default());
+    };
+    let checked = director_core::yaml::parse(&text, "resurrection config")
+        .map_err(|d| d.to_string())
+        .and_then(|node| {
+            director_core::manifest::validate_resurrection_config(&node).map_err(|d| d.to_string())
+        });
+    match checked {
+        Ok((rules, _)) => Ok(rules),
+        Err(error) => {
+            eprintln!(
+                "health monitor: the resurrection config does not read, no rules apply: {error}"
+            );
+            Ok(ResurrectionConfig::default())
+        }
+    }
+}
+
 /// BOSH's meltdown rule: at least `minimum_down_jobs` instances **and** at least
 /// `percent_threshold` of the deployment's instances went down within the window.
 pub fn meltdown(settings: &ResurrectorSettings, down: usize, instances: usize) -> bool {
@@ -353,6 +385,7 @@ impl Monitor {
             Some(set) => Some(set.updated_at),
             None => Some(i64::MIN),
         };
+        let rules = resurrection_rules(state).await?;
         let locked: HashSet<String> = state
             .locks()
             .list()
@@ -384,7 +417,7 @@ impl Monitor {
             self.analyze_deployment(services, &deployment.name, &instances, &beats)
                 .await;
             if let Some(resumed_at) = resurrection {
-                self.resurrect(services, &deployment.name, &instances, resumed_at)
+                self.resurrect(services, &deployment.name, &instances, resumed_at, &rules)
                     .await?;
             }
         }
@@ -492,6 +525,7 @@ impl Monitor {
         deployment: &str,
         instances: &[Instance],
         resumed_at: i64,
+        rules: &ResurrectionConfig,
     ) -> Result<(), StateError> {
         if !self.resurrector.enabled {
             return Ok(());
@@ -557,6 +591,14 @@ impl Monitor {
             return Ok(());
         }
         self.meltdowns.remove(deployment);
+        // The resurrection config decides which of them are recreated (meltdown counts all).
+        let down: Vec<(&Instance, Finding)> = down
+            .into_iter()
+            .filter(|(instance, _)| rules.enabled(deployment, &instance.instance_group))
+            .collect();
+        if down.is_empty() {
+            return Ok(());
+        }
         let ids: Vec<String> = down
             .iter()
             .map(|(instance, _)| instance.uuid.clone())

@@ -53,7 +53,7 @@ const SQLITE: &[Embedded] = embedded!("sqlite":
     3 "0003_blob_slots.sql" "blob slots",
     4 "0004_vm_records.sql" "vm records",
     5 "0005_task_owners.sql" "task owners",
-    6 "0006_director_attributes.sql" "director attributes",
+    6 "0006_resurrection.sql" "resurrection",
 );
 
 /// The migrations of PostgreSQL, in order; the same versions as [`SQLITE`].
@@ -63,7 +63,7 @@ const POSTGRES: &[Embedded] = embedded!("postgres":
     3 "0003_blob_slots.sql" "blob slots",
     4 "0004_vm_records.sql" "vm records",
     5 "0005_task_owners.sql" "task owners",
-    6 "0006_director_attributes.sql" "director attributes",
+    6 "0006_resurrection.sql" "resurrection",
 );
 
 /// The schema version a freshly opened database has.
@@ -175,12 +175,12 @@ mod tests {
             "11bb80149aa066a0c51f6e5facbf7d63c5d3bc87fc0515881348656ddae2ecdf",
         ),
         (
-            "sqlite/0006_director_attributes.sql",
-            "7e7936fbf23a83ff08eb79b1902c874315bc4b6df068771d70fc6808d09b72c8",
+            "sqlite/0006_resurrection.sql",
+            "50a74e3b5fc828f351dba20ec6a5a80dcdec915f7f8bfcba6b201d0f8f04ffd7",
         ),
         (
-            "postgres/0006_director_attributes.sql",
-            "485d7c3f931f96d669263792ef845f9a757b4a4acd7214917ce1004009248b55",
+            "postgres/0006_resurrection.sql",
+            "9165445af1adce9f4375f417b02bfe8bac498c3a7eeead2fa3ffd81ee5a3a1fc",
         ),
     ];
 

@@ -13,6 +13,7 @@ mod cloud;
 pub(crate) mod decode;
 mod deployment;
 pub mod ip;
+mod resurrection;
 mod validate;
 
 pub use cloud::{
@@ -23,6 +24,7 @@ pub use deployment::{
     Addon, Count, DeploymentManifest, Features, InstanceGroup, JobRef, Lifecycle, NetworkRef,
     Placement, ReleaseRef, StemcellRef, UpdatePolicy, VariableDecl, VmResources, WatchTime,
 };
+pub use resurrection::{Filter, ResurrectionConfig, ResurrectionRule};
 
 use crate::diagnostics::Diagnostics;
 use crate::yaml::Node;
@@ -79,6 +81,19 @@ pub fn validate(documents: Documents<'_>) -> Result<ValidatedManifest, Diagnosti
             runtime_config,
             warnings: diagnostics,
         }),
+        _ => Err(diagnostics),
+    }
+}
+
+/// Decodes and checks a resurrection config.
+pub fn validate_resurrection_config(
+    doc: &Node,
+) -> Result<(ResurrectionConfig, Diagnostics), Diagnostics> {
+    let mut cx = decode::Cx::default();
+    let config = resurrection::decode_resurrection(&mut cx, doc);
+    let diagnostics = cx.diagnostics.sorted();
+    match (config, diagnostics.has_errors()) {
+        (Some(config), false) => Ok((config, diagnostics)),
         _ => Err(diagnostics),
     }
 }

@@ -93,6 +93,9 @@ async fn update_config(
     let checked = match kind {
         ConfigKind::Cloud => director_core::manifest::validate_cloud_config(&node).map(|_| ()),
         ConfigKind::Runtime => director_core::manifest::validate_runtime_config(&node).map(|_| ()),
+        ConfigKind::Resurrection => {
+            director_core::manifest::validate_resurrection_config(&node).map(|_| ())
+        }
     };
     checked.map_err(|d| Failure::invalid(d.to_string()))?;
     let state = director.state.instances();

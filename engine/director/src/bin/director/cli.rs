@@ -105,6 +105,10 @@ pub enum Command {
     CloudConfig,
     /// Set the runtime config (releases and addons for every deployment)
     UpdateRuntimeConfig(ConfigArgs),
+    /// Set a config by type (cloud, runtime, resurrection), BOSH's update-config
+    UpdateConfig(TypedConfigArgs),
+    /// Print a config by type (cloud, runtime, resurrection)
+    Config(ConfigTypeArgs),
     /// Print the runtime config
     RuntimeConfig,
     /// Deploy a manifest: show the diff and the instance plan, ask, then roll it out
@@ -150,6 +154,30 @@ pub struct ConfigArgs {
     pub ops: OpsArgs,
     #[command(flatten)]
     pub vars: VarArgs,
+}
+
+/// `update-config --type T [--name default] FILE`.
+#[derive(Debug, Args)]
+pub struct TypedConfigArgs {
+    /// cloud, runtime or resurrection
+    #[arg(long = "type", value_name = "TYPE", value_parser = ["cloud", "runtime", "resurrection"])]
+    pub kind: String,
+    /// The config's name (only `default` for now)
+    #[arg(long = "name", default_value = "default", value_parser = ["default"])]
+    pub name: String,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `config --type T [--name default]`.
+#[derive(Debug, Args)]
+pub struct ConfigTypeArgs {
+    /// cloud, runtime or resurrection
+    #[arg(long = "type", value_name = "TYPE", value_parser = ["cloud", "runtime", "resurrection"])]
+    pub kind: String,
+    /// The config's name (only `default` for now)
+    #[arg(long = "name", default_value = "default", value_parser = ["default"])]
+    pub name: String,
 }
 
 /// `director deploy`.

@@ -83,10 +83,15 @@ pub fn update_config(global: &GlobalArgs, kind: ConfigKind, args: ConfigArgs, ui
             return 1;
         }
     };
-    let checked = if kind == ConfigKind::Cloud {
-        director_core::manifest::validate_cloud_config(&doc).map(|(_, warnings)| warnings)
-    } else {
-        director_core::manifest::validate_runtime_config(&doc).map(|(_, warnings)| warnings)
+    let checked = match kind {
+        ConfigKind::Cloud => {
+            director_core::manifest::validate_cloud_config(&doc).map(|(_, warnings)| warnings)
+        }
+        ConfigKind::Runtime => {
+            director_core::manifest::validate_runtime_config(&doc).map(|(_, warnings)| warnings)
+        }
+        ConfigKind::Resurrection => director_core::manifest::validate_resurrection_config(&doc)
+            .map(|(_, warnings)| warnings),
     };
     match checked {
         Ok(warnings) => {

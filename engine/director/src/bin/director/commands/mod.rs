@@ -115,6 +115,14 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
             deployments::update_config(&cli.global, ConfigKind::Runtime, args, ui)
         }
         Command::RuntimeConfig => deployments::config(&cli.global, ConfigKind::Runtime, ui),
+        Command::UpdateConfig(args) => match config_kind(&args.kind, ui) {
+            Ok(kind) => deployments::update_config(&cli.global, kind, args.config, ui),
+            Err(code) => code,
+        },
+        Command::Config(args) => match config_kind(&args.kind, ui) {
+            Ok(kind) => deployments::config(&cli.global, kind, ui),
+            Err(code) => code,
+        },
         Command::Deploy(args) => deploy::run(&cli.global, args, ui),
         Command::Deployments => deployments::deployments(&cli.global, ui),
         Command::Instances(args) => deployments::instances(&cli.global, args, ui),
@@ -158,4 +166,14 @@ pub fn template_inputs(
         vars_store,
         expectations,
     }
+}
+
+/// `--type`'s value as a config kind (clap has checked it; a mismatch is still said, not
+/// a panic).
+fn config_kind(text: &str, ui: &mut Ui) -> Result<ConfigKind, u8> {
+    text.parse()
+        .map_err(|error: director_api::deployments::UnknownValue| {
+            ui.say(&format!("error: --type: {error}"));
+            2
+        })
 }
