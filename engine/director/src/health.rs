@@ -278,6 +278,7 @@ pub fn spawn(
             runner,
             meltdowns: HashSet::new(),
             fixing: HashMap::new(),
+            failures: HashMap::new(),
         };
         let interval = Duration::from_secs(settings.analyze_interval.max(1));
         loop {
@@ -301,6 +302,16 @@ struct Monitor {
     meltdowns: HashSet<String>,
     /// The resurrector's task of each deployment.
     fixing: HashMap<String, TaskId>,
+    /// The scan and fix tasks of each deployment that failed in a row, and when the last
+    /// one was seen ended.
+    failures: HashMap<String, (u32, Instant)>,
+}
+
+/// How long after `failed` scan and fix tasks in a row the next one starts: 30 s, doubling
+/// with each failure, at most 10 minutes.
+pub fn retry_after(failed: u32) -> Duration {
+    let doublings = failed.saturating_sub(1).min(5);
+    Duration::from_secs(30 * (1 << doublings)).min(Duration::from_secs(600))
 }
 
 /// What one instance's analysis looks at.
@@ -544,16 +555,26 @@ impl Monitor {
             return Ok(());
         }
         if let Some(task) = self.fixing.get(deployment) {
-            let running = services
-                .state
-                .tasks()
-                .get(*task)
-                .await?
-                .is_some_and(|task| TaskState::RUNNING.contains(&task.state));
-            if running {
+            let ended = services.state.tasks().get(*task).await?.map(|t| t.state);
+            if ended.is_some_and(|state| TaskState::RUNNING.contains(&state)) {
                 return Ok(());
             }
             self.fixing.remove(deployment);
+            if ended == Some(TaskState::Done) {
+                self.failures.remove(deployment);
+            } else {
+                let failed = self
+                    .failures
+                    .entry(deployment.to_string())
+                    .or_insert((0, Instant::now()));
+                *failed = (failed.0 + 1, Instant::now());
+            }
+        }
+        // A scan and fix that failed is tried again later and later, not every analysis.
+        if let Some((failed, at)) = self.failures.get(deployment)
+            && at.elapsed() < retry_after(*failed)
+        {
+            return Ok(());
         }
         let with_vms = instances.iter().filter(|i| i.vm.is_some()).count();
         let since = director_state::now()
@@ -781,6 +802,12 @@ mod tests {
             ),
             Some(Health::Healthy)
         );
+    }
+
+    #[test]
+    fn failed_fixes_are_retried_later_and_later() {
+        let waits: Vec<u64> = (1..=7).map(|n| retry_after(n).as_secs()).collect();
+        assert_eq!(waits, [30, 60, 120, 240, 480, 600, 600]);
     }
 
     #[test]
