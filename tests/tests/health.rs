@@ -52,6 +52,41 @@ fn hm_events(user: &User) -> Vec<Value> {
         .collect()
 }
 
+/// Whether `list` shows instance `victim` running on a VM other than the one it had.
+fn back_on_a_new_vm(list: &[Value], victim: &Value) -> bool {
+    list.iter().any(|i| {
+        i["id"] == victim["id"]
+            && i["vm_cid"] != victim["vm_cid"]
+            && i["agent"]["job_state"] == "running"
+    })
+}
+
+/// Waits until the health monitor has judged every instance healthy.
+fn wait_until_healthy(user: &User) {
+    wait_for(
+        user,
+        Duration::from_secs(30),
+        "every instance healthy",
+        |list| list.iter().all(|i| health(i) == "healthy"),
+    );
+}
+
+/// Waits up to 30 s for an `hm` event with `action`; answers every `hm` event then.
+fn wait_for_event(user: &User, action: &str) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let events = hm_events(user);
+        if events.iter().any(|e| e["action"] == action) {
+            return events;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "an '{action}' event: {events:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
 /// Waits up to `limit` for `done` to hold of the instances; answers them.
 fn wait_for(
     user: &User,
@@ -106,12 +141,7 @@ fn kill_vm(user: &User, vm_cid: &str) {
 fn a_killed_vm_comes_back_with_its_ip_and_disk_and_the_events_tell_the_story() {
     let user = director("{}");
     deploy_hello(&user, NET);
-    wait_for(
-        &user,
-        Duration::from_secs(30),
-        "every instance healthy",
-        |list| list.iter().all(|i| health(i) == "healthy"),
-    );
+    wait_until_healthy(&user);
     let out = user.run(&["-d", "hello", "instances"]);
     assert!(out.stdout.contains("Health"), "{}", out.stdout);
     assert!(out.stdout.contains("healthy"), "{}", out.stdout);
@@ -136,13 +166,7 @@ fn a_killed_vm_comes_back_with_its_ip_and_disk_and_the_events_tell_the_story() {
         &user,
         Duration::from_secs(90),
         "the instance recreated and running",
-        |list| {
-            list.iter().any(|i| {
-                i["id"] == id.as_str()
-                    && i["vm_cid"] != victim["vm_cid"]
-                    && i["agent"]["job_state"] == "running"
-            })
-        },
+        |list| back_on_a_new_vm(list, &victim),
     );
     println!(
         "recreated and running {:.1} s after the kill",
@@ -160,15 +184,7 @@ fn a_killed_vm_comes_back_with_its_ip_and_disk_and_the_events_tell_the_story() {
     }
 
     // The story: unresponsive, a scan and fix decided, the instance recreated by hm.
-    let started = Instant::now();
-    let story = loop {
-        let events = hm_events(&user);
-        if events.iter().any(|e| e["action"] == "recreate") {
-            break events;
-        }
-        assert!(started.elapsed() < Duration::from_secs(10), "{events:#?}");
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let story = wait_for_event(&user, "recreate");
     let name = format!("hello-server/{id}");
     let unresponsive = story
         .iter()
@@ -219,12 +235,7 @@ fn a_killed_vm_comes_back_with_its_ip_and_disk_and_the_events_tell_the_story() {
 fn a_meltdown_recreates_nothing_and_says_why_until_the_window_has_passed() {
     let user = director("{minimum_down_jobs: 2, percent_threshold: 0.5, time_threshold: 20}");
     deploy_hello(&user, NET + 1);
-    wait_for(
-        &user,
-        Duration::from_secs(30),
-        "every instance healthy",
-        |list| list.iter().all(|i| health(i) == "healthy"),
-    );
+    wait_until_healthy(&user);
     let before = instances(&user);
     let servers = by_group(&before, "hello-server");
     let victims: Vec<String> = servers
@@ -236,18 +247,8 @@ fn a_meltdown_recreates_nothing_and_says_why_until_the_window_has_passed() {
         kill_vm(&user, vm_cid);
     }
 
-    let started = Instant::now();
-    let meltdown = loop {
-        let events = hm_events(&user);
-        if let Some(event) = events.iter().find(|e| e["action"] == "meltdown") {
-            break event.clone();
-        }
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "a meltdown event: {events:#?}"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let events = wait_for_event(&user, "meltdown");
+    let meltdown = events.iter().find(|e| e["action"] == "meltdown").unwrap();
     assert_eq!(meltdown["object_type"], "deployment");
     assert_eq!(meltdown["context"]["down"], 2, "{meltdown:#?}");
     assert_eq!(meltdown["context"]["instances"], 3, "{meltdown:#?}");
@@ -293,12 +294,7 @@ fn a_meltdown_recreates_nothing_and_says_why_until_the_window_has_passed() {
 fn update_resurrection_pauses_the_resurrector_and_on_ends_a_meltdown() {
     let user = director("{minimum_down_jobs: 2, percent_threshold: 0.5, time_threshold: 600}");
     deploy_hello(&user, NET + 2);
-    wait_for(
-        &user,
-        Duration::from_secs(30),
-        "every instance healthy",
-        |list| list.iter().all(|i| health(i) == "healthy"),
-    );
+    wait_until_healthy(&user);
 
     // Paused: a killed VM is reported and left alone.
     let out = user.run(&["update-resurrection", "off"]);
@@ -329,13 +325,7 @@ fn update_resurrection_pauses_the_resurrector_and_on_ends_a_meltdown() {
         &user,
         Duration::from_secs(90),
         "the client recreated",
-        |list| {
-            list.iter().any(|i| {
-                i["id"] == client["id"]
-                    && i["vm_cid"] != client["vm_cid"]
-                    && i["agent"]["job_state"] == "running"
-            })
-        },
+        |list| back_on_a_new_vm(list, &client),
     );
 
     // Two of three down within the window: a meltdown, which `on` ends.
@@ -346,14 +336,7 @@ fn update_resurrection_pauses_the_resurrector_and_on_ends_a_meltdown() {
     for vm_cid in &servers {
         kill_vm(&user, vm_cid);
     }
-    let started = Instant::now();
-    while !hm_events(&user).iter().any(|e| e["action"] == "meltdown") {
-        assert!(
-            started.elapsed() < Duration::from_secs(30),
-            "a meltdown event"
-        );
-        std::thread::sleep(Duration::from_millis(250));
-    }
+    wait_for_event(&user, "meltdown");
     std::thread::sleep(Duration::from_secs(3));
     let list = instances(&user);
     for vm_cid in &servers {
@@ -407,12 +390,7 @@ fn the_resurrection_config_leaves_the_groups_it_turns_off_alone() {
     assert_eq!(out.code, 0, "{}", out.stderr);
     let out = user.run(&["config", "--type", "resurrection"]);
     assert!(out.stdout.contains("hello-client"), "{}", out.stdout);
-    wait_for(
-        &user,
-        Duration::from_secs(30),
-        "every instance healthy",
-        |list| list.iter().all(|i| health(i) == "healthy"),
-    );
+    wait_until_healthy(&user);
 
     let before = instances(&user);
     let client = by_group(&before, "hello-client")[0].clone();
@@ -423,13 +401,7 @@ fn the_resurrection_config_leaves_the_groups_it_turns_off_alone() {
         &user,
         Duration::from_secs(90),
         "the server recreated",
-        |list| {
-            list.iter().any(|i| {
-                i["id"] == server["id"]
-                    && i["vm_cid"] != server["vm_cid"]
-                    && i["agent"]["job_state"] == "running"
-            })
-        },
+        |list| back_on_a_new_vm(list, &server),
     );
     let left = list.iter().find(|i| i["id"] == client["id"]).unwrap();
     assert_eq!(left["vm_cid"], client["vm_cid"], "the client is left alone");

@@ -183,6 +183,23 @@ pub struct Finding {
     pub since: i64,
 }
 
+/// What a health event says of an instance (`context` of the event).
+#[derive(Serialize)]
+struct FindingContext<'a> {
+    health: &'static str,
+    agent_id: &'a str,
+    vm_cid: &'a str,
+    /// The judgement before, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    was: Option<&'static str>,
+    /// How long the agent had been silent (unresponsive or missing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    silent_for_s: Option<u64>,
+    /// The failing processes, `job/process`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failing: Option<Vec<String>>,
+}
+
 /// The last heartbeat of an agent.
 #[derive(Clone, Debug)]
 struct Beat {
@@ -486,30 +503,23 @@ impl Monitor {
             if previous.is_none() && health == Health::Healthy {
                 continue;
             }
-            let mut context = json!({
-                "health": health.as_str(),
-                "agent_id": vm.agent_id,
-                "vm_cid": vm.cid,
-            });
-            if let Some(previous) = &previous {
-                context["was"] = Value::from(previous.health.as_str());
-            }
-            match health {
-                Health::Unresponsive | Health::MissingVm => {
-                    context["silent_for_s"] =
-                        Value::from(silent_for.unwrap_or(observation.watched_for).as_secs());
-                }
-                Health::Failing => {
-                    let failing: Vec<String> = beat
-                        .iter()
+            let silent = matches!(health, Health::Unresponsive | Health::MissingVm);
+            let context = FindingContext {
+                health: health.as_str(),
+                agent_id: &vm.agent_id,
+                vm_cid: &vm.cid,
+                was: previous.as_ref().map(|previous| previous.health.as_str()),
+                silent_for_s: silent
+                    .then(|| silent_for.unwrap_or(observation.watched_for).as_secs()),
+                failing: (health == Health::Failing).then(|| {
+                    beat.iter()
                         .flat_map(|beat| &beat.heartbeat.processes)
                         .filter(|process| process.state == "failing")
                         .map(|process| format!("{}/{}", process.job, process.name))
-                        .collect();
-                    context["failing"] = json!(failing);
-                }
-                Health::Healthy => {}
-            }
+                        .collect()
+                }),
+            };
+            let context = serde_json::to_value(&context).unwrap_or(Value::Null);
             let action = match health {
                 Health::Healthy => "recover",
                 Health::Unresponsive => "unresponsive agent",
@@ -599,15 +609,7 @@ impl Monitor {
                         self.resurrector.percent_threshold.get() * 100.0,
                     ),
                 });
-                record(
-                    services,
-                    "meltdown",
-                    "deployment",
-                    Some(deployment.to_string()),
-                    Some(deployment.to_string()),
-                    context,
-                )
-                .await;
+                record_deployment(services, "meltdown", deployment, context).await;
             }
             return Ok(());
         }
@@ -661,15 +663,7 @@ impl Monitor {
             Ok(task) => {
                 self.fixing.insert(deployment.to_string(), task.id);
                 let context = json!({"instances": names, "task": task.id.0});
-                record(
-                    services,
-                    "resurrect",
-                    "deployment",
-                    Some(deployment.to_string()),
-                    Some(deployment.to_string()),
-                    context,
-                )
-                .await;
+                record_deployment(services, "resurrect", deployment, context).await;
             }
             Err(error) => {
                 eprintln!("health monitor: cannot start a scan and fix of {deployment}: {error}")
@@ -727,6 +721,12 @@ impl Monitor {
             record(services, "rogue agent", "vm", Some(agent_id), None, context).await;
         }
     }
+}
+
+/// Records a resurrector decision about a whole deployment.
+async fn record_deployment(services: &Services, action: &str, deployment: &str, context: Value) {
+    let name = Some(deployment.to_string());
+    record(services, action, "deployment", name.clone(), name, context).await;
 }
 
 async fn record(
