@@ -4,6 +4,7 @@
 pub mod docker;
 pub mod etcd;
 pub mod hello;
+pub mod local_vm;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -112,8 +113,6 @@ impl User {
 
     /// A user whose director runs `serve --config director.yml`; `extra` is appended to the
     /// configuration (`agent: {...}`, `mbus: {...}`), whose `data_dir` is the dev one.
-    // The child is kept in the user and reaped on drop, which the lint cannot follow.
-    #[allow(clippy::zombie_processes)]
     pub fn with_director_config(extra: &str) -> User {
         let mut user = User::new();
         let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -131,25 +130,66 @@ impl User {
             ),
         )
         .unwrap();
-        let mut child = serve(&config, &user.home.path().join("director.log"));
         let url = format!("http://127.0.0.1:{port}");
-        let token_path = user.data_dir().join("token");
+        let child = user.start_serving(&url, "director.log");
+        let token = std::fs::read_to_string(user.data_dir().join("token")).unwrap();
+        user.configured = Some((url, token.trim().to_string(), child));
+        user
+    }
+
+    /// Starts `serve --config director.yml` (logging to `log` in the home) and waits until
+    /// it listens.
+    // The child is answered and kept in the user, which the lint cannot follow.
+    #[allow(clippy::zombie_processes)]
+    fn start_serving(&self, url: &str, log: &str) -> std::process::Child {
+        let config = self.home.path().join("director.yml");
+        let log = self.home.path().join(log);
+        let mut child = serve(&config, &log);
+        let token_path = self.data_dir().join("token");
         let started = std::time::Instant::now();
         loop {
             let token = std::fs::read_to_string(&token_path).unwrap_or_default();
-            let log =
-                std::fs::read_to_string(user.home.path().join("director.log")).unwrap_or_default();
-            if !token.trim().is_empty() && log.contains("listening on") {
-                user.configured = Some((url, token.trim().to_string(), child));
-                return user;
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if !token.trim().is_empty() && text.contains("listening on") {
+                return child;
             }
             if started.elapsed() > std::time::Duration::from_secs(30) {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("the director did not start: {log}");
+                panic!("the director at {url} did not start: {text}");
             }
             std::thread::sleep(std::time::Duration::from_millis(50));
         }
+    }
+
+    /// `kill -9` of the director [`User::with_director_config`] started: it stops at once,
+    /// whatever it was doing. [`User::start_director_again`] starts it again.
+    pub fn kill_director(&mut self) {
+        let (_, _, child) = self.configured.as_mut().expect("a configured director");
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// Starts the configured director again, on the same configuration and data, logging to
+    /// `log` in the home.
+    pub fn start_director_again(&mut self, log: &str) {
+        let url = self
+            .configured
+            .as_ref()
+            .expect("a configured director")
+            .0
+            .clone();
+        let child = self.start_serving(&url, log);
+        self.configured.as_mut().unwrap().2 = child;
+    }
+
+    /// The pid of the configured director.
+    pub fn director_pid(&self) -> u32 {
+        self.configured
+            .as_ref()
+            .expect("a configured director")
+            .2
+            .id()
     }
 
     /// The director's data directory.

@@ -108,33 +108,9 @@ fn wait_for(
     }
 }
 
-/// `kill -9` of every process in the mount namespace of local VM `vm_cid`'s agent (the
-/// agent, the jobs it started, their children): the VM's whole process tree.
+/// `kill -9` of local VM `vm_cid`'s whole process tree.
 fn kill_vm(user: &User, vm_cid: &str) {
-    let record: Value = serde_json::from_slice(
-        &std::fs::read(user.data_dir().join("cpi/vms").join(vm_cid).join("vm.json")).unwrap(),
-    )
-    .unwrap();
-    let pid = record["pid"].as_u64().expect("the agent's pid");
-    let namespace = std::fs::read_link(format!("/proc/{pid}/ns/mnt")).unwrap();
-    let pids: Vec<String> = std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| name.parse::<u32>().is_ok())
-        .filter(|other| {
-            std::fs::read_link(format!("/proc/{other}/ns/mnt"))
-                .ok()
-                .as_ref()
-                == Some(&namespace)
-        })
-        .collect();
-    assert!(!pids.is_empty(), "nothing of VM {vm_cid} was running");
-    // A process may end between the listing and the kill: kill's status says nothing.
-    let _ = std::process::Command::new("kill")
-        .arg("-9")
-        .args(&pids)
-        .status();
+    tests::local_vm::signal_vm(user, vm_cid, "-9");
 }
 
 #[test]
@@ -153,11 +129,7 @@ fn a_killed_vm_comes_back_with_its_ip_and_disk_and_the_events_tell_the_story() {
         .as_str()
         .expect("a persistent disk")
         .to_string();
-    let kept = user
-        .data_dir()
-        .join("cpi/disks")
-        .join(&disk)
-        .join("written-before.txt");
+    let kept = tests::local_vm::disk_dir(&user, &disk).join("written-before.txt");
     std::fs::write(&kept, "still here\n").unwrap();
 
     let killed = Instant::now();

@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 use crate::deployments::{
     Config, ConfigKind, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment,
     DeploymentManifest, Event, EventsQuery, Instance, InstancesQuery, LogsRequest, OrphanedDisk,
-    PlanAnswer, RecordedVm, ResurrectionRequest, StateChangeRequest,
+    PlanAnswer, RecordedVm, ResolveRequest, ResurrectionRequest, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode};
 use crate::info::{ChallengeProof, ChallengeRequest, Info, Message};
@@ -621,6 +621,30 @@ impl Client {
         self.submit(
             &format!("POST {path}"),
             self.request(reqwest::Method::POST, &path),
+        )
+        .await
+    }
+
+    /// `POST /deployments/{name}/scans`: a task whose result lists the problems found.
+    pub async fn scan(&self, name: &str) -> Result<Task, ClientError> {
+        let path = format!("/deployments/{}/scans", encode(name));
+        self.submit(
+            &format!("POST {path}"),
+            self.request(reqwest::Method::POST, &path),
+        )
+        .await
+    }
+
+    /// `PUT /deployments/{name}/problems`: a task applying `request`'s resolutions.
+    pub async fn resolve_problems(
+        &self,
+        name: &str,
+        request: &ResolveRequest,
+    ) -> Result<Task, ClientError> {
+        let path = format!("/deployments/{}/problems", encode(name));
+        self.submit(
+            &format!("PUT {path}"),
+            self.request(reqwest::Method::PUT, &path).json(request),
         )
         .await
     }

@@ -326,6 +326,91 @@ pub struct ErrandRun {
     pub stderr: String,
 }
 
+/// A kind of problem `director cck` finds (BOSH's problem types, plus `unowned_vm`).
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum ProblemType {
+    /// An instance's agent does not answer and the CPI says its VM is gone.
+    MissingVm,
+    /// An instance's agent does not answer though the CPI still has its VM.
+    UnresponsiveAgent,
+    /// A VM the director recorded that no instance owns and no task is using (left by a
+    /// failed delete, an interrupted task, or `delete_vm_reference`).
+    UnownedVm,
+    /// The agent does not show the instance's persistent disk at its store.
+    MountInfoMismatch,
+    /// A disk recorded for an instance that it does not use (an interrupted disk migration
+    /// leaves one).
+    InactiveDisk,
+    /// A disk the director records that the CPI does not have.
+    MissingDisk,
+}
+
+impl ProblemType {
+    /// The snake_case name, as in problem ids and BOSH's output.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ProblemType::MissingVm => "missing_vm",
+            ProblemType::UnresponsiveAgent => "unresponsive_agent",
+            ProblemType::UnownedVm => "unowned_vm",
+            ProblemType::MountInfoMismatch => "mount_info_mismatch",
+            ProblemType::InactiveDisk => "inactive_disk",
+            ProblemType::MissingDisk => "missing_disk",
+        }
+    }
+}
+
+/// One way to resolve a problem.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Resolution {
+    /// `recreate_vm`, `ignore`, … (BOSH's names).
+    pub name: String,
+    /// What it does, in words (`Recreate VM and wait for processes to start`).
+    pub plan: String,
+}
+
+/// A problem found by a scan: the result of `POST /deployments/{name}/scans` tasks is a
+/// list of these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Problem {
+    /// `<type>:<subject>` (an instance id, a disk CID or an agent id): stable across scans,
+    /// so a resolution names the problem it is for.
+    pub id: String,
+    /// Its kind.
+    #[serde(rename = "type")]
+    pub kind: ProblemType,
+    /// What is wrong, in words.
+    pub description: String,
+    /// `group/id (index)` of the instance concerned, if any.
+    pub instance: Option<String>,
+    /// The ways to resolve it; the first is what `--auto` applies.
+    pub resolutions: Vec<Resolution>,
+}
+
+/// `PUT /deployments/{name}/problems`: the resolution to apply to each problem (by id).
+/// Each problem is checked again first: one that is gone is closed without action.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ResolveRequest {
+    /// Problem id to resolution name.
+    pub resolutions: std::collections::BTreeMap<String, String>,
+}
+
+/// What resolving one problem did: the result of `PUT /deployments/{name}/problems`
+/// tasks is a list of these.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ProblemResolved {
+    /// The problem's id.
+    pub problem: String,
+    /// The problem, in words (as found when resolving it).
+    pub description: String,
+    /// The resolution applied (`close` when the problem was gone).
+    pub resolution: String,
+    /// Why it failed, when it did.
+    pub error: Option<String>,
+}
+
 /// `DELETE /deployments/{name}` parameters.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, IntoParams)]
 #[into_params(parameter_in = Query)]

@@ -14,7 +14,8 @@ use crate::deployments::{
     Config, ConfigKind, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment,
     DeploymentManifest, ErrandRun, Event, EventsQuery, Instance, InstanceHealth, InstanceStemcell,
     InstancesQuery, LiveAgent, LogTarball, LogsRequest, NameVersion, OrphanedDisk, PlanAnswer,
-    RecordedVm, ResurrectionRequest, StateChange, StateChangeRequest,
+    Problem, ProblemResolved, ProblemType, RecordedVm, Resolution, ResolveRequest,
+    ResurrectionRequest, StateChange, StateChangeRequest,
 };
 use crate::error::{ApiError, ErrorCode, ErrorDetails, LockHolder};
 use crate::info::{ChallengeProof, ChallengeRequest, Info, Message};
@@ -58,7 +59,7 @@ pub fn document_json() -> String {
         cleanup, shutdown,
         config, update_config,
         deployments, deploy, plan, deployment, delete_deployment,
-        instances, recorded_vms, change_state, fetch_logs, run_errand,
+        instances, recorded_vms, change_state, fetch_logs, run_errand, scan, resolve_problems,
         events, update_resurrection, disks, delete_disk,
         export_release, export_link, blob_link,
     ),
@@ -71,7 +72,8 @@ pub fn document_json() -> String {
         Config, ConfigKind, ConfigUpdated, PlanAnswer, Deployment, NameVersion,
         DeploymentManifest, Instance, InstanceHealth, InstanceStemcell, LiveAgent, StateChange,
         StateChangeRequest, LogsRequest, LogTarball, ErrandRun, Event, OrphanedDisk,
-        RecordedVm, ResurrectionRequest,
+        RecordedVm, ResurrectionRequest, Problem, ProblemType, Resolution, ResolveRequest,
+        ProblemResolved,
     ))
 )]
 struct ApiDoc;
@@ -239,6 +241,19 @@ fn fetch_logs() {}
         (status = 404, body = ApiError)))]
 fn run_errand() {}
 
+#[utoipa::path(post, path = "/deployments/{name}/scans", tag = "deployments",
+    params(("name" = String, Path)),
+    responses((status = 202, description = "A task (holding the deployment's lock) whose result is a list of Problem", body = TaskAccepted),
+        (status = 404, body = ApiError), (status = 409, body = ApiError)))]
+fn scan() {}
+
+#[utoipa::path(put, path = "/deployments/{name}/problems", tag = "deployments",
+    params(("name" = String, Path)), request_body = ResolveRequest,
+    responses((status = 202, description = "A task whose result is a list of ProblemResolved", body = TaskAccepted),
+        (status = 400, body = ApiError), (status = 404, body = ApiError),
+        (status = 409, body = ApiError)))]
+fn resolve_problems() {}
+
 #[utoipa::path(get, path = "/events", tag = "deployments", params(EventsQuery),
     responses((status = 200, body = Vec<Event>)))]
 fn events() {}
@@ -307,9 +322,11 @@ mod tests {
             "/blobs/uploads/{nonce}",
             "/deployments/{name}/vm_records",
             "/resurrection",
+            "/deployments/{name}/scans",
+            "/deployments/{name}/problems",
         ] {
             assert!(paths.contains(&path), "{path} missing from {paths:?}");
         }
-        assert_eq!(paths.len(), 30, "{paths:?}");
+        assert_eq!(paths.len(), 32, "{paths:?}");
     }
 }

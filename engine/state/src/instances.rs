@@ -10,7 +10,7 @@ use director_api::ConfigKind;
 use serde_json::Value;
 
 use super::sql::{Begin, Columns, Conn, params};
-use super::{DeploymentId, Object, State, StateError, Violation, now};
+use super::{DeploymentId, Object, State, StateError, TaskId, Violation, now};
 
 /// A row of `instances`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -286,6 +286,52 @@ impl Instances<'_> {
                 params![id.0],
             )
             .await
+    }
+
+    /// Forgets an instance's VM without deleting it (cck's `delete_vm_reference`): in one
+    /// transaction the VM becomes a record no instance owns ([`State::vm_records`], state
+    /// `created`, made by `task`), so it is still listed and `cck` can delete it later.
+    pub async fn disown_vm(
+        &self,
+        id: InstanceId,
+        label: &str,
+        task: Option<TaskId>,
+    ) -> Result<(), StateError> {
+        let time = now();
+        on_pool!(
+            self.state,
+            format!(
+                "forgetting the VM of {} (kept as unowned)",
+                instance_object(id)
+            ),
+            |pool| {
+                let mut transaction = pool.begin_write().await?;
+                let moved = transaction
+                    .run(
+                        "INSERT INTO vm_records (agent_id, cid, state, purpose, label, deployment_id, \
+                         instance_id, task_id, addresses, created_at) \
+                         SELECT v.agent_id, v.cid, 'created', 'instance', CAST($1 AS TEXT), i.deployment_id, \
+                         NULL, CAST($2 AS BIGINT), '[]', CAST($3 AS BIGINT) \
+                         FROM vms v JOIN instances i ON i.id = v.instance_id WHERE v.instance_id = $4",
+                        params![label, task.map(|t| t.0), time, id.0],
+                    )
+                    .await?;
+                if moved != 1 {
+                    return Err(StateError::NotFound {
+                        object: Object::Row {
+                            kind: "vm of instance",
+                            id: id.0,
+                        },
+                    }
+                    .into());
+                }
+                transaction
+                    .run("DELETE FROM vms WHERE instance_id = $1", params![id.0])
+                    .await?;
+                transaction.commit().await?;
+                Ok(())
+            }
+        )
     }
 
     /// Records a new persistent disk of an instance: `active`, the one it uses; otherwise

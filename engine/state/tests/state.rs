@@ -69,6 +69,7 @@ on_both_backends! {
         check_instances_vms_disks_and_addresses,
         check_configs_credentials_and_links,
         check_vm_records_hold_addresses_until_the_vm_is_gone,
+        check_a_disowned_vm_stays_recorded,
     ],
     url: [check_migrations_apply_once],
 }
@@ -1936,6 +1937,51 @@ async fn check_vm_records_hold_addresses_until_the_vm_is_gone(state: &State) {
     assert!(records.list().await.unwrap().is_empty());
     assert!(matches!(
         records.set_cid("agent-i", "vm-x").await,
+        Err(StateError::NotFound { .. })
+    ));
+}
+
+/// cck's `delete_vm_reference`: the instance forgets its VM, which stays recorded (no
+/// instance, the deployment's, made by the task) until it is deleted.
+async fn check_a_disowned_vm_stays_recorded(state: &State) {
+    let deployment = state.deployments().create("web").await.unwrap();
+    let rows = state.instances();
+    let id = rows
+        .create(&NewInstance {
+            deployment_id: deployment.id,
+            instance_group: "web".to_string(),
+            uuid: "uuid-0".to_string(),
+            index: 0,
+            az: None,
+            bootstrap: true,
+        })
+        .await
+        .unwrap();
+    let vm = Vm {
+        cid: "vm-1".to_string(),
+        agent_id: "agent-1".to_string(),
+        created_at: 7,
+        env: json!({}),
+    };
+    rows.set_vm(id, &vm).await.unwrap();
+    let task = state
+        .tasks()
+        .create(&new_task("apply resolutions", Some("web")))
+        .await
+        .unwrap();
+    rows.disown_vm(id, "the former VM of web/uuid-0 (0)", Some(task.id))
+        .await
+        .unwrap();
+    assert_eq!(rows.list(deployment.id).await.unwrap()[0].vm, None);
+    let records = state.vm_records().of_deployment(deployment.id).await.unwrap();
+    assert_eq!(records.len(), 1, "{records:?}");
+    assert_eq!(records[0].agent_id, "agent-1");
+    assert_eq!(records[0].cid.as_deref(), Some("vm-1"));
+    assert_eq!(records[0].state, VmRecordState::Created);
+    assert_eq!(records[0].instance, None);
+    assert_eq!(records[0].task, Some(task.id));
+    assert!(matches!(
+        rows.disown_vm(id, "again", None).await,
         Err(StateError::NotFound { .. })
     ));
 }

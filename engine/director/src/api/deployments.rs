@@ -10,8 +10,8 @@ use axum::routing::{get, post};
 use director_api::deployments::{
     Config, ConfigUpdated, DeleteDeploymentQuery, DeployQuery, Deployment, DeploymentManifest,
     Event, EventsQuery, Instance, InstanceHealth, InstanceStemcell, InstancesQuery, LiveAgent,
-    LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, RecordedVm, ResurrectionRequest,
-    StateChangeRequest,
+    LogsRequest, NameVersion, OrphanedDisk, PlanAnswer, RecordedVm, ResolveRequest,
+    ResurrectionRequest, StateChangeRequest,
 };
 use director_api::error::LockHolder;
 use director_api::{ApiError, ConfigKind, Message};
@@ -44,6 +44,11 @@ pub(super) fn routes() -> Router {
         .route(
             "/deployments/{name}/errands/{errand}/runs",
             post(run_errand),
+        )
+        .route("/deployments/{name}/scans", post(scan))
+        .route(
+            "/deployments/{name}/problems",
+            axum::routing::put(resolve_problems),
         )
         .route("/events", get(events))
         .route("/resurrection", axum::routing::put(update_resurrection))
@@ -448,6 +453,57 @@ async fn change_state(
                 change.skip_drain,
             )
             .await
+        },
+    )
+    .await
+}
+
+/// `POST /deployments/{name}/scans`: cck's scan (a task whose result lists the problems).
+async fn scan(
+    AxumState(director): AxumState<Director>,
+    Path(name): Path<String>,
+) -> Reply<Response> {
+    find(&director, &name).await?;
+    refuse_if_locked(&director, &name).await?;
+    let services = director.services.clone();
+    let deployment = name.clone();
+    submit(
+        &director,
+        new_task("scan cloud", Some(name), json!({})),
+        move |context| async move {
+            crate::ops::cloudcheck::scan_task(&services, &context, &deployment).await
+        },
+    )
+    .await
+}
+
+/// `PUT /deployments/{name}/problems`: applies cck resolutions (a task whose result says
+/// what happened to each problem).
+async fn resolve_problems(
+    AxumState(director): AxumState<Director>,
+    Path(name): Path<String>,
+    request: Result<Json<ResolveRequest>, axum::extract::rejection::JsonRejection>,
+) -> Reply<Response> {
+    let Json(request) = request.map_err(|e| {
+        Failure::bad_request(format!(
+            "expected {{\"resolutions\": {{PROBLEM_ID: RESOLUTION, …}}}}: {}",
+            e.body_text()
+        ))
+    })?;
+    crate::ops::cloudcheck::check_request(&request).map_err(Failure::bad_request)?;
+    find(&director, &name).await?;
+    refuse_if_locked(&director, &name).await?;
+    let services = director.services.clone();
+    let deployment = name.clone();
+    submit(
+        &director,
+        new_task(
+            "apply resolutions",
+            Some(name),
+            json!({"resolutions": request.resolutions}),
+        ),
+        move |context| async move {
+            crate::ops::cloudcheck::resolve_task(&services, &context, &deployment, &request).await
         },
     )
     .await

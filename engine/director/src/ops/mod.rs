@@ -8,6 +8,7 @@
 //! (the builds), `drain`, `stemcells` and `vms`; `compile` uses `stemcells` and `vms`.
 
 pub mod catalog;
+pub mod cloudcheck;
 pub mod compile;
 pub mod deploy;
 pub mod drain;

@@ -675,6 +675,16 @@ impl InstanceUpdate<'_> {
         Ok(())
     }
 
+    /// pre-start and start, without waiting until the processes run (cck's
+    /// `recreate_vm_without_wait`; post-start runs only after a watched start).
+    pub async fn start_without_waiting(&self, agent_id: &str) -> Result<(), UpdateError> {
+        self.status("executing pre-start");
+        self.run_script(agent_id, "pre-start").await?;
+        self.status("starting jobs");
+        self.agent_call(agent_id, "start", vec![]).await?;
+        Ok(())
+    }
+
     async fn run_script(&self, agent_id: &str, script: &'static str) -> Result<(), UpdateError> {
         self.agent_task(agent_id, "run_script", vec![Json::from(script), json!({})])
             .await

@@ -18,7 +18,7 @@ use super::vms::{
 };
 use super::{Services, StepFailure, StepsFailed};
 use crate::blobstore::slots::{Purpose, SlotError};
-use crate::tasks::{LockKey, TaskContext, TaskError};
+use crate::tasks::{LockKey, Stage, TaskContext, TaskError};
 use agent_protocol::{ErrandResult, UploadedBlob};
 use director_api::StateChange;
 use director_bus::BusError;
@@ -425,7 +425,7 @@ pub async fn change_state(
                     stage.finished(&step, index);
                     continue;
                 }
-                recreate(services, &update, instance, false, watch).await
+                recreate(services, &update, instance, false, watch, true).await
             }
         };
         match result {
@@ -541,8 +541,63 @@ async fn one(
                 .set_state(instance.id, "started", instance.bootstrap)
                 .await?)
         }
-        StateChange::Recreate => recreate(services, update, instance, alive, watch).await,
+        StateChange::Recreate => recreate(services, update, instance, alive, watch, true).await,
     }
+}
+
+/// Recreates one instance's VM from what was last applied to it (cck's `recreate_vm`, and
+/// `recreate_vm_without_wait` when `wait` is false: its jobs are started but not watched),
+/// reporting on step `index` of `stage`. The caller holds the deployment's lock.
+pub async fn recreate_instance(
+    services: &Services,
+    context: &TaskContext,
+    name: &str,
+    instance: &Instance,
+    stage: &Stage,
+    index: u32,
+    wait: bool,
+) -> Result<(), TaskError> {
+    let deployed = deployed(services, name).await?;
+    let cids = uploaded_stemcell_cids(services).await?;
+    let builds = BTreeMap::new();
+    let options = UpdateOptions {
+        skip_drain: false,
+        fix: false,
+    };
+    let update = InstanceUpdate {
+        services,
+        deployment: name,
+        builds: &builds,
+        options: &options,
+        stage,
+        index,
+        step: instance.label(),
+        stemcell_cids: &cids,
+        cancellation: context.cancellation(),
+        task: context.id,
+    };
+    let watch = deployed
+        .watch
+        .get(&instance.instance_group)
+        .copied()
+        .unwrap_or(DEFAULT_WATCH);
+    let alive = match &instance.vm {
+        Some(vm) => services
+            .bus
+            .request(&vm.agent_id, "ping", vec![], RECHECK)
+            .await
+            .is_ok(),
+        None => false,
+    };
+    recreate(services, &update, instance, alive, watch, wait)
+        .await
+        .map_err(|e| {
+            VerbError::Instance {
+                instance: instance.label(),
+                source: Box::new(e),
+            }
+            .into()
+        })
 }
 
 async fn recreate(
@@ -551,6 +606,7 @@ async fn recreate(
     instance: &Instance,
     alive: bool,
     watch: WatchTime,
+    wait: bool,
 ) -> Result<(), VerbError> {
     let vm = instance.vm.as_ref().ok_or_else(|| VerbError::NoVm {
         instance: instance_name(instance),
@@ -597,7 +653,11 @@ async fn recreate(
     }
     agent_task(services, &created.agent_id, "apply", vec![to_json(&apply)?]).await?;
     if instance.state == "started" {
-        update.start(&created.agent_id, watch).await?;
+        if wait {
+            update.start(&created.agent_id, watch).await?;
+        } else {
+            update.start_without_waiting(&created.agent_id).await?;
+        }
     }
     Ok(())
 }

@@ -505,7 +505,7 @@ pub async fn delete_vm(services: &Services, vm_cid: &str, agent_id: &str) -> Res
 }
 
 /// Revokes an agent's bus account and forgets its VM's record.
-async fn forget_agent(services: &Services, agent_id: &str) -> Result<(), StateError> {
+pub(crate) async fn forget_agent(services: &Services, agent_id: &str) -> Result<(), StateError> {
     let _ = services.accounts.remove_agent(agent_id).await;
     services.bus.forget_agent(agent_id);
     services.state.vm_records().remove(agent_id).await
@@ -581,7 +581,10 @@ pub async fn reconcile(services: &Services) -> Result<Vec<Reconciled>, StateErro
     Ok(outcomes)
 }
 
-async fn reconcile_one(services: &Services, record: VmRecord) -> Result<Reconciled, StateError> {
+pub(crate) async fn reconcile_one(
+    services: &Services,
+    record: VmRecord,
+) -> Result<Reconciled, StateError> {
     let cid = match &record.cid {
         Some(cid) => Some(cid.clone()),
         None => {

@@ -135,6 +135,9 @@ pub enum Command {
     Recreate(TargetArgs),
     /// Run an errand (an instance group with lifecycle: errand) of a deployment (-d)
     RunErrand(ErrandArgs),
+    /// Scan a deployment (-d) for missing VMs, silent agents and disk problems, and resolve them
+    #[command(name = "cloud-check", visible_alias = "cck")]
+    CloudCheck(CloudCheckArgs),
     /// Download the job logs of instances (-d; all, a GROUP, or GROUP/ID)
     Logs(LogsArgs),
     /// Delete a deployment (-d): its VMs and addresses; its disks are orphaned
@@ -267,6 +270,20 @@ pub struct LogsArgs {
 pub struct ErrandArgs {
     /// The errand (its instance group's name)
     pub name: String,
+}
+
+/// `director cloud-check` (`cck`).
+#[derive(Debug, Args)]
+pub struct CloudCheckArgs {
+    /// Apply each problem's default resolution
+    #[arg(long = "auto", short = 'a', conflicts_with_all = ["resolution", "report"])]
+    pub auto: bool,
+    /// Apply this resolution to every problem that offers it (recreate_vm, delete_disk…)
+    #[arg(long = "resolution", value_name = "NAME", conflicts_with = "report")]
+    pub resolution: Option<String>,
+    /// Only list the problems: exit 2 when there are any, 0 when there are none
+    #[arg(long = "report", short = 'r')]
+    pub report: bool,
 }
 
 /// `director delete-disk`.

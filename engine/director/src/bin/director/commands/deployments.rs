@@ -3,13 +3,14 @@
 //! `manifest`, `events`, `start|stop|restart|recreate`, `run-errand`, `delete-deployment`,
 //! `orphaned-disks`.
 
+use std::collections::BTreeMap;
 use std::io::BufRead;
 
 use director::client::{Client, printable};
 use director_api::client::{ClientError as CallError, task_result};
 use director_api::deployments::{
-    ErrandRun, Event, EventsQuery, Instance, LogTarball, LogsRequest, NameVersion,
-    StateChangeRequest,
+    ErrandRun, Event, EventsQuery, Instance, LogTarball, LogsRequest, NameVersion, Problem,
+    ProblemResolved, ResolveRequest, StateChangeRequest,
 };
 use director_api::tasks::{Task, TaskState};
 use director_api::{ConfigKind, StateChange};
@@ -21,8 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use super::director::{connect, fail, follow_to_end, print_json, run_task, runtime, say_ended};
 use crate::cli::{
-    ConfigArgs, DeleteDeploymentArgs, DeleteDiskArgs, ErrandArgs, EventsArgs, GlobalArgs,
-    InstancesArgs, LogsArgs, TargetArgs, VmsArgs,
+    CloudCheckArgs, ConfigArgs, DeleteDeploymentArgs, DeleteDiskArgs, ErrandArgs, EventsArgs,
+    GlobalArgs, InstancesArgs, LogsArgs, TargetArgs, VmsArgs,
 };
 use crate::ui::{Ui, columns, utc};
 
@@ -561,6 +562,191 @@ pub fn run_errand(global: &GlobalArgs, args: ErrandArgs, ui: &mut Ui) -> u8 {
             }
         }
     })
+}
+
+/// `director cloud-check|cck [--auto | --resolution NAME | --report]`: scans the deployment
+/// (a task holding its lock) and lists the problems, then applies resolutions: chosen one by
+/// one (the default), each problem's default (`--auto`), or one resolution for every problem
+/// that offers it (`--resolution`). `--report` only lists, and exits 2 while problems exist.
+pub fn cloud_check(global: &GlobalArgs, args: CloudCheckArgs, ui: &mut Ui) -> u8 {
+    let name = match deployment_name(global, ui) {
+        Ok(name) => name,
+        Err(code) => return code,
+    };
+    let interactive = !args.auto && args.resolution.is_none() && !args.report;
+    if interactive && global.non_interactive {
+        return fail(
+            ui,
+            "cloud-check: say how to resolve problems without prompts: --auto, --resolution NAME or --report",
+        );
+    }
+    with_client(global, ui, async |client, ui| {
+        let started = client.scan(&name).await;
+        let problems: Vec<Problem> = match listing_task(client, ui, started).await {
+            Ok((problems, _)) => problems,
+            Err(code) => return code,
+        };
+        if !ui.json && !problems.is_empty() {
+            ui.data(&problem_table(&problems));
+        }
+        ui.say(&format!("{} problem(s)", problems.len()));
+        if problems.is_empty() || args.report {
+            if ui.json {
+                let report = CloudCheckReport {
+                    problems,
+                    resolved: Vec::new(),
+                };
+                print_json(ui, &report);
+                return if report.problems.is_empty() { 0 } else { 2 };
+            }
+            return if problems.is_empty() { 0 } else { 2 };
+        }
+        let chosen: BTreeMap<String, String> = if args.auto {
+            problems
+                .iter()
+                .filter_map(|p| Some((p.id.clone(), p.resolutions.first()?.name.clone())))
+                .collect()
+        } else if let Some(wanted) = &args.resolution {
+            let (offering, not): (Vec<&Problem>, Vec<&Problem>) = problems
+                .iter()
+                .partition(|p| p.resolutions.iter().any(|r| &r.name == wanted));
+            for problem in not {
+                ui.say(&format!(
+                    "left as it is (it offers no '{wanted}'): {}",
+                    printable(&problem.description)
+                ));
+            }
+            offering
+                .into_iter()
+                .map(|p| (p.id.clone(), wanted.clone()))
+                .collect()
+        } else {
+            match choose_resolutions(&problems) {
+                Some(chosen) => chosen,
+                None => {
+                    ui.say("no resolution applied");
+                    return 1;
+                }
+            }
+        };
+        if chosen.is_empty() {
+            ui.say("no resolution to apply");
+            return 1;
+        }
+        let request = ResolveRequest {
+            resolutions: chosen,
+        };
+        let started = client.resolve_problems(&name, &request).await;
+        let outcomes: Vec<ProblemResolved> = match listing_task(client, ui, started).await {
+            Ok((outcomes, _)) => outcomes,
+            Err(code) => return code,
+        };
+        if ui.json {
+            let report = CloudCheckReport {
+                problems,
+                resolved: outcomes.clone(),
+            };
+            print_json(ui, &report);
+        } else {
+            ui.data(&outcome_table(&outcomes));
+        }
+        let failed = outcomes.iter().filter(|o| o.error.is_some()).count();
+        if failed > 0 {
+            ui.say(&format!("{failed} resolution(s) failed"));
+            return 1;
+        }
+        ui.say(&format!("applied {} resolution(s)", outcomes.len()));
+        0
+    })
+}
+
+/// What `cloud-check --json` prints: the problems found and what resolving did.
+#[derive(Serialize)]
+struct CloudCheckReport {
+    problems: Vec<Problem>,
+    resolved: Vec<ProblemResolved>,
+}
+
+/// `#`, `Type`, `Description`: BOSH's problem listing.
+fn problem_table(problems: &[Problem]) -> String {
+    let mut rows = vec![["#", "Type", "Description"].map(str::to_string).to_vec()];
+    for (n, problem) in problems.iter().enumerate() {
+        rows.push(vec![
+            (n + 1).to_string(),
+            problem.kind.as_str().to_string(),
+            printable(&problem.description),
+        ]);
+    }
+    columns(&rows)
+}
+
+fn outcome_table(outcomes: &[ProblemResolved]) -> String {
+    let mut rows = vec![
+        ["Problem", "Resolution", "Result"]
+            .map(str::to_string)
+            .to_vec(),
+    ];
+    for outcome in outcomes {
+        rows.push(vec![
+            outcome.problem.clone(),
+            outcome.resolution.clone(),
+            outcome.error.as_deref().map_or_else(
+                || "done".to_string(),
+                |e| format!("failed: {}", printable(e)),
+            ),
+        ]);
+    }
+    columns(&rows)
+}
+
+/// Asks for each problem's resolution on the terminal (the default: the first), then for a
+/// confirmation; `None` when the operator declines or input ends.
+fn choose_resolutions(problems: &[Problem]) -> Option<BTreeMap<String, String>> {
+    let mut chosen = BTreeMap::new();
+    let mut input = std::io::stdin().lock();
+    for (n, problem) in problems.iter().enumerate() {
+        eprintln!(
+            "\nProblem {} of {}: {}",
+            n + 1,
+            problems.len(),
+            printable(&problem.description)
+        );
+        for (i, resolution) in problem.resolutions.iter().enumerate() {
+            eprintln!("  {}: {}", i + 1, resolution.plan);
+        }
+        loop {
+            eprint!("Resolution [1]: ");
+            let mut line = String::new();
+            if input.read_line(&mut line).ok()? == 0 {
+                return None;
+            }
+            let answer = line.trim();
+            let picked = if answer.is_empty() {
+                Some(0)
+            } else {
+                answer
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|k| (1..=problem.resolutions.len()).contains(k))
+                    .map(|k| k - 1)
+            };
+            match picked {
+                Some(k) => {
+                    chosen.insert(problem.id.clone(), problem.resolutions[k].name.clone());
+                    break;
+                }
+                None => eprintln!("expected a number from 1 to {}", problem.resolutions.len()),
+            }
+        }
+    }
+    eprintln!();
+    for (id, resolution) in &chosen {
+        eprintln!("  {id}: {resolution}");
+    }
+    eprint!("Apply resolutions? [yN]: ");
+    let mut line = String::new();
+    input.read_line(&mut line).ok()?;
+    matches!(line.trim().to_lowercase().as_str(), "y" | "yes").then_some(chosen)
 }
 
 /// Follows the task `started` (when it did start) and answers the list its result holds,

@@ -140,6 +140,7 @@ pub fn run(cli: Cli, ui: &mut Ui) -> u8 {
         Command::Recreate(args) => {
             deployments::change_state(&cli.global, StateChange::Recreate, args, ui)
         }
+        Command::CloudCheck(args) => deployments::cloud_check(&cli.global, args, ui),
         Command::RunErrand(args) => deployments::run_errand(&cli.global, args, ui),
         Command::Logs(args) => deployments::logs(&cli.global, args, ui),
         Command::DeleteDeployment(args) => deployments::delete_deployment(&cli.global, args, ui),
