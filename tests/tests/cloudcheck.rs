@@ -248,7 +248,11 @@ fn cck_finds_and_fixes_unmounted_missing_and_inactive_disks() {
     // Interactive (the default): the operator picks resolution 2 and confirms.
     let out = user.run(&["-d", "hello", "cck", "-n"]);
     assert_eq!(out.code, 1, "no prompt without a terminal answer");
-    assert!(out.stderr.contains("--auto, --resolution NAME or --report"), "{}", out.stderr);
+    assert!(
+        out.stderr.contains("--auto, --resolution NAME or --report"),
+        "{}",
+        out.stderr
+    );
     let mut cck = user
         .director()
         .args(["-d", "hello", "cck"])

@@ -433,7 +433,7 @@ impl Monitor {
             .map(|record| record.agent_id)
             .collect();
         for deployment in state.deployments().list().await? {
-            let instances = state.instances().list(deployment.id).await?;
+            let instances = state.instances().list_without_specs(deployment.id).await?;
             known_agents.extend(
                 instances
                     .iter()

@@ -102,55 +102,97 @@ fn int_u32(value: i64) -> u32 {
 impl Instances<'_> {
     /// Every instance of a deployment, with its VM, disk and IPs, by group and index.
     pub async fn list(&self, deployment: DeploymentId) -> Result<Vec<Instance>, StateError> {
+        self.list_with(deployment, true).await
+    }
+
+    /// [`Instances::list`] without what was applied (`observed` is `None`): the health
+    /// monitor's view, read every few seconds, which needs no spec documents parsed.
+    pub async fn list_without_specs(
+        &self,
+        deployment: DeploymentId,
+    ) -> Result<Vec<Instance>, StateError> {
+        self.list_with(deployment, false).await
+    }
+
+    async fn list_with(
+        &self,
+        deployment: DeploymentId,
+        with_specs: bool,
+    ) -> Result<Vec<Instance>, StateError> {
+        let spec = if with_specs {
+            "spec"
+        } else {
+            "CAST(NULL AS TEXT) AS spec"
+        };
         on_pool!(
             self.state,
             format!("listing the instances of deployment {deployment}"),
             |pool| {
                 let mut transaction = pool.begin_read().await?;
                 let rows = transaction
-                .rows(
-                    "SELECT id, deployment_id, instance_group, uuid, instance_index, az, state, \
-                     bootstrap, spec, update_completed FROM instances WHERE deployment_id = $1 \
-                     ORDER BY instance_group, instance_index",
-                    params![deployment.0],
-                )
-                .await?;
-                let mut instances = Vec::new();
-                for row in &rows {
-                    let id = InstanceId(row.int("id")?);
-                    let vm = transaction
-                        .maybe_row(
-                            "SELECT cid, agent_id, created_at, env FROM vms WHERE instance_id = $1",
-                            params![id.0],
-                        )
-                        .await?
-                        .map(|vm| -> Result<Vm, sqlx::Error> {
-                            Ok(Vm {
+                    .rows(
+                        &format!(
+                            "SELECT id, deployment_id, instance_group, uuid, instance_index, az, state, \
+                             bootstrap, {spec}, update_completed FROM instances WHERE deployment_id = $1 \
+                             ORDER BY instance_group, instance_index"
+                        ),
+                        params![deployment.0],
+                    )
+                    .await?;
+                // Four queries whatever the size (not three per instance): the analysis
+                // and every deploy list thousands of instances.
+                let mut vms: std::collections::HashMap<i64, Vm> = transaction
+                    .rows(
+                        "SELECT v.instance_id, v.cid, v.agent_id, v.created_at, v.env FROM vms v \
+                         JOIN instances i ON i.id = v.instance_id WHERE i.deployment_id = $1",
+                        params![deployment.0],
+                    )
+                    .await?
+                    .iter()
+                    .map(|vm| -> Result<(i64, Vm), sqlx::Error> {
+                        Ok((
+                            vm.int("instance_id")?,
+                            Vm {
                                 cid: vm.text("cid")?,
                                 agent_id: vm.text("agent_id")?,
                                 created_at: vm.int("created_at")?,
                                 env: vm.json("env")?,
-                            })
-                        })
-                        .transpose()?;
-                    let disk = transaction
-                    .maybe_row(
-                        "SELECT cid, size, cloud_properties, instance_id, orphaned_at FROM persistent_disks \
-                         WHERE instance_id = $1 AND active = TRUE",
-                        params![id.0],
-                    )
-                    .await?
-                    .map(|disk| disk_from_row(&disk))
-                    .transpose()?;
-                    let ips = transaction
+                            },
+                        ))
+                    })
+                    .collect::<Result<_, _>>()?;
+                let mut disks: std::collections::HashMap<i64, Disk> = transaction
                     .rows(
-                        "SELECT network, address, is_static FROM ip_reservations WHERE instance_id = $1 ORDER BY network",
-                        params![id.0],
+                        "SELECT d.cid, d.size, d.cloud_properties, d.instance_id, d.orphaned_at \
+                         FROM persistent_disks d JOIN instances i ON i.id = d.instance_id \
+                         WHERE i.deployment_id = $1 AND d.active = TRUE",
+                        params![deployment.0],
                     )
                     .await?
                     .iter()
-                    .map(|ip| Ok((ip.text("network")?, ip.text("address")?, ip.flag("is_static")?)))
-                    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+                    .map(|disk| Ok((disk.int("instance_id")?, disk_from_row(disk)?)))
+                    .collect::<Result<_, sqlx::Error>>()?;
+                let mut ips: std::collections::HashMap<i64, Vec<(String, String, bool)>> =
+                    std::collections::HashMap::new();
+                for ip in transaction
+                    .rows(
+                        "SELECT r.instance_id, r.network, r.address, r.is_static FROM ip_reservations r \
+                         JOIN instances i ON i.id = r.instance_id WHERE i.deployment_id = $1 \
+                         ORDER BY r.network, r.id",
+                        params![deployment.0],
+                    )
+                    .await?
+                    .iter()
+                {
+                    ips.entry(ip.int("instance_id")?).or_default().push((
+                        ip.text("network")?,
+                        ip.text("address")?,
+                        ip.flag("is_static")?,
+                    ));
+                }
+                let mut instances = Vec::new();
+                for row in &rows {
+                    let id = InstanceId(row.int("id")?);
                     let observed: Option<String> = row.opt_text("spec")?;
                     instances.push(Instance {
                         id,
@@ -163,9 +205,9 @@ impl Instances<'_> {
                         bootstrap: row.flag("bootstrap")?,
                         observed: observed.and_then(|text| serde_json::from_str(&text).ok()),
                         update_completed: row.flag("update_completed")?,
-                        vm,
-                        disk,
-                        ips,
+                        vm: vms.remove(&id.0),
+                        disk: disks.remove(&id.0),
+                        ips: ips.remove(&id.0).unwrap_or_default(),
                     });
                 }
                 transaction.commit().await?;

@@ -1973,7 +1973,13 @@ async fn check_a_disowned_vm_stays_recorded(state: &State) {
         .await
         .unwrap();
     assert_eq!(rows.list(deployment.id).await.unwrap()[0].vm, None);
-    let records = state.vm_records().of_deployment(deployment.id).await.unwrap();
+    let light = rows.list_without_specs(deployment.id).await.unwrap();
+    assert_eq!((light.len(), light[0].observed.clone()), (1, None));
+    let records = state
+        .vm_records()
+        .of_deployment(deployment.id)
+        .await
+        .unwrap();
     assert_eq!(records.len(), 1, "{records:?}");
     assert_eq!(records[0].agent_id, "agent-1");
     assert_eq!(records[0].cid.as_deref(), Some("vm-1"));

@@ -190,7 +190,7 @@ async fn record_instances(
                     .await?
             }
         };
-        let ips: Vec<(String, String, bool)> = placed
+        let mut ips: Vec<(String, String, bool)> = placed
             .networks
             .iter()
             .filter_map(|(network, settings)| {
@@ -201,6 +201,16 @@ async fn record_instances(
                 ))
             })
             .collect();
+        ips.sort();
+        // Unchanged addresses need no write (a no-op deploy of thousands of instances
+        // would otherwise write each).
+        if let Some(instance) = prepared.instances.get(&placed.uuid) {
+            let mut recorded = instance.ips.clone();
+            recorded.sort();
+            if recorded == ips {
+                continue;
+            }
+        }
         state
             .set_ips(deployment.id, id, &ips)
             .await
