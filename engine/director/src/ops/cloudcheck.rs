@@ -24,7 +24,7 @@ use crate::tasks::{LockKey, Stage, TaskContext, TaskError};
 use director_api::deployments::{
     Problem, ProblemResolved, ProblemType, Resolution, ResolveRequest,
 };
-use director_state::{Deployment, Disk, Instance, NewEvent, VmRecord};
+use director_state::{Deployment, Disk, Instance, NewEvent, Vm, VmRecord};
 
 /// How long an agent has to answer the scan (BOSH's scan uses a short timeout too).
 const SCAN_TIMEOUT: Duration = Duration::from_secs(5);
@@ -134,8 +134,8 @@ pub fn check_request(request: &ResolveRequest) -> Result<(), String> {
 /// What a finding is about.
 #[derive(Clone, Debug)]
 enum Subject {
-    /// An instance's VM (`missing_vm`, `unresponsive_agent`).
-    Vm(Instance),
+    /// An instance and its VM (`missing_vm`, `unresponsive_agent`).
+    Vm(Instance, Vm),
     /// A VM record no instance owns and no running task holds.
     Unowned(VmRecord),
     /// A disk of an instance, with the disks its agent shows (`None`: it did not answer).
@@ -157,7 +157,7 @@ struct Finding {
 impl Finding {
     fn id(&self) -> String {
         let key = match &self.subject {
-            Subject::Vm(instance) => instance.uuid.as_str(),
+            Subject::Vm(instance, _) => instance.uuid.as_str(),
             Subject::Unowned(record) => record.agent_id.as_str(),
             Subject::Disk { disk, .. } => disk.cid.as_str(),
         };
@@ -166,7 +166,7 @@ impl Finding {
 
     fn instance(&self) -> Option<&Instance> {
         match &self.subject {
-            Subject::Vm(instance) | Subject::Disk { instance, .. } => Some(instance),
+            Subject::Vm(instance, _) | Subject::Disk { instance, .. } => Some(instance),
             Subject::Unowned(_) => None,
         }
     }
@@ -212,12 +212,13 @@ async fn shown_disks(services: &Services, agent_id: &str) -> Option<Vec<String>>
 async fn check_vm<'a>(
     services: &Services,
     instance: &'a Instance,
+    vm: &'a Vm,
 ) -> (
     &'a Instance,
+    &'a Vm,
     Option<Vec<String>>,
     Result<bool, cpi::CpiError>,
 ) {
-    let vm = instance.vm.as_ref().expect("instances with VMs");
     let shown = shown_disks(services, &vm.agent_id).await;
     let has_vm = match shown {
         Some(_) => Ok(true),
@@ -226,7 +227,7 @@ async fn check_vm<'a>(
             services.cpi_call(move |cpi| cpi.has_vm(&cid)).await
         }
     };
-    (instance, shown, has_vm)
+    (instance, vm, shown, has_vm)
 }
 
 async fn has_disk(services: &Services, cid: String) -> Result<bool, cpi::CpiError> {
@@ -257,7 +258,7 @@ async fn scan(
     }
     let checks: Vec<_> = with_vms
         .iter()
-        .map(|instance| check_vm(services, instance))
+        .filter_map(|instance| Some(check_vm(services, instance, instance.vm.as_ref()?)))
         .collect();
     let checks = futures::stream::iter(checks)
         .buffered(SCAN_PARALLEL)
@@ -269,15 +270,14 @@ async fn scan(
 
     let mut vm_findings = Vec::new();
     let mut shown_by: std::collections::BTreeMap<String, Vec<String>> = Default::default();
-    for (instance, shown, has_vm) in checks {
-        let vm = instance.vm.as_ref().expect("instances with VMs");
+    for (instance, vm, shown, has_vm) in checks {
         match (shown, has_vm) {
             (Some(disks), _) => {
                 shown_by.insert(instance.uuid.clone(), disks);
             }
             (None, Ok(false)) => vm_findings.push(Finding {
                 kind: ProblemType::MissingVm,
-                subject: Subject::Vm(instance.clone()),
+                subject: Subject::Vm(instance.clone(), vm.clone()),
                 description: format!(
                     "VM for '{}' with cloud ID '{}' missing.",
                     instance.label(),
@@ -286,7 +286,7 @@ async fn scan(
             }),
             (None, Ok(true)) => vm_findings.push(Finding {
                 kind: ProblemType::UnresponsiveAgent,
-                subject: Subject::Vm(instance.clone()),
+                subject: Subject::Vm(instance.clone(), vm.clone()),
                 description: format!(
                     "VM for '{}' with cloud ID '{}' is not responding.",
                     instance.label(),
@@ -295,7 +295,7 @@ async fn scan(
             }),
             (None, Err(e)) => vm_findings.push(Finding {
                 kind: ProblemType::UnresponsiveAgent,
-                subject: Subject::Vm(instance.clone()),
+                subject: Subject::Vm(instance.clone(), vm.clone()),
                 description: format!(
                     "VM for '{}' with cloud ID '{}' is not responding (and the CPI could not say whether it exists: {e}).",
                     instance.label(),
@@ -469,8 +469,9 @@ pub async fn resolve_task(
     // In the order the scan lists problems (so a VM is fixed before its disks), then
     // those it no longer finds.
     let rank = |id: &str| {
-        let kind = type_of(id).expect("checked");
-        TYPES.iter().position(|t| *t == kind).unwrap_or(TYPES.len())
+        type_of(id)
+            .and_then(|kind| TYPES.iter().position(|t| *t == kind))
+            .unwrap_or(TYPES.len())
     };
     let mut order: Vec<(&String, &String)> = request.resolutions.iter().collect();
     order.sort_by_key(|(id, _)| rank(id));
@@ -560,7 +561,7 @@ async fn record(
     error: Option<&str>,
 ) {
     let (object_type, object_name) = match &finding.subject {
-        Subject::Vm(instance) => (
+        Subject::Vm(instance, _) => (
             "instance",
             format!("{}/{}", instance.instance_group, instance.uuid),
         ),
@@ -615,14 +616,13 @@ async fn apply(
 ) -> Result<(), ResolveError> {
     let instances = services.state.instances();
     match (&finding.subject, resolution) {
-        (Subject::Vm(instance), "recreate_vm" | "recreate_vm_without_wait") => {
+        (Subject::Vm(instance, _), "recreate_vm" | "recreate_vm_without_wait") => {
             let wait = resolution == "recreate_vm";
             super::verbs::recreate_instance(services, context, name, instance, stage, index, wait)
                 .await?;
             Ok(())
         }
-        (Subject::Vm(instance), "reboot_vm") => {
-            let vm = instance.vm.as_ref().expect("VM problems have VMs");
+        (Subject::Vm(_, vm), "reboot_vm") => {
             let cid = vm.cid.clone();
             services
                 .cpi_call(move |cpi| cpi.reboot_vm(&cid))
@@ -642,18 +642,16 @@ async fn apply(
                     ))
                 })
         }
-        (Subject::Vm(instance), "delete_vm") => {
+        (Subject::Vm(instance, vm), "delete_vm") => {
             // Fencing first: the disk is detached before the VM goes, so a VM the CPI
             // cannot delete does not keep it.
-            let vm = instance.vm.as_ref().expect("VM problems have VMs");
             if let Some(disk) = &instance.disk {
                 unmount_and_detach(services, &vm.cid, &vm.agent_id, &disk.cid, false).await?;
             }
             delete_vm(services, &vm.cid, &vm.agent_id).await?;
             Ok(instances.clear_vm(instance.id).await?)
         }
-        (Subject::Vm(instance), "delete_vm_reference") => {
-            let vm = instance.vm.as_ref().expect("VM problems have VMs");
+        (Subject::Vm(instance, vm), "delete_vm_reference") => {
             if finding.kind == ProblemType::MissingVm {
                 forget_agent(services, &vm.agent_id).await?;
                 Ok(instances.clear_vm(instance.id).await?)
