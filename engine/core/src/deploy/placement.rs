@@ -16,7 +16,7 @@
 //!
 //! Invariant: pure; the caller passes what is taken and how to make ids.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::net::IpAddr;
 
 use serde::Serialize;
@@ -263,14 +263,17 @@ pub fn place_group(
                 let network = cloud.network(&net.name).ok_or_else(|| {
                     fail(format!("network '{}' is not in the cloud config", net.name))
                 })?;
+                let holder: HashMap<IpAddr, usize> = existing
+                    .iter()
+                    .enumerate()
+                    .rev()
+                    .filter_map(|(i, e)| e.ips.get(&net.name).map(|(held, _)| (*held, i)))
+                    .collect();
                 let mut kept = Vec::new();
                 let mut unused: Vec<IpAddr> = Vec::new();
                 for ip in &net.static_ips {
-                    match existing
-                        .iter()
-                        .position(|e| e.ips.get(&net.name).map(|(held, _)| *held) == Some(*ip))
-                    {
-                        Some(i) => kept.push(i),
+                    match holder.get(ip) {
+                        Some(&i) => kept.push(i),
                         None => unused.push(*ip),
                     }
                 }
@@ -293,10 +296,11 @@ pub fn place_group(
             }
         };
 
+    let kept_set: HashSet<usize> = kept.iter().copied().collect();
     let obsolete: Vec<String> = existing
         .iter()
         .enumerate()
-        .filter(|(i, _)| !kept.contains(i))
+        .filter(|(i, _)| !kept_set.contains(i))
         .map(|(_, e)| e.uuid.clone())
         .collect();
 
@@ -313,8 +317,14 @@ pub fn place_group(
         })
         .collect();
     let mut statics_for_new = Vec::new();
+    new_statics.reverse();
+    // The lowest free index only grows: indexes are only ever taken here.
+    let mut next_index = 0u32;
     for az in new_azs {
-        let index = (0..).find(|i| !used_indexes.contains(i)).unwrap_or(0);
+        while used_indexes.contains(&next_index) {
+            next_index += 1;
+        }
+        let index = next_index;
         used_indexes.insert(index);
         instances.push(PlacedInstance {
             uuid: new_uuid(),
@@ -324,8 +334,8 @@ pub fn place_group(
             is_new: true,
             networks: BTreeMap::new(),
         });
-        if !new_statics.is_empty() {
-            statics_for_new.push(new_statics.remove(0));
+        if let Some(ip) = new_statics.pop() {
+            statics_for_new.push(ip);
         }
     }
     instances.sort_by_key(|i| i.index);
@@ -345,16 +355,24 @@ pub fn place_group(
     }
 
     // Addresses, network by network.
-    let mut mine: BTreeSet<(String, IpAddr)> = BTreeSet::new();
+    let by_uuid: HashMap<&str, &ExistingInstance> =
+        existing.iter().map(|e| (e.uuid.as_str(), e)).collect();
     for net in &group.networks {
         let network = cloud
             .network(&net.name)
             .ok_or_else(|| fail(format!("network '{}' is not in the cloud config", net.name)))?;
+        let taken: HashSet<IpAddr> = taken
+            .iter()
+            .filter(|(name, _)| *name == net.name)
+            .map(|(_, ip)| *ip)
+            .collect();
+        // This group's addresses on the network so far.
+        let mut mine: HashSet<IpAddr> = HashSet::new();
+        let mut allocator = Allocator::new(network, existing);
         let mut new_seen = 0usize;
         for instance in &mut instances {
-            let previous = existing
-                .iter()
-                .find(|e| e.uuid == instance.uuid)
+            let previous = by_uuid
+                .get(instance.uuid.as_str())
                 .and_then(|e| e.ips.get(&net.name))
                 .map(|(ip, _)| *ip);
             let (ip, is_static) = if !net.static_ips.is_empty() {
@@ -371,7 +389,7 @@ pub fn place_group(
                         // A second static network: the first unused IP of its list.
                         *net.static_ips
                             .iter()
-                            .find(|ip| !mine.contains(&(net.name.clone(), **ip)))
+                            .find(|ip| !mine.contains(*ip))
                             .ok_or_else(|| {
                                 fail(format!("network '{}' has no static IP left", net.name))
                             })?
@@ -384,11 +402,11 @@ pub fn place_group(
                         .subnets
                         .iter()
                         .any(|s| subnet_serves(s, instance.az.as_deref()) && assignable(s, *ip))
-                        && !mine.contains(&(net.name.clone(), *ip))
+                        && !mine.contains(ip)
                 });
                 let ip = match valid_previous {
                     Some(ip) => ip,
-                    None => allocate(network, instance.az.as_deref(), taken, &mine, existing, &instance.uuid)
+                    None => allocator.allocate(instance.az.as_deref(), &taken, &mine)
                         .ok_or_else(|| {
                             fail(format!(
                                 "no free IP on network '{}'{} for instance {}: every address of its subnets is reserved, static or in use",
@@ -403,13 +421,13 @@ pub fn place_group(
                 (None, false)
             };
             if let Some(ip) = ip {
-                if taken.contains(&(net.name.clone(), ip)) {
+                if taken.contains(&ip) {
                     return Err(fail(format!(
                         "IP {ip} on network '{}' is already used by another instance or deployment",
                         net.name
                     )));
                 }
-                mine.insert((net.name.clone(), ip));
+                mine.insert(ip);
             }
             let subnet = ip
                 .and_then(|ip| {
@@ -435,42 +453,77 @@ pub fn place_group(
     })
 }
 
-/// The lowest free address for an instance in `az`. Addresses that other instances of this
-/// group held before are kept free for them where possible (they are taken last).
-fn allocate(
-    network: &Network,
-    az: Option<&str>,
-    taken: &BTreeSet<(String, IpAddr)>,
-    mine: &BTreeSet<(String, IpAddr)>,
-    existing: &[ExistingInstance],
-    uuid: &str,
-) -> Option<IpAddr> {
-    let name = network.name.value.as_str();
-    let held_by_others: BTreeSet<IpAddr> = existing
-        .iter()
-        .filter(|e| e.uuid != uuid)
-        .filter_map(|e| e.ips.get(name).map(|(ip, _)| *ip))
-        .collect();
-    let mut fallback = None;
-    for subnet in network.subnets.iter().filter(|s| subnet_serves(s, az)) {
-        let Some(range) = subnet.range else { continue };
-        let v4 = range.network.is_ipv4();
-        // Bounded scan: ranges can be huge (IPv6), but a free address is near the start.
-        let last = range.last().min(range.first().saturating_add(1 << 20));
-        for n in range.first()..=last {
-            let ip = from_number(n, v4);
-            let key = (name.to_string(), ip);
-            if !assignable(subnet, ip) || taken.contains(&key) || mine.contains(&key) {
-                continue;
-            }
-            if held_by_others.contains(&ip) {
-                fallback.get_or_insert(ip);
-                continue;
-            }
-            return Some(ip);
+/// Hands out a network's free addresses, lowest first. Addresses that instances of this
+/// group held before are kept free for them where possible (they are handed out last).
+///
+/// Incremental: within a deploy, addresses only ever become unavailable (the group takes
+/// them, or they were never assignable), so each subnet keeps a cursor below which nothing is
+/// left to find, and a whole group is placed in one pass over its subnets.
+struct Allocator<'a> {
+    network: &'a Network,
+    /// Addresses the group's existing instances held on this network.
+    held: HashSet<IpAddr>,
+    /// Per subnet: below this number no address is free and unheld.
+    cursors: Vec<u128>,
+    /// Per subnet: below this number no address is free at all.
+    fallback_cursors: Vec<u128>,
+}
+
+impl<'a> Allocator<'a> {
+    fn new(network: &'a Network, existing: &[ExistingInstance]) -> Self {
+        let name = network.name.value.as_str();
+        let starts: Vec<u128> = network
+            .subnets
+            .iter()
+            .map(|s| s.range.map(|r| r.first()).unwrap_or(0))
+            .collect();
+        Allocator {
+            network,
+            held: existing
+                .iter()
+                .filter_map(|e| e.ips.get(name).map(|(ip, _)| *ip))
+                .collect(),
+            cursors: starts.clone(),
+            fallback_cursors: starts,
         }
     }
-    fallback
+
+    /// The lowest free address for an instance in `az`: unheld ones first, then the lowest
+    /// one another instance of the group held before.
+    fn allocate(
+        &mut self,
+        az: Option<&str>,
+        taken: &HashSet<IpAddr>,
+        mine: &HashSet<IpAddr>,
+    ) -> Option<IpAddr> {
+        let free = |subnet: &Subnet, ip: IpAddr| {
+            assignable(subnet, ip) && !taken.contains(&ip) && !mine.contains(&ip)
+        };
+        for prefer_unheld in [true, false] {
+            for (i, subnet) in self.network.subnets.iter().enumerate() {
+                if !subnet_serves(subnet, az) {
+                    continue;
+                }
+                let Some(range) = subnet.range else { continue };
+                let v4 = range.network.is_ipv4();
+                // Bounded scan: ranges can be huge (IPv6), but a free address is near the start.
+                let last = range.last().min(range.first().saturating_add(1 << 20));
+                let cursor = if prefer_unheld {
+                    &mut self.cursors[i]
+                } else {
+                    &mut self.fallback_cursors[i]
+                };
+                while *cursor <= last {
+                    let ip = from_number(*cursor, v4);
+                    if free(subnet, ip) && !(prefer_unheld && self.held.contains(&ip)) {
+                        return Some(ip);
+                    }
+                    *cursor += 1;
+                }
+            }
+        }
+        None
+    }
 }
 
 #[cfg(test)]
