@@ -34,6 +34,24 @@ async fn dispatch(agent: &Arc<Agent>, method: &str, args: Vec<Value>) -> Result<
         "start" => agent.start().await,
         "list_disk" => Ok(agent.list_disk()),
         "update_settings" => agent.update_settings(args.first().unwrap_or(&Value::Null)),
+        "sync_dns" => {
+            let url: String = arg(method, &args, 0)?;
+            let sha256: String = arg(method, &args, 1)?;
+            let version: u64 = arg(method, &args, 2)?;
+            if !url.contains("://") {
+                return Err(Error::arguments(
+                    method,
+                    "argument 1: expected the URL of the records",
+                ));
+            }
+            if sha256.len() != 64 || !sha256.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(Error::arguments(
+                    method,
+                    format!("argument 2: {sha256:?} is not a sha256 in hex"),
+                ));
+            }
+            agent.sync_dns(url, sha256, version).await
+        }
         "apply" => {
             let spec: ApplySpec = arg(method, &args, 0)?;
             let worker = agent.clone();

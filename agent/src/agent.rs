@@ -8,10 +8,14 @@
 //! `<root>/bosh/desired_state`, the applied spec in `<root>/bosh/spec.json`, so a restarted
 //! agent ([`Agent::boot`]) stops what its predecessor left running and starts the jobs
 //! again when they should run.
+//!
+//! `sync_dns` records (`<root>/bosh/dns/records.json`) are served by [`dns::Server`] on the
+//! settings' network addresses; a restarted agent serves the recorded ones at once.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -30,8 +34,14 @@ use crate::state::{self, ProcessStatus};
 use crate::supervisor::{self, ProcessSpec, Supervisor};
 use crate::tasks::Tasks;
 use crate::vitals::Sampler;
-use crate::{compile, disks};
-use agent_protocol::{AgentState, ApplySpec, CompileRequest, Heartbeat, Settings};
+use crate::{compile, disks, dns};
+use agent_protocol::{AgentState, ApplySpec, BlobRef, CompileRequest, Heartbeat, Settings};
+
+/// How long `sync_dns` may take to download the records: the director waits 10 s for the
+/// answer.
+const DNS_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(8);
+/// The largest records document accepted (BOSH's for thousands of instances is a few MB).
+const DNS_RECORDS_MAX_BYTES: u64 = 64 * 1024 * 1024;
 
 /// Dynamic drain scripts the director will ask about again.
 #[derive(Clone, Debug)]
@@ -54,6 +64,8 @@ pub struct Agent {
     installing: tokio::sync::Mutex<()>,
     pending_drain: Mutex<Option<PendingDrain>>,
     heartbeat_requested: Notify,
+    dns: dns::Server,
+    dns_syncing: tokio::sync::Mutex<()>,
 }
 
 impl Agent {
@@ -78,7 +90,9 @@ impl Agent {
         let applied = install::load_spec(&layout)?;
         let wants_running = std::fs::read_to_string(layout.desired_state_file())
             .is_ok_and(|text| text.trim() == "running");
-        Ok(Arc::new(Agent {
+        Ok(Arc::new_cyclic(|agent: &Weak<Agent>| Agent {
+            dns: dns::Server::new(own_instance_source(agent.clone())),
+            dns_syncing: tokio::sync::Mutex::new(()),
             layout,
             settings_file,
             settings: Mutex::new(settings),
@@ -132,9 +146,10 @@ impl Agent {
         crate::settings::write_atomically(&self.layout.desired_state_file(), text.as_bytes())
     }
 
-    /// Start-up: shows the persistent disk again, stops processes a previous agent left
-    /// running, and starts the jobs when they should run.
+    /// Start-up: serves the recorded DNS records, shows the persistent disk again, stops
+    /// processes a previous agent left running, and starts the jobs when they should run.
     pub async fn boot(&self) {
+        self.serve_recorded_dns().await;
         let _lifecycle = self.lifecycle.lock().await;
         let settings = self.settings();
         let tunables = self.tunables();
@@ -191,6 +206,33 @@ impl Agent {
         let count = specs.len();
         self.supervisor.start(specs);
         Ok(count)
+    }
+
+    /// The job state `get_state` reports, without sampling anything: cheap.
+    pub fn job_state(&self) -> &'static str {
+        let statuses = self.supervisor.statuses();
+        state::job_state(&statuses, self.wants_running.load(Ordering::SeqCst))
+    }
+
+    /// What the DNS server needs to know about this agent's instance (asked per query).
+    fn own_instance(&self) -> dns::OwnInstance {
+        let instance_id = self
+            .applied
+            .lock()
+            .expect("spec lock")
+            .as_ref()
+            .map(|spec| spec.id.clone());
+        let agent_id = self
+            .settings
+            .lock()
+            .expect("settings lock")
+            .agent_id
+            .clone();
+        dns::OwnInstance {
+            instance_id,
+            agent_id,
+            running: self.job_state() == "running",
+        }
     }
 
     /// `get_state`.
@@ -312,8 +354,10 @@ impl Agent {
         Ok(Value::from("stopped"))
     }
 
-    /// The agent itself is going down: stop the processes, keep what should run recorded.
+    /// The agent itself is going down: stop serving DNS and the processes, keep what
+    /// should run recorded.
     pub async fn shutdown(&self) {
+        self.dns.stop();
         let grace = self.tunables().stop_grace;
         self.supervisor.stop_all(grace).await;
     }
@@ -491,6 +535,132 @@ impl Agent {
         Ok(Value::from("updated"))
     }
 
+    /// `sync_dns`: downloads the records of `version` (sha256 `sha256`) from `url` unless the
+    /// agent holds that version or a newer one, records them, serves them from now on and
+    /// makes sure the DNS server listens. Bad records leave the ones in force as they are.
+    pub async fn sync_dns(&self, url: String, sha256: String, version: u64) -> Result<Value> {
+        let _syncing = self.dns_syncing.lock().await;
+        if self.dns.version().is_some_and(|held| version <= held) {
+            self.listen_dns().await;
+            return Ok(Value::from("synced"));
+        }
+        let records = self.download_dns_records(version, url, sha256).await?;
+        agent_log!(
+            "dns records version {version}: {} records",
+            records.instances().len()
+        );
+        self.dns.replace(records);
+        self.listen_dns().await;
+        Ok(Value::from("synced"))
+    }
+
+    /// Downloads (within [`DNS_DOWNLOAD_TIMEOUT`]), checks and parses the records blob of
+    /// `version`, and records it when it is good.
+    async fn download_dns_records(
+        &self,
+        version: u64,
+        url: String,
+        sha256: String,
+    ) -> Result<dns::Records> {
+        let what = &format!("version {version}");
+        let http = self.http()?;
+        let blob = BlobRef { id: sha256, url };
+        let label = format!("dns records {what}");
+        // A directory of its own, removed whatever happens (a timed out download leaves
+        // its partial file behind).
+        let dir = self
+            .layout
+            .tmp()
+            .join(format!(".dns-{}", uuid::Uuid::new_v4()));
+        let downloaded = async {
+            let file =
+                tokio::time::timeout(DNS_DOWNLOAD_TIMEOUT, http.download(&label, &blob, &dir))
+                    .await
+                    .map_err(|_| Error::Download {
+                        what: label.clone(),
+                        url: secrets::redact_urls(&blob.url),
+                        reason: format!("no answer within {} s", DNS_DOWNLOAD_TIMEOUT.as_secs()),
+                    })??;
+            let size = tokio::fs::metadata(&file)
+                .await
+                .map_err(Error::io("stat", &file))?
+                .len();
+            if size > DNS_RECORDS_MAX_BYTES {
+                return Err(Error::DnsRecords {
+                    what: what.to_string(),
+                    reason: format!("{size} bytes, more than the {DNS_RECORDS_MAX_BYTES} accepted"),
+                });
+            }
+            tokio::fs::read(&file)
+                .await
+                .map_err(Error::io("read", &file))
+        }
+        .await;
+        let _ = tokio::fs::remove_dir_all(&dir).await;
+        let bytes = downloaded?;
+        let records = dns::Records::parse(what, &bytes)?;
+        if records.version() != version {
+            return Err(Error::DnsRecords {
+                what: what.to_string(),
+                reason: format!(
+                    "the document says version {}, sync_dns asked for {version}",
+                    records.version()
+                ),
+            });
+        }
+        crate::settings::write_atomically(&self.layout.dns_records_file(), &bytes)?;
+        Ok(records)
+    }
+
+    /// At boot: serves the records a previous agent kept; a corrupt file is logged and
+    /// ignored (the next `sync_dns` replaces it).
+    async fn serve_recorded_dns(&self) {
+        let path = self.layout.dns_records_file();
+        let bytes = match tokio::fs::read(&path).await {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+            Err(e) => {
+                agent_log!("dns: cannot read {}: {e}", path.display());
+                return;
+            }
+        };
+        match dns::Records::parse(&path.display().to_string(), &bytes) {
+            Ok(records) => {
+                agent_log!(
+                    "dns records version {} from {}: {} records",
+                    records.version(),
+                    path.display(),
+                    records.instances().len()
+                );
+                self.dns.replace(records);
+                self.listen_dns().await;
+            }
+            Err(e) => agent_log!("dns: ignoring the recorded records: {e}"),
+        }
+    }
+
+    /// Makes the DNS server listen on every network address of the settings.
+    async fn listen_dns(&self) {
+        let port = self.tunables().dns_port;
+        let settings = self.settings();
+        let mut addresses = Vec::new();
+        for (network, spec) in &settings.networks {
+            if spec.ip.trim().is_empty() {
+                continue;
+            }
+            match spec.ip.trim().parse::<IpAddr>() {
+                Ok(ip) => addresses.push(SocketAddr::new(ip, port)),
+                Err(_) => agent_log!("dns: network {network}: {:?} is no IP address", spec.ip),
+            }
+        }
+        addresses.sort();
+        addresses.dedup();
+        if addresses.is_empty() {
+            agent_log!("dns: no network address to serve on");
+        }
+        self.dns.listen(&addresses).await;
+    }
+
     /// `fetch_logs`: a `.tgz` of `<root>/sys/log` `PUT` to `upload_url`.
     pub async fn fetch_logs(&self, upload_url: String) -> Result<Value> {
         let http = self.http()?;
@@ -512,6 +682,16 @@ impl Agent {
         let _ = tokio::fs::remove_file(&archive).await;
         Ok(serde_json::to_value(uploaded?).expect("blobs serialize"))
     }
+}
+
+/// The DNS server's view of the agent, which it must not keep alive.
+fn own_instance_source(agent: Weak<Agent>) -> dns::OwnInstanceSource {
+    Arc::new(move || {
+        agent
+            .upgrade()
+            .map(|agent| agent.own_instance())
+            .unwrap_or_default()
+    })
 }
 
 /// Names in the spec must be usable in paths, and every package a job uses listed.

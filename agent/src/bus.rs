@@ -1,10 +1,11 @@
 //! The bus: the only module that knows NATS. Connects with the agent's own credentials,
 //! answers requests on `agent.<agent_id>` (each in its own task, so a slow call never holds
 //! up `ping`), and sends heartbeats on `hm.agent.heartbeat.<agent_id>` every
-//! `heartbeat_interval` seconds and whenever the agent asks for one.
+//! `heartbeat_interval` seconds, whenever the agent asks for one and when its job state
+//! changes.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 
@@ -12,6 +13,9 @@ use crate::actions;
 use crate::agent::Agent;
 use crate::settings::parse_mbus;
 use agent_protocol::{Reply, Request, agent_subject, heartbeat_subject};
+
+/// How often the heartbeat loop looks whether the job state changed.
+const JOB_STATE_CHECK: Duration = Duration::from_secs(1);
 
 /// The largest reply we send (BOSH's cap, and NATS's default payload limit).
 pub const MAX_REPLY: usize = 1024 * 1024;
@@ -120,18 +124,27 @@ pub fn encode_reply(reply: &Reply) -> Vec<u8> {
     serde_json::to_vec(&Reply::exception(shortened)).expect("replies serialize")
 }
 
+/// Heartbeats every `heartbeat_interval`, at once when asked (after `start` and `stop`),
+/// and within a second of the job state changing (a process failing or recovering), so the
+/// director's health monitor and DNS records follow the jobs closely.
 async fn heartbeats(agent: Arc<Agent>, client: async_nats::Client) {
     let subject = heartbeat_subject(&agent.settings().agent_id);
+    let mut last: Option<(Instant, &'static str)> = None;
     loop {
-        let heartbeat = agent.heartbeat();
-        let payload = serde_json::to_vec(&heartbeat).expect("heartbeats serialize");
-        if let Err(e) = client.publish(subject.clone(), payload.into()).await {
-            agent_log!("cannot send a heartbeat: {e}");
-        }
         let interval = Duration::from_secs(agent.settings().heartbeat_interval.max(1));
+        let job_state = agent.job_state();
+        let due = last.is_none_or(|(sent, state)| sent.elapsed() >= interval || state != job_state);
+        if due {
+            let heartbeat = agent.heartbeat();
+            let payload = serde_json::to_vec(&heartbeat).expect("heartbeats serialize");
+            if let Err(e) = client.publish(subject.clone(), payload.into()).await {
+                agent_log!("cannot send a heartbeat: {e}");
+            }
+            last = Some((Instant::now(), job_state));
+        }
         tokio::select! {
-            _ = tokio::time::sleep(interval) => {}
-            _ = agent.heartbeat_requested().notified() => {}
+            _ = tokio::time::sleep(JOB_STATE_CHECK.min(interval)) => {}
+            _ = agent.heartbeat_requested().notified() => last = None,
         }
     }
 }

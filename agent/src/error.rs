@@ -111,6 +111,14 @@ pub enum Error {
     /// A process could not be started or signalled.
     #[error("{0}")]
     Process(String),
+    /// DNS records (from `sync_dns` or the records file) that cannot be served.
+    #[error("dns records {what}: {reason}")]
+    DnsRecords {
+        /// `version 12`, or the file.
+        what: String,
+        /// What is wrong with them.
+        reason: String,
+    },
     /// The call was cancelled.
     #[error("task cancelled")]
     Cancelled,

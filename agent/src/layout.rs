@@ -9,6 +9,7 @@
 //! <root>/data/<job>, <root>/data/<job>/tmp, <root>/store/<job>
 //! <root>/sys/log/<job>/<process>.{stdout,stderr}.log, <root>/sys/run/<job>/<process>.pid
 //! <root>/bosh/spec.json                   the applied spec
+//! <root>/bosh/dns/records.json            the DNS records of the last `sync_dns`
 //! ```
 //!
 //! **Invariant:** pure; names that reach a path were checked with [`check_name`].
@@ -57,6 +58,12 @@ impl Layout {
     /// `<root>/bosh/desired_state`: `running` after `start`, `stopped` after `stop`.
     pub fn desired_state_file(&self) -> PathBuf {
         self.bosh().join("desired_state")
+    }
+
+    /// `<root>/bosh/dns/records.json`: the DNS records of the last `sync_dns`, served again
+    /// by a restarted agent.
+    pub fn dns_records_file(&self) -> PathBuf {
+        self.bosh().join("dns").join("records.json")
     }
 
     /// `<root>/bosh/mounted_disk`: the CID of the disk shown at `store`.
@@ -197,6 +204,10 @@ mod tests {
         assert_eq!(
             layout.stderr_log("web", "server"),
             Path::new("/var/vcap/sys/log/web/server.stderr.log")
+        );
+        assert_eq!(
+            layout.dns_records_file(),
+            Path::new("/var/vcap/bosh/dns/records.json")
         );
         assert_eq!(
             layout.pid_file("web", "server"),

@@ -9,7 +9,9 @@
 //! - effects: `logs` (rotating log files), `blobs` (HTTP downloads and uploads, archives),
 //!   `install` (packages and rendered jobs, BOSH's layout), `supervisor` (processes),
 //!   `scripts` (lifecycle scripts and drain), `compile` (`compile_package`), `disks`
-//!   (persistent disks), `settings` (the settings file), `tasks` (long calls);
+//!   (persistent disks), `settings` (the settings file), `tasks` (long calls), `dns` (the
+//!   deployments' names, answered from the records `sync_dns` pushes; its resolution is
+//!   pure);
 //! - `agent` ties them together, `actions` maps bus methods onto it and `bus` is the only
 //!   module that knows NATS.
 
@@ -23,6 +25,7 @@ pub mod bpm;
 pub mod bus;
 pub mod compile;
 pub mod disks;
+pub mod dns;
 pub mod drain;
 pub mod error;
 pub mod install;

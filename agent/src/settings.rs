@@ -187,6 +187,9 @@ pub struct Tunables {
     /// Forced disk strategy (`disk_strategy`: `bind`|`symlink`, `BOSH_AGENT_DISK_STRATEGY`);
     /// detected when absent.
     pub disk_strategy: Option<DiskStrategy>,
+    /// The port the DNS server listens on at each network address (53; `dns_port`,
+    /// `BOSH_AGENT_DNS_PORT`, for tests).
+    pub dns_port: u16,
 }
 
 impl Default for Tunables {
@@ -196,6 +199,7 @@ impl Default for Tunables {
             log_max_bytes: 10 * 1024 * 1024,
             log_keep: 5,
             disk_strategy: None,
+            dns_port: 53,
         }
     }
 }
@@ -235,11 +239,16 @@ impl Tunables {
                 "symlink" => Some(DiskStrategy::Symlink),
                 _ => None,
             });
+        let dns_port = lookup("dns_port", "BOSH_AGENT_DNS_PORT")
+            .and_then(|s| s.trim().parse::<u16>().ok())
+            .filter(|port| *port > 0)
+            .unwrap_or(defaults.dns_port);
         Tunables {
             stop_grace,
             log_max_bytes,
             log_keep,
             disk_strategy,
+            dns_port,
         }
     }
 }
@@ -273,17 +282,21 @@ mod tests {
         let env = |var: &str| match var {
             "BOSH_AGENT_STOP_GRACE_SECONDS" => Some("3".to_string()),
             "BOSH_AGENT_LOG_MAX_BYTES" => Some("1000".to_string()),
+            "BOSH_AGENT_DNS_PORT" => Some("5353".to_string()),
             _ => None,
         };
         let tunables = Tunables::from_settings(&settings, env);
         assert_eq!(tunables.stop_grace, Duration::from_secs(3));
         assert_eq!(tunables.log_max_bytes, 1000);
         assert_eq!(tunables.log_keep, 5);
+        assert_eq!(tunables.dns_port, 5353);
         settings.env =
             json!({"bosh": {"agent": {"stop_grace_seconds": 0.5, "disk_strategy": "symlink"}}});
         let tunables = Tunables::from_settings(&settings, env);
         assert_eq!(tunables.stop_grace, Duration::from_millis(500));
         assert_eq!(tunables.disk_strategy, Some(DiskStrategy::Symlink));
+        let refused = |var: &str| (var == "BOSH_AGENT_DNS_PORT").then(|| "0".to_string());
+        assert_eq!(Tunables::from_settings(&settings, refused).dns_port, 53);
         assert_eq!(
             Tunables::from_settings(&Settings::default(), |_| None),
             Tunables::default()

@@ -1,6 +1,7 @@
 //! Helpers for the end-to-end tests in `tests/tests/`: the built binaries, the fixtures, and
 //! running a command to capture its output.
 
+pub mod dns;
 pub mod docker;
 pub mod etcd;
 pub mod hello;

@@ -22,6 +22,17 @@ pub fn agent_root(user: &User, vm_cid: &str) -> PathBuf {
     vm_dir(user, vm_cid).join("vcap")
 }
 
+/// File `path` of job `job` as the VM's agent installed it: `/var/vcap/jobs/<job>` is a
+/// link the host cannot follow (it names the VM's `/var/vcap`), so this reads the link and
+/// finds its target under [`agent_root`].
+pub fn job_file(user: &User, vm_cid: &str, job: &str, path: &str) -> PathBuf {
+    let root = agent_root(user, vm_cid);
+    let link = root.join("jobs").join(job);
+    let target = std::fs::read_link(&link).unwrap_or_else(|e| panic!("{}: {e}", link.display()));
+    let inside = target.strip_prefix("/var/vcap").unwrap_or(&target);
+    root.join(inside).join(path)
+}
+
 /// The pid of the VM's agent.
 pub fn agent_pid(user: &User, vm_cid: &str) -> u32 {
     let record: Value =

@@ -222,6 +222,8 @@ pub struct Harness {
     log: PathBuf,
     /// A command the agent is started through (`unshare …`).
     wrapper: Vec<String>,
+    /// Variables for the agent's environment.
+    env: Vec<(String, String)>,
 }
 
 impl Harness {
@@ -246,7 +248,27 @@ impl Harness {
         Harness::start_with(wrapper.iter().map(|s| s.to_string()).collect(), None).await
     }
 
+    /// As [`Harness::start`], the agent's settings naming one network (`default`, at `ip`)
+    /// and its environment holding `env`.
+    pub async fn start_on_network(ip: &str, env: &[(&str, &str)]) -> Harness {
+        let networks = json!({"default": {"type": "manual", "ip": ip, "netmask": "255.255.255.0"}});
+        let env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Harness::start_full(Vec::new(), Some("symlink"), networks, env).await
+    }
+
     async fn start_with(wrapper: Vec<String>, disk_strategy: Option<&str>) -> Harness {
+        Harness::start_full(wrapper, disk_strategy, json!({}), Vec::new()).await
+    }
+
+    async fn start_full(
+        wrapper: Vec<String>,
+        disk_strategy: Option<&str>,
+        networks: Value,
+        env: Vec<(String, String)>,
+    ) -> Harness {
         let nats = Nats::start();
         let blobs = Blobs::start().await;
         let dir = tempfile::tempdir().unwrap();
@@ -257,7 +279,7 @@ impl Harness {
             "agent_id": agent_id,
             "mbus": format!("nats://{AGENT_USER}:{AGENT_PASSWORD}@127.0.0.1:{}", nats.port),
             "blobstore": {"provider": "director", "endpoint": blobs.base},
-            "networks": {},
+            "networks": networks,
             "disks": {"persistent": {}},
             "env": {"bosh": {"agent": {"stop_grace_seconds": 1, "disk_strategy": disk_strategy}}},
             "heartbeat_interval": 1
@@ -284,6 +306,7 @@ impl Harness {
             agent: None,
             log,
             wrapper,
+            env,
         };
         harness.spawn_agent().await;
         harness
@@ -311,6 +334,7 @@ impl Harness {
             .arg("--root")
             .arg(&self.root)
             .env("AGENT_ONLY_SECRET", "must-not-leak")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)

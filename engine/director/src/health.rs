@@ -252,12 +252,27 @@ impl HealthView {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    fn record(&self, agent_id: String, heartbeat: Heartbeat) {
+    /// The job state the last heartbeat of agent `agent_id` reported.
+    pub fn job_state(&self, agent_id: &str) -> Option<String> {
+        let known = self.known();
+        let beat = known.beats.get(agent_id)?;
+        Some(beat.heartbeat.job_state.clone())
+    }
+
+    /// Records a heartbeat; answers whether it reports another job state than the agent's
+    /// previous one (or is its first).
+    fn record(&self, agent_id: String, heartbeat: Heartbeat) -> bool {
+        let mut known = self.known();
+        let changed = known
+            .beats
+            .get(&agent_id)
+            .is_none_or(|previous| previous.heartbeat.job_state != heartbeat.job_state);
         let beat = Beat {
             at: Instant::now(),
             heartbeat,
         };
-        self.known().beats.insert(agent_id, beat);
+        known.beats.insert(agent_id, beat);
+        changed
     }
 }
 
@@ -274,6 +289,7 @@ pub fn spawn(
         return;
     }
     let view = services.health.clone();
+    let dns = services.dns.clone();
     let mut heartbeats = Box::pin(services.bus.heartbeats());
     let listening = stop.clone();
     tokio::spawn(async move {
@@ -281,7 +297,11 @@ pub fn spawn(
             tokio::select! {
                 () = listening.cancelled() => return,
                 next = heartbeats.next() => match next {
-                    Some((agent_id, heartbeat)) => view.record(agent_id, heartbeat),
+                    Some((agent_id, heartbeat)) => {
+                        if view.record(agent_id, heartbeat) {
+                            dns.changed();
+                        }
+                    }
                     None => return,
                 },
             }
@@ -499,6 +519,7 @@ impl Monitor {
                     since: now,
                 },
             );
+            services.dns.changed();
             // A first judgement of healthy is no news.
             if previous.is_none() && health == Health::Healthy {
                 continue;

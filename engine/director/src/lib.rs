@@ -14,6 +14,7 @@ pub mod api;
 pub mod blobstore;
 pub mod client;
 pub mod config;
+pub mod dns;
 pub mod health;
 pub mod ops;
 pub mod tasks;

@@ -300,6 +300,8 @@ impl Machine {
             | "migrate_disk" => Reply::Value(json!({})),
             "list_disk" => Reply::Value(json!([])),
             "cancel_task" => Reply::Value(json!("finished")),
+            // Records are taken (not served: no simulated agent answers DNS).
+            "sync_dns" => Reply::Value(json!("synced")),
             other => Reply::exception(format!("fleet: '{other}' is not simulated")),
         }
     }

@@ -134,6 +134,9 @@ pub struct DesiredDeployment {
     pub releases: Vec<(String, String)>,
     /// `(name, version)` of stemcells used.
     pub stemcells: Vec<(String, String)>,
+    /// `features.use_dns_addresses`: links and `spec.address` give DNS names
+    /// ([`super::dns`]) instead of IPs.
+    pub use_dns_addresses: bool,
 }
 
 /// A problem found while resolving; names where it was written.
@@ -682,5 +685,6 @@ pub fn resolve(
         groups,
         releases,
         stemcells,
+        use_dns_addresses: validated.manifest.features.use_dns_addresses == Some(true),
     })
 }

@@ -15,6 +15,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::desired::{DesiredDeployment, DesiredGroup, DesiredJob};
+use super::dns;
 use super::placement::{GroupPlacement, PlacedInstance};
 use crate::render::{LinkInstance, LinkValue, effective_properties, link_properties};
 
@@ -115,39 +116,63 @@ struct Provider<'a> {
     shared: bool,
 }
 
-fn link_instances(
+/// The instances of a link and the group's address: IPs on `network` (else each instance's
+/// address), or with `use_dns_addresses` their DNS names and the group's health-aware query
+/// name.
+fn link_addresses(
+    desired: &DesiredDeployment,
     group: &DesiredGroup,
     instances: &[PlacedInstance],
     network: Option<&str>,
-) -> Vec<LinkInstance> {
-    instances
+) -> (Vec<LinkInstance>, String) {
+    let dns_network = |instance: &PlacedInstance| -> String {
+        network
+            .or_else(|| dns::address_network(instance))
+            .unwrap_or_default()
+            .to_string()
+    };
+    let link_instances: Vec<LinkInstance> = instances
         .iter()
         .map(|instance| LinkInstance {
             name: group.name.clone(),
             id: instance.uuid.clone(),
             index: instance.index,
             az: instance.az.clone(),
-            address: match network {
-                Some(network) => instance
-                    .networks
-                    .get(network)
-                    .and_then(|n| n.ip)
-                    .map(|ip| ip.to_string())
-                    .unwrap_or_default(),
-                None => instance.address(),
+            address: if desired.use_dns_addresses {
+                dns::instance_name(
+                    &instance.uuid,
+                    &group.name,
+                    &dns_network(instance),
+                    &desired.name,
+                )
+            } else {
+                match network {
+                    Some(network) => instance
+                        .networks
+                        .get(network)
+                        .and_then(|n| n.ip)
+                        .map(|ip| ip.to_string())
+                        .unwrap_or_default(),
+                    None => instance.address(),
+                }
             },
             bootstrap: instance.bootstrap,
         })
-        .collect()
-}
-
-fn group_address(instances: &[LinkInstance]) -> String {
-    instances
-        .iter()
-        .find(|i| i.bootstrap)
-        .or_else(|| instances.first())
-        .map(|i| i.address.clone())
-        .unwrap_or_default()
+        .collect();
+    let address = if desired.use_dns_addresses {
+        instances
+            .first()
+            .map(|first| dns::group_query(&group.name, &dns_network(first), &desired.name))
+            .unwrap_or_default()
+    } else {
+        link_instances
+            .iter()
+            .find(|i| i.bootstrap)
+            .or_else(|| link_instances.first())
+            .map(|i| i.address.clone())
+            .unwrap_or_default()
+    };
+    (link_instances, address)
 }
 
 fn describe_consumer(name: &str, alias: &str, link_type: &str, job: &str, group: &str) -> String {
@@ -176,14 +201,14 @@ pub fn resolve_links(
                     continue;
                 }
                 let effective = effective_properties(&job.job.properties, &job.properties);
-                let link_instances = link_instances(group, instances, None);
+                let (link_instances, address) = link_addresses(desired, group, instances, None);
                 providers.push(Provider {
                     group,
                     job,
                     alias: spec.alias.clone().unwrap_or_else(|| decl.name.clone()),
                     link_type: decl.link_type.clone(),
                     value: LinkValue {
-                        address: group_address(&link_instances),
+                        address,
                         instances: link_instances,
                         properties: link_properties(&decl.properties, &effective),
                         deployment_name: desired.name.clone(),
@@ -259,9 +284,8 @@ pub fn resolve_links(
                                 .get(&provider.group.name)
                                 .map(|p| p.instances.as_slice())
                                 .unwrap_or_default();
-                            value.instances =
-                                link_instances(provider.group, instances, Some(network));
-                            value.address = group_address(&value.instances);
+                            (value.instances, value.address) =
+                                link_addresses(desired, provider.group, instances, Some(network));
                         }
                         links.insert(decl.name.clone(), value);
                     }

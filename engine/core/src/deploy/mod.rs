@@ -11,6 +11,7 @@
 
 pub mod catalog;
 pub mod desired;
+pub mod dns;
 pub mod links;
 pub mod placement;
 pub mod plan;

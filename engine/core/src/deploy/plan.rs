@@ -336,7 +336,7 @@ fn network_states(placed: &PlacedInstance) -> BTreeMap<String, NetworkState> {
 
 /// The `spec` a template of `job_release` sees for an instance.
 fn template_spec(
-    deployment: &str,
+    desired: &DesiredDeployment,
     group: &DesiredGroup,
     placed: &PlacedInstance,
     release: (&str, &str),
@@ -360,14 +360,23 @@ fn template_spec(
             )
         })
         .collect();
-    let address = placed.address();
+    let deployment = desired.name.as_str();
+    let ip = placed.address();
+    // With `use_dns_addresses` the address is the instance's DNS name (BOSH's rule).
+    let address = match super::dns::address_network(placed) {
+        Some(network) if desired.use_dns_addresses => {
+            super::dns::instance_name(&placed.uuid, &group.name, network, deployment)
+        }
+        _ => ip.clone(),
+    };
     json!({
         "name": group.name,
         "id": placed.uuid,
         "index": placed.index,
         "az": placed.az,
-        "ip": if address.is_empty() { Json::Null } else { Json::String(address.clone()) },
+        "ip": if ip.is_empty() { Json::Null } else { Json::String(ip) },
         "address": address,
+        "dns_domain_name": super::dns::DOMAIN,
         "deployment": deployment,
         "bootstrap": placed.bootstrap,
         "networks": networks,
@@ -803,7 +812,7 @@ fn render_instance_jobs(
         };
         let context = InstanceContext {
             spec: template_spec(
-                &input.desired.name,
+                input.desired,
                 group,
                 placed,
                 (&job.job.release, &job.release_version),

@@ -97,6 +97,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
             ..crate::ops::Timeouts::default()
         },
         health: crate::health::HealthView::new(config.health_monitor.enabled),
+        dns: crate::dns::DnsChanges::default(),
     });
     // VMs a director that stopped was making, before any task runs (ops::vms::reconcile).
     for outcome in crate::ops::vms::reconcile(&services).await? {
@@ -133,6 +134,7 @@ pub async fn serve(config: DirectorConfig, dev: bool) -> Result<(), ServeError> 
         dev,
     };
     let shutdown = CancellationToken::new();
+    crate::dns::spawn(services.clone(), runner.ended(), shutdown.clone());
     crate::health::spawn(
         services.clone(),
         runner.clone(),

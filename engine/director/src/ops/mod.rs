@@ -78,6 +78,8 @@ pub struct Services {
     pub timeouts: Timeouts,
     /// What the health monitor concluded about each instance.
     pub health: crate::health::HealthView,
+    /// Tells the DNS publisher the records may have changed.
+    pub dns: crate::dns::DnsChanges,
 }
 
 impl std::fmt::Debug for Services {

@@ -831,7 +831,10 @@ pub async fn record_vm(
                 env: vm.env.clone(),
             },
         )
-        .await
+        .await?;
+    // The new agent needs the records, and the others its address.
+    services.dns.changed();
+    Ok(())
 }
 
 /// Creates the VM of a new instance (before its group is updated).

@@ -861,6 +861,7 @@ mod tests {
             templates: crate::ops::TemplateCache::default(),
             timeouts: crate::ops::Timeouts::default(),
             health: crate::health::HealthView::new(false),
+            dns: crate::dns::DnsChanges::default(),
         };
         let deployment = state.deployments().create("d").await.unwrap().id;
         // What a director killed while compiling leaves: a compilation VM without a CPI id

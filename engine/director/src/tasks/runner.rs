@@ -220,6 +220,8 @@ struct Inner {
     running: Mutex<HashMap<i64, CancellationToken>>,
     join_set: tokio::sync::Mutex<JoinSet<()>>,
     shutdown: CancellationToken,
+    /// See [`TaskRunner::ended`].
+    ended: Arc<tokio::sync::Notify>,
 }
 
 /// Starts and tracks tasks.
@@ -258,8 +260,15 @@ impl TaskRunner {
                 running: Mutex::new(HashMap::new()),
                 join_set: tokio::sync::Mutex::new(JoinSet::new()),
                 shutdown: CancellationToken::new(),
+                ended: Arc::new(tokio::sync::Notify::new()),
             }),
         }
+    }
+
+    /// Fires (one stored permit) each time a task ends: what watches the state a task
+    /// changes (the DNS records) looks again.
+    pub fn ended(&self) -> Arc<tokio::sync::Notify> {
+        self.inner.ended.clone()
     }
 
     /// Where task `id`'s logs are.
@@ -404,6 +413,7 @@ where
     if let Ok(mut running) = inner.running.lock() {
         running.remove(&id.0);
     }
+    inner.ended.notify_one();
 }
 
 /// Renews the task's locks every third of `ttl` until `finished` fires. A lock the task no
