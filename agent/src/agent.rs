@@ -639,9 +639,11 @@ impl Agent {
         }
     }
 
-    /// Makes the DNS server listen on every network address of the settings.
+    /// Makes the DNS server listen on every network address of the settings and, when told
+    /// to (`resolv_conf`), the VM's resolver ask it first.
     async fn listen_dns(&self) {
-        let port = self.tunables().dns_port;
+        let tunables = self.tunables();
+        let port = tunables.dns_port;
         let settings = self.settings();
         let mut addresses = Vec::new();
         for (network, spec) in &settings.networks {
@@ -659,6 +661,18 @@ impl Agent {
             agent_log!("dns: no network address to serve on");
         }
         self.dns.listen(&addresses).await;
+        let resolver = self.dns.serving().into_iter().find(|a| a.port() == 53);
+        if let (Some(path), Some(server)) = (tunables.resolv_conf, resolver) {
+            match dns::point_resolver_at(&path, server.ip()).await {
+                Ok(true) => agent_log!("dns: {} names {} first", path.display(), server.ip()),
+                Ok(false) => {}
+                Err(e) => agent_log!(
+                    "dns: cannot point {} at {}: {e}",
+                    path.display(),
+                    server.ip()
+                ),
+            }
+        }
     }
 
     /// `fetch_logs`: a `.tgz` of `<root>/sys/log` `PUT` to `upload_url`.

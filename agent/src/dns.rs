@@ -35,10 +35,14 @@
 //!
 //! Pure parts: [`Records`] (parsed and indexed by group), [`resolve`] (a question to a
 //! response code and addresses) and [`respond`] (a DNS message to the answer's bytes). The
-//! effects are [`Server`]'s: tokio sockets that hand each message to `respond`.
+//! effects are [`Server`]'s: tokio sockets that hand each message to `respond`; and
+//! [`point_resolver_at`], which puts the server first in the VM's `/etc/resolv.conf` when the
+//! agent is told to (`resolv_conf`, set by the CPIs whose VMs have a resolver file of their
+//! own).
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -739,6 +743,15 @@ impl Server {
         }
     }
 
+    /// The addresses served, in order.
+    pub fn serving(&self) -> Vec<SocketAddr> {
+        let listening = self
+            .listening
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        listening.iter().copied().collect()
+    }
+
     /// Stops serving everywhere.
     pub fn stop(&self) {
         self.tasks
@@ -830,12 +843,64 @@ async fn serve_connection(mut stream: TcpStream, shared: &Shared) {
     }
 }
 
+/// The resolver configuration `current` with `nameserver ip` as its first nameserver (the
+/// VM's own DNS server first, as BOSH DNS puts itself): any line for `ip` already there is
+/// moved, every other line kept in its order, so applying it twice changes nothing. glibc
+/// moves on to the next nameserver when ours refuses a name outside the domain.
+pub fn with_nameserver(current: &str, ip: IpAddr) -> String {
+    let ours = format!("nameserver {ip}");
+    let mut lines = vec![ours.as_str()];
+    lines.extend(current.lines().filter(|line| {
+        let mut words = line.split_whitespace();
+        let names_ip = words.next() == Some("nameserver")
+            && words.next().and_then(|word| word.parse::<IpAddr>().ok()) == Some(ip);
+        !names_ip
+    }));
+    let mut text = lines.join("\n");
+    text.push('\n');
+    text
+}
+
+/// Makes the resolver configuration at `path` name `ip` first. The file is rewritten in
+/// place and never created: on a VM it may be a bind mount (Docker's, or the local CPI's
+/// private copy), which a new file would not replace.
+pub async fn point_resolver_at(path: &Path, ip: IpAddr) -> std::io::Result<bool> {
+    let current = tokio::fs::read_to_string(path).await?;
+    let wanted = with_nameserver(&current, ip);
+    if wanted == current {
+        return Ok(false);
+    }
+    let mut file = tokio::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(path)
+        .await?;
+    file.write_all(wanted.as_bytes()).await?;
+    file.flush().await?;
+    Ok(true)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use hickory_proto::op::Query;
     use hickory_proto::rr::Name;
     use serde_json::json;
+
+    #[test]
+    fn the_vms_resolver_asks_the_agent_first_and_keeps_the_rest() {
+        let ip: IpAddr = "10.0.0.5".parse().unwrap();
+        let host = "# from the host\nsearch example.org\nnameserver 10.0.0.1\noptions ndots:1\n";
+        let pointed = with_nameserver(host, ip);
+        assert_eq!(
+            pointed,
+            "nameserver 10.0.0.5\n# from the host\nsearch example.org\nnameserver 10.0.0.1\noptions ndots:1\n"
+        );
+        assert_eq!(with_nameserver(&pointed, ip), pointed);
+        let moved = with_nameserver("nameserver 10.0.0.1\nnameserver  10.0.0.5\n", ip);
+        assert_eq!(moved, "nameserver 10.0.0.5\nnameserver 10.0.0.1\n");
+        assert_eq!(with_nameserver("", ip), "nameserver 10.0.0.5\n");
+    }
 
     const OTHER: &str = "agent-other";
 

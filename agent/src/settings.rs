@@ -190,6 +190,10 @@ pub struct Tunables {
     /// The port the DNS server listens on at each network address (53; `dns_port`,
     /// `BOSH_AGENT_DNS_PORT`, for tests).
     pub dns_port: u16,
+    /// The VM's resolver configuration, which the agent points at its DNS server once it
+    /// serves records on port 53 (`resolv_conf`, `BOSH_AGENT_RESOLV_CONF`; none by default:
+    /// only a CPI knows whether the file is the VM's own, and sets it).
+    pub resolv_conf: Option<PathBuf>,
 }
 
 impl Default for Tunables {
@@ -200,6 +204,7 @@ impl Default for Tunables {
             log_keep: 5,
             disk_strategy: None,
             dns_port: 53,
+            resolv_conf: None,
         }
     }
 }
@@ -243,12 +248,16 @@ impl Tunables {
             .and_then(|s| s.trim().parse::<u16>().ok())
             .filter(|port| *port > 0)
             .unwrap_or(defaults.dns_port);
+        let resolv_conf = lookup("resolv_conf", "BOSH_AGENT_RESOLV_CONF")
+            .map(|path| PathBuf::from(path.trim()))
+            .filter(|path| path.is_absolute());
         Tunables {
             stop_grace,
             log_max_bytes,
             log_keep,
             disk_strategy,
             dns_port,
+            resolv_conf,
         }
     }
 }
@@ -290,11 +299,22 @@ mod tests {
         assert_eq!(tunables.log_max_bytes, 1000);
         assert_eq!(tunables.log_keep, 5);
         assert_eq!(tunables.dns_port, 5353);
-        settings.env =
-            json!({"bosh": {"agent": {"stop_grace_seconds": 0.5, "disk_strategy": "symlink"}}});
+        assert_eq!(tunables.resolv_conf, None);
+        settings.env = json!({"bosh": {"agent": {
+            "stop_grace_seconds": 0.5, "disk_strategy": "symlink", "resolv_conf": "/etc/resolv.conf"
+        }}});
         let tunables = Tunables::from_settings(&settings, env);
         assert_eq!(tunables.stop_grace, Duration::from_millis(500));
         assert_eq!(tunables.disk_strategy, Some(DiskStrategy::Symlink));
+        assert_eq!(
+            tunables.resolv_conf,
+            Some(PathBuf::from("/etc/resolv.conf"))
+        );
+        let relative = |var: &str| (var == "BOSH_AGENT_RESOLV_CONF").then(|| "resolv.conf".into());
+        assert_eq!(
+            Tunables::from_settings(&Settings::default(), relative).resolv_conf,
+            None
+        );
         let refused = |var: &str| (var == "BOSH_AGENT_DNS_PORT").then(|| "0".to_string());
         assert_eq!(Tunables::from_settings(&settings, refused).dns_port, 53);
         assert_eq!(

@@ -1,6 +1,6 @@
 //! Asking an agent's DNS server, as a VM's resolver asks: one A question over UDP.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, OpCode, Query, ResponseCode};
@@ -10,7 +10,13 @@ use hickory_proto::rr::{Name, RData, RecordType};
 /// response code when it is not NOERROR, or says that no answer came (three tries, 2 s
 /// each).
 pub fn resolve(server: SocketAddr, name: &str) -> Result<Vec<IpAddr>, String> {
-    let socket = UdpSocket::bind(("127.0.0.1", 0)).map_err(|e| e.to_string())?;
+    // Bound to any address, so the kernel picks the source the route to `server` needs (a
+    // loopback source cannot reach a container's address).
+    let any: IpAddr = match server {
+        SocketAddr::V4(_) => Ipv4Addr::UNSPECIFIED.into(),
+        SocketAddr::V6(_) => Ipv6Addr::UNSPECIFIED.into(),
+    };
+    let socket = UdpSocket::bind((any, 0)).map_err(|e| e.to_string())?;
     socket
         .set_read_timeout(Some(Duration::from_secs(2)))
         .map_err(|e| e.to_string())?;

@@ -5,7 +5,8 @@
 //!
 //! - The consumer's rendered template names the provider group, not an instance's IP.
 //! - Asked at the client's agent, `q-s0.hello-server.default.hello.bosh` answers both
-//!   servers; an instance name answers its instance.
+//!   servers; an instance name answers its instance. The client itself reaches the servers
+//!   by that name: its VM's resolver asks its agent first.
 //! - `kill -9` of one server VM: within the health monitor's interval its address leaves
 //!   the group's answer, and it returns once the resurrector has brought the VM back and its
 //!   jobs run.
@@ -31,7 +32,14 @@ fn ask(client: IpAddr, name: &str) -> Result<Vec<IpAddr>, String> {
 }
 
 /// Asks until the answer for `name` is `expected`, up to `limit`; answers how long it took.
-fn wait_for_answer(client: IpAddr, name: &str, expected: &[IpAddr], limit: Duration) -> Duration {
+/// On a timeout the panic shows the director's events and instances, to tell why.
+fn wait_for_answer(
+    user: &User,
+    client: IpAddr,
+    name: &str,
+    expected: &[IpAddr],
+    limit: Duration,
+) -> Duration {
     let mut expected = expected.to_vec();
     expected.sort();
     let started = Instant::now();
@@ -40,10 +48,14 @@ fn wait_for_answer(client: IpAddr, name: &str, expected: &[IpAddr], limit: Durat
         if answer.as_ref() == Ok(&expected) {
             return started.elapsed();
         }
-        assert!(
-            started.elapsed() < limit,
-            "{name} answering {expected:?} within {limit:?}; the last answer: {answer:?}"
-        );
+        if started.elapsed() >= limit {
+            let events = user.json(&["-d", "hello", "events"]);
+            panic!(
+                "{name} answering {expected:?} within {limit:?}; the last answer: {answer:?}\n\
+                 events: {events:#}\ninstances: {:#}",
+                Value::Array(instances(user))
+            );
+        }
         std::thread::sleep(Duration::from_millis(200));
     }
 }
@@ -53,6 +65,7 @@ fn the_group_name_answers_healthy_instances_and_follows_a_kill_and_a_resurrectio
     let user = User::with_director_config(
         "agent: {heartbeat_interval: 1}\nhealth_monitor: {agent_timeout: 4, analyze_interval: 1, resurrector: {}}",
     );
+    let host_resolver = std::fs::read_to_string("/etc/resolv.conf").ok();
     set_cloud_config(&user, NET);
     upload_stemcell(&user, "1", None);
     let release = user.hello_release();
@@ -86,7 +99,7 @@ fn the_group_name_answers_healthy_instances_and_follows_a_kill_and_a_resurrectio
 
     // Both servers answer by the group's name, each by its own.
     let both: Vec<IpAddr> = servers.iter().map(ip).collect();
-    wait_for_answer(client_ip, GROUP, &both, Duration::from_secs(30));
+    wait_for_answer(&user, client_ip, GROUP, &both, Duration::from_secs(30));
     for server in &servers {
         let name = format!(
             "{}.hello-server.default.hello.bosh",
@@ -103,16 +116,38 @@ fn the_group_name_answers_healthy_instances_and_follows_a_kill_and_a_resurrectio
         "{upper}"
     );
 
+    // The client resolves the name itself: its VM's resolver asks its agent first, and
+    // the host's resolver is untouched.
+    let said = tests::hello::client_says(&user, "hello");
+    assert!(said.contains("hello"), "the client's output: {said}");
+    let resolver = tests::local_vm::agent_root(&user, client["vm_cid"].as_str().unwrap())
+        .join("bosh/resolv.conf");
+    let resolver = std::fs::read_to_string(&resolver).unwrap();
+    assert!(
+        resolver.starts_with(&format!("nameserver {client_ip}\n")),
+        "{resolver}"
+    );
+    assert_eq!(
+        std::fs::read_to_string("/etc/resolv.conf").ok(),
+        host_resolver
+    );
+
     // Kill one server: it leaves the answer, then comes back resurrected.
     let victim = &servers[0];
     let survivor = ip(&servers[1]);
     tests::local_vm::signal_vm(&user, victim["vm_cid"].as_str().unwrap(), "-9");
-    let gone = wait_for_answer(client_ip, GROUP, &[survivor], Duration::from_secs(30));
+    let gone = wait_for_answer(
+        &user,
+        client_ip,
+        GROUP,
+        &[survivor],
+        Duration::from_secs(30),
+    );
     println!(
         "the killed server left the answer {:.1} s after the kill",
         gone.as_secs_f64()
     );
-    let back = wait_for_answer(client_ip, GROUP, &both, Duration::from_secs(90));
+    let back = wait_for_answer(&user, client_ip, GROUP, &both, Duration::from_secs(90));
     println!("and was back {:.1} s later", back.as_secs_f64());
     let list = instances(&user);
     let resurrected = list.iter().find(|i| i["id"] == victim["id"]).unwrap();

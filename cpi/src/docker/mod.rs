@@ -361,6 +361,7 @@ impl DockerCpi {
         let vm_cid = format!("{}vm-{}", self.config.name_prefix, uuid::Uuid::new_v4());
         let mut settings = crate::local::agent_settings(agent_id, &vm_cid, networks, environment)
             .map_err(|message| CpiError::new(ErrorKind::CpiError, message))?;
+        own_resolver(&mut settings.env);
         let mut mounts = vec![ephemeral_mount(&vm_cid)];
         for disk_cid in disk_cids {
             self.check_disk_free(disk_cid, &vm_cid).await?;
@@ -990,6 +991,28 @@ impl Cpi for DockerCpi {
 }
 
 /// The name of VM `vm_cid`'s old container while it is re-created.
+/// A container's `/etc/resolv.conf` is its own (Docker writes one per container): the
+/// agent may point it at its DNS server, unless the environment says otherwise (or is not
+/// the map of maps it should be, which the agent then reads as no settings).
+fn own_resolver(env: &mut Value) {
+    fn object(value: &mut Value) -> Option<&mut serde_json::Map<String, Value>> {
+        if value.is_null() {
+            *value = Value::Object(serde_json::Map::new());
+        }
+        value.as_object_mut()
+    }
+    let Some(env) = object(env) else { return };
+    let Some(bosh) = object(env.entry("bosh").or_insert(Value::Null)) else {
+        return;
+    };
+    let Some(agent) = object(bosh.entry("agent").or_insert(Value::Null)) else {
+        return;
+    };
+    agent
+        .entry("resolv_conf")
+        .or_insert_with(|| Value::from("/etc/resolv.conf"));
+}
+
 fn replaced_name(vm_cid: &str) -> String {
     format!("{vm_cid}{REPLACED_SUFFIX}")
 }
@@ -1094,6 +1117,23 @@ fn disk_not_found(disk_cid: &str) -> CpiError {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn the_agent_may_point_a_containers_resolver_at_itself_unless_told_otherwise() {
+        let mut env = Value::Null;
+        own_resolver(&mut env);
+        assert_eq!(
+            env,
+            json!({"bosh": {"agent": {"resolv_conf": "/etc/resolv.conf"}}})
+        );
+        let mut env = json!({"bosh": {"agent": {"resolv_conf": "/etc/other"}, "group": "g"}});
+        own_resolver(&mut env);
+        assert_eq!(env["bosh"]["agent"]["resolv_conf"], "/etc/other");
+        assert_eq!(env["bosh"]["group"], "g");
+        let mut odd = json!({"bosh": "not a map"});
+        own_resolver(&mut odd);
+        assert_eq!(odd, json!({"bosh": "not a map"}));
+    }
 
     #[test]
     fn image_references_use_dockers_alphabet() {

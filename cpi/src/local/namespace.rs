@@ -6,7 +6,9 @@
 //! its pid is the agent's (unshare and sh both exec). Without the privilege to make a mount
 //! namespace (not root), `--user --map-root-user` is added: a user namespace where we are
 //! root. Which of the two works is found out once per process by trying each with `true`.
-//! The mount namespace is a copy of the host's; mounts made in it do not propagate back.
+//! The mount namespace is a copy of the host's; mounts made in it do not propagate back. Its
+//! `/etc/resolv.conf` is the VM's own copy of the host's ([`PRIVATE_RESOLVER`]), which the
+//! agent points at its DNS server.
 //!
 //! What the namespace hides ([`Hiding`]): after `/var/vcap` is bound, an empty read-only
 //! tmpfs is mounted over each hidden directory (the director's data directory and the CPI's
@@ -45,6 +47,12 @@ pub const VCAP_MOUNT: &str = "/var/vcap";
 pub const AGENT_IN_VM: &str = "/var/vcap/bosh/bin/bosh-agent";
 /// The settings file, as the namespace sees it.
 pub const SETTINGS_IN_VM: &str = "/var/vcap/bosh/settings.json";
+
+/// Gives the VM a resolver configuration of its own: a copy of the host's, bound over
+/// `/etc/resolv.conf` in the namespace, which the agent is told it may rewrite (to ask its
+/// DNS server first). When the host has none, or the copy cannot be bound, the agent is told
+/// nothing and the VM starts all the same: the host's file is never the agent's to change.
+const PRIVATE_RESOLVER: &str = "[ ! -e /etc/resolv.conf ] || { cat /etc/resolv.conf > /var/vcap/bosh/resolv.conf && mount --bind /var/vcap/bosh/resolv.conf /etc/resolv.conf && export BOSH_AGENT_RESOLV_CONF=/etc/resolv.conf; } || true";
 
 /// How long an agent may take to be exec'd in its namespace.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -287,7 +295,7 @@ fn spawn_agent(mode: Mode, vcap: &Path, log: &Path, hiding: &Hiding) -> Result<C
         .map_err(|error| format!("cannot open {}: {error}", log.display()))?;
     let (hide, hidden_paths) = hiding.commands(2);
     let script = format!(
-        "mount --bind \"$1\" {VCAP_MOUNT}{hide} && exec {AGENT_IN_VM} --settings {SETTINGS_IN_VM}"
+        "mount --bind \"$1\" {VCAP_MOUNT}{hide} && {{ {PRIVATE_RESOLVER}; }} && exec {AGENT_IN_VM} --settings {SETTINGS_IN_VM}"
     );
     let mut command = Command::new("unshare");
     command

@@ -36,6 +36,8 @@ pub enum Purpose {
     Import,
     /// A blob a download link was handed out for.
     Download,
+    /// The DNS records agents fetch (`sync_dns`); held while they are the published ones.
+    DnsRecords,
 }
 
 impl Purpose {
@@ -48,6 +50,7 @@ impl Purpose {
             Purpose::ExportedRelease => "an exported release",
             Purpose::Import => "an import",
             Purpose::Download => "a download link",
+            Purpose::DnsRecords => "DNS records",
         }
     }
 
@@ -57,7 +60,7 @@ impl Purpose {
         match self {
             Purpose::CompiledPackage | Purpose::Import => 20 << 30,
             Purpose::Logs | Purpose::ExportedRelease => 10 << 30,
-            Purpose::RenderedTemplates | Purpose::Download => 1 << 30,
+            Purpose::RenderedTemplates | Purpose::Download | Purpose::DnsRecords => 1 << 30,
         }
     }
 
@@ -69,7 +72,8 @@ impl Purpose {
             Purpose::CompiledPackage
             | Purpose::RenderedTemplates
             | Purpose::Import
-            | Purpose::Download => Duration::from_secs(10 * 60),
+            | Purpose::Download
+            | Purpose::DnsRecords => Duration::from_secs(10 * 60),
         }
     }
 }
