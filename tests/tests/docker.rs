@@ -2,6 +2,8 @@
 //! for the Docker CPI (built in, or the `cpi` executable behind the external CPI), the
 //! Debian stemcell `build-stemcell` makes, real agents in containers compiling and running
 //! the `hello` release. Each test has its own director and its own /24 of 10.244.0.0/16.
+//! The deploy through the external CPI also runs `director cck` on Docker: a paused
+//! container and a removed one, found and fixed.
 //!
 //! These tests need Docker: without it they fail, never skip (`.ci/run` says so first).
 
@@ -16,7 +18,7 @@ use tests::hello::{all_running, deploy, stage_tasks, steps};
 
 /// The quickstart on Docker: upload the Debian stemcell (the CPI imports its image at
 /// upload), deploy, check every process runs on the containers' addresses, deploy again
-/// (nothing changes), delete the deployment (nothing of it is left in Docker).
+/// (nothing changes).
 fn quickstart_on_docker(docker_user: &DockerUser, net: u8) {
     let user = &docker_user.user;
     let stemcell = debian_stemcell("1.1");
@@ -117,8 +119,99 @@ fn quickstart_on_docker(docker_user: &DockerUser, net: u8) {
             "a no-op deploy ran '{busy}': {stages:?}"
         );
     }
+}
 
-    docker_user.delete_deployment_and_orphaned_disks("quickstart", 2);
+fn quickstart_instances(user: &tests::User) -> Vec<Value> {
+    let list = user.json(&["-d", "quickstart", "instances", "--ps"]);
+    list.as_array().unwrap().clone()
+}
+
+/// `cck --report --json` of the quickstart: the exit code and the problems' types.
+fn cck_report(user: &tests::User) -> (i32, Vec<String>) {
+    let out = user.run(&["-d", "quickstart", "cck", "--report", "--json"]);
+    let parsed: Value = serde_json::from_str(&out.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}\n{}", out.stdout, out.stderr));
+    let types = parsed["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["type"].as_str().unwrap().to_string())
+        .collect();
+    (out.code, types)
+}
+
+/// Waits up to 60 s until every instance runs; answers them.
+fn all_running_again(user: &tests::User) -> Vec<Value> {
+    let started = Instant::now();
+    loop {
+        let list = quickstart_instances(user);
+        if all_running(&list) {
+            return list;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "every instance running: {list:#?}"
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+}
+
+/// `director cck` on Docker (the health monitor off, so only cck acts): a paused server
+/// container is an `unresponsive_agent` that `--resolution recreate_vm` replaces (same IP,
+/// same disk and its data, the old container gone); a container removed behind the
+/// director's back is a `missing_vm` that `--auto` recreates.
+fn cck_on_docker(docker_user: &DockerUser) {
+    let user = &docker_user.user;
+    assert_eq!(cck_report(user), (0, vec![]));
+    let list = quickstart_instances(user);
+    let server = list
+        .iter()
+        .find(|i| i["disk_cid"].is_string())
+        .expect("a server with a persistent disk")
+        .clone();
+    let paused = server["vm_cid"].as_str().unwrap();
+    docker(&[
+        "exec",
+        paused,
+        "sh",
+        "-c",
+        "echo still here > /var/vcap/store/written-before.txt",
+    ]);
+    docker(&["pause", paused]);
+    assert_eq!(
+        cck_report(user),
+        (2, vec!["unresponsive_agent".to_string()])
+    );
+    let out = user.run(&["-d", "quickstart", "cck", "--resolution", "recreate_vm"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let list = all_running_again(user);
+    let back = list.iter().find(|i| i["id"] == server["id"]).unwrap();
+    let new = back["vm_cid"].as_str().unwrap();
+    assert_ne!(new, paused, "a new container");
+    assert_eq!(back["ips"], server["ips"], "the same IP");
+    assert_eq!(back["disk_cid"], server["disk_cid"], "the same disk");
+    let kept = docker(&["exec", new, "cat", "/var/vcap/store/written-before.txt"]);
+    assert_eq!(kept.trim(), "still here");
+    let gone = std::process::Command::new("docker")
+        .args(["inspect", paused])
+        .output()
+        .unwrap();
+    assert!(!gone.status.success(), "the paused container was deleted");
+
+    let removed = list
+        .iter()
+        .find(|i| i["id"] != server["id"])
+        .unwrap()
+        .clone();
+    docker(&["rm", "-f", removed["vm_cid"].as_str().unwrap()]);
+    assert_eq!(cck_report(user), (2, vec!["missing_vm".to_string()]));
+    let out = user.run(&["-d", "quickstart", "cck", "--auto"]);
+    assert_eq!(out.code, 0, "{}\n{}", out.stdout, out.stderr);
+    let list = all_running_again(user);
+    let back = list.iter().find(|i| i["id"] == removed["id"]).unwrap();
+    assert_ne!(back["vm_cid"], removed["vm_cid"]);
+    assert_eq!(back["ips"], removed["ips"], "the same IP");
+    assert_eq!(cck_report(user), (0, vec![]));
 }
 
 /// The host's address on Docker's default bridge (where containers reach the host).
@@ -148,6 +241,7 @@ fn the_quickstart_deploys_on_docker() {
         "status says agents reach the bus at the bridge gateway: {status:#}"
     );
     quickstart_on_docker(&docker_user, 21);
+    docker_user.delete_deployment_and_orphaned_disks("quickstart", 2);
 }
 
 #[test]
@@ -155,11 +249,13 @@ fn the_quickstart_deploys_through_the_cpi_executable_driving_docker() {
     let gateway = docker0_address();
     let cpi = tests::target_dir().join("cpi");
     let docker_user = DockerUser::with_config(&format!(
-        "cpi: {{type: external, command: {}, args: [--type, docker]}}\nagent: {{address: {}}}\n",
+        "cpi: {{type: external, command: {}, args: [--type, docker]}}\nagent: {{address: {}, heartbeat_interval: 1}}\nhealth_monitor: {{enabled: false}}\n",
         cpi.display(),
         gateway.trim()
     ));
     let status: Value = docker_user.user.json(&["status"]);
     assert_eq!(status["cpi"], "external", "{status:#}");
     quickstart_on_docker(&docker_user, 22);
+    cck_on_docker(&docker_user);
+    docker_user.delete_deployment_and_orphaned_disks("quickstart", 2);
 }

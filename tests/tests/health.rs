@@ -406,3 +406,164 @@ fn the_resurrection_config_leaves_the_groups_it_turns_off_alone() {
         out.stderr
     );
 }
+
+/// The pid of the process in local VM `vm_cid` whose command line holds `needle`.
+fn process_in_vm(user: &User, vm_cid: &str, needle: &str) -> Option<String> {
+    tests::local_vm::vm_processes(user, vm_cid)
+        .into_iter()
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|cmdline| String::from_utf8_lossy(&cmdline).contains(needle))
+        })
+}
+
+/// The director's SQLite state (the database and its write-ahead log), copied to or from
+/// `to` while the director is down.
+fn copy_state(from: &std::path::Path, to: &std::path::Path) {
+    for suffix in ["", "-wal", "-shm"] {
+        let name = format!("state.db{suffix}");
+        let _ = std::fs::remove_file(to.join(&name));
+        if from.join(&name).exists() {
+            std::fs::copy(from.join(&name), to.join(&name)).unwrap();
+        }
+    }
+}
+
+#[test]
+fn a_failing_process_is_reported_not_resurrected_and_rogue_agents_are_reported_once() {
+    let mut user = director("{}");
+    set_cloud_config(&user, 56);
+    upload_stemcell(&user, "1", None);
+    // A backup of the director's database from before the deploy, restored below.
+    let backup = user.home.path().join("backup");
+    std::fs::create_dir_all(&backup).unwrap();
+    user.kill_director();
+    copy_state(&user.data_dir(), &backup);
+    user.start_director_again("director-2.log");
+
+    let release = user.hello_release();
+    let manifest = tests::hello::write_manifest(&user, &release, &Hello::default());
+    let (code, _, stderr) = deploy(&user, &manifest, &[]);
+    assert_eq!(code, 0, "{stderr}");
+    wait_until_healthy(&user);
+    let before = instances(&user);
+    let server = by_group(&before, "hello-server")[0].clone();
+    let vm_cid = server["vm_cid"].as_str().unwrap().to_string();
+    let name = format!("hello-server/{}", server["id"].as_str().unwrap());
+
+    // The server's configuration goes away and the server is killed: every restart the
+    // agent makes fails, so the agent says the process is failing.
+    let config =
+        tests::local_vm::job_file(&user, &vm_cid, "hello-server", "config/hello-server.conf");
+    let away = config.with_extension("conf.away");
+    std::fs::rename(&config, &away).unwrap();
+    let pid = process_in_vm(&user, &vm_cid, "bin/hello-server").expect("the server's process");
+    let _ = std::process::Command::new("kill")
+        .args(["-9", &pid])
+        .status();
+    let list = wait_for(
+        &user,
+        Duration::from_secs(30),
+        "the server failing",
+        |list| {
+            list.iter()
+                .any(|i| i["vm_cid"] == vm_cid.as_str() && health(i) == "failing")
+        },
+    );
+    let out = user.run(&["-d", "hello", "instances"]);
+    assert!(out.stdout.contains("failing"), "{}", out.stdout);
+    assert!(
+        list.iter()
+            .filter(|i| i["vm_cid"] != vm_cid.as_str())
+            .all(|i| health(i) == "healthy"),
+        "{list:#?}"
+    );
+    let events = wait_for_event(&user, "failing");
+    let failing = events.iter().find(|e| e["action"] == "failing").unwrap();
+    assert_eq!(failing["object_name"], name.as_str(), "{failing:#?}");
+    assert_eq!(failing["context"]["was"], "healthy", "{failing:#?}");
+    assert_eq!(
+        failing["context"]["failing"],
+        serde_json::json!(["hello-server/hello-server"]),
+        "{failing:#?}"
+    );
+
+    // A failing process is the job's to fix, not the resurrector's: the VM stays; once the
+    // configuration is back, the agent's next restart succeeds and the instance recovers.
+    std::thread::sleep(Duration::from_secs(3));
+    std::fs::rename(&away, &config).unwrap();
+    wait_for(
+        &user,
+        Duration::from_secs(60),
+        "the server healthy again",
+        |list| {
+            list.iter()
+                .any(|i| i["vm_cid"] == vm_cid.as_str() && health(i) == "healthy")
+        },
+    );
+    let events = wait_for_event(&user, "recover");
+    assert!(
+        events
+            .iter()
+            .all(|e| e["action"] != "resurrect" && e["action"] != "recreate"),
+        "{events:#?}"
+    );
+    let recover = events.iter().find(|e| e["action"] == "recover").unwrap();
+    assert_eq!(recover["object_name"], name.as_str(), "{recover:#?}");
+    assert_eq!(recover["context"]["was"], "failing", "{recover:#?}");
+
+    // The backup from before the deploy is restored: the three VMs' agents still heartbeat,
+    // and no instance or VM record of the director has them: each is reported, once.
+    let agents: Vec<(String, String)> = before
+        .iter()
+        .map(|i| {
+            let says = format!(
+                "{}/{} ({})",
+                i["instance_group"].as_str().unwrap(),
+                i["id"].as_str().unwrap(),
+                i["index"]
+            );
+            (i["agent_id"].as_str().unwrap().to_string(), says)
+        })
+        .collect();
+    user.kill_director();
+    copy_state(&backup, &user.data_dir());
+    user.start_director_again("director-3.log");
+    let rogues = |user: &User| -> Vec<Value> {
+        let events = user.json(&["events"]);
+        events
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "rogue agent")
+            .cloned()
+            .collect()
+    };
+    let started = Instant::now();
+    while rogues(&user).len() < agents.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "a rogue agent event per VM: {:#?}",
+            user.json(&["events"])
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    // More analyses report nobody twice.
+    std::thread::sleep(Duration::from_secs(3));
+    let reported = rogues(&user);
+    assert_eq!(reported.len(), agents.len(), "{reported:#?}");
+    for (agent_id, says) in &agents {
+        let event = reported
+            .iter()
+            .find(|e| e["object_name"] == agent_id.as_str())
+            .unwrap_or_else(|| panic!("{agent_id}: {reported:#?}"));
+        assert_eq!(event["user"], "hm", "{event:#?}");
+        assert_eq!(event["object_type"], "vm", "{event:#?}");
+        assert_eq!(event["context"]["says_deployment"], "hello", "{event:#?}");
+        assert_eq!(
+            event["context"]["says_instance"],
+            says.as_str(),
+            "{event:#?}"
+        );
+    }
+}
