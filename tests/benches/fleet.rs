@@ -12,7 +12,9 @@
 //!   under 10 % of one core at 10,000 agents) and its memory.
 //!
 //! Run with `cargo bench --profile dev -p tests --bench fleet` after `cargo build
-//! --workspace --bins` (it drives the `director` and `fleet` binaries built beside it).
+//! --workspace --bins`, or in release with `cargo bench -p tests --bench fleet` after `cargo
+//! build --release --workspace --bins` (it drives the `director` and `fleet` binaries built
+//! beside it, and packs that build's `bosh-agent` into the stemcell it uploads).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
